@@ -1,0 +1,1 @@
+"""Simulators behind one interface, keypose controllers, dataset collection, Ray evaluation actors."""

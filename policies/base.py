@@ -1,0 +1,80 @@
+"""The policy interface that training and evaluation depend on (design.md section 6).
+
+Checkpoint files a policy reads (written by ``platform`` checkpoints, or by ``save_pretrained``):
+  ``policy.json``  the policy config (``PolicyConfig`` as JSON, with ``type``)
+  ``model.pt``     raw weights (state dict)
+  ``ema.pt``       EMA weights (state dict), optional; preferred for inference when present
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from policies.batch import ConditionBatch
+
+POLICY_CONFIG_FILE = "policy.json"
+WEIGHTS_FILE = "model.pt"
+EMA_WEIGHTS_FILE = "ema.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete or does not match the policy."""
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # scalar, differentiable
+    metrics: dict[str, float] = field(default_factory=dict)  # detached loss parts, for logging
+
+
+class Policy(nn.Module, ABC):
+    """A keyframe policy: condition (point cloud + instruction + gripper) -> next keypose (8,)."""
+
+    config: object  # the frozen pydantic config this policy was built from
+
+    @abstractmethod
+    def compute_loss(self, batch: ConditionBatch, generator: torch.Generator | None = None) -> LossOutput:
+        """Training loss of one batch of B conditions (two-level expansion happens inside)."""
+
+    @abstractmethod
+    def predict_action(self, obs: ConditionBatch, generator: torch.Generator | None = None) -> Tensor:
+        """(B, 8) next keyposes ``[xyz, quat xyzw, open]`` for B observations (``obs.target`` ignored)."""
+
+    def reset(self) -> None:
+        """Clear per-episode state (none for keyframe policies; kept for the interface)."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / POLICY_CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))  # type: ignore[attr-defined]
+        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, prefer_ema: bool = True, map_location: str = "cpu") -> Policy:
+        """Rebuild a policy from a checkpoint directory's config alone, then load its weights."""
+        from policies.registry import build_policy, parse_policy_config
+
+        directory = Path(directory)
+        cfg_path = directory / POLICY_CONFIG_FILE
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{cfg_path} is missing: {directory} is not a policy checkpoint directory")
+        try:
+            cfg = parse_policy_config(json.loads(cfg_path.read_text()))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{cfg_path} is not a valid policy config: {exc}") from exc
+        weights = directory / (EMA_WEIGHTS_FILE if prefer_ema and (directory / EMA_WEIGHTS_FILE).is_file() else WEIGHTS_FILE)
+        if not weights.is_file():
+            raise CheckpointError(f"{weights} is missing: the checkpoint {directory} is incomplete")
+        policy = build_policy(cfg)
+        try:
+            state = torch.load(weights, map_location=map_location, weights_only=True)
+            policy.load_state_dict(state)
+        except Exception as exc:  # corrupt file or shape mismatch: name the file
+            raise CheckpointError(f"cannot load weights {weights}: {exc}") from exc
+        return policy.eval()

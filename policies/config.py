@@ -1,0 +1,110 @@
+"""Frozen pydantic configs of the policies: a discriminated union on ``type``.
+
+``PolicyConfig`` is what the experiment config (``platform.config``) embeds under ``policy:``, and what a
+checkpoint stores in ``policy.json``. A ``preset`` key (tiny / laptop / paper) fills every field the user
+did not set (see ``policies.presets``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DiffusionConfig(FrozenModel):
+    """DDPM on the (normalised) xyz position; Mini-Diffuser uses 100 scaled-linear steps, epsilon target."""
+
+    train_steps: int = Field(100, ge=2, le=1000)
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    inference_steps: int = Field(10, ge=1, le=1000)
+    loss_weight: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionConfig:
+        if self.beta_end <= self.beta_start:
+            raise ValueError(f"beta_end ({self.beta_end}) must be greater than beta_start ({self.beta_start})")
+        if self.inference_steps > self.train_steps:
+            raise ValueError(f"inference_steps ({self.inference_steps}) must be <= train_steps ({self.train_steps})")
+        return self
+
+
+class AugmentConfig(FrozenModel):
+    """Training-time augmentation (Mini-Diffuser: z-rotation +-45 deg, 2 mm jitter, point subsampling)."""
+
+    enabled: bool = True
+    z_rotation_deg: float = Field(45.0, ge=0, le=180)
+    jitter_m: float = Field(0.002, ge=0, le=0.05)
+    keep_fraction_min: float = Field(0.8, gt=0, le=1)
+
+
+class _PolicyBase(FrozenModel):
+    preset: Literal["tiny", "laptop", "paper", "custom"] = "custom"
+    d_model: int = Field(128, ge=8, le=2048)
+    heads: int = Field(4, ge=1, le=64)
+    text_dim: int = Field(384, ge=1)
+    max_points: int = Field(2048, ge=16, le=65536)
+    rotation_bins: int = Field(72, ge=4, le=720)
+    workspace_low: tuple[float, float, float] = (-0.6, 0.2, -0.05)
+    workspace_high: tuple[float, float, float] = (0.6, 1.1, 0.6)
+    diffusion: DiffusionConfig = DiffusionConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset", "custom") != "custom":
+            from policies.presets import preset_values
+
+            return _deep_merge(preset_values(data["preset"], data.get("type", "mini_diffuser")), data)
+        return data
+
+    @model_validator(mode="after")
+    def _check_common(self) -> _PolicyBase:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high, strict=True)):
+            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+        return self
+
+
+class MiniDiffuserConfig(_PolicyBase):
+    """Two-level mini-batches: each of B conditions encoded once, its keypose noised ``m`` times."""
+
+    type: Literal["mini_diffuser"] = "mini_diffuser"
+    m: int = Field(64, ge=1, le=4096)
+
+
+class OneToOneConfig(_PolicyBase):
+    """Baseline: one noised sample per encoded condition (what 3DDA does), same encoder and heads."""
+
+    type: Literal["one_to_one"] = "one_to_one"
+    m: Literal[1] = 1
+
+
+class DDAStyleConfig(_PolicyBase):
+    """3DDA-style baseline: one-to-one, and a 6D rotation is diffused too (own schedule)."""
+
+    type: Literal["dda_style"] = "dda_style"
+    m: Literal[1] = 1
+    rotation_diffusion: DiffusionConfig = DiffusionConfig(schedule="linear", loss_weight=10.0)
+
+
+PolicyConfig = Annotated[MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig, Field(discriminator="type")]
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
