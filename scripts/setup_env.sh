@@ -21,7 +21,7 @@ pick_python() {
   return 1
 }
 
-stamp_key() { cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16; echo "extras=$EXTRAS"; }
+stamp_key() { cat pyproject.toml scripts/setup_env.sh scripts/platform_guard.py | sha256sum | cut -c1-16; echo "extras=$EXTRAS"; }
 if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.setup-stamp" ] && [ "$(cat "$VENV/.setup-stamp")" = "$(stamp_key)" ]; then
   exit 0
 fi
@@ -75,5 +75,9 @@ else
 fi
 "$VPY" -c 'import torch, ray, mlflow, pyarrow, pydantic, metaworld' \
   || { echo "error: the environment in $VENV does not import; delete it and rerun 'make setup'" >&2; exit 1; }
+# The `python -m platform.*` outside-the-repo guard (not the project itself; see scripts/platform_guard.py).
+site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+sed "s#@REPO_ROOT@#$(pwd)#" scripts/platform_guard.py > "$site/_minidiffuser_platform_guard.py"
+echo "import _minidiffuser_platform_guard" > "$site/minidiffuser_platform_guard.pth"
 stamp_key > "$VENV/.setup-stamp"
 echo "[setup] done with $how in $(( $(date +%s) - start )) s: $("$VPY" -c 'import torch, ray, mlflow; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}")')"

@@ -1,0 +1,254 @@
+"""The experiment configuration: frozen pydantic v2 models, loaded once at the edge and passed down.
+
+    ExperimentConfig
+      name       run name (same name => the run, its checkpoints and its MLflow run continue)
+      data       where the keyframe dataset lives and how to collect it when missing
+      policy     policies.config.PolicyConfig (discriminated union on ``type``)
+      train      optimisation, schedule, checkpoints, budgets
+      eval       parallel simulator evaluation of checkpoints
+      tracking   MLflow
+      ray        cluster address and resources
+
+Loading: defaults < YAML file (``--config``) < dotted overrides (``policy.m=64``), each override
+re-validated. Errors are ``ConfigError`` with one line naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_POLICY_CLASSES: dict[str, type[BaseModel]] = {
+    "mini_diffuser": MiniDiffuserConfig,
+    "one_to_one": OneToOneConfig,
+    "dda_style": DDAStyleConfig,
+}
+_POLICY_TYPES = tuple(_POLICY_CLASSES)
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value. ``str(err)`` is one actionable line."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
+    suite: Literal["mt10", "mt50"] = "mt10"
+    tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
+    episodes_per_task: int = Field(10, ge=1, le=1000)
+    collect_if_missing: bool = True
+    collect_workers: int = Field(2, ge=1, le=256)
+    seed: int = 0
+
+
+class TrainConfig(_Frozen):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1, le=4096)  # B: conditions per step (level 1)
+    lr: float = Field(3e-4, gt=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.995, ge=0, lt=1)  # 0 disables EMA
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_last: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)  # stop (and checkpoint) after this much training time
+    max_consecutive_nonfinite: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup_steps >= self.steps and self.steps > 1:
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below train.steps ({self.steps})")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas {self.betas} must be in [0, 1)")
+        return self
+
+
+class EvalConfig(_Frozen):
+    enabled: bool = True
+    every_steps: int = Field(0, ge=0)  # 0: evaluate only the final checkpoint
+    episodes_per_task: int = Field(5, ge=1)
+    tasks: tuple[str, ...] | None = None  # None: the dataset's tasks
+    actors: int = Field(2, ge=1, le=1024)
+    max_keyposes: int = Field(25, ge=1)
+    episode_timeout_s: float = Field(180.0, gt=0)
+    retries: int = Field(1, ge=0, le=10)
+    policy_server: Literal["auto", "on", "off"] = "auto"  # auto: on when a GPU is present
+    checkpoint: Literal["last", "best"] = "last"
+    seed: int = 0
+
+
+class TrackingConfig(_Frozen):
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:////<repo>/mlflow.db
+    experiment: str = Field("minidiffuser", min_length=1)
+
+
+class RayConfig(_Frozen):
+    address: str | None = None  # None: $RAY_ADDRESS when set, else a private local cluster
+    num_workers: int = Field(1, ge=0, le=64)  # 0 runs the train loop in the driver (tests)
+    use_gpu: bool | None = None  # None: use a GPU when the cluster has one
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(2, ge=0)  # Ray Train fault tolerance: restarts from the last checkpoint
+    num_cpus: int | None = Field(None, ge=1)  # local cluster size; None = all cores
+
+
+DEFAULT_POLICY: dict[str, Any] = {"type": "mini_diffuser", "preset": "laptop"}
+
+
+class ExperimentConfig(_Frozen):
+    name: str = Field("mt10-minidiffuser", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    output_dir: str = "runs"  # checkpoints under <output_dir>/<name>/
+    data: DataConfig = DataConfig()
+    policy: PolicyConfig = MiniDiffuserConfig(**DEFAULT_POLICY)
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_defaults(cls, data: Any) -> Any:
+        # A partial policy section (``policy.m=64``) is laid over the default policy: mini_diffuser, laptop preset.
+        if isinstance(data, dict) and isinstance(data.get("policy"), dict):
+            data = {**data, "policy": {**DEFAULT_POLICY, **data["policy"]}}
+        return data
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve_path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Defaults < YAML ``path`` < ``key=value`` overrides; each step validated. Raises ``ConfigError``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(Path(path))
+        _validate(raw, source=str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        raw = set_dotted(raw, key, value)
+        _validate(raw, source=f"override {item!r}")
+    return _validate(raw, source="config")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (pass --config with an existing YAML file, e.g. configs/tiny.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of sections (data:, policy:, train: ...), got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"policy.m=64"`` -> ``("policy.m", 64)``; the value is parsed as YAML (ints, floats, bools, lists, null)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override {item!r}: expected dotted.key=value, e.g. policy.m=64 or train.steps=2000")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``raw`` with ``key`` (dotted) set to ``value``."""
+    out = dict(raw)
+    node = out
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_one_line(exc, raw)}") from None
+
+
+def _one_line(exc: ValidationError, raw: dict[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    # Discriminated unions insert the tag into the location: policy.mini_diffuser.m -> policy.m
+    if len(loc) >= 2 and loc[0] == "policy" and loc[1] in _POLICY_TYPES:
+        loc.pop(1)
+    key = ".".join(loc) or "<root>"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], raw)
+        return f"unknown key {key!r}; allowed here: {', '.join(allowed)}{more}"
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{key}.type must be one of {', '.join(_POLICY_TYPES)} (got {_lookup(raw, loc + ['type'])!r}){more}"
+    value = err.get("input")
+    shown = "<missing>" if err["type"] == "missing" else repr(value)
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict) and err["type"] == "value_error":
+        return f"{msg}{more}"  # a cross-field check: its message names the keys
+    if isinstance(value, dict):
+        shown = "{...}"
+    return f"{key} = {shown}: {msg}{more}"
+
+
+def _allowed_keys(section: list[str], raw: dict[str, Any]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in section:
+        if model is ExperimentConfig and part == "policy":
+            model = _POLICY_CLASSES.get(_lookup(raw, ["policy", "type"]) or "mini_diffuser", MiniDiffuserConfig)
+            continue
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _lookup(raw: dict[str, Any], path: list[str]) -> Any:
+    node: Any = raw
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node

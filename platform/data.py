@@ -1,0 +1,96 @@
+"""Level-1 sampling: which B conditions a training step sees (design.md section 3, stage 2).
+
+The sampler walks epoch-wise permutations seeded from ``(seed, epoch)``; its whole state is
+``(epoch, position)``, so ``state_dict()`` / ``load_state_dict()`` give an exact resume. Per-step
+randomness (point subsampling, diffusion noise, augmentation) is seeded from ``(seed, step)`` by
+``step_seed`` so that a resumed run draws exactly what an uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed for (run seed, step, stream), independent across streams."""
+    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream])
+    return int(ss.generate_state(2, dtype=np.uint32).astype(np.uint64).dot([1 << 31, 1]) & ((1 << 63) - 1))
+
+
+class Level1Sampler:
+    """Draws ``batch_size`` distinct-within-epoch condition indices per step from ``num_samples``."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+        if num_samples < 1:
+            raise ValueError("the dataset is empty: nothing to sample")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0x5A]).permutation(self.num_samples)
+
+    def next_indices(self) -> np.ndarray:
+        """(B,) int64 indices; crosses epoch boundaries seamlessly (a batch may span two epochs)."""
+        out = np.empty(self.batch_size, dtype=np.int64)
+        filled = 0
+        while filled < self.batch_size:
+            take = min(self.batch_size - filled, self.num_samples - self.position)
+            out[filled : filled + take] = self._perm[self.position : self.position + take]
+            filled += take
+            self.position += take
+            if self.position == self.num_samples:
+                self.epoch += 1
+                self.position = 0
+                self._perm = self._permutation(self.epoch)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
+                "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
+                             f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name")
+        self.batch_size = state["batch_size"]
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self.position = state["position"]
+        self._perm = self._permutation(self.epoch)
+
+
+def ensure_dataset(cfg: Any) -> Any:
+    """The dataset directory of ``cfg.data``; collected first (with progress output) when missing.
+
+    Raises ``platform.cli.UserFacingError`` when it is missing and ``data.collect_if_missing`` is false, or
+    when it exists but does not validate (the reader names the file and the fix).
+    """
+    from evaluation.dataset import DatasetError, KeyframeDataset
+
+    from platform.cli import UserFacingError
+
+    path = cfg.resolve_path(cfg.data.path)
+    if not (path / "manifest.json").is_file():
+        if not cfg.data.collect_if_missing:
+            raise UserFacingError(
+                f"no dataset at {path} and data.collect_if_missing=false: collect one with "
+                f"python -m evaluation.collect --suite {cfg.data.suite} --episodes-per-task "
+                f"{cfg.data.episodes_per_task} --out {path}")
+        from evaluation.collect import collect_dataset
+
+        print(f"[data] no dataset at {path}: collecting {cfg.data.suite} x {cfg.data.episodes_per_task} "
+              f"episodes per task with {cfg.data.collect_workers} workers (one-time)", flush=True)
+        collect_dataset(suite=cfg.data.suite, tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
+                        episodes_per_task=cfg.data.episodes_per_task, out=path,
+                        workers=cfg.data.collect_workers, seed=cfg.data.seed)
+    try:
+        KeyframeDataset(path)
+    except DatasetError as exc:
+        raise UserFacingError(str(exc)) from None
+    return path

@@ -1,0 +1,51 @@
+"""Starting or joining Ray, the way every platform command does it (design.md section 5.2).
+
+- Inside ``ray job submit --working-dir . -- python -m platform.train``: join the job's cluster; the job's
+  runtime env already ships the repo.
+- ``ray.address`` / ``$RAY_ADDRESS`` set: join that cluster, shipping the repo as ``working_dir``.
+- Otherwise: a private local cluster (``address="local"``) with the repo as ``working_dir``, so that
+  workers import this repo's ``platform`` package and not the stdlib module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from platform.config import REPO_ROOT, ExperimentConfig
+
+# Never ship datasets, results or environments to workers.
+WORKING_DIR_EXCLUDES = [".venv", ".git", "data", "runs", "mlflow.db", "mlartifacts", "ray_results", ".bench",
+                        "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".whl", ".gl"]
+
+
+def runtime_env() -> dict:
+    return {
+        "working_dir": str(REPO_ROOT),
+        "excludes": WORKING_DIR_EXCLUDES,
+        "env_vars": {"HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+                     "PYTHONUNBUFFERED": "1"},
+    }
+
+
+def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
+    """Start or join Ray as described above; returns the seconds it took. No-op when already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    t0 = time.perf_counter()
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    log_level = "ERROR" if quiet else "WARNING"
+    if in_job:
+        ray.init(address=address or "auto", logging_level=log_level)
+    elif address:
+        ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
+    else:
+        cores = os.cpu_count() or 1
+        # Logical CPUs: the train worker plus the evaluation actors may oversubscribe a small machine.
+        need = int(cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers)) + cfg.eval.actors
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(cores, need), include_dashboard=False,
+                 runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
+    return time.perf_counter() - t0

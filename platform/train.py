@@ -1,0 +1,157 @@
+"""``python -m platform.train``: the main job (collect if missing -> train -> parallel eval -> MLflow).
+
+    python -m platform.train                              # the embedded default: Meta-World MT10, laptop preset
+    python -m platform.train --config configs/tiny.yaml   # a YAML experiment
+    python -m platform.train policy.m=64 train.steps=2000 # dotted overrides, each validated
+    python -m platform.train policy.type=one_to_one name=mt10-one2one   # the 3DDA-style one-to-one baseline
+    python -m platform.train --print-config               # the resolved config
+    ray job submit --working-dir . -- python -m platform.train   # on a cluster (see cluster.yaml)
+
+Rerunning the same command (same ``name``) resumes the run from its newest valid checkpoint and continues
+the same MLflow run; a new ``name`` starts fresh. The last line printed is
+``mean success: <percent>% over <N> episodes (MLflow run <id>, tracking URI <uri>)``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if not __package__:  # run as a script (python platform/train.py): `platform` would be the stdlib module
+    import os
+
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.stderr.write(f"error: run this as a module from the repository root: cd {_root} && "
+                     "python -m platform.train (or use `make train`)\n")
+    raise SystemExit(2)
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from platform.cli import UserFacingError, add_config_arguments, run_cli
+from platform.config import ExperimentConfig, to_yaml
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m platform.train",
+        description="Train a multi-task keyframe diffusion policy with Ray Train (Mini-Diffuser two-level "
+        "mini-batches by default), evaluate it with parallel simulator actors, log everything to MLflow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n  python -m platform.train\n  python -m platform.train --config configs/tiny.yaml\n"
+        "  python -m platform.train policy.m=64 train.steps=2000\n"
+        "  python -m platform.train policy.type=one_to_one name=mt10-one2one\n"
+        "  python -m platform.train --print-config",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation (same as eval.enabled=false)")
+    return parser
+
+
+def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    t_start = time.perf_counter()
+    if args.no_eval:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
+    from platform.data import ensure_dataset
+
+    dataset_dir = ensure_dataset(cfg)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
+
+    from platform.session import connect_ray
+
+    ray_s = connect_ray(cfg)
+    tracking = _open_run(cfg, run_dir)
+    payload = {
+        "config": cfg.model_dump(mode="json"),
+        "run_dir": str(run_dir),
+        "run_name": cfg.name,
+        "experiment": cfg.tracking.experiment,
+        "tracking_uri": tracking.tracking_uri if tracking else None,
+        "tags": _tags(cfg),
+        "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
+    }
+    print(f"[train] run {cfg.name!r}: dataset {dataset_dir}, checkpoints {run_dir / 'checkpoints'}, "
+          f"Ray ready in {ray_s:.1f} s", flush=True)
+    t_fit = time.perf_counter()
+    _fit(cfg, payload, run_dir)
+    fit_s = time.perf_counter() - t_fit
+    if tracking is not None:
+        tracking.log_metrics({"time/ray_start_s": ray_s, "time/fit_wall_s": fit_s}, step=cfg.train.steps)
+
+    if not cfg.eval.enabled:
+        print(f"[train] done in {time.perf_counter() - t_start:.0f} s (evaluation disabled); checkpoints in "
+              f"{run_dir / 'checkpoints'}")
+        _close(tracking)
+        return 0
+    from platform.evaluate import final_evaluation
+
+    report = final_evaluation(cfg, run_dir, tracking)
+    _close(tracking)
+    uri = tracking.tracking_uri if tracking else "disabled"
+    run_id = tracking.run_id if tracking else "none"
+    print(f"[train] finished in {time.perf_counter() - t_start:.0f} s. Open the dashboard: "
+          f"mlflow ui --backend-store-uri {uri}")
+    print(f"mean success: {100 * report.mean_success:.1f}% over {report.num_episodes} episodes "
+          f"(MLflow run {run_id}, tracking URI {uri})")
+    return 0
+
+
+def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
+    from platform.worker import train_loop_per_worker
+
+    if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
+        train_loop_per_worker(payload)
+        return
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = cfg.ray.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface the root cause in one line
+        cause = exc
+        while getattr(cause, "__cause__", None) is not None:
+            cause = cause.__cause__
+        raise UserFacingError(f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
+                              "same command to resume from the last valid checkpoint)") from exc
+
+
+def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
+    if not cfg.tracking.enabled:
+        return None
+    from platform.tracking import RunTracker, default_tracking_uri, flatten_config, run_environment_params
+    from platform.config import REPO_ROOT
+
+    uri = cfg.tracking.uri or default_tracking_uri(REPO_ROOT)
+    tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",
+                              tags=_tags(cfg))
+    tracker.log_params({**flatten_config(cfg.model_dump(mode="json")), **run_environment_params()})
+    tracker.log_text(to_yaml(cfg), "experiment.yaml")
+    return tracker
+
+
+def _tags(cfg: ExperimentConfig) -> dict[str, str]:
+    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type}
+
+
+def _close(tracker: Any) -> None:
+    if tracker is not None:
+        tracker.close("FINISHED")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, build_parser()))

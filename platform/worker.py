@@ -1,0 +1,156 @@
+"""``train_loop_per_worker``: what each Ray Train worker runs (rank 0 is the run's one MLflow writer).
+
+Wires: dataset -> ``TrainingState`` (resumed from the newest valid checkpoint) -> ``run_steps`` in chunks
+of ``train.checkpoint_every`` -> atomic checkpoint -> ``ray.train.report`` -> MLflow. Periodic evaluation
+of checkpoints is submitted to the evaluation actors asynchronously (training goes on) and its per-task
+success is logged against the checkpoint's training step when it arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from platform.config import ExperimentConfig
+from platform.loop import (
+    TrainingState,
+    build_training,
+    checkpoint_and_prune,
+    resume_if_possible,
+    run_steps,
+    summarize_window,
+    write_json,
+)
+
+PROGRESS_FILE = "progress.json"
+
+
+def _ray_context() -> tuple[int, int, Any]:
+    """(rank, world size, ray.train module or None when running outside Ray Train)."""
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size(), ray.train
+    except Exception:  # not inside a Ray Train worker (num_workers=0 driver mode, unit tests)
+        return 0, 1, None
+
+
+def _device(cfg: ExperimentConfig, in_ray: bool) -> torch.device:
+    if cfg.train.device == "cpu":
+        return torch.device("cpu")
+    if in_ray and cfg.train.device == "auto":
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    if cfg.train.device == "cuda" or torch.cuda.is_available():
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no CUDA device is visible to this worker")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
+    from evaluation.dataset import KeyframeDataset
+
+    cfg = ExperimentConfig.model_validate(payload["config"])
+    rank, world, train_mod = _ray_context()
+    device = _device(cfg, train_mod is not None)
+    run_dir = Path(payload["run_dir"])
+    dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
+    instructions = {t: dataset.instruction_embedding(t) for t in dataset.task_names}
+    state = build_training(cfg, dataset, device)
+    resumed = resume_if_possible(state, run_dir)
+    if world > 1:
+        from ray.train.torch import prepare_model
+
+        state.policy = prepare_model(state.policy)
+    tracker = _open_tracker(payload, run_dir) if rank == 0 else None
+    evals = _PeriodicEval(cfg, payload, tracker) if rank == 0 and payload.get("periodic_eval") else None
+    if rank == 0:
+        print(f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
+              f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
+              f"M={cfg.policy.m} ({cfg.policy.type})", flush=True)
+    deadline = None
+    if cfg.train.time_budget_s is not None:
+        deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
+    last_log = [time.perf_counter()]
+
+    def on_log(st: TrainingState, window: list) -> None:
+        now = time.perf_counter()
+        metrics = summarize_window(st, window, now - last_log[0])
+        last_log[0] = now
+        if rank == 0:
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=st.step)
+            print(f"[train] step {st.step:>6}/{cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
+                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
+        if train_mod is not None:
+            train_mod.report({"step": st.step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
+
+    try:
+        while state.step < cfg.train.steps and (deadline is None or time.monotonic() < deadline):
+            target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
+            run_steps(state, dataset, target, on_log=on_log, deadline=deadline)
+            if rank == 0:
+                ckpt = checkpoint_and_prune(state, run_dir, instructions)
+                write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
+                                                      "train_time_s": state.train_time_s})
+                if evals is not None:
+                    evals.maybe_submit(ckpt, state.step)
+                    evals.poll()
+        if evals is not None:
+            evals.wait_all()
+    finally:
+        if tracker is not None:
+            tracker.flush()
+
+
+def _open_tracker(payload: dict[str, Any], run_dir: Path) -> Any:
+    if not payload.get("tracking_uri"):
+        return None
+    from platform.tracking import RunTracker
+
+    return RunTracker.open(payload["tracking_uri"], payload["experiment"], payload["run_name"],
+                           buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.get("tags"))
+
+
+class _PeriodicEval:
+    """Submits checkpoint evaluations to the evaluation actors without blocking training."""
+
+    def __init__(self, cfg: ExperimentConfig, payload: dict[str, Any], tracker: Any) -> None:
+        self.cfg = cfg
+        self.payload = payload
+        self.tracker = tracker
+        self.pending: list[tuple[int, Path, Any]] = []
+        self.last_submitted = 0
+
+    def maybe_submit(self, ckpt: Path, step: int) -> None:
+        every = self.cfg.eval.every_steps
+        if every <= 0 or step >= self.cfg.train.steps or step - self.last_submitted < every:
+            return  # the final checkpoint is evaluated by the driver once training has finished
+        from platform.evaluate import submit_evaluation
+
+        self.pending.append((step, ckpt, submit_evaluation(self.cfg, ckpt, self.payload)))
+        self.last_submitted = step
+
+    def poll(self, timeout: float = 0.0) -> None:
+        import ray
+
+        from platform.evaluate import log_eval_report
+
+        still = []
+        for step, ckpt, ref in self.pending:
+            done, _ = ray.wait([ref], timeout=timeout)
+            if done:
+                log_eval_report(self.tracker, ckpt, step, ray.get(ref))
+            else:
+                still.append((step, ckpt, ref))
+        self.pending = still
+
+    def wait_all(self) -> None:
+        self.poll(timeout=self.cfg.eval.episode_timeout_s * 4)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The default test suite (excludes `slow` and `gpu` markers, see pyproject.toml). pytest exits 5 when no
+# test was collected: that is a failure here, since it means the suite silently ran nothing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl} RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+if [ "$rc" = 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
+exit "$rc"
