@@ -1,0 +1,360 @@
+"""Fan episodes out over a pool of evaluation actors, with timeouts and fault containment.
+
+Every remote call goes through ``ray.wait`` with a deadline: actor start-up (``ready``) gets
+``startup_timeout_s``, each episode ``episode_timeout_s``. A crashed actor (process died, or the
+simulator raised) or a hung one (deadline passed) is killed with ``ray.kill`` and replaced by a fresh
+actor; its episode is retried until ``max_attempts`` and then recorded as ``sim_error`` or ``timeout``.
+Every requested episode ends in exactly one ``EpisodeOutput`` (results are returned in request order),
+so success rates always use the full denominator. If actors cannot even start, ``EvaluationStartupError``
+is raised with the last cause (a broken checkpoint or a missing simulator is not an episode outcome).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from evaluation.actors import EvaluationActor, LocalPolicy, ServerPolicy, SimFactory, actor_resources
+from evaluation.episode import DEFAULT_MAX_KEYPOSES, ConditionFn, EpisodeOutput, EpisodeSpec, Instruction
+from evaluation.policy_server import PolicyFactory, PolicyServer
+from evaluation.sim import EpisodeResult, EpisodeStatus
+
+
+class EvaluationStartupError(RuntimeError):
+    """Evaluation actors (or the policy server) repeatedly failed to start."""
+
+
+class PoolConfig(BaseModel):
+    """How episodes are spread over actors and how faults are contained."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    max_keyposes: int = Field(DEFAULT_MAX_KEYPOSES, ge=1)
+    episode_timeout_s: float = Field(600.0, gt=0)
+    startup_timeout_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(2, ge=1)  # first try + retries
+    policy_server: Literal["auto", "on", "off"] = "auto"  # auto: a server when the cluster has a GPU
+    server_device: Literal["auto", "cpu", "cuda"] = "auto"
+    server_max_batch: int | None = Field(None, ge=1)  # default: num_actors
+    server_max_wait_s: float = Field(0.005, ge=0)
+    use_sim_resource: bool | None = None  # None: when the cluster has a "sim" resource
+    torch_threads: int = Field(1, ge=1)
+    progress: bool = True
+    poll_s: float = Field(0.5, gt=0)
+
+
+@dataclass
+class _Slot:
+    actor: Any = None
+    pid: int = 0
+    state: Literal["starting", "idle", "busy", "dead"] = "dead"
+
+
+@dataclass
+class _Work:
+    slot: int
+    kind: Literal["ready", "episode"]
+    deadline: float
+    index: int = -1
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunStats:
+    wall_s: float = 0.0
+    retries: int = 0
+    actor_restarts: int = 0
+    failures: list[str] = field(default_factory=list)  # one line per crash/timeout, in order
+
+
+def _failed(spec: EpisodeSpec, status: EpisodeStatus, message: str, wall_s: float) -> EpisodeOutput:
+    result = EpisodeResult(spec.task, spec.variation, spec.seed, False, 0, status, message, wall_s)
+    return EpisodeOutput(result=result)
+
+
+class Coordinator:
+    """A pool of ``EvaluationActor`` s (+ an optional ``PolicyServer``); ``run(specs)`` may be called repeatedly.
+
+    Works inside an existing Ray session and never shuts Ray down; ``shutdown()`` kills its own actors.
+    """
+
+    def __init__(
+        self,
+        sim_factory: SimFactory,
+        policy_factory: PolicyFactory,
+        instructions: dict[str, Instruction],
+        condition_fn: ConditionFn,
+        config: PoolConfig,
+    ) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("Coordinator needs a Ray session: call ray.init(...) first (evaluate_checkpoint does)")
+        self.sim_factory = sim_factory
+        self.policy_factory = policy_factory
+        self.instructions = instructions
+        self.condition_fn = condition_fn
+        self.cfg = config
+        self.server: Any = None
+        self.server_pid = 0
+        self.slots = [_Slot() for _ in range(config.num_actors)]
+        self.stats = RunStats()
+        self._startup_failures = 0
+        self._pending_ready: dict[Any, _Work] = {}
+        self._server_device = self._resolve_server()
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _resolve_server(self) -> str | None:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use = self.cfg.policy_server == "on" or (self.cfg.policy_server == "auto" and gpus >= 1)
+        if not use:
+            return None
+        if self.cfg.server_device != "auto":
+            return self.cfg.server_device
+        return "cuda" if gpus >= 1 else "cpu"
+
+    def _check_capacity(self) -> None:
+        total = ray.cluster_resources().get("CPU", 0)
+        need = self.cfg.num_actors * self.cfg.cpus_per_actor
+        if need > total + 1e-9:
+            raise ValueError(
+                f"{self.cfg.num_actors} actors x {self.cfg.cpus_per_actor} CPU need {need} CPUs but the Ray cluster "
+                f"has {total}: lower --actors or cpus_per_actor"
+            )
+
+    def start(self) -> Coordinator:
+        """Start the policy server (if any) and the actors; waits until the server is ready."""
+        self._check_capacity()
+        if self._server_device is not None and self.server is None:
+            self._start_server()
+        for i, slot in enumerate(self.slots):
+            if slot.state == "dead":
+                self._launch(i)
+        return self
+
+    def _start_server(self) -> None:
+        spare = ray.cluster_resources().get("CPU", 0) - self.cfg.num_actors * self.cfg.cpus_per_actor
+        options: dict[str, Any] = {"num_cpus": max(0.0, min(1.0, spare)), "max_restarts": 0}
+        if self._server_device == "cuda":
+            options["num_gpus"] = 1
+        self.server = PolicyServer.options(**options).remote(
+            self.policy_factory,
+            device=self._server_device,
+            max_batch=self.cfg.server_max_batch or self.cfg.num_actors,
+            max_wait_s=self.cfg.server_max_wait_s,
+            torch_threads=self.cfg.torch_threads,
+        )
+        ref = self.server.ready.remote()
+        done, _ = ray.wait([ref], timeout=self.cfg.startup_timeout_s)
+        if not done:
+            ray.kill(self.server)
+            self.server = None
+            raise EvaluationStartupError(f"the policy server did not start within {self.cfg.startup_timeout_s:.0f} s")
+        try:
+            self.server_pid = int(ray.get(ref)["pid"])
+        except ray.exceptions.RayError as exc:
+            self.server = None
+            raise EvaluationStartupError(f"the policy server failed to start: {exc}") from exc
+
+    def _policy_source(self) -> LocalPolicy | ServerPolicy:
+        if self.server is not None:
+            return ServerPolicy(self.server, timeout_s=self.cfg.episode_timeout_s)
+        return LocalPolicy(self.policy_factory)
+
+    def _launch(self, i: int) -> _Work:
+        opts = actor_resources(self.cfg.cpus_per_actor, self.cfg.use_sim_resource)
+        actor = EvaluationActor.options(**opts).remote(
+            self.sim_factory,
+            self._policy_source(),
+            self.instructions,
+            self.condition_fn,
+            max_keyposes=self.cfg.max_keyposes,
+            torch_threads=self.cfg.torch_threads,
+        )
+        self.slots[i] = _Slot(actor=actor, state="starting")
+        work = _Work(slot=i, kind="ready", deadline=time.monotonic() + self.cfg.startup_timeout_s)
+        self._pending_ready[actor.ready.remote()] = work
+        return work
+
+    def _kill(self, i: int) -> None:
+        slot = self.slots[i]
+        if slot.actor is not None:
+            ray.kill(slot.actor, no_restart=True)
+        self.slots[i] = _Slot()
+
+    # -- the run loop ---------------------------------------------------------------------------------
+    def __enter__(self) -> Coordinator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def run(self, specs: list[EpisodeSpec]) -> list[EpisodeOutput]:
+        """One ``EpisodeOutput`` per spec, in order; failures included (never dropped)."""
+        start = time.monotonic()
+        if any(s.state == "dead" for s in self.slots):
+            self.start()
+        outputs: dict[int, EpisodeOutput] = {}
+        attempts = collections.Counter()
+        queue: collections.deque[int] = collections.deque(range(len(specs)))
+        inflight: dict[Any, _Work] = {}
+        bar = tqdm(total=len(specs), desc="eval", unit="ep", disable=not self.cfg.progress, leave=False)
+        try:
+            while len(outputs) < len(specs):
+                self._dispatch(specs, queue, inflight, attempts)
+                refs = list(self._pending_ready) + list(inflight)
+                now = time.monotonic()
+                deadlines = [w.deadline for w in [*self._pending_ready.values(), *inflight.values()]]
+                wait_s = min([self.cfg.poll_s, *[max(0.0, d - now) for d in deadlines]])
+                done, _ = ray.wait(refs, num_returns=1, timeout=wait_s) if refs else ([], [])
+                for ref in done:
+                    if ref in self._pending_ready:
+                        self._on_ready(ref, self._pending_ready.pop(ref))
+                    else:
+                        self._on_episode(ref, inflight.pop(ref), specs, queue, attempts, outputs, bar)
+                self._expire(specs, queue, inflight, attempts, outputs, bar)
+        finally:
+            bar.close()
+            for work in inflight.values():  # only on an exception: leave no episode running
+                self._kill(work.slot)
+        self.stats.wall_s += time.monotonic() - start
+        return [outputs[i] for i in range(len(specs))]
+
+    def _dispatch(self, specs, queue, inflight, attempts) -> None:
+        for i, slot in enumerate(self.slots):
+            if slot.state == "dead":
+                self._launch(i)
+            if slot.state == "idle" and queue:
+                index = queue.popleft()
+                attempts[index] += 1
+                ref = slot.actor.run_episode.remote(specs[index])
+                inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index)
+                slot.state = "busy"
+
+    def _on_ready(self, ref: Any, work: _Work) -> None:
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._startup_failed(work.slot, f"actor failed to start: {_short(exc)}")
+            return
+        slot = self.slots[work.slot]
+        slot.pid, slot.state = int(info["pid"]), "idle"
+        self._startup_failures = 0
+
+    def _startup_failed(self, i: int, message: str) -> None:
+        self._kill(i)
+        self.stats.actor_restarts += 1
+        self._startup_failures += 1
+        self.stats.failures.append(message)
+        if self._startup_failures > 2 * self.cfg.num_actors:
+            raise EvaluationStartupError(
+                f"{self._startup_failures} evaluation actors in a row failed to start; last error: {message}"
+            )
+
+    def _on_episode(self, ref, work, specs, queue, attempts, outputs, bar) -> None:
+        try:
+            output: EpisodeOutput = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", specs, queue, attempts, outputs, bar)
+            return
+        self.slots[work.slot].state = "idle"
+        self._record(work.index, output, outputs, bar)
+
+    def wait_ready(self) -> Coordinator:
+        """Block until every actor has started (replacing failed ones); benchmarks time ``run`` after this."""
+        while self._pending_ready or any(s.state == "dead" for s in self.slots):
+            for i, slot in enumerate(self.slots):
+                if slot.state == "dead":
+                    self._launch(i)
+            now = time.monotonic()
+            wait_s = min([self.cfg.poll_s, *[max(0.0, w.deadline - now) for w in self._pending_ready.values()]])
+            done, _ = ray.wait(list(self._pending_ready), num_returns=1, timeout=wait_s)
+            for ref in done:
+                self._on_ready(ref, self._pending_ready.pop(ref))
+            self._expire_ready()
+        return self
+
+    def _expire_ready(self) -> None:
+        now = time.monotonic()
+        for ref, work in list(self._pending_ready.items()):
+            if now >= work.deadline:
+                del self._pending_ready[ref]
+                self._startup_failed(work.slot, f"actor did not start within {self.cfg.startup_timeout_s:.0f} s")
+
+    def _expire(self, specs, queue, inflight, attempts, outputs, bar) -> None:
+        self._expire_ready()
+        now = time.monotonic()
+        for ref, work in list(inflight.items()):
+            if now >= work.deadline:
+                del inflight[ref]
+                message = f"episode exceeded {self.cfg.episode_timeout_s:.1f} s"
+                self._fault(work, "timeout", message, specs, queue, attempts, outputs, bar)
+
+    def _fault(self, work, status: EpisodeStatus, message, specs, queue, attempts, outputs, bar) -> None:
+        """Kill and replace the actor; retry the episode or record its final status."""
+        spec = specs[work.index]
+        pid = self.slots[work.slot].pid
+        self.stats.failures.append(f"{spec.task} v{spec.variation} seed {spec.seed} (pid {pid}): {message}")
+        self._kill(work.slot)
+        self.stats.actor_restarts += 1
+        if self.server is not None:
+            self._check_server()
+        if attempts[work.index] < self.cfg.max_attempts:
+            self.stats.retries += 1
+            queue.appendleft(work.index)
+        else:
+            note = f"{message} (attempt {attempts[work.index]} of {self.cfg.max_attempts})"
+            failed = _failed(spec, status, note, time.monotonic() - work.started)
+            self._record(work.index, failed, outputs, bar)
+        self._launch(work.slot)
+
+    def _check_server(self) -> None:
+        """A dead policy server fails every episode: raise rather than burn the retries."""
+        ref = self.server.ready.remote()
+        done, _ = ray.wait([ref], timeout=min(30.0, self.cfg.startup_timeout_s))
+        try:
+            if not done:
+                raise EvaluationStartupError("the policy server stopped answering")
+            ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise EvaluationStartupError(f"the policy server died: {_short(exc)}") from exc
+
+    def _record(self, index: int, output: EpisodeOutput, outputs: dict[int, EpisodeOutput], bar: tqdm) -> None:
+        if index in outputs:
+            raise AssertionError(f"episode {index} recorded twice")  # the exactly-once invariant
+        outputs[index] = output
+        bar.update(1)
+
+    # -- teardown -------------------------------------------------------------------------------------
+    def actor_pids(self) -> list[int]:
+        """PIDs of the live simulator actors (and the policy server, last, when there is one)."""
+        pids = [s.pid for s in self.slots if s.pid]
+        return pids + ([self.server_pid] if self.server_pid else [])
+
+    def server_stats(self) -> dict[str, float] | None:
+        if self.server is None:
+            return None
+        ref = self.server.stats.remote()
+        done, _ = ray.wait([ref], timeout=30.0)
+        return ray.get(ref) if done else None
+
+    def shutdown(self) -> None:
+        """Kill every actor of this pool (the Ray session itself is left running)."""
+        self._pending_ready.clear()
+        for i in range(len(self.slots)):
+            self._kill(i)
+        if self.server is not None:
+            ray.kill(self.server, no_restart=True)
+            self.server = None
+            self.server_pid = 0
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."

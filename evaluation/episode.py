@@ -1,0 +1,185 @@
+"""One evaluation episode: observation -> condition -> policy -> keypose -> simulator, until done.
+
+The loop is backend- and policy-agnostic: it takes a ``Simulator``, an ``Inference`` (the policy in this
+process, or a client of the batching policy server) and the instruction embeddings as a plain
+``dict[task, (tokens (L, D) float32, mask (L,) bool)]``. An episode ends
+
+- with success as soon as the simulator reports it (status ``ok``, success True),
+- after ``max_keyposes`` keyposes without success (status ``ok``, success False; RLBench uses 25),
+- on a ``PlannerError`` (status ``planner_error``, a failure, counted in the denominator).
+
+A ``SimulatorError`` (or any crash) is *not* turned into a result here: it propagates so that the
+coordinator replaces the actor and retries the episode (design.md section 7, R5).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from evaluation.sim import EpisodeResult, Observation, PlannerError, Simulator
+from policies.base import Policy
+from policies.batch import POSE_DIM, ConditionBatch
+
+DEFAULT_MAX_KEYPOSES = 25  # RLBench / PerAct evaluation limit
+
+Instruction = tuple[np.ndarray, np.ndarray]  # tokens (L, D) float32, mask (L,) bool
+
+
+class InstructionError(KeyError):
+    """No instruction embedding for a task."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One requested episode: a task, its test configuration (variation) and the seed."""
+
+    task: str
+    variation: int
+    seed: int
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage of an episode (summed over its keyposes)."""
+
+    render: float = 0.0  # reset + observe (camera rendering and state reads)
+    preprocess: float = 0.0  # observation -> ConditionBatch (point cloud fusion)
+    policy: float = 0.0  # predict_action, including the wait for the policy server
+    sim: float = 0.0  # step_keypose (controller / physics)
+
+    def add(self, other: StageTimes) -> None:
+        self.render += other.render
+        self.preprocess += other.preprocess
+        self.policy += other.policy
+        self.sim += other.sim
+
+    def as_dict(self) -> dict[str, float]:
+        return {"render": self.render, "preprocess": self.preprocess, "policy": self.policy, "sim": self.sim}
+
+
+@dataclass
+class EpisodeOutput:
+    """What an evaluation actor returns for one episode: the result plus where the time went."""
+
+    result: EpisodeResult
+    times: StageTimes = field(default_factory=StageTimes)
+    actor_pid: int = 0
+
+
+class ConditionFn(Protocol):
+    def __call__(self, obs: Observation, text: Instruction) -> ConditionBatch:
+        """(B=1) condition of one observation and its instruction."""
+
+
+class Inference(Protocol):
+    def __call__(self, condition: ConditionBatch, row_seed: int) -> np.ndarray:
+        """(8,) next keypose of a B=1 condition; ``row_seed`` seeds the sampler's noise."""
+
+
+def row_seed(seed: int, keypose_index: int) -> int:
+    """Seed of the diffusion noise for keypose ``keypose_index`` of the episode seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, keypose_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class PointCloudConditioner:
+    """The default ``ConditionFn``: ``evaluation.pointcloud.observation_to_condition`` (picklable)."""
+
+    max_points: int
+    config: Any = None  # evaluation.pointcloud.PointCloudConfig; None = its defaults
+
+    def __call__(self, obs: Observation, text: Instruction) -> ConditionBatch:
+        from evaluation.pointcloud import PointCloudConfig, observation_to_condition
+
+        cfg = self.config if self.config is not None else PointCloudConfig()
+        return observation_to_condition(obs, text=text, max_points=self.max_points, cfg=cfg)
+
+
+class LocalInference:
+    """Runs the policy in this process (CPU by default); the noise of each call is seeded per row."""
+
+    def __init__(self, policy: Policy, device: str = "cpu") -> None:
+        self.policy = policy.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, condition: ConditionBatch, row_seed: int) -> np.ndarray:
+        generator = torch.Generator(device=self.device).manual_seed(row_seed)
+        action = self.policy.predict_action(condition.to(self.device), generator=generator)  # (1, 8)
+        return check_actions(action, 1)[0]
+
+
+def check_actions(action: torch.Tensor, batch: int) -> np.ndarray:
+    """(B, 8) float64 numpy from a policy's output, with a clear error when its shape is wrong."""
+    if tuple(action.shape) != (batch, POSE_DIM):
+        raise ValueError(f"predict_action returned shape {tuple(action.shape)}, expected ({batch}, {POSE_DIM})")
+    return action.detach().to("cpu", torch.float64).numpy()
+
+
+def lookup_instruction(instructions: dict[str, Instruction], task: str) -> Instruction:
+    if task not in instructions:
+        raise InstructionError(
+            f"no instruction embedding for task {task!r} (have {sorted(instructions)}): the checkpoint's "
+            "instructions.npz must contain '<task>/tokens' and '<task>/mask'"
+        )
+    return instructions[task]
+
+
+def run_episode(
+    sim: Simulator,
+    infer: Inference,
+    condition_fn: ConditionFn,
+    instructions: dict[str, Instruction],
+    spec: EpisodeSpec,
+    max_keyposes: int = DEFAULT_MAX_KEYPOSES,
+) -> EpisodeOutput:
+    """Run one episode to success, failure or the keypose limit. ``SimulatorError`` propagates."""
+    text = lookup_instruction(instructions, spec.task)
+    times = StageTimes()
+    start = time.perf_counter()
+    t = time.perf_counter()
+    obs = sim.reset(spec.task, spec.variation, spec.seed)
+    times.render += time.perf_counter() - t
+    success, status, message, steps = False, "ok", "", 0
+    for k in range(max_keyposes):
+        t = time.perf_counter()
+        condition = condition_fn(obs, text)
+        t2 = time.perf_counter()
+        pose = infer(condition, row_seed(spec.seed, k))
+        t3 = time.perf_counter()
+        times.preprocess += t2 - t
+        times.policy += t3 - t2
+        try:
+            outcome = sim.step_keypose(pose)
+        except PlannerError as exc:
+            times.sim += time.perf_counter() - t3
+            steps = k + 1
+            status, message = "planner_error", f"keypose {k}: {exc}"
+            break
+        times.sim += time.perf_counter() - t3
+        steps = k + 1
+        if outcome.success:
+            success = True
+            break
+        if k + 1 < max_keyposes:
+            t = time.perf_counter()
+            obs = sim.observe()
+            times.render += time.perf_counter() - t
+    else:
+        message = f"keypose limit {max_keyposes} reached"
+    result = EpisodeResult(
+        task=spec.task,
+        variation=spec.variation,
+        seed=spec.seed,
+        success=success,
+        steps=steps,
+        status=status,  # type: ignore[arg-type]
+        message=message,
+        wall_s=time.perf_counter() - start,
+    )
+    return EpisodeOutput(result=result, times=times)

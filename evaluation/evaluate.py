@@ -1,0 +1,189 @@
+"""Evaluation entry points: plan (task, variation, seed) episodes, run them on a ``Coordinator`` pool and
+summarise them into an ``EvalReport``. ``evaluate_checkpoint`` is what training's periodic evaluation and
+``python -m evaluation.run`` call; it works inside an existing Ray session and never shuts Ray down
+(it starts, and then stops, a local Ray only when none is running).
+
+Checkpoint inputs: the policy files of ``policies.base`` (``policy.json``, ``model.pt`` [+ ``ema.pt``]) and
+``instructions.npz`` (``<task>/tokens`` (L, D) float32, ``<task>/mask`` (L,) bool); optionally
+``pointcloud.json`` (an ``evaluation.pointcloud.PointCloudConfig``, as used to build the training set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from evaluation.actors import CheckpointPolicy, SimFactory
+from evaluation.coordinator import Coordinator, PoolConfig
+from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, PointCloudConditioner
+from evaluation.metrics import EvalReport, summarize
+from evaluation.policy_server import PolicyFactory
+from policies.base import POLICY_CONFIG_FILE, CheckpointError
+
+INSTRUCTIONS_FILE = "instructions.npz"
+POINTCLOUD_FILE = "pointcloud.json"
+
+
+def save_instructions(path: str | Path, instructions: dict[str, Instruction]) -> None:
+    """Write ``instructions.npz`` (keys ``<task>/tokens``, ``<task>/mask``)."""
+    arrays: dict[str, np.ndarray] = {}
+    for task, (tokens, mask) in instructions.items():
+        arrays[f"{task}/tokens"] = np.asarray(tokens, np.float32)
+        arrays[f"{task}/mask"] = np.asarray(mask, bool)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def load_instructions(path: str | Path) -> dict[str, Instruction]:
+    """Read ``instructions.npz`` into ``{task: (tokens (L, D) float32, mask (L,) bool)}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: the checkpoint needs the instruction embeddings of its tasks "
+            f"({INSTRUCTIONS_FILE} with '<task>/tokens' and '<task>/mask'), or pass instructions= explicitly"
+        )
+    out: dict[str, Instruction] = {}
+    with np.load(path) as data:
+        tasks = sorted({key.rsplit("/", 1)[0] for key in data.files})
+        for task in tasks:
+            if f"{task}/tokens" not in data.files or f"{task}/mask" not in data.files:
+                raise CheckpointError(f"{path}: task {task!r} needs both '{task}/tokens' and '{task}/mask'")
+            tokens, mask = data[f"{task}/tokens"].astype(np.float32), data[f"{task}/mask"].astype(bool)
+            if tokens.ndim != 2 or mask.shape != tokens.shape[:1]:
+                raise CheckpointError(f"{path}: {task} tokens {tokens.shape} / mask {mask.shape} must be (L, D) / (L,)")
+            out[task] = (tokens, mask)
+    return out
+
+
+def episode_seed(seed: int, task: str, index: int) -> int:
+    """Seed of episode ``index`` of ``task`` in an evaluation seeded ``seed`` (stable across processes)."""
+    state = np.random.SeedSequence([seed, zlib.crc32(task.encode()), index]).generate_state(1)
+    return int(state[0]) & 0x7FFFFFFF
+
+
+def plan_episodes(tasks: Sequence[str], episodes_per_task: int, seed: int, variations: Sequence[int]) -> list[EpisodeSpec]:
+    """``episodes_per_task`` episodes per task, cycling through ``variations`` (the test split)."""
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if not variations:
+        raise ValueError("variations is empty: pass the test variations of the benchmark")
+    return [
+        EpisodeSpec(task, int(variations[i % len(variations)]), episode_seed(seed, task, i))
+        for task in tasks
+        for i in range(episodes_per_task)
+    ]
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None, address: str | None = "local", **kwargs: Any) -> Iterator[bool]:
+    """Use the running Ray session, or start one and shut it down afterwards. Yields whether it started one."""
+    if ray.is_initialized():
+        yield False
+        return
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def evaluate(
+    sim_factory: SimFactory,
+    policy_factory: PolicyFactory,
+    instructions: dict[str, Instruction],
+    specs: list[EpisodeSpec],
+    condition_fn: ConditionFn,
+    pool: PoolConfig,
+    meta: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Run ``specs`` on a fresh pool (needs a Ray session) and summarise; the pool is always shut down."""
+    missing = sorted({s.task for s in specs} - set(instructions))
+    if missing:
+        raise CheckpointError(f"no instruction embeddings for tasks {missing}; have {sorted(instructions)}")
+    start = time.monotonic()
+    coordinator = Coordinator(sim_factory, policy_factory, instructions, condition_fn, pool)
+    try:
+        coordinator.start()
+        outputs = coordinator.run(specs)
+        server = coordinator.server_stats()
+    finally:
+        coordinator.shutdown()
+    stats = coordinator.stats
+    info = {**(meta or {}), "num_actors": pool.num_actors, "policy_server": server is not None}
+    if server is not None:
+        info["server"] = server
+    return summarize(outputs, time.monotonic() - start, stats.retries, stats.actor_restarts, stats.failures, info)
+
+
+def metaworld_factory(suite: str) -> SimFactory:
+    from evaluation.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
+
+    return functools.partial(MetaWorldSimulator, MetaWorldConfig(suite=suite))  # type: ignore[arg-type]
+
+
+def metaworld_test_variations() -> tuple[int, ...]:
+    from evaluation.metaworld_backend import variations
+
+    return variations("test")
+
+
+def checkpoint_condition_fn(checkpoint_dir: Path) -> ConditionFn:
+    """Point-cloud conditioner with the checkpoint's ``max_points`` and (when stored) its point-cloud config."""
+    from evaluation.pointcloud import PointCloudConfig
+
+    cfg_path = checkpoint_dir / POLICY_CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing: {checkpoint_dir} is not a policy checkpoint directory")
+    max_points = int(json.loads(cfg_path.read_text()).get("max_points", 2048))
+    pc_path = checkpoint_dir / POINTCLOUD_FILE
+    pc_cfg = PointCloudConfig.model_validate_json(pc_path.read_text()) if pc_path.is_file() else PointCloudConfig()
+    return PointCloudConditioner(max_points=max_points, config=pc_cfg)
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str | Path,
+    tasks: Sequence[str] | None = None,
+    episodes_per_task: int = 25,
+    num_actors: int = 2,
+    seed: int = 0,
+    suite: str = "mt10",
+    sim_factory: SimFactory | None = None,
+    variations: Sequence[int] | None = None,
+    instructions: dict[str, Instruction] | None = None,
+    pool: PoolConfig | None = None,
+    policy_factory: Callable[[], Any] | None = None,
+) -> EvalReport:
+    """Evaluate a checkpoint directory on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
+
+    Defaults to the Meta-World backend and its test variations (disjoint from the training variations).
+    The episode plan depends only on (tasks, episodes_per_task, seed, variations), so two evaluations of
+    the same checkpoint give the same numbers. ``pool`` overrides the pool settings (its ``num_actors``
+    is replaced by ``num_actors``).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if sim_factory is None:
+        sim_factory = metaworld_factory(suite)
+    if tasks is None:
+        from evaluation.metaworld_backend import suite_task_names
+
+        tasks = suite_task_names(suite)  # type: ignore[arg-type]
+    if variations is None:
+        variations = metaworld_test_variations()
+    if instructions is None:
+        instructions = load_instructions(checkpoint_dir / INSTRUCTIONS_FILE)
+    pool = (pool or PoolConfig()).model_copy(update={"num_actors": num_actors})
+    PoolConfig.model_validate(pool.model_dump())  # re-check the updated fields
+    specs = plan_episodes(list(tasks), episodes_per_task, seed, variations)
+    meta = {"checkpoint": str(checkpoint_dir), "suite": suite, "seed": seed, "episodes_per_task": episodes_per_task}
+    condition_fn = checkpoint_condition_fn(checkpoint_dir)
+    factory = policy_factory or CheckpointPolicy(str(checkpoint_dir.resolve()))
+    with ray_session():
+        return evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta)

@@ -1,0 +1,151 @@
+"""Aggregate episode outputs into an ``EvalReport``: per-task success with full denominators, counts by
+status, throughput and where the time went. JSON, a terminal table and MLflow metric names.
+
+A success rate is ``successes / episodes requested``: timeouts, simulator and planner errors count as
+failures and stay in the denominator; they are also counted separately so that they are visible.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+from evaluation.episode import EpisodeOutput, StageTimes
+from evaluation.sim import EpisodeStatus
+
+STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EpisodeRecord(_Frozen):
+    task: str
+    variation: int
+    seed: int
+    success: bool
+    steps: int
+    status: str
+    message: str
+    wall_s: float
+
+
+class TaskSummary(_Frozen):
+    task: str
+    episodes: int
+    successes: int
+    success_rate: float  # successes / episodes (full denominator)
+    status_counts: dict[str, int]
+    mean_steps: float
+
+
+class EvalReport(_Frozen):
+    """Everything one evaluation produced. ``mean_success`` is the mean over tasks of per-task success."""
+
+    tasks: dict[str, TaskSummary]
+    episodes: int
+    successes: int
+    mean_success: float
+    status_counts: dict[str, int]
+    wall_s: float
+    episodes_per_s: float
+    time_shares: dict[str, float]  # fraction of actor episode time per stage (render, preprocess, policy, sim)
+    retries: int = 0
+    actor_restarts: int = 0
+    failures: list[str] = []
+    results: list[EpisodeRecord] = []
+    meta: dict[str, Any] = {}
+
+    @property
+    def errors(self) -> int:
+        return sum(n for s, n in self.status_counts.items() if s != "ok")
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalReport:
+        return cls.model_validate(json.loads(text))
+
+    def mlflow_metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """``{prefix}/<task>/success``, ``{prefix}/success``, ``{prefix}/<status>`` counts, throughput."""
+        out = {f"{prefix}/{t}/success": s.success_rate for t, s in self.tasks.items()}
+        out[f"{prefix}/success"] = self.mean_success
+        out.update({f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"})
+        out[f"{prefix}/episodes"] = float(self.episodes)
+        out[f"{prefix}/episodes_per_s"] = self.episodes_per_s
+        out[f"{prefix}/retries"] = float(self.retries)
+        return out
+
+    def table(self) -> str:
+        """Per-task success table for the terminal."""
+        err_cols = [s for s in STATUSES if s != "ok"]
+        head = f"{'task':<28} {'success':>8} {'n':>5} " + " ".join(f"{c:>13}" for c in err_cols)
+        lines = [head, "-" * len(head)]
+        for task, s in self.tasks.items():
+            errs = " ".join(f"{s.status_counts.get(c, 0):>13}" for c in err_cols)
+            lines.append(f"{task:<28} {100 * s.success_rate:>7.1f}% {s.episodes:>5} {errs}")
+        lines.append("-" * len(head))
+        errs = " ".join(f"{self.status_counts.get(c, 0):>13}" for c in err_cols)
+        lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {self.episodes:>5} {errs}")
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.time_shares.items())
+        lines.append(
+            f"{self.episodes} episodes in {self.wall_s:.1f} s ({self.episodes_per_s:.2f} ep/s); "
+            f"retries {self.retries}, actor restarts {self.actor_restarts}; time: {shares}"
+        )
+        return "\n".join(lines)
+
+
+def summarize(
+    outputs: Sequence[EpisodeOutput],
+    wall_s: float,
+    retries: int = 0,
+    actor_restarts: int = 0,
+    failures: Sequence[str] = (),
+    meta: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Build the report; every output counts in its task's denominator, whatever its status."""
+    per_task: dict[str, list[EpisodeOutput]] = {}
+    for out in outputs:
+        per_task.setdefault(out.result.task, []).append(out)
+    tasks = {task: _task_summary(task, outs) for task, outs in per_task.items()}
+    counts = {s: sum(t.status_counts.get(s, 0) for t in tasks.values()) for s in STATUSES}
+    times = StageTimes()
+    for out in outputs:
+        times.add(out.times)
+    total = sum(times.as_dict().values())
+    shares = {k: (v / total if total > 0 else 0.0) for k, v in times.as_dict().items()}
+    successes = sum(t.successes for t in tasks.values())
+    return EvalReport(
+        tasks=tasks,
+        episodes=len(outputs),
+        successes=successes,
+        mean_success=sum(t.success_rate for t in tasks.values()) / len(tasks) if tasks else 0.0,
+        status_counts=counts,
+        wall_s=wall_s,
+        episodes_per_s=len(outputs) / wall_s if wall_s > 0 else 0.0,
+        time_shares=shares,
+        retries=retries,
+        actor_restarts=actor_restarts,
+        failures=list(failures),
+        results=[EpisodeRecord(**vars(o.result)) for o in outputs],
+        meta=meta or {},
+    )
+
+
+def _task_summary(task: str, outs: Sequence[EpisodeOutput]) -> TaskSummary:
+    n = len(outs)
+    successes = sum(1 for o in outs if o.result.success and o.result.status == "ok")
+    counts = {s: sum(1 for o in outs if o.result.status == s) for s in STATUSES}
+    return TaskSummary(
+        task=task,
+        episodes=n,
+        successes=successes,
+        success_rate=successes / n if n else 0.0,
+        status_counts=counts,
+        mean_steps=sum(o.result.steps for o in outs) / n if n else 0.0,
+    )

@@ -1,0 +1,84 @@
+"""The episode loop on the fake simulator with the real point-cloud path and a fake policy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
+
+from evaluation.episode import (
+    EpisodeSpec,
+    InstructionError,
+    LocalInference,
+    row_seed,
+    run_episode,
+)
+from evaluation.fake_sim import START_XYZ, FakeSimConfig, FakeSimulator
+from evaluation.sim import PlannerError, SimulatorError
+
+pytestmark = pytest.mark.unit
+
+TASKS = FakeSimConfig().tasks
+INSTR = fake_instructions(TASKS)
+
+
+def _run(sim, policy, spec, max_keyposes=25):
+    return run_episode(sim, LocalInference(policy), conditioner(), INSTR, spec, max_keyposes)
+
+
+def test_policy_reaches_the_goal_in_the_expected_number_of_keyposes():
+    sim = FakeSimulator()
+    spec = EpisodeSpec("fake-push", 1, 3)
+    goal = sim.reset(spec.task, spec.variation, spec.seed).extras["goal"]
+    out = _run(sim, FakeGoalPolicy(max_step=0.05), spec)
+    expected = math.ceil(np.linalg.norm(goal - np.array(START_XYZ)) / 0.05)
+    r = out.result
+    assert (r.task, r.variation, r.seed, r.status, r.success) == ("fake-push", 1, 3, "ok", True)
+    assert abs(r.steps - expected) <= 1
+    assert r.wall_s > 0 and out.times.render > 0 and out.times.policy > 0 and out.times.preprocess > 0
+
+
+def test_keypose_limit_ends_as_failure_with_status_ok():
+    out = _run(FakeSimulator(), FakeGoalPolicy(max_step=0.0), EpisodeSpec("fake-reach", 0, 0), max_keyposes=7)
+    assert (out.result.status, out.result.success, out.result.steps) == ("ok", False, 7)
+    assert "limit 7" in out.result.message
+
+
+def test_default_limit_is_25_keyposes():
+    out = run_episode(FakeSimulator(), LocalInference(FakeGoalPolicy(max_step=0.0)), conditioner(), INSTR,
+                      EpisodeSpec("fake-reach", 0, 0))
+    assert out.result.steps == 25 and not out.result.success
+
+
+class _PlannerFails(FakeSimulator):
+    def step_keypose(self, pose):
+        if self._keyposes == 2:
+            raise PlannerError("no IK solution")
+        return super().step_keypose(pose)
+
+
+def test_planner_error_is_a_counted_failure():
+    out = _run(_PlannerFails(), FakeGoalPolicy(max_step=0.0), EpisodeSpec("fake-reach", 0, 0))
+    assert (out.result.status, out.result.success, out.result.steps) == ("planner_error", False, 3)
+    assert "no IK solution" in out.result.message
+
+
+def test_simulator_error_propagates_for_the_coordinator():
+    sim = FakeSimulator(FakeSimConfig(crash_at=1, crash_mode="raise"))
+    with pytest.raises(SimulatorError):
+        _run(sim, FakeGoalPolicy(max_step=0.0), EpisodeSpec("fake-reach", 0, 0))
+
+
+def test_same_seed_same_result_with_a_noisy_policy():
+    spec = EpisodeSpec("fake-pick", 2, 42)
+    a = _run(FakeSimulator(), FakeGoalPolicy(max_step=0.06, noise=0.02), spec).result
+    b = _run(FakeSimulator(), FakeGoalPolicy(max_step=0.06, noise=0.02), spec).result
+    assert (a.success, a.steps, a.status) == (b.success, b.steps, b.status)
+    assert row_seed(42, 0) != row_seed(42, 1) != row_seed(43, 0)
+
+
+def test_missing_instruction_names_the_file_keys():
+    with pytest.raises(InstructionError, match="instructions.npz"):
+        run_episode(FakeSimulator(), LocalInference(FakeGoalPolicy()), conditioner(), {}, EpisodeSpec("fake-reach", 0, 0))
