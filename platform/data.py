@@ -16,7 +16,8 @@ import numpy as np
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for (run seed, step, stream), independent across streams."""
     ss = np.random.SeedSequence([seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream])
-    return int(ss.generate_state(2, dtype=np.uint32).astype(np.uint64).dot([1 << 31, 1]) & ((1 << 63) - 1))
+    hi, lo = (int(x) for x in ss.generate_state(2, dtype=np.uint32))
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
 
 
 class Level1Sampler:

@@ -1,0 +1,88 @@
+"""Level-1 sampler exact resume, LR schedule, and the non-finite guard of train_step (R7)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from platform.data import Level1Sampler, step_seed
+from platform.steps import EMA, train_step, warmup_cosine
+from policies.base import LossOutput
+
+
+def test_sampler_covers_each_epoch_once_and_resumes_exactly():
+    s = Level1Sampler(num_samples=10, batch_size=4, seed=3)
+    draws = np.concatenate([s.next_indices() for _ in range(5)])  # 20 draws = 2 epochs
+    assert sorted(draws[:10]) == list(range(10)) and sorted(draws[10:]) == list(range(10))
+    a = Level1Sampler(10, 4, seed=3)
+    for _ in range(3):
+        a.next_indices()
+    state = a.state_dict()
+    b = Level1Sampler(10, 4, seed=3)
+    b.load_state_dict(state)
+    for _ in range(7):
+        assert np.array_equal(a.next_indices(), b.next_indices())
+
+
+def test_sampler_refuses_another_dataset():
+    state = Level1Sampler(10, 4, 0).state_dict()
+    with pytest.raises(ValueError, match="different dataset"):
+        Level1Sampler(11, 4, 0).load_state_dict(state)
+
+
+def test_step_seeds_differ_by_step_and_stream():
+    seeds = {step_seed(0, s, k) for s in range(50) for k in range(3)}
+    assert len(seeds) == 150 and step_seed(1, 2, 0) == step_seed(1, 2, 0)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 10, 100, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert 0.1 < warmup_cosine(55, 10, 100, 0.1) < 1.0
+
+
+class FakeLossPolicy(torch.nn.Module):
+    """A two-parameter stand-in for a policy whose loss can be made non-finite on demand."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.poison = None  # None | "loss" | "grad"
+
+    def compute_loss(self, batch, generator=None):
+        loss = (self.w ** 2).sum()
+        if self.poison == "loss":
+            loss = loss * float("nan")
+        elif self.poison == "grad":
+            loss = loss + (self.w * torch.tensor([float("inf"), 0.0, 0.0])).sum() * 0
+            loss = loss + self.w.sum() * torch.tensor(float("inf")) * 0 + torch.sqrt(self.w[0] - self.w[0])
+        return LossOutput(loss, {"loss/position": float(loss.detach())})
+
+
+def make(policy):
+    opt = torch.optim.AdamW(policy.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return opt, sched, scaler, EMA(policy, 0.9)
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad"])
+def test_non_finite_step_changes_nothing(poison):
+    policy = FakeLossPolicy()
+    opt, sched, scaler, ema = make(policy)
+    kw = dict(grad_clip=1.0, amp="off", device=torch.device("cpu"))
+    ok = train_step(policy, None, opt, sched, scaler, ema, **kw)
+    assert not ok.skipped and math.isfinite(ok.loss)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in ema.state_dict().items()}
+    opt_before = opt.state_dict()["state"][0]["exp_avg"].clone()
+    policy.poison = poison
+    bad = train_step(policy, None, opt, sched, scaler, ema, **kw)
+    assert bad.skipped
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in ema.state_dict().items())
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt_before)
+    assert sched.last_epoch == 1
