@@ -149,8 +149,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, value = parse_override(item)
         raw = set_dotted(raw, key, value)
-        _validate(raw, source=f"override {item!r}")
-    return _validate(raw, source="config")
+        # Field-level errors are pinned on the override that caused them; cross-field checks wait for the
+        # final validation, since a later override may fix them (train.steps=10 train.warmup_steps=2).
+        _validate(raw, source=f"override {item!r}", defer_cross_field=True)
+    cfg = _validate(raw, source="config")
+    assert cfg is not None
+    return cfg
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -201,10 +205,13 @@ def to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def _validate(raw: dict[str, Any], source: str) -> ExperimentConfig:
+def _validate(raw: dict[str, Any], source: str, defer_cross_field: bool = False) -> ExperimentConfig | None:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
+        if defer_cross_field and all(e["type"] == "value_error" and isinstance(e.get("input"), dict)
+                                     for e in exc.errors()):
+            return None
         raise ConfigError(f"{source}: {_one_line(exc, raw)}") from None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
 from platform.data import Level1Sampler, step_seed
@@ -27,7 +28,6 @@ from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, Po
 from policies.registry import build_policy
 
 TRAIN_STATE_FILE = "train_state.pt"
-INSTRUCTIONS_FILE = "instructions.npz"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +78,7 @@ class TrainingState:
             WEIGHTS_FILE: lambda p: torch.save(policy.state_dict(), p),
             TRAIN_STATE_FILE: lambda p: torch.save(self.state_dict(), p),
             "experiment.yaml": lambda p: p.write_text(to_yaml(self.cfg)),
-            INSTRUCTIONS_FILE: lambda p: _save_instructions(p, instructions),
+            INSTRUCTIONS_FILE: lambda p: save_instructions(p, instructions),
         }
         if self.ema is not None:
             writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
@@ -105,15 +105,6 @@ class TrainingState:
 
 def _unwrap(model: torch.nn.Module) -> Policy:
     return getattr(model, "module", model)  # DDP wraps the policy
-
-
-def _save_instructions(path: Path, instructions: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    arrays = {}
-    for task, (tokens, mask) in instructions.items():
-        arrays[f"{task}/tokens"] = np.asarray(tokens, dtype=np.float32)
-        arrays[f"{task}/mask"] = np.asarray(mask, dtype=bool)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:

@@ -155,9 +155,7 @@ class RunTracker:
         install_log_filter()
         buffer = RecordBuffer(Path(buffer_dir), experiment, run_name)
         location = artifact_location or default_artifact_location(tracking_uri, experiment)
-        sink = MlflowSink(
-            tracking_uri, experiment, run_name, buffer, location, tags, buffer.state["created_ms"]
-        )
+        sink = MlflowSink(tracking_uri, experiment, run_name, buffer, location, tags)
         tracker = cls(buffer, sink, upload_interval_s, replay)
         tracker._pending = tracker._keep(buffer.take_loaded_after(buffer.target(tracking_uri)["acked_seq"]))
         return tracker

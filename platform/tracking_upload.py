@@ -101,7 +101,6 @@ class MlflowSink:
         buffer: RecordBuffer,
         artifact_location: str | None,
         tags: dict[str, str],
-        start_ms: int,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -109,7 +108,6 @@ class MlflowSink:
         self.buffer = buffer
         self.artifact_location = artifact_location
         self.initial_tags = tags
-        self.start_ms = start_ms
         self.client: Any = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -128,21 +126,28 @@ class MlflowSink:
         created = False
         if run is None:
             self.experiment_id = self._experiment_id()
-            run = self._find_by_name()
-            if run is None:
-                run = self.client.create_run(
-                    self.experiment_id,
-                    start_time=self.start_ms,
-                    tags=self.initial_tags,
-                    run_name=self.run_name,
-                )
-                created = True
+            runs = self._find_by_name()
+            if runs:
+                run = runs[0]
+            else:
+                run, created = self._create_run(), True
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         if set_running and run.info.status != "RUNNING":
             self.client.update_run(self.run_id, status="RUNNING")
         self.remote_params = dict(run.data.params)
         self.buffer.save_target(self.tracking_uri, run_id=self.run_id, experiment_id=self.experiment_id)
         return created
+
+    def _create_run(self) -> Any:
+        """Create the run; if another process created one with the same name concurrently, both keep the
+        oldest (start times are creation times) and the newer, still empty run is deleted."""
+        run = self.client.create_run(self.experiment_id, tags=self.initial_tags, run_name=self.run_name)
+        oldest = self._find_by_name()[0]
+        if oldest.info.run_id != run.info.run_id:
+            _log.warning("MLflow run %r was created concurrently; using %s", self.run_name, oldest.info.run_id)
+            self.client.delete_run(run.info.run_id)
+            return oldest
+        return run
 
     def _stored_run(self) -> Any:
         run_id = self.buffer.target(self.tracking_uri).get("run_id")
@@ -183,20 +188,21 @@ class MlflowSink:
             _log.debug("experiment %s created concurrently: %s", self.experiment, e)
             return exp.experiment_id
 
-    def _find_by_name(self) -> Any:
+    def _find_by_name(self) -> list[Any]:
+        """Active runs named ``run_name``, oldest first (ties broken by run id)."""
         quote = '"' if "'" in self.run_name else "'"
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"attributes.run_name = {quote}{self.run_name}{quote}",
-            order_by=["attributes.start_time DESC"],
-            max_results=10,
+            max_results=50,
         )
+        runs = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
         if len(runs) > 1:
             _log.warning(
-                "%d MLflow runs are named %r in experiment %r; continuing the newest (%s)",
+                "%d MLflow runs are named %r in experiment %r; continuing the oldest (%s)",
                 len(runs), self.run_name, self.experiment, runs[0].info.run_id,
             )  # fmt: skip
-        return runs[0] if runs else None
+        return runs
 
     # ---- sending ---------------------------------------------------------------------------------------
     def upload(self, records: list[dict[str, Any]], ack: Callable[[int], None]) -> None:
@@ -252,8 +258,19 @@ class MlflowSink:
         except Exception as e:
             if not is_permanent_error(e):
                 raise
-            self._send_one_by_one(chunk.records, ack)
-            return
+            # Most likely a param that another writer of this run (driver / worker) logged meanwhile
+            # with another value: refresh the run's params, rebuild the batch, then go record by record.
+            self.remote_params = dict(self.client.get_run(self.run_id).data.params)
+            retry = _Chunk()
+            for rec in chunk.records:
+                self._add(retry, rec)
+            try:
+                self._send_chunk_strict(retry)
+            except Exception as e2:
+                if not is_permanent_error(e2):
+                    raise
+                self._send_one_by_one(chunk.records, ack)
+                return
         ack(chunk.records[-1]["seq"])
 
     def _send_one_by_one(self, records: list[dict[str, Any]], ack: Callable[[int], None]) -> None:
@@ -266,10 +283,7 @@ class MlflowSink:
                 if not is_permanent_error(e):
                     raise
                 _log.warning(
-                    "MLflow refused %s %r: %s (kept in rejected.jsonl)",
-                    rec["k"],
-                    rec["key"],
-                    describe_error(e),
+                    "MLflow refused %s %r: %s (kept in rejected.jsonl)", rec["k"], rec["key"], describe_error(e)
                 )
                 self.buffer.reject(rec, describe_error(e))
             ack(rec["seq"])

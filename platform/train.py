@@ -94,7 +94,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     run_id = tracking.run_id if tracking else "none"
     print(f"[train] finished in {time.perf_counter() - t_start:.0f} s. Open the dashboard: "
           f"mlflow ui --backend-store-uri {uri}")
-    print(f"mean success: {100 * report.mean_success:.1f}% over {report.num_episodes} episodes "
+    print(f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
           f"(MLflow run {run_id}, tracking URI {uri})")
     return 0
 

@@ -113,10 +113,13 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 def _open_tracker(payload: dict[str, Any], run_dir: Path) -> Any:
     if not payload.get("tracking_uri"):
         return None
-    from platform.tracking import RunTracker
+    from platform.tracking import RunTracker, flatten_config
 
-    return RunTracker.open(payload["tracking_uri"], payload["experiment"], payload["run_name"],
-                           buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.get("tags"))
+    tracker = RunTracker.open(payload["tracking_uri"], payload["experiment"], payload["run_name"],
+                              buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.get("tags"))
+    if payload.get("params"):  # sweep trials: the driver never sees their run, so the worker logs the config
+        tracker.log_params({**flatten_config(payload["config"]), **payload["params"]})
+    return tracker
 
 
 class _PeriodicEval:

@@ -1,0 +1,107 @@
+"""Glue between training and the evaluation actors: periodic (asynchronous) and final evaluation of a
+run's checkpoints, logged to the run's MLflow run against the checkpoint's training step.
+
+Failures of evaluation are reported, recorded and never kill the training run: a periodic evaluation
+that raises is logged as ``eval/failed`` and training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
+from platform.cli import UserFacingError
+from platform.config import ExperimentConfig
+
+EVAL_DIR = "eval"
+
+
+def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
+    """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment."""
+    from evaluation.coordinator import PoolConfig
+    from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
+
+    e = cfg.eval
+    tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE))
+    pool = PoolConfig(num_actors=e.actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
+                      max_attempts=e.retries + 1, policy_server=e.policy_server)
+    return {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors, "seed": e.seed,
+            "suite": cfg.data.suite, "pool": pool}
+
+
+def _evaluate(cfg_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """Run one evaluation; returns ``{"report": json}`` or ``{"error": text}`` (never raises)."""
+    try:
+        from evaluation.evaluate import evaluate_checkpoint
+
+        cfg = ExperimentConfig.model_validate(cfg_json)
+        report = evaluate_checkpoint(checkpoint, **eval_arguments(cfg, Path(checkpoint)))
+        return {"report": report.to_json()}
+    except Exception as exc:  # reported to the caller, which logs it
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+
+
+def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path, payload: dict[str, Any]) -> Any:
+    """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool)."""
+    import ray
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
+    return remote.remote(cfg.model_dump(mode="json"), str(checkpoint))
+
+
+def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str, Any]) -> Any:
+    """Record an evaluation result: JSON beside the checkpoints, metrics at ``step``, keep-best metric."""
+    from evaluation.metrics import EvalReport
+
+    run_dir = checkpoint.parent.parent
+    out_dir = run_dir / EVAL_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "error" in result:
+        (out_dir / f"step_{step:08d}.error.txt").write_text(result["error"] + "\n" + result.get("traceback", ""))
+        print(f"[eval] evaluation of step {step} failed: {result['error']}", flush=True)
+        if tracker is not None:
+            tracker.log_metrics({"eval/failed": 1.0}, step=step)
+        return None
+    report = EvalReport.from_json(result["report"])
+    (out_dir / f"step_{step:08d}.json").write_text(result["report"])
+    if checkpoint.is_dir():
+        set_checkpoint_metric(checkpoint, report.mean_success)
+    if tracker is not None:
+        tracker.log_metrics(report.mlflow_metrics("eval"), step=step)
+        tracker.log_dict(json.loads(result["report"]), f"eval/step_{step:08d}.json")
+    print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes",
+          flush=True)
+    return report
+
+
+def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
+    """Evaluate the run's last (or best) checkpoint in the driver, print the table, log and return the report."""
+    ckpt = best_checkpoint(run_dir) if cfg.eval.checkpoint == "best" else None
+    ckpt = ckpt or latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserFacingError(f"no valid checkpoint in {run_dir / 'checkpoints'} to evaluate")
+    print(f"[eval] evaluating {ckpt.path.name} with {cfg.eval.actors} simulator actors "
+          f"({cfg.eval.episodes_per_task} episodes per task)", flush=True)
+    result = _evaluate(cfg.model_dump(mode="json"), str(ckpt.path))
+    report = log_eval_report(tracker, ckpt.path, ckpt.step, result)
+    if report is None:
+        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {result['error']} "
+                              f"(details in {run_dir / EVAL_DIR})")
+    print(report.table(), flush=True)
+    if tracker is not None:
+        _log_plots(tracker, report, run_dir)
+    return report
+
+
+def _log_plots(tracker: Any, report: Any, run_dir: Path) -> None:
+    try:
+        from platform.tracking import plot_success_per_task
+
+        path = run_dir / EVAL_DIR / "success_per_task.png"
+        plot_success_per_task({t: s.success_rate for t, s in report.tasks.items()}, path)
+        tracker.log_artifact(path, "plots")
+    except Exception as exc:  # a plot must never fail the run
+        print(f"[eval] could not plot success per task: {exc}", flush=True)

@@ -1,0 +1,199 @@
+"""``python -m platform.sweep``: Ray Tune sweeps over the actions-per-condition ratio M or any config key.
+
+    python -m platform.sweep --param policy.m=1,4,16,64 train.time_budget_s=300          # grid, equal compute
+    python -m platform.sweep --param policy.m=4,16,64 --param "train.lr=loguniform(1e-4,1e-3)" \\
+        --search random --num-samples 6 --scheduler asha
+    python -m platform.sweep --name m-sweep ...     # rerun after the driver died: resumes, finished trials kept
+
+Each trial is a Tune function trainable that builds a ``TorchTrainer`` (Ray Train V2 pattern, design.md
+5.2) running the same ``train_loop_per_worker`` as ``platform.train``, with its own run directory under
+``runs/<sweep>/trials/<trial id>`` and its own MLflow run (a child of the sweep's parent run). Give every
+trial the same ``train.time_budget_s`` to compare values of M at equal compute.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if not __package__:
+    sys.stderr.write("error: run this as a module from the repository root: python -m platform.sweep\n")
+    raise SystemExit(2)
+
+import argparse
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from platform.cli import UserFacingError, add_config_arguments, run_cli
+from platform.config import ConfigError, ExperimentConfig, parse_override, set_dotted
+
+_DIST = re.compile(r"^(uniform|loguniform|randint|choice)\((.*)\)$")
+METRIC = "train_loss"
+
+
+def parse_param(text: str, search: str) -> tuple[str, Any, list[Any]]:
+    """``"policy.m=1,4,16"`` -> (key, tune domain, candidate values to validate)."""
+    from ray import tune
+
+    key, value = parse_override(text)
+    raw = text.partition("=")[2].strip()
+    m = _DIST.match(raw)
+    if m:
+        kind, args = m.group(1), [parse_override(f"x={a.strip()}")[1] for a in m.group(2).split(",") if a.strip()]
+        if kind == "choice":
+            return key, tune.choice(args), args
+        if len(args) != 2 or not all(isinstance(a, int | float) for a in args) or args[0] >= args[1]:
+            raise ConfigError(f"--param {text!r}: {kind}(low, high) needs two numbers with low < high")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"--param {text!r}: loguniform needs low > 0")
+        dom = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*args)
+        return key, dom, [args[0], args[1] if kind != "randint" else args[1] - 1]
+    values = value if isinstance(value, list) else [parse_override(f"x={v.strip()}")[1] for v in raw.split(",")]
+    if not values or raw == "":
+        raise ConfigError(f"--param {text!r}: give values, e.g. policy.m=1,4,16")
+    return key, (tune.grid_search(values) if search == "grid" else tune.choice(values)), values
+
+
+def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> ExperimentConfig:
+    raw = base
+    for key, value in overrides.items():
+        raw = set_dotted(raw, key, value)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except Exception as exc:
+        raise ConfigError(f"trial overrides {overrides}: {exc}") from None
+
+
+def _trial(tune_cfg: dict[str, Any]) -> None:
+    """The Tune function trainable: one Ray Train run per trial."""
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from platform.worker import train_loop_per_worker
+
+    meta = tune_cfg["__sweep__"]
+    overrides = {k: v for k, v in tune_cfg.items() if k != "__sweep__"}
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(meta["base"], {**overrides, "name": f"{meta['sweep']}-{trial_id}"})
+    run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "run_name": cfg.name,
+        "experiment": cfg.tracking.experiment, "tracking_uri": meta["tracking_uri"],
+        "tags": {"platform.kind": "sweep_trial", "platform.policy_type": cfg.policy.type,
+                 "platform.sweep": meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
+                                                     if meta.get("parent_run_id") else {})},
+        "params": {f"sweep.{k}": str(v) for k, v in overrides.items()},
+        "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=max(1, cfg.ray.num_workers), use_gpu=bool(meta["use_gpu"]),
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"), callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+    )
+    trainer.fit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m platform.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=SPEC", required=True,
+                   help="swept key: values a,b,c (grid or choice) or uniform(lo,hi) / loguniform(lo,hi) / "
+                        "randint(lo,hi) / choice(a,b); repeatable")
+    p.add_argument("--search", choices=["grid", "random"], default="grid")
+    p.add_argument("--num-samples", type=int, default=1, help="random: trials; grid: repeats of the grid")
+    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
+                   help="asha stops poor trials early on train loss (grace period: a quarter of the steps)")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (default 1)")
+    p.add_argument("--name", help="sweep name (default: <config name>-sweep); the same name resumes")
+    add_config_arguments(p)
+    return p
+
+
+def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    from ray import tune
+
+    from platform.data import ensure_dataset
+    from platform.session import connect_ray
+
+    if args.num_samples < 1 or args.max_concurrent < 1:
+        raise UserFacingError("--num-samples and --max-concurrent must be >= 1")
+    space, candidates = {}, {}
+    for text in args.param:
+        key, domain, values = parse_param(text, args.search)
+        space[key], candidates[key] = domain, values
+    base = cfg.model_dump(mode="json")
+    for key, values in candidates.items():  # fail before launching anything
+        for v in values:
+            trial_config(base, {key: v})
+    sweep = args.name or f"{cfg.name}-sweep"
+    sweep_dir = cfg.resolve_path(cfg.output_dir) / sweep
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dataset(cfg)
+    connect_ray(cfg)
+    import ray
+
+    parent = _parent_run(cfg, sweep, sweep_dir, args)
+    use_gpu = cfg.ray.use_gpu if cfg.ray.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    space["__sweep__"] = {"base": base, "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
+                          "tracking_uri": parent.tracking_uri if parent else None,
+                          "parent_run_id": parent.run_id if parent else None}
+    trainable = tune.with_resources(_trial, {"cpu": 0.05})
+    storage = str(sweep_dir / "tune")
+    path = str(Path(storage) / sweep)
+    scheduler = None
+    if args.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(time_attr="step", max_t=cfg.train.steps * 10,
+                                                  grace_period=max(1, cfg.train.steps // 4))
+    if tune.Tuner.can_restore(path):
+        print(f"[sweep] resuming {sweep} from {path} (finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=args.num_samples,
+                                        scheduler=scheduler, max_concurrent_trials=args.max_concurrent),
+            run_config=tune.RunConfig(name=sweep, storage_path=storage, verbose=1),
+        )
+    results = tuner.fit()
+    print(_summary(results, list(candidates)))
+    if parent is not None:
+        parent.close("FINISHED")
+    return 0 if not results.errors else 1
+
+
+def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argparse.Namespace) -> Any:
+    if not cfg.tracking.enabled:
+        return None
+    from platform.config import REPO_ROOT
+    from platform.tracking import RunTracker, default_tracking_uri, flatten_config
+
+    uri = cfg.tracking.uri or default_tracking_uri(REPO_ROOT)
+    parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
+                             tags={"platform.kind": "sweep_parent", "platform.policy_type": cfg.policy.type})
+    parent.log_params({**flatten_config(cfg.model_dump(mode="json")),
+                       "sweep.params": " ".join(args.param), "sweep.search": args.search,
+                       "sweep.scheduler": args.scheduler})
+    return parent
+
+
+def _summary(results: Any, keys: list[str]) -> str:
+    lines = ["[sweep] results (lower train loss is better):", f"  {'trial':<14}" + "".join(f"{k:>22}" for k in keys)
+             + f"{'steps':>8}{'train loss':>12}"]
+    for r in results:
+        cfg = r.config or {}
+        m = r.metrics or {}
+        loss = m.get(METRIC, math.nan)
+        status = "error" if r.error else ""
+        lines.append(f"  {m.get('trial_id', '?'):<14}" + "".join(f"{str(cfg.get(k)):>22}" for k in keys)
+                     + f"{m.get('step', 0):>8}{loss:>12.4f} {status}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, build_parser()))

@@ -1,0 +1,32 @@
+"""Test fakes for platform tests (named as such): an in-memory keyframe dataset built from synthetic scenes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from policies.batch import ConditionBatch
+from policies.synthetic import random_condition_batch
+
+
+class FakeKeyframeDataset:
+    """Quacks like ``evaluation.dataset.KeyframeDataset`` for the training loop: ``len``, ``batch``,
+    ``task_names``, ``instruction_embedding``. Samples are fixed synthetic scenes."""
+
+    def __init__(self, policy_cfg, num_samples: int = 12, seed: int = 0, points: int = 96) -> None:
+        self._all = random_condition_batch(num_samples, points, text_dim=policy_cfg.text_dim,
+                                           workspace_low=policy_cfg.workspace_low,
+                                           workspace_high=policy_cfg.workspace_high, seed=seed)
+        self.task_names = ["fake-task-a", "fake-task-b"]
+
+    def __len__(self) -> int:
+        return self._all.batch_size
+
+    def instruction_embedding(self, task: str):
+        return self._all.text[0].numpy(), self._all.text_mask[0].numpy()
+
+    def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> ConditionBatch:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return self._all.select(idx)
