@@ -9,9 +9,10 @@ Usage (rank 0 of a training run, or one Tune trial)::
     tracker.log_metrics({"train/loss": 0.31, "train/lr": 3e-4}, step=100)
     tracker.close("FINISHED")          # or "FAILED" / "KILLED"; also a context manager
 
-**Runs are found by name (R3).** ``open`` continues the newest active run called ``run_name`` in the
-experiment (its status goes back to RUNNING) or creates it; relaunching the same command with the same
-run name continues the same MLflow run. Params are immutable in MLflow: re-logging an identical value
+**Runs are found by name (R3).** ``open`` continues the active run called ``run_name`` in the
+experiment (the oldest if there are several; its status goes back to RUNNING) or creates it; relaunching
+the same command with the same run name continues the same MLflow run. Several trackers may write one
+run (the driver and a train worker, each with its own ``buffer_dir``). Params are immutable in MLflow: re-logging an identical value
 is a no-op, a changed value on resume is recorded as tag ``platform.param_changed.<key>`` with one warning.
 
 **Outages lose nothing and never stop training (R9).** Every call is first appended to a JSONL buffer in

@@ -142,9 +142,12 @@ class MlflowSink:
         """Create the run; if another process created one with the same name concurrently, both keep the
         oldest (start times are creation times) and the newer, still empty run is deleted."""
         run = self.client.create_run(self.experiment_id, tags=self.initial_tags, run_name=self.run_name)
-        oldest = self._find_by_name()[0]
+        found = self._find_by_name()
+        oldest = found[0] if found else run
         if oldest.info.run_id != run.info.run_id:
-            _log.warning("MLflow run %r was created concurrently; using %s", self.run_name, oldest.info.run_id)
+            _log.warning(
+                "MLflow run %r was created concurrently; using %s", self.run_name, oldest.info.run_id
+            )
             self.client.delete_run(run.info.run_id)
             return oldest
         return run
@@ -283,7 +286,10 @@ class MlflowSink:
                 if not is_permanent_error(e):
                     raise
                 _log.warning(
-                    "MLflow refused %s %r: %s (kept in rejected.jsonl)", rec["k"], rec["key"], describe_error(e)
+                    "MLflow refused %s %r: %s (kept in rejected.jsonl)",
+                    rec["k"],
+                    rec["key"],
+                    describe_error(e),
                 )
                 self.buffer.reject(rec, describe_error(e))
             ack(rec["seq"])

@@ -214,6 +214,33 @@ def test_changed_param_on_resume_becomes_tag(sqlite_uri: str, tmp_path: Path) ->
     assert run.data.tags["platform.param_changed.model.m"] == "128"
 
 
+def test_driver_and_worker_trackers_share_one_run(sqlite_uri: str, tmp_path: Path) -> None:
+    driver = RunTracker.open(sqlite_uri, "shared", "job", tmp_path / "driver")
+    worker = RunTracker.open(sqlite_uri, "shared", "job", tmp_path / "worker")
+    assert worker.run_id == driver.run_id
+    driver.log_params({"env.hostname": "head"})
+    assert driver.flush()
+    worker.log_params({"env.hostname": "gpu-node", "train.steps": 10})  # worker connected before that param
+    _log_training(worker, range(3))
+    assert worker.close() and driver.close()
+    run = _client(sqlite_uri).get_run(driver.run_id)
+    assert run.data.params == {"env.hostname": "head", "train.steps": "10"}
+    assert run.data.tags["platform.param_changed.env.hostname"] == "gpu-node"
+    assert not (tmp_path / "worker" / "rejected.jsonl").exists()
+
+
+def test_concurrently_created_runs_converge_on_the_oldest(sqlite_uri: str, tmp_path: Path) -> None:
+    client = _client(sqlite_uri)
+    tracker = RunTracker.open(UNREACHABLE, "race", "twin", tmp_path / "buf", connect_timeout_s=2)
+    tracker.close(timeout_s=1)
+    exp_id = client.create_experiment("race", artifact_location=str(tmp_path / "art"))
+    first = client.create_run(exp_id, run_name="twin")  # created by "another process" first
+    sink = tracker._sink
+    sink.client, sink.tracking_uri, sink.experiment_id = client, sqlite_uri, exp_id
+    assert sink._create_run().info.run_id == first.info.run_id
+    assert [r.info.run_id for r in client.search_runs([exp_id])] == [first.info.run_id]
+
+
 def test_sync_uploads_a_left_over_buffer_with_its_status(sqlite_uri: str, tmp_path: Path) -> None:
     down = RunTracker.open(UNREACHABLE, "sync", "s", tmp_path / "buf", connect_timeout_s=5)
     _log_training(down, range(4))
