@@ -1,0 +1,161 @@
+"""Keyframe detection on a scripted-expert trajectory (gripper events, near-still frames, turns).
+
+Meta-World's experts are reactive controllers that never stop, so keyframes are found from the TCP
+path and the gripper commands of a rollout:
+
+- gripper events: the command toggles at step t -> keyframe at the slowest frame between t and the
+  frame where the fingers stop moving (opening changes less than ``settle_eps`` per step, at most
+  ``settle_max`` steps later, before the next toggle), with the *new* gripper state. The experts keep
+  moving while the slow fingers close, and a controller that stops, actuates and holds must do it
+  where the expert paused (pick: waiting for the grasp) or turned (push: bottom of the reach);
+- near-still frames: the last frame of each run of at least ``still_frames`` frames moving less than
+  ``still_speed_m`` per step (the expert has converged and is about to move on);
+- direction changes: between consecutive keyframes, the frame where the path strays furthest from
+  the straight segment joining them is added while that distance exceeds ``path_tolerance_m``
+  (Ramer-Douglas-Peucker), so that straight moves between keyframes follow the expert's path;
+- the final frame (the first frame with task success).
+
+Candidates closer than ``min_gap`` steps to a kept one are dropped (gripper events win ties).
+Indices refer to states: 0 is the reset state, t the state after step t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class KeyframeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    still_speed_m: float = Field(0.0015, gt=0.0)
+    still_frames: int = Field(3, ge=1)
+    path_tolerance_m: float = Field(0.015, gt=0.0)
+    min_gap: int = Field(6, ge=1)
+    settle_eps: float = Field(0.01, gt=0.0)  # finger opening change per step (normalised 0..1) = settled
+    settle_max: int = Field(25, ge=0)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    index: int  # state index in the trajectory
+    gripper_open: bool  # gripper state commanded at this keyframe (after the toggle, for events)
+    kind: str  # "gripper", "still", "turn" or "final"
+
+
+def gripper_events(grip_open: np.ndarray) -> list[int]:
+    """Steps t (>= 1) whose command differs from step t-1's (state index 0 = reset, open). ``grip_open`` (T+1,)."""
+    changed = np.nonzero(grip_open[1:] != grip_open[:-1])[0]  # grip_open[j+1] != grip_open[j]
+    return [int(j) + 1 for j in changed]
+
+
+def settle_frame(toggle: int, grip_dist: np.ndarray | None, limit: int, cfg: KeyframeConfig) -> int:
+    """First frame >= ``toggle`` at which the finger opening has stopped changing (capped)."""
+    cap = min(toggle + cfg.settle_max, limit)
+    if grip_dist is None:
+        return cap
+    moved = False
+    for s in range(toggle + 1, cap + 1):
+        step = abs(grip_dist[s] - grip_dist[s - 1])
+        moved |= step >= cfg.settle_eps
+        if moved and step < cfg.settle_eps:
+            return s
+    return cap
+
+
+def actuation_frame(
+    toggle: int, tcp: np.ndarray, grip_dist: np.ndarray | None, limit: int, cfg: KeyframeConfig
+) -> int:
+    """Where a keypose controller should actuate the gripper for a toggle at step ``toggle``: the
+    slowest frame between the toggle and the fingers settling (the expert pauses to grasp, or turns
+    at the bottom of a reach), first one on ties."""
+    end = settle_frame(toggle, grip_dist, limit, cfg)
+    if end <= toggle:
+        return toggle
+    speed = np.linalg.norm(tcp[toggle : end + 1] - tcp[toggle - 1 : end], axis=1)  # (end - toggle + 1,)
+    return toggle + int(np.argmin(np.round(speed, 4)))
+
+
+def still_frames(tcp: np.ndarray, cfg: KeyframeConfig) -> list[int]:
+    """Last frame of each run of >= ``still_frames`` near-still frames. ``tcp`` (T+1, 3)."""
+    speed = np.linalg.norm(np.diff(tcp, axis=0), axis=1)  # (T,), speed[t-1] = |tcp[t] - tcp[t-1]|
+    still = speed < cfg.still_speed_m
+    out, run = [], 0
+    for t, is_still in enumerate(still, start=1):
+        run = run + 1 if is_still else 0
+        if run >= cfg.still_frames and (t == len(still) or not still[t]):
+            out.append(t)
+    return out
+
+
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of each of ``points`` (K, 3) to the segment a-b."""
+    ab = b - a
+    denom = float(ab @ ab)
+    t = np.zeros(len(points)) if denom < 1e-12 else np.clip((points - a) @ ab / denom, 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def path_corners(tcp: np.ndarray, anchors: list[int], tolerance: float) -> list[int]:
+    """Frames to add between sorted ``anchors`` so every segment follows ``tcp`` within ``tolerance``."""
+    out: list[int] = []
+    stack = [(a, b) for a, b in zip(anchors[:-1], anchors[1:], strict=True)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        dist = _segment_distance(tcp[a + 1 : b], tcp[a], tcp[b])  # (b - a - 1,)
+        k = int(np.argmax(dist))
+        if dist[k] > tolerance:
+            mid = a + 1 + k
+            out.append(mid)
+            stack += [(a, mid), (mid, b)]
+    return sorted(out)
+
+
+def detect_keyframes(
+    tcp: np.ndarray,
+    grip_open: np.ndarray,
+    cfg: KeyframeConfig | None = None,
+    grip_dist: np.ndarray | None = None,
+) -> list[Keyframe]:
+    """Keyframes of a trajectory: ``tcp`` (T+1, 3) TCP positions, ``grip_open`` (T+1,) bool commands
+    (``grip_open[t]`` is the command applied at step t; ``grip_open[0]`` the reset state, open),
+    ``grip_dist`` (T+1,) optional finger opening in [0, 1] (settles gripper keyframes).
+
+    Returns keyframes in time order; the last one is the final frame T. Frame 0 is never a keyframe
+    (it is the first observation). Observations for the next keypose are taken at each keyframe.
+    """
+    cfg = cfg or KeyframeConfig()
+    tcp, grip_open = np.asarray(tcp, np.float64), np.asarray(grip_open, bool)
+    if tcp.ndim != 2 or tcp.shape[1] != 3 or len(grip_open) != len(tcp):
+        raise ValueError(f"tcp must be (T+1, 3) and grip_open (T+1,); got {tcp.shape}, {grip_open.shape}")
+    if grip_dist is not None and len(grip_dist) != len(tcp):
+        raise ValueError(f"grip_dist must be (T+1,) = ({len(tcp)},), got {np.shape(grip_dist)}")
+    last = len(tcp) - 1
+    if last < 1:
+        return []
+    toggles = gripper_events(grip_open)
+    events: dict[int, bool] = {}
+    for i, t in enumerate(toggles):
+        limit = (toggles[i + 1] - 1) if i + 1 < len(toggles) else last
+        events[max(1, actuation_frame(t, tcp, grip_dist, limit, cfg))] = bool(grip_open[t])
+    stills = set(still_frames(tcp, cfg))
+    kept = [t for t in sorted(events) if t < last]
+    for t in sorted(stills - set(events)):
+        if 1 <= t <= last - cfg.min_gap and all(abs(t - k) >= cfg.min_gap for k in kept):
+            kept.append(t)
+    kept += path_corners(tcp, sorted({0, *kept, last}), cfg.path_tolerance_m)
+    kept = sorted(set(kept) - {0, last})
+    # the gripper state a keypose commands changes at the settled event frame, not at the toggle
+    effective = np.ones(len(tcp), bool)  # (T+1,) open at reset
+    for t in sorted(events):
+        effective[t:] = events[t]
+    frames = []
+    for t in kept:
+        kind = "gripper" if t in events else ("still" if t in stills else "turn")
+        frames.append(Keyframe(t, bool(effective[t]), kind))
+    frames.append(Keyframe(last, bool(effective[last]), "final"))
+    return frames

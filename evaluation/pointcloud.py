@@ -1,0 +1,172 @@
+"""Multi-camera RGB-D -> the policy's point cloud (design.md section 3, Mini-Diffuser's condition).
+
+Stages (each a plain function of numpy arrays, shared by collection and evaluation):
+``frame_to_world`` (depth -> world points + colours per camera) -> ``fuse_and_crop`` (concatenate,
+workspace crop, table removal) -> ``voxelize`` (mean per occupied voxel, sorted by voxel key, so
+deterministic) -> ``subsample`` (fixed-seed permutation to at most ``max_points``) -> ``point_features``
+((N, 7) float32 ``[x, y, z, r, g, b, h]``, rgb in [-1, 1], h = height above the table; the layout of
+``policies.batch``).
+
+``observation_to_condition`` turns a simulator ``Observation`` into a B = 1 ``ConditionBatch`` with
+exactly the processing used at collection time, so training and evaluation inputs match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from evaluation.sim import CameraFrame, Observation
+from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
+
+
+class PointCloudConfig(BaseModel):
+    """How camera frames become the policy's point cloud. Stored in every dataset manifest.
+
+    The workspace is the volume above Meta-World's table that the hand can reach (hand space
+    x in [-0.525, 0.525], y in [0.348, 1.025]) plus the table's extent; table top at z = 0.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    voxel_size: float = Field(0.01, gt=0.0, le=0.2)
+    workspace_low: tuple[float, float, float] = (-0.6, 0.2, -0.05)
+    workspace_high: tuple[float, float, float] = (0.6, 1.1, 0.6)
+    table_height: float = 0.0
+    table_margin: float = Field(0.005, ge=0.0, le=0.1)  # points with h below this are table
+    max_points: int = Field(4000, ge=16, le=65536)  # stored per sample; batches may take fewer
+    subsample_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> PointCloudConfig:
+        if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high, strict=True)):
+            raise ValueError(
+                f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}"
+            )
+        return self
+
+
+def frame_to_world(frame: CameraFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Back-project a camera's planar depth to world points.
+
+    Returns (xyz (H*W, 3) float64 world frame, rgb (H*W, 3) uint8). Pixel (row v, col u) has its centre
+    at (u + 0.5, v + 0.5); camera axes are OpenCV (x right, y down, z forward).
+    """
+    h, w = frame.depth.shape
+    k = frame.intrinsics
+    u = (np.arange(w, dtype=np.float64) + 0.5 - k[0, 2]) / k[0, 0]  # (W,)
+    v = (np.arange(h, dtype=np.float64) + 0.5 - k[1, 2]) / k[1, 1]  # (H,)
+    z = frame.depth.astype(np.float64)  # (H, W)
+    cam = np.stack([u[None, :] * z, v[:, None] * z, z], axis=-1).reshape(-1, 3)  # (H*W, 3)
+    rot, trans = frame.extrinsics[:3, :3], frame.extrinsics[:3, 3]
+    world = cam @ rot.T + trans  # (H*W, 3)
+    return world, frame.rgb.reshape(-1, 3)
+
+
+def fuse_and_crop(frames: Sequence[CameraFrame], cfg: PointCloudConfig) -> tuple[np.ndarray, np.ndarray]:
+    """All cameras' points inside the workspace and above the table: (xyz (P, 3), rgb (P, 3) uint8)."""
+    xyz_parts, rgb_parts = [], []
+    low, high = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
+    for frame in frames:
+        xyz, rgb = frame_to_world(frame)
+        keep = np.all((xyz >= low) & (xyz <= high), axis=1)
+        keep &= xyz[:, 2] - cfg.table_height >= cfg.table_margin
+        xyz_parts.append(xyz[keep])
+        rgb_parts.append(rgb[keep])
+    if not xyz_parts:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    return np.concatenate(xyz_parts), np.concatenate(rgb_parts)
+
+
+def voxelize(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Mean position and colour per occupied voxel, ordered by voxel key: (xyz (V, 3), rgb (V, 3) float [0, 255])."""
+    if len(xyz) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    keys = np.floor((xyz - np.asarray(cfg.workspace_low)) / cfg.voxel_size).astype(np.int64)  # (P, 3)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    n_vox = len(counts)
+    out_xyz = np.stack([np.bincount(inverse, xyz[:, i], n_vox) for i in range(3)], axis=1) / counts[:, None]
+    rgb_f = rgb.astype(np.float64)
+    out_rgb = np.stack([np.bincount(inverse, rgb_f[:, i], n_vox) for i in range(3)], axis=1) / counts[:, None]
+    return out_xyz, out_rgb
+
+
+def subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    """Indices of at most ``max_points`` of ``n`` points: a fixed-seed permutation's first ones, sorted."""
+    if n <= max_points:
+        return np.arange(n)
+    perm = np.random.default_rng(seed).permutation(n)[:max_points]
+    return np.sort(perm)
+
+
+def point_features(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> np.ndarray:
+    """(N, 7) float32 ``[x, y, z, r, g, b, h]``: world xyz, rgb in [-1, 1], height above the table."""
+    feats = np.empty((len(xyz), POINT_DIM), np.float32)
+    feats[:, :3] = xyz
+    feats[:, 3:6] = rgb / 127.5 - 1.0
+    feats[:, 6] = xyz[:, 2] - cfg.table_height
+    return feats
+
+
+def frames_to_points(frames: Sequence[CameraFrame], cfg: PointCloudConfig) -> np.ndarray:
+    """The whole pipeline: camera frames -> (N <= cfg.max_points, 7) float32 point features."""
+    xyz, rgb = fuse_and_crop(frames, cfg)
+    vox_xyz, vox_rgb = voxelize(xyz, rgb, cfg)
+    keep = subsample(len(vox_xyz), cfg.max_points, cfg.subsample_seed)
+    return point_features(vox_xyz[keep], vox_rgb[keep], cfg)
+
+
+def select_points(
+    n: int, max_points: int, generator: np.random.Generator | None, fixed_seed: int = 0
+) -> np.ndarray:
+    """Which of a sample's ``n`` stored points go into a batch of ``max_points`` per condition.
+
+    Random subset when ``generator`` is given (training augmentation), else the first ``max_points``
+    of a fixed-seed permutation (deterministic; the same rule for datasets and live observations).
+    """
+    if n <= max_points:
+        return np.arange(n)
+    if generator is not None:
+        return np.sort(generator.choice(n, size=max_points, replace=False))
+    return np.sort(np.random.default_rng(fixed_seed).permutation(n)[:max_points])
+
+
+def collate_points(clouds: Sequence[np.ndarray], max_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad per-condition clouds (each (n_i <= max_points, 7)) to (B, N, 7) + mask (B, N)."""
+    width = max(1, min(max_points, max((len(c) for c in clouds), default=1)))
+    points = np.zeros((len(clouds), width, POINT_DIM), np.float32)  # (B, N, 7)
+    mask = np.zeros((len(clouds), width), bool)  # (B, N)
+    for i, cloud in enumerate(clouds):
+        points[i, : len(cloud)] = cloud
+        mask[i, : len(cloud)] = True
+    return torch.from_numpy(points), torch.from_numpy(mask)
+
+
+def observation_to_condition(
+    obs: Observation,
+    text: tuple[np.ndarray, np.ndarray],
+    max_points: int,
+    cfg: PointCloudConfig,
+) -> ConditionBatch:
+    """A live observation as a B = 1 ``ConditionBatch`` (target None), processed exactly as at collection.
+
+    ``text`` is ``(tokens (L, D) float32, mask (L,) bool)`` from ``KeyframeDataset.instruction_embedding``
+    or ``evaluation.text``. The cloud is built with ``cfg`` (use the dataset manifest's config) and then
+    reduced to ``max_points`` with the deterministic rule of ``KeyframeDataset.batch(generator=None)``.
+    """
+    cloud = frames_to_points(obs.cameras, cfg)  # (n, 7)
+    cloud = cloud[select_points(len(cloud), max_points, None, cfg.subsample_seed)]
+    points, mask = collate_points([cloud], max_points)
+    tokens, token_mask = text
+    gripper = np.asarray(obs.gripper_pose, np.float32).reshape(1, POSE_DIM)
+    return ConditionBatch(
+        points=points,
+        point_mask=mask,
+        text=torch.from_numpy(np.asarray(tokens, np.float32))[None],  # (1, L, D)
+        text_mask=torch.from_numpy(np.asarray(token_mask, bool))[None],  # (1, L)
+        gripper=torch.from_numpy(gripper),
+    )
