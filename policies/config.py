@@ -56,6 +56,15 @@ class _PolicyBase(FrozenModel):
     workspace_high: tuple[float, float, float] = (0.6, 1.1, 0.6)
     diffusion: DiffusionConfig = DiffusionConfig()
     augment: AugmentConfig = AugmentConfig()
+    # Encoder: voxel-pooled point tokens at several resolutions (fine -> coarse), full self-attention with
+    # 3D rotary positions per condition at each level (see docs/policies.md).
+    voxel_sizes: tuple[float, ...] = (0.02, 0.05, 0.12)  # metres, strictly increasing
+    encoder_depths: tuple[int, ...] = (1, 1, 1)  # encoder blocks per level
+    neck_depth: int = Field(1, ge=1, le=8)  # denoiser layers per level (coarse -> fine)
+    ffn_mult: int = Field(2, ge=1, le=8)
+    # Masked action -> condition attention: "grouped" pads rows per condition (cost B*M*V, any device);
+    # "dense_masked" is the (B*M) x (B*V) block-masked reference; "auto" picks "grouped".
+    attention: Literal["auto", "grouped", "dense_masked"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -72,6 +81,14 @@ class _PolicyBase(FrozenModel):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high, strict=True)):
             raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+        if not self.voxel_sizes or any(v <= 0 for v in self.voxel_sizes):
+            raise ValueError(f"voxel_sizes {self.voxel_sizes} must be a non-empty tuple of positive sizes (metres)")
+        if any(b <= a for a, b in zip(self.voxel_sizes, self.voxel_sizes[1:], strict=False)):
+            raise ValueError(f"voxel_sizes {self.voxel_sizes} must be strictly increasing (fine -> coarse)")
+        if len(self.encoder_depths) != len(self.voxel_sizes) or any(d < 0 for d in self.encoder_depths):
+            raise ValueError(
+                f"encoder_depths {self.encoder_depths} needs one non-negative depth per voxel size {self.voxel_sizes}"
+            )
         return self
 
 
@@ -95,6 +112,15 @@ class DDAStyleConfig(_PolicyBase):
     type: Literal["dda_style"] = "dda_style"
     m: Literal[1] = 1
     rotation_diffusion: DiffusionConfig = DiffusionConfig(schedule="linear", loss_weight=10.0)
+
+    @model_validator(mode="after")
+    def _check_rotation_schedule(self) -> DDAStyleConfig:
+        if self.rotation_diffusion.train_steps != self.diffusion.train_steps:
+            raise ValueError(
+                f"rotation_diffusion.train_steps ({self.rotation_diffusion.train_steps}) must equal "
+                f"diffusion.train_steps ({self.diffusion.train_steps}): position and rotation share the timestep"
+            )
+        return self
 
 
 PolicyConfig = Annotated[MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig, Field(discriminator="type")]

@@ -1,14 +1,47 @@
 """Size presets for the policies: ``tiny`` (unit tests, milliseconds), ``laptop`` (trains on 2 CPU cores in
-minutes), ``paper`` (about Mini-Diffuser's size: up to 4000 points, M=256; fits one 24 GB GPU)."""
+minutes), ``paper`` (about Mini-Diffuser's size: up to 4000 points, M=256; fits one 24 GB GPU).
+
+``m`` applies to ``mini_diffuser`` only (the one-to-one baselines have ``m = 1``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"d_model": 32, "heads": 2, "max_points": 256, "diffusion": {"inference_steps": 5}},
-    "laptop": {"d_model": 96, "heads": 4, "max_points": 1024, "diffusion": {"inference_steps": 10}},
-    "paper": {"d_model": 192, "heads": 6, "max_points": 4000, "m": 256, "diffusion": {"inference_steps": 25}},
+    "tiny": {
+        "d_model": 24,
+        "heads": 2,
+        "max_points": 128,
+        "m": 4,
+        "voxel_sizes": (0.08, 0.2),
+        "encoder_depths": (1, 1),
+        "neck_depth": 1,
+        "ffn_mult": 2,
+        "diffusion": {"inference_steps": 5},
+    },
+    "laptop": {
+        "d_model": 96,
+        "heads": 4,
+        "max_points": 1024,
+        "m": 32,
+        "voxel_sizes": (0.03, 0.06, 0.12),
+        "encoder_depths": (1, 1, 1),
+        "neck_depth": 1,
+        "ffn_mult": 2,
+        "diffusion": {"sampler": "ddim", "inference_steps": 10},
+    },
+    "paper": {
+        "d_model": 240,
+        "heads": 8,
+        "max_points": 4000,
+        "m": 256,
+        "voxel_sizes": (0.01, 0.02, 0.04, 0.08, 0.16),
+        "encoder_depths": (1, 1, 2, 2, 2),
+        "neck_depth": 1,
+        "ffn_mult": 4,
+        "diffusion": {"sampler": "ddpm", "inference_steps": 100},
+    },
 }
 
 

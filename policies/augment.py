@@ -1,0 +1,80 @@
+"""Per-condition point-cloud preparation and training augmentation (applied before the level-2 expansion,
+so the M noised copies of a condition share its augmented observation and target).
+
+* ``limit_points``: keep at most ``max_points`` valid points per condition (random subset).
+* ``augment``: random z-rotation about the workspace centre (points, gripper and target poses), xyz jitter
+  on the points, random point subsampling (keep fraction in [keep_fraction_min, 1]).
+Padded points stay zero and masked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from policies.batch import ConditionBatch
+from policies.config import AugmentConfig
+from policies.diffusion import rand, randn
+from policies.rotation import normalize_quat, quat_multiply, z_rotation_quat
+
+
+def _masked(points: Tensor, mask: Tensor) -> Tensor:
+    return points * mask[..., None].to(points.dtype)
+
+
+def limit_points(batch: ConditionBatch, max_points: int, generator: torch.Generator | None) -> ConditionBatch:
+    """Keep a random subset of at most ``max_points`` valid points per condition -> (B, <= max_points, 7)."""
+    b, n, _ = batch.points.shape
+    if n <= max_points:
+        return batch
+    scores = rand((b, n), generator, batch.points.device)
+    scores = torch.where(batch.point_mask, scores, torch.full_like(scores, 2.0))  # padding sorts last
+    keep = torch.sort(torch.argsort(scores, dim=1)[:, :max_points], dim=1).values  # (B, max_points)
+    points = torch.gather(batch.points, 1, keep[..., None].expand(-1, -1, batch.points.shape[-1]))
+    mask = torch.gather(batch.point_mask, 1, keep)
+    return ConditionBatch(points=_masked(points, mask), point_mask=mask, text=batch.text, text_mask=batch.text_mask,
+                          gripper=batch.gripper, target=batch.target, task_index=batch.task_index)
+
+
+def _rotate_pose(pose: Tensor, rot: Tensor, q: Tensor, centre: Tensor) -> Tensor:
+    """pose (B, 8); rot (B, 3, 3) z-rotations; q (B, 4) the same as quaternions; centre (3,)."""
+    xyz = torch.einsum("bij,bj->bi", rot, pose[:, :3] - centre) + centre
+    quat = normalize_quat(quat_multiply(q, pose[:, 3:7]))
+    return torch.cat([xyz, quat, pose[:, 7:]], dim=-1)
+
+
+def augment(
+    batch: ConditionBatch,
+    cfg: AugmentConfig,
+    low: Tensor,
+    high: Tensor,
+    generator: torch.Generator | None,
+) -> ConditionBatch:
+    """Random z-rotation, jitter and subsampling per condition (see module docstring)."""
+    if not cfg.enabled:
+        return batch
+    b, n, _ = batch.points.shape
+    device = batch.points.device
+    angle = (2 * rand((b,), generator, device) - 1) * math.radians(cfg.z_rotation_deg)  # (B,)
+    cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
+    rot = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], dim=-1).reshape(b, 3, 3)
+    q = z_rotation_quat(angle)  # (B, 4)
+    centre = torch.cat([(low[:2] + high[:2]) / 2, low.new_zeros(1)])  # rotate about the vertical workspace axis
+    xyz = torch.einsum("bij,bnj->bni", rot, batch.points[..., :3] - centre) + centre
+    xyz = xyz + cfg.jitter_m * randn((b, n, 3), generator, device)
+    keep_fraction = cfg.keep_fraction_min + (1 - cfg.keep_fraction_min) * rand((b, 1), generator, device)
+    keep = rand((b, n), generator, device) < keep_fraction  # (B, N)
+    first_valid = torch.zeros_like(batch.point_mask).scatter(1, batch.point_mask.long().argmax(1, keepdim=True), True)
+    mask = batch.point_mask & (keep | first_valid)  # never empty a condition
+    points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
+    return ConditionBatch(
+        points=points,
+        point_mask=mask,
+        text=batch.text,
+        text_mask=batch.text_mask,
+        gripper=_rotate_pose(batch.gripper, rot, q, centre),
+        target=None if batch.target is None else _rotate_pose(batch.target, rot, q, centre),
+        task_index=batch.task_index,
+    )

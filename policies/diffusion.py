@@ -1,0 +1,100 @@
+"""Noise schedules and samplers (DDPM ancestral, DDIM deterministic) over a normalised action space.
+
+Conventions (as diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` with ``prediction_type="epsilon"``):
+``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` for integer ``t`` in ``[0, T)``; the network predicts eps.
+``scaled_linear`` betas are ``linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2`` (Mini-Diffuser, 3DDA:
+T = 100, 1e-4 .. 0.02). Sampling visits ``inference_steps`` timesteps with "leading" spacing
+(``[(n-1)*k, ..., k, 0]`` with ``k = T // n``); ``inference_steps = T`` is the classic full chain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from policies.config import DiffusionConfig
+
+
+class NoiseSchedule(nn.Module):
+    """Buffers of one schedule (non-persistent: they are derived from the config, not saved)."""
+
+    def __init__(self, cfg: DiffusionConfig, clip_sample: float | None = 1.0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip_sample = clip_sample
+        t = cfg.train_steps
+        if cfg.schedule == "scaled_linear":
+            betas = torch.linspace(math.sqrt(cfg.beta_start), math.sqrt(cfg.beta_end), t, dtype=torch.float64) ** 2
+        else:
+            betas = torch.linspace(cfg.beta_start, cfg.beta_end, t, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)  # (T,)
+
+    @property
+    def train_steps(self) -> int:
+        return self.cfg.train_steps
+
+    def _abar(self, t: Tensor) -> Tensor:
+        """(R,) int timesteps, -1 meaning 'before the first step' (abar = 1) -> (R, 1)."""
+        abar = self.alphas_cumprod[t.clamp_min(0)]
+        return torch.where(t < 0, torch.ones_like(abar), abar)[:, None]
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x0, noise: (R, D); t: (R,) int64 -> x_t (R, D)."""
+        abar = self._abar(t)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """(n,) int64 training timesteps, uniform over [0, T)."""
+        gen_device = generator.device if generator is not None else device
+        return torch.randint(0, self.train_steps, (n,), generator=generator, device=gen_device).to(device)
+
+    def inference_timesteps(self, steps: int) -> list[int]:
+        """Descending timesteps visited by a sampler with ``steps`` steps ('leading' spacing)."""
+        if not 1 <= steps <= self.train_steps:
+            raise ValueError(f"inference steps must be in [1, {self.train_steps}], got {steps}")
+        stride = self.train_steps // steps
+        return [i * stride for i in reversed(range(steps))]
+
+    def predict_x0(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        abar = self._abar(t)
+        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
+
+    def step(
+        self,
+        sampler: str,
+        x_t: Tensor,
+        eps: Tensor,
+        t: Tensor,
+        t_prev: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """One reverse step from ``t`` to ``t_prev`` (< t; -1 ends the chain). x_t, eps: (R, D); t, t_prev: (R,)."""
+        abar_t, abar_prev = self._abar(t), self._abar(t_prev)
+        x0 = self.predict_x0(x_t, eps, t)
+        if sampler == "ddim":  # eta = 0: deterministic
+            eps_hat = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
+            return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps_hat
+        if sampler != "ddpm":
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim' (policy config diffusion.sampler)")
+        beta = 1 - abar_t / abar_prev  # effective beta over the (possibly strided) step
+        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + ((1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+        var = ((1 - abar_prev) / (1 - abar_t) * beta).clamp_min(1e-20)
+        gen_device = generator.device if generator is not None else x_t.device
+        z = torch.randn(x_t.shape, generator=generator, device=gen_device, dtype=x_t.dtype).to(x_t.device)
+        return mean + torch.where(t_prev[:, None] >= 0, var.sqrt() * z, torch.zeros_like(z))
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Uniform [0, 1) noise drawn on the generator's device, then moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)

@@ -1,0 +1,189 @@
+"""Mini-Diffuser: two-level mini-batches with a masked denoiser (arXiv 2505.09430; own implementation).
+
+Training step on B conditions (``compute_loss``):
+  1. prepare: keep <= max_points points per condition; augment (training mode only).
+  2. encode the B conditions once -> ``EncodedCondition`` (point levels, text tokens, FiLM vector).
+  3. expand: ``parent_index = [0]*M + [1]*M + ...`` (R = B*M rows); draw one timestep and one noise per row.
+  4. denoise the R rows with the masked neck (row r sees only condition parent_index[r]).
+  5. per-row losses: 20 * L1(eps) + CE(3 Euler angles) + BCE(open); the loss is their mean over rows.
+
+Inference (``predict_action``): encode once, project the neck's keys/values once, run only the rows through
+the diffusion steps (DDPM or DDIM), then the rotation/gripper head on the denoised position (t = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from policies.attention import AttentionImpl
+from policies.augment import augment, limit_points
+from policies.base import LossOutput, Policy
+from policies.batch import ConditionBatch
+from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig
+from policies.denoiser import Denoiser, NeckContext
+from policies.diffusion import NoiseSchedule, randn
+from policies.encoder import ConditionEncoder, EncodedCondition
+from policies.expansion import check_parent_index, expand_parent_index
+from policies.heads import (
+    ActionEmbedding,
+    EpsilonHead,
+    RotationGripperHead,
+    Workspace,
+    epsilon_l1_rows,
+    gripper_bce_rows,
+    rotation_ce_rows,
+)
+from policies.rotation import euler_bins_to_quat, quat_to_euler_bins
+
+AnyPolicyConfig = MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """Per-row diffusion draws. t: (R,) int64 timesteps; noise: (R, action_dim)."""
+
+    t: Tensor
+    noise: Tensor
+
+
+@dataclass(frozen=True)
+class RowOutputs:
+    """Network outputs per row. eps: (R, action_dim); rotation: (R, 3, bins) or None; gripper: (R,) logits."""
+
+    eps: Tensor
+    rotation: Tensor | None
+    gripper: Tensor
+
+
+class MiniDiffuserPolicy(Policy):
+    """Two-level Mini-Diffuser; with ``m = 1`` it is exactly the one-to-one baseline (``OneToOnePolicy``)."""
+
+    action_dim = 3
+
+    def __init__(self, config: AnyPolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.workspace = Workspace(config.workspace_low, config.workspace_high)
+        self.encoder = ConditionEncoder(config)
+        self.action_embed = ActionEmbedding(self.action_dim, d)
+        self.denoiser = Denoiser(d, config.heads, config.ffn_mult, len(config.voxel_sizes), config.neck_depth)
+        self.eps_head = EpsilonHead(d, self.action_dim)
+        self.rotgrip_head = RotationGripperHead(d, self._rotation_bins())
+        self.schedule = NoiseSchedule(config.diffusion)
+
+    def _rotation_bins(self) -> int:
+        return self.config.rotation_bins
+
+    @property
+    def m(self) -> int:
+        return self.config.m
+
+    @property
+    def attention_impl(self) -> AttentionImpl:
+        return "grouped" if self.config.attention == "auto" else self.config.attention
+
+    # ---------------------------------------------------------------- data and action parametrisation
+    def prepare_batch(self, batch: ConditionBatch, generator: torch.Generator | None) -> ConditionBatch:
+        batch = limit_points(batch, self.config.max_points, generator)
+        if self.training:
+            batch = augment(batch, self.config.augment, self.workspace.low, self.workspace.high, generator)
+        return batch
+
+    def clean_action(self, target: Tensor) -> Tensor:
+        """(B, 8) target poses -> (B, action_dim) diffused quantity (normalised xyz)."""
+        return self.workspace.normalize(target[:, :3])
+
+    def draw_noise(self, rows: int, generator: torch.Generator | None, device: torch.device) -> NoiseDraw:
+        t = self.schedule.sample_timesteps(rows, generator, device)
+        return NoiseDraw(t=t, noise=randn((rows, self.action_dim), generator, device))
+
+    def noisy_action(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        return self.schedule.add_noise(x0, draw.noise, draw.t)
+
+    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.schedule.step(self.config.diffusion.sampler, x, eps, t, t_prev, generator)
+
+    # ---------------------------------------------------------------- network
+    def encode(self, batch: ConditionBatch) -> EncodedCondition:
+        return self.encoder(batch)
+
+    def forward_rows(self, ctx: NeckContext, parent_index: Tensor, x_t: Tensor, t: Tensor) -> RowOutputs:
+        """x_t: (R, action_dim) noisy actions (normalised); t: (R,) -> per-row outputs."""
+        check_parent_index(parent_index, ctx.num_conditions)
+        pos = self.workspace.denormalize(x_t[:, :3])  # (R, 3) metres, for the rotary positions
+        feats = self.denoiser(ctx, parent_index, self.action_embed(x_t), pos, [t], self.attention_impl)  # (R, d)
+        rotation, gripper = self.rotgrip_head(feats)
+        return RowOutputs(eps=self.eps_head(feats), rotation=rotation, gripper=gripper)
+
+    # ---------------------------------------------------------------- losses
+    def row_losses(self, enc: EncodedCondition, target: Tensor, parent_index: Tensor, draw: NoiseDraw) -> dict[str, Tensor]:
+        """Per-row loss parts (each (R,)) of rows ``parent_index`` of the B encoded conditions.
+
+        target: (B, 8) ground-truth keyposes of the B conditions; draw: timesteps and noises of the R rows.
+        """
+        ctx = self.denoiser.prepare(enc)
+        x0 = self.clean_action(target)[parent_index]  # (R, action_dim): explicit parent gather
+        out = self.forward_rows(ctx, parent_index, self.noisy_action(x0, draw), draw.t)
+        return self.loss_terms(out, draw, target[parent_index])
+
+    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor) -> dict[str, Tensor]:
+        """target_rows: (R, 8) -> {"position", "rotation", "gripper"}: (R,) each."""
+        bins = quat_to_euler_bins(target_rows[:, 3:7], self.config.rotation_bins)  # (R, 3)
+        return {
+            "position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps, draw.noise),
+            "rotation": rotation_ce_rows(out.rotation, bins),
+            "gripper": gripper_bce_rows(out.gripper, target_rows[:, 7] > 0.5),
+        }
+
+    def compute_loss(self, batch: ConditionBatch, generator: torch.Generator | None = None) -> LossOutput:
+        if batch.target is None:
+            raise ValueError("compute_loss needs batch.target (the ground-truth next keyposes); got None")
+        batch = self.prepare_batch(batch, generator)
+        enc = self.encode(batch)  # B conditions, each encoded once
+        parent_index = expand_parent_index(batch.batch_size, self.m, batch.points.device)  # (B*M,)
+        draw = self.draw_noise(parent_index.numel(), generator, batch.points.device)
+        return reduce_row_losses(self.row_losses(enc, batch.target, parent_index, draw))
+
+    # ---------------------------------------------------------------- inference
+    def decode(self, x0: Tensor, out: RowOutputs) -> Tensor:
+        """Denoised actions (B, action_dim) + head outputs at t = 0 -> (B, 8) keyposes inside the workspace."""
+        xyz = self.workspace.clip(self.workspace.denormalize(x0[:, :3].clamp(-1, 1)))
+        quat = euler_bins_to_quat(out.rotation.argmax(dim=-1), self.config.rotation_bins)  # (B, 4)
+        is_open = (out.gripper > 0).to(xyz.dtype)[:, None]
+        return torch.cat([xyz, quat, is_open], dim=-1)
+
+    @torch.no_grad()
+    def predict_action(self, obs: ConditionBatch, generator: torch.Generator | None = None) -> Tensor:
+        obs = limit_points(obs, self.config.max_points, generator)
+        device = obs.points.device
+        ctx = self.denoiser.prepare(self.encode(obs))  # encoder and neck keys/values: once per observation
+        b = obs.batch_size
+        parent_index = torch.arange(b, device=device)
+        x = randn((b, self.action_dim), generator, device)
+        steps = self.schedule.inference_timesteps(self.config.diffusion.inference_steps)
+        for i, t in enumerate(steps):
+            t_now = torch.full((b,), t, dtype=torch.long, device=device)
+            t_prev = torch.full((b,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device)
+            eps = self.forward_rows(ctx, parent_index, x, t_now).eps
+            x = self.reverse_step(x, eps, t_now, t_prev, generator)
+        final = self.forward_rows(ctx, parent_index, x, torch.zeros(b, dtype=torch.long, device=device))
+        return self.decode(x, final)
+
+
+class OneToOnePolicy(MiniDiffuserPolicy):
+    """One-to-one baseline (what 3DDA does): M = 1, every noised sample has its own encoded condition.
+
+    Same encoder, neck and heads as Mini-Diffuser; a step over B' conditions trains on B' noised samples.
+    """
+
+
+def reduce_row_losses(rows: dict[str, Tensor]) -> LossOutput:
+    """Mean over rows of the summed loss parts; metrics hold each part's mean ("loss/<part>")."""
+    total = torch.stack(list(rows.values()), dim=0).sum(0).mean()
+    metrics = {"loss": float(total.detach())}
+    metrics.update({f"loss/{name}": float(value.detach().mean()) for name, value in rows.items()})
+    return LossOutput(loss=total, metrics=metrics)

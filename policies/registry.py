@@ -1,0 +1,42 @@
+"""Policy registry: config ``type`` -> (config class, policy class); the only place that maps them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from policies.base import Policy
+from policies.baselines import DDAStylePolicy
+from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
+
+REGISTRY: dict[str, tuple[type, type[Policy]]] = {
+    "mini_diffuser": (MiniDiffuserConfig, MiniDiffuserPolicy),
+    "one_to_one": (OneToOneConfig, OneToOnePolicy),
+    "dda_style": (DDAStyleConfig, DDAStylePolicy),
+}
+
+_ADAPTER: TypeAdapter = TypeAdapter(PolicyConfig)
+
+
+def parse_policy_config(data: dict[str, Any]) -> MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig:
+    """Validate a policy config dict (``type`` selects the class; a ``preset`` fills unset fields).
+
+    Raises pydantic's ``ValidationError`` (a ``ValueError``) naming the bad key.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"a policy config must be a mapping with a 'type' key, got {type(data).__name__}")
+    if "type" not in data:
+        raise ValueError(f"policy config has no 'type'; choose one of {sorted(REGISTRY)}")
+    return _ADAPTER.validate_python(data)
+
+
+def build_policy(cfg: MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig) -> Policy:
+    """A freshly initialised policy of ``cfg.type``."""
+    if cfg.type not in REGISTRY:
+        raise ValueError(f"unknown policy type {cfg.type!r}; registered: {sorted(REGISTRY)}")
+    config_cls, policy_cls = REGISTRY[cfg.type]
+    if not isinstance(cfg, config_cls):
+        raise TypeError(f"policy type {cfg.type!r} needs a {config_cls.__name__}, got {type(cfg).__name__}")
+    return policy_cls(cfg)
