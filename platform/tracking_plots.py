@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,7 +25,7 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]], path: Path | str) -
     """
     if not history:
         raise ValueError(f"plot_loss_curves: empty history, nothing to plot into {path}")
-    plt = _pyplot()
+    plt = pyplot()
     loss_keys = sorted({k for row in history for k in row if k.startswith("train/loss")})
     has_eval = any("eval/success" in row for row in history)
     fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(11 if has_eval else 6, 4), squeeze=False)
@@ -52,7 +53,7 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]], path: Path | str) -
         ax2.set_ylabel("mean success")
         ax2.set_title("evaluation")
         ax2.grid(True, alpha=0.3)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_success_per_task(
@@ -61,7 +62,7 @@ def plot_success_per_task(
     """Horizontal bar chart of success rates in 0..1 per task, with the mean as a dashed line."""
     if not per_task:
         raise ValueError(f"plot_success_per_task: no tasks to plot into {path}")
-    plt = _pyplot()
+    plt = pyplot()
     tasks = sorted(per_task)
     values = [per_task[t] for t in tasks]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(tasks) + 1.5))
@@ -73,10 +74,10 @@ def plot_success_per_task(
     ax.set_title(title)
     ax.invert_yaxis()
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
-def _save(fig: Any, plt: Any, path: Path | str) -> Path:
+def save_figure(fig: Any, plt: Any, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

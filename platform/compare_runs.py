@@ -1,0 +1,161 @@
+"""Our training runs as comparable summaries: success, wall-clock and GPU-hours to a level, memory, speed."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+OUR_KINDS = ("train", "sweep_trial")
+_TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
+_NOT_TASKS = {"difficulty"}
+
+
+@dataclass
+class RunSummary:
+    """What the comparison shows of one run. Success values are fractions; times in seconds."""
+
+    run_id: str
+    run_name: str
+    policy_type: str
+    kind: str
+    status: str
+    steps: int | None
+    final_success: float | None
+    best_success: float | None
+    per_task: dict[str, float]
+    episodes: float | None
+    wall_s: float | None
+    num_gpus: int
+    time_to_level: dict[float, float | None]
+    peak_mem_bytes: float | None
+    samples_per_s: float | None
+    conditions_per_s: float | None
+    success_curve: list[tuple[float, float]] = field(default_factory=list)  # (elapsed s, success)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        return None if self.wall_s is None else self.wall_s / 3600.0 * self.num_gpus
+
+    def gpu_hours_to(self, level: float) -> float | None:
+        seconds = self.time_to_level.get(level)
+        return None if seconds is None else seconds / 3600.0 * self.num_gpus
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("true", "1", "yes")
+
+
+def gpu_count(run: Any) -> int:
+    """GPUs a run trained on: tag ``platform.num_gpus``, else param ``resources.gpus``, else
+    ``ray.num_workers`` when ``ray.use_gpu`` is true (or unset with a CUDA ``env.device``), else 0 (CPU)."""
+    tags, params = run.data.tags, run.data.params
+    for text in (tags.get("platform.num_gpus"), params.get("resources.gpus")):
+        if text not in (None, "", "null"):
+            return int(float(text))
+    use_gpu = params.get("ray.use_gpu")
+    if _truthy(use_gpu) or (use_gpu in (None, "null") and params.get("env.device", "").startswith("cuda")):
+        return max(1, int(float(params.get("ray.num_workers") or 1)))
+    return 0
+
+
+def elapsed_at(step: int, elapsed: list[tuple[int, float]]) -> float | None:
+    """``time/elapsed_s`` at ``step``: the logged value, else linearly interpolated between the nearest
+    logged steps; None outside the logged range."""
+    points = sorted(elapsed)
+    exact = [v for s, v in points if s == step]
+    if exact:
+        return exact[-1]
+    below = [(s, v) for s, v in points if s < step]
+    above = [(s, v) for s, v in points if s > step]
+    if not below or not above:
+        return None
+    (s0, v0), (s1, v1) = below[-1], above[0]
+    return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+
+
+def time_to_level(
+    success: list[tuple[int, float]], elapsed: list[tuple[int, float]], level: float
+) -> float | None:
+    """Training seconds until ``eval/success`` first reached ``level``: the elapsed time at the step of
+    the first evaluated checkpoint with success >= level (``success`` and ``elapsed`` are (step, value)
+    histories of ``eval/success`` and ``time/elapsed_s``). None if never reached or not timed."""
+    hit = next((step for step, value in sorted(success) if value >= level), None)
+    return None if hit is None else elapsed_at(hit, elapsed)
+
+
+def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummary:
+    info, data = run.info, run.data
+    rid = info.run_id
+    success = _history(client, rid, "eval/success")
+    elapsed = _history(client, rid, "time/elapsed_s")
+    steps = [s for s, _ in _history(client, rid, "train/loss")]
+    peak = _history(client, rid, "train/peak_mem_bytes")
+    samples = _history(client, rid, "train/samples_per_s")
+    conditions = _history(client, rid, "train/conditions_per_s")
+    if elapsed:
+        wall_s: float | None = max(v for _, v in elapsed)
+    elif info.end_time and info.start_time:
+        wall_s = (info.end_time - info.start_time) / 1000.0
+    else:
+        wall_s = None
+    per_task = {}
+    for key, value in data.metrics.items():
+        match = _TASK_METRIC.match(key)
+        if match and match["task"].split("/")[0] not in _NOT_TASKS:
+            per_task[match["task"]] = value
+    curve = [(t, v) for step, v in sorted(success) if (t := elapsed_at(step, elapsed)) is not None]
+    return RunSummary(
+        run_id=rid,
+        run_name=info.run_name or rid,
+        policy_type=data.tags.get("platform.policy_type", "unknown"),
+        kind=data.tags.get("platform.kind", "unknown"),
+        status=info.status,
+        steps=max(steps) if steps else None,
+        final_success=data.metrics.get("eval/success"),
+        best_success=max(v for _, v in success) if success else None,
+        per_task=per_task,
+        episodes=data.metrics.get("eval/episodes"),
+        wall_s=wall_s,
+        num_gpus=gpu_count(run),
+        time_to_level={lv: time_to_level(success, elapsed, lv) for lv in levels},
+        peak_mem_bytes=max(v for _, v in peak) if peak else None,
+        samples_per_s=statistics.median(v for _, v in samples) if samples else None,
+        conditions_per_s=statistics.median(v for _, v in conditions) if conditions else None,
+        success_curve=curve,
+    )
+
+
+def find_our_runs(client: Any, experiment_id: str | None, run_ids: list[str] | None) -> list[Any]:
+    """Runs given by id, or every active train / sweep-trial run of the experiment (newest first)."""
+    if run_ids:
+        return [client.get_run(rid) for rid in run_ids]
+    if experiment_id is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])  # fmt: skip
+        runs.extend(r for r in page if r.data.tags.get("platform.kind") in OUR_KINDS)
+        token = page.token
+        if not token:
+            return runs
+
+
+def best_per_policy_type(summaries: list[RunSummary]) -> dict[str, RunSummary]:
+    """The run with the highest final ``eval/success`` per policy type (then the most steps)."""
+    best: dict[str, RunSummary] = {}
+    for s in summaries:
+        key = (s.final_success if s.final_success is not None else -1.0, s.steps or 0)
+        cur = best.get(s.policy_type)
+        if cur is None or key > (
+            cur.final_success if cur.final_success is not None else -1.0,
+            cur.steps or 0,
+        ):
+            best[s.policy_type] = s
+    return dict(sorted(best.items()))

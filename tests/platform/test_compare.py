@@ -1,0 +1,164 @@
+"""``python -m platform.compare`` on tiny fake runs written with MlflowClient into a temp sqlite DB."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from platform.compare import main
+from platform.compare_reference import load_metaworld, load_published
+from platform.compare_runs import gpu_count, time_to_level
+
+pytestmark = pytest.mark.unit
+
+EXPERIMENT = "cmp-test"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _log_fake_run(client, exp_id: str, name: str, policy_type: str, success: list[float], hours_per_eval: float,
+                  samples_per_s: float, peak_gib: float) -> str:  # fmt: skip
+    """A fake finished training run: evaluations at steps 100, 200, 300 on two RLBench task names."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(
+        exp_id, run_name=name, tags={"platform.kind": "train", "platform.policy_type": policy_type}
+    )
+    ts = int(time.time() * 1000)
+    metrics = []
+    for i, step in enumerate((100, 200, 300)):
+        metrics += [
+            Metric("eval/success", success[i], ts, step),
+            Metric("eval/close_jar/success", success[i] + 0.1, ts, step),
+            Metric("eval/open_drawer/success", success[i] - 0.1, ts, step),
+            Metric("eval/episodes", 50.0, ts, step),
+            Metric("time/elapsed_s", (i + 1) * hours_per_eval * 3600, ts, step),
+            Metric("train/loss", 1.0 / step, ts, step),
+            Metric("train/samples_per_s", samples_per_s, ts, step),
+            Metric("train/conditions_per_s", samples_per_s / 64, ts, step),
+            Metric("train/peak_mem_bytes", peak_gib * 2**30, ts, step),
+        ]
+    params = [Param("ray.use_gpu", "true"), Param("ray.num_workers", "2")]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@pytest.fixture
+def fake_runs(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = _client(uri)
+    exp_id = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
+    ids = {
+        "mini_diffuser": _log_fake_run(
+            client, exp_id, "fake-md", "mini_diffuser", [0.3, 0.6, 0.8], 1.0, 6400, 1.0
+        ),
+        "one_to_one": _log_fake_run(client, exp_id, "fake-o2o", "one_to_one", [0.2, 0.3, 0.5], 3.0, 400, 4.0),
+    }
+    return uri, ids
+
+
+def _run(uri: str, out: Path, *extra: str) -> int:
+    return main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(out), *extra])
+
+
+def test_compare_table_from_fake_runs(fake_runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri, ids = fake_runs
+    out = tmp_path / "cmp"
+    assert _run(uri, out) == 0
+    printed = capsys.readouterr().out
+    assert "| mini_diffuser | fake-md" in printed and "| one_to_one | fake-o2o" in printed
+    # per task: best run per policy type beside 3DDA's published numbers (close_jar 96.0, open_drawer 89.6)
+    assert "| close_jar | 90.0 | 60.0 |" in printed and "96.0" in printed and "89.6" in printed
+    # Mini-Diffuser vs one-to-one: +30 points, 16x samples/s, 0.25x memory, 25 % in 1 h vs 6 h, 50 % in 2 h vs 9 h
+    assert "| one_to_one | +30.0 | 16.00x | 16.00x | 0.25x | 0.17x | 0.22x | – |" in printed
+    for name in ("comparison.md", "comparison.csv", "comparison_success.png", "success_vs_time.png"):
+        assert (out / name).stat().st_size > 0
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "comparison.csv"))}
+    md = rows["fake-md"]
+    assert md["run_id"] == ids["mini_diffuser"] and md["num_gpus"] == "2"
+    assert float(md["mean_success"]) == pytest.approx(0.8)
+    assert float(md["h_to_50%"]) == pytest.approx(2.0) and float(md["gpu_h_to_50%"]) == pytest.approx(4.0)
+    assert float(md["wall_clock_h"]) == pytest.approx(3.0) and float(md["gpu_h"]) == pytest.approx(6.0)
+    assert rows["fake-o2o"]["h_to_75%"] == ""  # never reached
+    assert float(rows["diffuser_actor_3dda"]["success/close_jar"]) == pytest.approx(0.96)
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (comparison,) = [
+        r for r in client.search_runs([exp_id]) if r.data.tags.get("platform.kind") == "comparison"
+    ]
+    assert {a.path for a in client.list_artifacts(comparison.info.run_id)} >= {
+        "comparison.md",
+        "comparison.csv",
+    }
+
+
+def test_reference_runs_are_logged_once(fake_runs, tmp_path: Path) -> None:
+    uri, _ = fake_runs
+    assert _run(uri, tmp_path / "a") == 0
+    assert _run(uri, tmp_path / "b") == 0
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([exp_id])
+    kinds = Counter(r.data.tags.get("platform.kind") for r in runs)
+    assert kinds == {"reference": len(load_published()) + len(load_metaworld()), "train": 2, "comparison": 1}
+    by_name = {r.info.run_name: r for r in runs}
+    dda = by_name["published/rlbench18/diffuser_actor_3dda"]
+    assert dda.data.metrics["eval/success"] == pytest.approx(0.813)
+    assert dda.data.metrics["eval/close_jar/success"] == pytest.approx(0.96)
+    assert len(client.get_metric_history(dda.info.run_id, "eval/close_jar/success")) == 1
+    mini = by_name["published/rlbench18/mini_diffuser"]
+    assert mini.data.metrics["eval/success"] == pytest.approx(0.776)
+    assert not [k for k in mini.data.metrics if k.startswith("eval/") and k != "eval/success"]
+
+
+def test_compare_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert _run(uri, tmp_path / "cmp") == 0
+    printed = capsys.readouterr().out
+    assert "No runs of ours yet" in printed and "| diffuser_actor_3dda | 81.3 |" in printed
+    assert (tmp_path / "cmp" / "comparison_success.png").exists()
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("http://127.0.0.1:9", tmp_path / "cmp") == 2
+    assert "cannot read MLflow at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_time_to_level_uses_the_elapsed_time_of_the_evaluated_step() -> None:
+    success = [(100, 0.2), (200, 0.55), (300, 0.7)]
+    elapsed = [(50, 50.0), (100, 100.0), (250, 300.0), (300, 400.0)]
+    assert time_to_level(success, elapsed, 0.2) == 100.0  # exact step
+    assert time_to_level(success, elapsed, 0.5) == pytest.approx(100.0 + 200.0 * 100 / 150)  # interpolated
+    assert time_to_level(success, elapsed, 0.9) is None  # never reached
+    assert time_to_level(success, [], 0.2) is None  # not timed
+
+
+def _fake_run_info(tags: dict[str, str], params: dict[str, str]) -> SimpleNamespace:
+    return SimpleNamespace(data=SimpleNamespace(tags=tags, params=params))
+
+
+def test_gpu_count_sources() -> None:
+    assert gpu_count(_fake_run_info({"platform.num_gpus": "4"}, {"ray.use_gpu": "false"})) == 4
+    assert gpu_count(_fake_run_info({}, {"resources.gpus": "2"})) == 2
+    assert gpu_count(_fake_run_info({}, {"ray.use_gpu": "true", "ray.num_workers": "3"})) == 3
+    assert gpu_count(_fake_run_info({}, {"ray.use_gpu": "null", "env.device": "cuda:NVIDIA H100 x1"})) == 1
+    assert gpu_count(_fake_run_info({}, {"ray.use_gpu": "null", "env.device": "cpu"})) == 0
+    assert gpu_count(_fake_run_info({}, {})) == 0
+
+
+def test_published_tables_load() -> None:
+    published = {m.method: m for m in load_published()}
+    assert published["diffuser_actor_3dda"].avg_success == pytest.approx(0.813)
+    assert len(published["diffuser_actor_3dda"].per_task) == 18
+    assert published["mini_diffuser"].per_task == {} and published["mini_diffuser"].train_gpu_hours == 13
+    assert load_metaworld()["dp3"]["easy"] == pytest.approx(0.909)
