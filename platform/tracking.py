@@ -127,7 +127,7 @@ class RunTracker:
         parent_run_id: str | None = None,
         *,
         artifact_location: str | None = None,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float = 30.0,
         upload_interval_s: float = 2.0,
     ) -> RunTracker:
         """Continue the run named ``run_name`` in ``experiment`` (or create it); never fails on outages.
