@@ -1,0 +1,3 @@
+from pyrep.objects.vision_sensor import VisionSensor
+
+__all__ = ["VisionSensor"]
