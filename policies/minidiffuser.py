@@ -158,12 +158,19 @@ class MiniDiffuserPolicy(Policy):
 
     @torch.no_grad()
     def predict_action(self, obs: ConditionBatch, generator: torch.Generator | None = None) -> Tensor:
+        return self.sample(obs, generator)
+
+    @torch.no_grad()
+    def sample(
+        self, obs: ConditionBatch, generator: torch.Generator | None = None, initial_noise: Tensor | None = None
+    ) -> Tensor:
+        """(B, 8) keyposes; ``initial_noise`` (B, action_dim) fixes x_T (drawn from ``generator`` otherwise)."""
         obs = limit_points(obs, self.config.max_points, generator)
         device = obs.points.device
         ctx = self.denoiser.prepare(self.encode(obs))  # encoder and neck keys/values: once per observation
         b = obs.batch_size
         parent_index = torch.arange(b, device=device)
-        x = randn((b, self.action_dim), generator, device)
+        x = randn((b, self.action_dim), generator, device) if initial_noise is None else initial_noise.to(device)
         steps = self.schedule.inference_timesteps(self.config.diffusion.inference_steps)
         for i, t in enumerate(steps):
             t_now = torch.full((b,), t, dtype=torch.long, device=device)

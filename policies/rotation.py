@@ -142,5 +142,7 @@ def rot6d_to_quat(r: Tensor) -> Tensor:
 
 def quat_angle_deg(a: Tensor, b: Tensor) -> Tensor:
     """(...,) geodesic angle in degrees between two (..., 4) quaternions."""
-    dot = (normalize_quat(a) * normalize_quat(b)).sum(-1).abs().clamp(max=1.0)
-    return torch.rad2deg(2 * torch.acos(dot))
+    a, b = normalize_quat(a), normalize_quat(b)
+    a_inv = torch.cat([-a[..., :3], a[..., 3:]], dim=-1)
+    rel = quat_multiply(a_inv, b)  # atan2 form: precise for small angles, unlike acos of the dot product
+    return torch.rad2deg(2 * torch.atan2(rel[..., :3].norm(dim=-1), rel[..., 3].abs()))
