@@ -26,15 +26,17 @@ from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
 class PointCloudConfig(BaseModel):
     """How camera frames become the policy's point cloud. Stored in every dataset manifest.
 
-    The workspace is the volume above Meta-World's table that the hand can reach (hand space
-    x in [-0.525, 0.525], y in [0.348, 1.025]) plus the table's extent; table top at z = 0.
+    Default workspace (Meta-World, measured): the table top is z = 0 (x in [-0.7, 0.7], y in [0.2, 1.0]),
+    bounded by 12 cm retaining walls at y = 0.21, y = 0.99 and x = +-0.69; every MT10 object and goal
+    lies in x [-0.32, 0.30], y [0.40, 0.90], z [0, 0.31]. The crop keeps x [-0.5, 0.5], y [0.3, 0.97],
+    z [-0.05, 0.5]: all task objects and the gripper, not the walls, the robot's pedestal or upper arm.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     voxel_size: float = Field(0.01, gt=0.0, le=0.2)
-    workspace_low: tuple[float, float, float] = (-0.6, 0.2, -0.05)
-    workspace_high: tuple[float, float, float] = (0.6, 1.1, 0.6)
+    workspace_low: tuple[float, float, float] = (-0.5, 0.3, -0.05)
+    workspace_high: tuple[float, float, float] = (0.5, 0.97, 0.5)
     table_height: float = 0.0
     table_margin: float = Field(0.005, ge=0.0, le=0.1)  # points with h below this are table
     max_points: int = Field(4000, ge=16, le=65536)  # stored per sample; batches may take fewer

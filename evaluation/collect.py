@@ -1,0 +1,296 @@
+"""Collect a Meta-World keyframe dataset from scripted experts; replay-check it; preview a task.
+
+    python -m evaluation.collect --suite mt10 --episodes-per-task 20 --out data/metaworld_mt10 [--workers 2] [--seed 0]
+    python -m evaluation.collect --verify --out data/metaworld_mt10
+    python -m evaluation.collect --preview pick-place-v3 --out previews/
+
+Episodes use the train variations (``evaluation.metaworld_backend.TRAIN_VARIATIONS``, 0..24): the first
+``episodes_per_task`` variations whose expert succeeds (a failing expert is recorded and the next
+variation used). One shard per (task, variation), written atomically; a killed collection restarts
+where it stopped (finished shards and failure markers are kept); the manifest is written last. Same
+arguments -> same bytes (Meta-World is deterministic; nothing depends on worker scheduling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evaluation.collect_jobs import CollectJob, JobResult, collect_job, failure_path, shard_path
+from evaluation.dataset import (
+    FORMAT,
+    INSTRUCTIONS,
+    SCHEMA_VERSION,
+    STATS,
+    atomic_write_bytes,
+    instructions_table,
+    sha256_file,
+    write_manifest,
+    write_table,
+)
+from evaluation.instructions import instruction_for
+from evaluation.keyframes import KeyframeConfig
+from evaluation.metaworld_backend import TRAIN_VARIATIONS, MetaWorldConfig, check_task, suite_task_names
+from evaluation.parallel import run_pool
+from evaluation.pointcloud import PointCloudConfig
+from evaluation.rendering import RenderConfig
+from evaluation.text import TextEncoder, TextEncoderConfig
+
+SETTINGS = "collect_settings.json"
+DEFAULT_OUT = "data/metaworld_mt10"
+
+
+class CollectError(RuntimeError):
+    """Bad collection arguments or an output directory that cannot be used; the message says the fix."""
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise CollectError(
+            f"cannot write to output directory {out} ({err.strerror}); choose a writable --out"
+        ) from err
+
+
+def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, text_cfg) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite,
+        "tasks": list(tasks),
+        "episodes_per_task": episodes_per_task,
+        "seed": seed,
+        "variation_pool": list(TRAIN_VARIATIONS),
+        "sim": sim_cfg.model_dump(mode="json"),
+        "pointcloud": pc_cfg.model_dump(mode="json"),
+        "keyframes": kf_cfg.model_dump(mode="json"),
+        "text_encoder": text_cfg.model_dump(mode="json"),
+    }
+
+
+def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
+    """Record the settings on first use; refuse to mix data from different settings in one directory."""
+    path = out / SETTINGS
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != settings:
+            changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
+            raise CollectError(
+                f"{out} holds a collection made with different settings ({', '.join(changed)} differ, see "
+                f"{path}); use another --out, or delete {out} to start over"
+            )
+        return
+    if any(out.iterdir()):
+        raise CollectError(f"{out} is not empty and is not a collection directory; use an empty or new --out")
+    atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _on_disk(out: Path, task: str, variation: int) -> bool | None:
+    """True: finished shard; False: expert failure recorded; None: not done yet."""
+    if shard_path(out, task, variation).is_file():
+        return True
+    if failure_path(out, task, variation).is_file():
+        return False
+    return None
+
+
+def _plan_round(
+    out: Path, tasks: Sequence[str], n: int
+) -> tuple[list[tuple[str, int]], dict[str, list[int]]]:
+    """Jobs still needed to reach ``n`` successful variations per task, assuming pending ones succeed."""
+    jobs, chosen = [], {}
+    for task in tasks:
+        ok: list[int] = []
+        for variation in TRAIN_VARIATIONS:
+            if len(ok) == n:
+                break
+            state = _on_disk(out, task, variation)
+            if state is None:
+                jobs.append((task, variation))
+                ok.append(variation)
+            elif state:
+                ok.append(variation)
+        chosen[task] = ok
+    return jobs, chosen
+
+
+def _encode_instructions(out: Path, tasks: Sequence[str], text_cfg: TextEncoderConfig) -> dict[str, Any]:
+    path = out / INSTRUCTIONS
+    if not path.is_file():
+        encoder = TextEncoder(text_cfg)
+        texts = [instruction_for(t) for t in tasks]
+        embeddings = encoder.encode(texts)
+        rows = [(t, e.text, encoder.name, e.tokens) for t, e in zip(tasks, embeddings, strict=True)]
+        write_table(instructions_table(rows), path)
+    import pyarrow.parquet as pq
+
+    meta = pq.read_table(path, columns=["encoder", "dim"]).to_pydict()
+    return {
+        "file": INSTRUCTIONS,
+        "sha256": sha256_file(path),
+        "encoder": meta["encoder"][0],
+        "dim": meta["dim"][0],
+    }
+
+
+def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    shards, counts = [], {}
+    for task, variations in chosen.items():
+        samples = 0
+        for variation in variations:
+            path = shard_path(out, task, variation)
+            rows = pq.ParquetFile(path).metadata.num_rows
+            samples += rows
+            shards.append(
+                {
+                    "file": str(path.relative_to(out)),
+                    "task": task,
+                    "variation": variation,
+                    "rows": rows,
+                    "sha256": sha256_file(path),
+                }
+            )
+        counts[task] = {"episodes": len(variations), "samples": samples}
+    import metaworld
+    import mujoco
+
+    return {
+        **{
+            k: settings[k]
+            for k in ("format", "schema_version", "suite", "tasks", "episodes_per_task", "seed")
+        },
+        "split": "train",
+        "variation_pool": settings["variation_pool"],
+        "episodes": chosen,
+        "expert_failures": failures,
+        "counts": counts,
+        "total_samples": sum(c["samples"] for c in counts.values()),
+        "max_points": settings["pointcloud"]["max_points"],
+        "point_dim": 7,
+        "pose_dim": 8,
+        "pose_layout": "[x, y, z, qx, qy, qz, qw, open], TCP, world frame, metres",
+        "point_layout": "[x, y, z, r, g, b, h], world frame, rgb in [-1, 1], h above table",
+        "pointcloud": settings["pointcloud"],
+        "render": render_cfg.model_dump(mode="json"),
+        "benchmark_seed": settings["sim"]["benchmark_seed"],
+        "keyframes": settings["keyframes"],
+        "controller": settings["sim"]["controller"],
+        "text": text_meta,
+        "shards": shards,
+        "versions": {"metaworld": getattr(metaworld, "__version__", "3.1.1"), "mujoco": mujoco.__version__},
+    }
+
+
+def collect_dataset(
+    suite: str = "mt10",
+    tasks: Sequence[str] | None = None,
+    episodes_per_task: int = 20,
+    out: str | os.PathLike[str] = DEFAULT_OUT,
+    workers: int = 2,
+    seed: int = 0,
+    render: RenderConfig | None = None,
+    pointcloud: PointCloudConfig | None = None,
+    keyframes: KeyframeConfig | None = None,
+    text_encoder: TextEncoderConfig | None = None,
+    executor: str = "process",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Collect (or finish collecting) a dataset in ``out``; returns the manifest. See the module docstring.
+
+    Raises ``UnknownTaskError`` for a task not in ``suite``, ``CollectError`` for bad counts, an
+    unusable ``out`` directory, or tasks whose expert fails on too many train variations.
+    """
+    names = suite_task_names(suite)  # type: ignore[arg-type]
+    tasks = list(tasks) if tasks else names
+    for task in tasks:
+        check_task(task, names, suite)
+    if not 1 <= episodes_per_task <= len(TRAIN_VARIATIONS):
+        raise CollectError(
+            f"--episodes-per-task must be between 1 and {len(TRAIN_VARIATIONS)} (the train variations per task), "
+            f"got {episodes_per_task}"
+        )
+    if workers < 1:
+        raise CollectError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    _check_out_dir(out)
+    sim_cfg = MetaWorldConfig(suite=suite, render=render or RenderConfig())  # type: ignore[arg-type]
+    pc_cfg, kf_cfg = pointcloud or PointCloudConfig(), keyframes or KeyframeConfig()
+    text_cfg = text_encoder or TextEncoderConfig()
+    settings = _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, text_cfg)
+    _claim_out_dir(out, settings)
+    start = time.perf_counter()
+    results: list[JobResult] = []
+    while True:
+        pending, chosen = _plan_round(out, tasks, episodes_per_task)
+        if not pending:
+            break
+        jobs = [
+            CollectJob(str(out), t, v, seed, settings["sim"], settings["pointcloud"], settings["keyframes"])
+            for t, v in pending
+        ]
+        results += run_pool(collect_job, jobs, workers, executor, "collect", progress)
+    short = {t: len(v) for t, v in chosen.items() if len(v) < episodes_per_task}
+    if short:
+        raise CollectError(
+            f"the experts failed on too many train variations to get {episodes_per_task} episodes for {short}; "
+            f"ask for fewer --episodes-per-task"
+        )
+    failures = {t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) is False] for t in tasks}
+    collect_s = time.perf_counter() - start
+    t_text = time.perf_counter()
+    text_meta = _encode_instructions(out, tasks, text_cfg)
+    text_s = time.perf_counter() - t_text
+    manifest = _manifest(out, settings, chosen, failures, text_meta, sim_cfg.render)
+    write_manifest(out, manifest)
+    _write_stats(out, results, collect_s, text_s, workers, time.perf_counter() - start)
+    return manifest
+
+
+def _write_stats(
+    out: Path, results: list[JobResult], collect_s: float, text_s: float, workers: int, total_s: float
+):
+    keys = ("startup_s", "physics_s", "render_s", "points_s", "write_s", "job_s")
+    sums = {k: round(sum(r.times.get(k, 0.0) for r in results), 3) for k in keys}
+    done = [r for r in results if r.ok]
+    stats = {
+        "workers": workers,
+        "jobs_run_this_time": len(results),
+        "episodes_written_this_time": len(done),
+        "expert_failures_this_time": len(results) - len(done),
+        "samples_written_this_time": sum(r.samples for r in done),
+        "collect_wall_s": round(collect_s, 3),
+        "text_encoding_s": round(text_s, 3),
+        "total_wall_s": round(total_s, 3),
+        "episodes_per_s": round(len(done) / collect_s, 3) if collect_s > 0 and done else 0.0,
+        "worker_time_s": sums,
+        "load_average": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+    }
+    atomic_write_bytes(out / STATS, (json.dumps(stats, indent=1) + "\n").encode())
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from evaluation.collect_cli import build_parser, run_cli
+
+    parser: argparse.ArgumentParser = build_parser()
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
