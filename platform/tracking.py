@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from platform.tracking_buffer import RecordBuffer, TrackingBufferError, sanitize_key
+from platform.tracking_buffer import BufferInUseError, RecordBuffer, TrackingBufferError, sanitize_key
 from platform.tracking_params import flatten_config, param_str, run_environment_params
 from platform.tracking_plots import plot_loss_curves, plot_success_per_task
 from platform.tracking_upload import UPLOAD_THREAD_PREFIX, MlflowSink, describe_error, install_log_filter
@@ -154,7 +154,14 @@ class RunTracker:
         if "'" in run_name and '"' in run_name:
             raise ValueError(f"run name {run_name!r} contains both quote characters; MLflow cannot search it")
         install_log_filter()
-        buffer = RecordBuffer(Path(buffer_dir), experiment, run_name)
+        try:
+            buffer = RecordBuffer(Path(buffer_dir), experiment, run_name)
+        except BufferInUseError as e:
+            # e.g. a restarted train worker while the old one is still shutting down: log to a sibling
+            # buffer rather than interleave two writers; nothing is lost, it is uploaded from there.
+            sibling = Path(buffer_dir).with_name(f"{Path(buffer_dir).name}.pid{os.getpid()}-{time.time_ns()}")
+            _log.warning("%s; this tracker buffers to %s instead (sync it if its process dies)", e, sibling)
+            buffer = RecordBuffer(sibling, experiment, run_name)
         location = artifact_location or default_artifact_location(tracking_uri, experiment)
         sink = MlflowSink(tracking_uri, experiment, run_name, buffer, location, tags)
         tracker = cls(buffer, sink, upload_interval_s, replay)
@@ -388,6 +395,8 @@ class RunTracker:
             while n < len(self._pending) and self._pending[n]["seq"] <= seq:
                 n += 1
             del self._pending[:n]
+            if self._closed:  # a late upload after close(): the buffer may belong to a new tracker now
+                return
         self._buffer.save_target(self.tracking_uri, acked_seq=seq)
 
 

@@ -16,6 +16,7 @@ value), ``artifact`` (local path relative to the buffer or absolute, artifact_pa
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ _log = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 REJECTED_FILE = "rejected.jsonl"
 STAGED_DIR = "staged"
 STATE_VERSION = 1
@@ -46,6 +48,10 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 class TrackingBufferError(RuntimeError):
     """The buffer directory belongs to another run or cannot be read/written."""
+
+
+class BufferInUseError(TrackingBufferError):
+    """Another live tracker (this process or another) holds the buffer directory's lock."""
 
 
 def sanitize_key(key: str) -> str:
@@ -95,12 +101,35 @@ class RecordBuffer:
             raise TrackingBufferError(
                 f"cannot create the tracking buffer directory {self.dir}: {e}; pass a writable buffer_dir"
             ) from e
+        self._lock_file = self._acquire_lock()
         self.records_path = self.dir / RECORDS_FILE
         self.state_path = self.dir / STATE_FILE
-        self.state = self._load_state()
-        self._records = self._load_records()
+        try:
+            self.state = self._load_state()
+            self._records = self._load_records()
+        except BaseException:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            raise
         self.next_seq = (self._records[-1]["seq"] + 1) if self._records else 1
         self._file = open(self.records_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _acquire_lock(self) -> Any:
+        """An exclusive flock on ``.lock``: one writer per buffer (released by close or process death)."""
+        f = open(self.dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise BufferInUseError(
+                f"tracking buffer {self.dir} is in use by another tracker ({holder})"
+            ) from e
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        return f
 
     # ---- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -223,3 +252,6 @@ class RecordBuffer:
         with self._lock:
             if not self._file.closed:
                 self._file.close()
+            if not self._lock_file.closed:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+                self._lock_file.close()

@@ -261,6 +261,21 @@ def test_buffer_of_another_run_is_refused(tmp_path: Path) -> None:
         RunTracker.open(UNREACHABLE, "exp", "run-b", tmp_path / "buf", connect_timeout_s=2)
 
 
+def test_second_writer_on_a_busy_buffer_uses_a_sibling(sqlite_uri: str, tmp_path: Path) -> None:
+    """A restarted worker whose predecessor still holds the buffer never interleaves with it."""
+    old = RunTracker.open(sqlite_uri, "busy", "w", tmp_path / "buf")
+    new = RunTracker.open(sqlite_uri, "busy", "w", tmp_path / "buf")
+    assert new.buffer_dir != old.buffer_dir and new.buffer_dir.name.startswith("buf.pid")
+    assert new.run_id == old.run_id
+    _log_training(old, range(0, 3))
+    _log_training(new, range(3, 6))
+    assert old.close() and new.close()
+    assert _history_len(sqlite_uri, old.run_id, "train/loss") == 6
+    again = RunTracker.open(sqlite_uri, "busy", "w", tmp_path / "buf")  # released by close
+    assert again.buffer_dir == (tmp_path / "buf").resolve()
+    again.close()
+
+
 def test_torn_last_record_is_dropped(tmp_path: Path) -> None:
     tracker = RunTracker.open(UNREACHABLE, "exp", "torn", tmp_path / "buf", connect_timeout_s=2)
     _log_training(tracker, range(3))
