@@ -1,0 +1,52 @@
+"""Helpers for tests that use the stand-in ``rlbench``/``pyrep`` packages of this folder.
+
+The ``standin`` fixture puts this folder first on ``sys.path`` for one test (``monkeypatch``) and removes
+every ``rlbench*``/``pyrep*`` module from ``sys.modules`` before and after it, so no other test can
+import the stand-in. ``FakeTextEncoder`` replaces the MiniLM encoder in importer tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STANDIN_DIR = Path(__file__).resolve().parent
+_ROOTS = ("rlbench", "pyrep")
+
+
+def _purge() -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] in _ROOTS]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """The stand-in ``rlbench``/``pyrep`` importable for one test (yields this folder)."""
+    _purge()
+    monkeypatch.syspath_prepend(str(STANDIN_DIR))
+    yield STANDIN_DIR
+    _purge()
+
+
+class FakeTextEncoder:
+    """Test fake of ``evaluation.text.TextEncoder``: deterministic 4-d token features per word."""
+
+    name = "fake-words"
+
+    def encode(self, texts):
+        from evaluation.text import InstructionEmbedding
+
+        out = []
+        for text in texts:
+            words = text.split() or [""]
+            tokens = np.array(
+                [[len(w), sum(map(ord, w)) % 97, i, 1.0] for i, w in enumerate(words)], np.float32
+            )
+            pooled = tokens.mean(0) / max(float(np.linalg.norm(tokens.mean(0))), 1e-12)
+            out.append(
+                InstructionEmbedding(text, tokens, np.ones(len(tokens), bool), pooled.astype(np.float32))
+            )
+        return out
