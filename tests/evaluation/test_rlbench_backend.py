@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from rlbench_standin.standin import standin  # noqa: F401  (fixture)
+from rlbench_standin import standin as standin_helpers
 
 from evaluation.episode import EpisodeSpec, PointCloudConditioner, run_episode
 from evaluation.pointcloud import frame_to_world
@@ -42,6 +42,11 @@ from evaluation.sim import PlannerError, SimulatorError, UnknownTaskError
 
 BLOCK_TOP = TABLE_HEIGHT + 0.05  # evaluation.fake_sim.BLOCK_HEIGHT above RLBench's table
 DOWN = [1.0, 0.0, 0.0, 0.0]  # gripper pointing down, xyzw
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    yield from standin_helpers.activate(monkeypatch)
 
 
 def small(**kw) -> RLBenchConfig:

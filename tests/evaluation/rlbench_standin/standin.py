@@ -1,6 +1,6 @@
 """Helpers for tests that use the stand-in ``rlbench``/``pyrep`` packages of this folder.
 
-The ``standin`` fixture puts this folder first on ``sys.path`` for one test (``monkeypatch``) and removes
+``activate`` (the body of the test modules' ``standin`` fixture) puts this folder first on ``sys.path`` for one test (``monkeypatch``) and removes
 every ``rlbench*``/``pyrep*`` module from ``sys.modules`` before and after it, so no other test can
 import the stand-in. ``FakeTextEncoder`` replaces the MiniLM encoder in importer tests.
 """
@@ -8,10 +8,10 @@ import the stand-in. ``FakeTextEncoder`` replaces the MiniLM encoder in importer
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 STANDIN_DIR = Path(__file__).resolve().parent
 _ROOTS = ("rlbench", "pyrep")
@@ -22,9 +22,8 @@ def _purge() -> None:
         del sys.modules[name]
 
 
-@pytest.fixture
-def standin(monkeypatch):
-    """The stand-in ``rlbench``/``pyrep`` importable for one test (yields this folder)."""
+def activate(monkeypatch) -> Iterator[Path]:
+    """Body of the test modules' ``standin`` fixture: the stand-in importable for one test (yields this folder)."""
     _purge()
     monkeypatch.syspath_prepend(str(STANDIN_DIR))
     yield STANDIN_DIR
