@@ -12,6 +12,7 @@ is raised with the last cause (a broken checkpoint or a missing simulator is not
 from __future__ import annotations
 
 import collections
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,7 @@ class PoolConfig(BaseModel):
     episode_timeout_s: float = Field(600.0, gt=0)
     startup_timeout_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(2, ge=1)  # first try + retries
+    max_startup_failures: int | None = Field(None, ge=1)  # in a row; default 2 * num_actors + 1
     policy_server: Literal["auto", "on", "off"] = "auto"  # auto: a server when the cluster has a GPU
     server_device: Literal["auto", "cpu", "cuda"] = "auto"
     server_max_batch: int | None = Field(None, ge=1)  # default: num_actors
@@ -107,6 +109,7 @@ class Coordinator:
         self.stats = RunStats()
         self._startup_failures = 0
         self._pending_ready: dict[Any, _Work] = {}
+        self._attempt_limit = config.max_attempts
         self._server_device = self._resolve_server()
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -120,12 +123,14 @@ class Coordinator:
         return "cuda" if gpus >= 1 else "cpu"
 
     def _check_capacity(self) -> None:
-        total = ray.cluster_resources().get("CPU", 0)
-        need = self.cfg.num_actors * self.cfg.cpus_per_actor
-        if need > total + 1e-9:
+        """Fail fast (instead of start-up timeouts) when the actors can never be placed."""
+        starting = sum(1 for s in self.slots if s.state == "dead")
+        need = starting * self.cfg.cpus_per_actor
+        free = ray.available_resources().get("CPU", 0)
+        if need > free + 1e-9:
             raise ValueError(
-                f"{self.cfg.num_actors} actors x {self.cfg.cpus_per_actor} CPU need {need} CPUs but the Ray cluster "
-                f"has {total}: lower --actors or cpus_per_actor"
+                f"{starting} actors x {self.cfg.cpus_per_actor} CPU need {need} CPUs but the Ray cluster has {free} "
+                f"free of {ray.cluster_resources().get('CPU', 0)}: lower --actors or cpus_per_actor"
             )
 
     def start(self) -> Coordinator:
@@ -195,9 +200,13 @@ class Coordinator:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def run(self, specs: list[EpisodeSpec]) -> list[EpisodeOutput]:
-        """One ``EpisodeOutput`` per spec, in order; failures included (never dropped)."""
+    def run(self, specs: list[EpisodeSpec], max_attempts: int | None = None) -> list[EpisodeOutput]:
+        """One ``EpisodeOutput`` per spec, in order; failures included (never dropped).
+
+        ``max_attempts`` overrides the pool's setting for this run.
+        """
         start = time.monotonic()
+        self._attempt_limit = max_attempts or self.cfg.max_attempts
         if any(s.state == "dead" for s in self.slots):
             self.start()
         outputs: dict[int, EpisodeOutput] = {}
@@ -252,7 +261,8 @@ class Coordinator:
         self.stats.actor_restarts += 1
         self._startup_failures += 1
         self.stats.failures.append(message)
-        if self._startup_failures > 2 * self.cfg.num_actors:
+        limit = self.cfg.max_startup_failures or 2 * self.cfg.num_actors + 1
+        if self._startup_failures >= limit:
             raise EvaluationStartupError(
                 f"{self._startup_failures} evaluation actors in a row failed to start; last error: {message}"
             )
@@ -305,11 +315,11 @@ class Coordinator:
         self.stats.actor_restarts += 1
         if self.server is not None:
             self._check_server()
-        if attempts[work.index] < self.cfg.max_attempts:
+        if attempts[work.index] < self._attempt_limit:
             self.stats.retries += 1
             queue.appendleft(work.index)
         else:
-            note = f"{message} (attempt {attempts[work.index]} of {self.cfg.max_attempts})"
+            note = f"{message} (attempt {attempts[work.index]} of {self._attempt_limit})"
             failed = _failed(spec, status, note, time.monotonic() - work.started)
             self._record(work.index, failed, outputs, bar)
         self._launch(work.slot)
@@ -355,6 +365,21 @@ class Coordinator:
             self.server_pid = 0
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    """One line naming what went wrong inside the actor (the root cause, not Ray's boilerplate)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        text = f"{type(exc.cause).__name__}: {exc.cause}"
+    else:
+        lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+        causes = [ln for ln in lines if _EXC_LINE.match(ln)]
+        head = lines[0] if lines else ""
+        text = f"{type(exc).__name__}: {head}" + (f" <- {causes[-1]}" if causes else "")
+        exit_detail = re.search(r"Worker exit type: \w+", str(exc))
+        if exit_detail and not causes:
+            text += f" ({exit_detail.group(0)})"
+    text = text.replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "..."

@@ -12,9 +12,10 @@ Fault knobs (each counted in keyposes within an episode, 0-based):
   ``hang_at``     the k-th ``step_keypose`` blocks for ``hang_s`` seconds (a real blocking sleep).
   ``succeed_at``  the k-th keypose succeeds whatever the pose (``None``: only the goal rule).
   ``step_delay_s`` seconds each ``step_keypose`` sleeps (simulated physics cost).
-Faults hit every episode unless ``fault_seeds`` lists the episode seeds to hit. With ``fault_attempts``
-and ``state_dir``, an episode is faulty only on its first ``fault_attempts`` resets, counted in marker
-files (a transient fault that a retry on a fresh actor survives).
+Crashes hit every episode unless ``crash_seeds`` lists the episode seeds to hit; hangs likewise with
+``hang_seeds``. With ``fault_attempts`` and ``state_dir``, an episode is faulty only on its first
+``fault_attempts`` resets, counted in marker files (a transient fault that a retry on a fresh actor
+survives).
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ class FakeSimConfig(BaseModel):
     succeed_at: int | None = Field(None, ge=0)
     crash_at: int | None = Field(None, ge=0)
     crash_mode: Literal["exit", "raise"] = "exit"
+    crash_seeds: tuple[int, ...] | None = None  # None: every episode
     hang_at: int | None = Field(None, ge=0)
     hang_s: float = Field(3600.0, gt=0)
+    hang_seeds: tuple[int, ...] | None = None  # None: every episode
     step_delay_s: float = Field(0.0, ge=0)
-    fault_seeds: tuple[int, ...] | None = None
     fault_attempts: int | None = Field(None, ge=1)
     state_dir: str | None = None
 
@@ -99,7 +101,7 @@ class FakeSimulator(Simulator):
         self._goal = np.zeros(3)
         self._gripper = np.zeros(8)
         self._keyposes = 0
-        self._faulty = False
+        self._crashes = self._hangs = False
         size = self.config.image_size
         fovy = np.deg2rad(40.0)
         f = (size / 2) / np.tan(fovy / 2)
@@ -121,7 +123,7 @@ class FakeSimulator(Simulator):
         self._gripper = np.array([*START_XYZ, 0.0, 0.0, 0.0, 1.0, 1.0])
         self._episode = (task, variation, seed)
         self._keyposes = 0
-        self._faulty = self._is_faulty(task, variation, seed)
+        self._crashes, self._hangs = self._faults(task, variation, seed)
         return self.observe()
 
     def observe(self) -> Observation:
@@ -145,11 +147,11 @@ class FakeSimulator(Simulator):
             raise SimulatorError(f"keypose must be 8 finite floats, got shape {pose.shape}: {pose}")
         k = self._keyposes
         cfg = self.config
-        if self._faulty and cfg.crash_at == k:
+        if self._crashes and cfg.crash_at == k:
             if cfg.crash_mode == "exit":
                 os._exit(17)  # abrupt process death, as a native crash in MuJoCo would be
             raise SimulatorError(f"FakeSimulator crash_at={k} on episode {self._episode}")
-        if self._faulty and cfg.hang_at == k:
+        if self._hangs and cfg.hang_at == k:
             time.sleep(cfg.hang_s)
         if cfg.step_delay_s:
             time.sleep(cfg.step_delay_s)
@@ -163,21 +165,21 @@ class FakeSimulator(Simulator):
         self._episode = None
 
     # -- internals -----------------------------------------------------------------------------------
-    def _is_faulty(self, task: str, variation: int, seed: int) -> bool:
+    def _faults(self, task: str, variation: int, seed: int) -> tuple[bool, bool]:
+        """(crashes, hangs) for this episode; counts the attempt when a transient fault is configured."""
         cfg = self.config
-        if cfg.crash_at is None and cfg.hang_at is None:
-            return False
-        if cfg.fault_seeds is not None and seed not in cfg.fault_seeds:
-            return False
-        if cfg.fault_attempts is None:
-            return True
+        crashes = cfg.crash_at is not None and (cfg.crash_seeds is None or seed in cfg.crash_seeds)
+        hangs = cfg.hang_at is not None and (cfg.hang_seeds is None or seed in cfg.hang_seeds)
+        if not (crashes or hangs) or cfg.fault_attempts is None:
+            return crashes, hangs
         if cfg.state_dir is None:
             raise ValueError("FakeSimConfig.fault_attempts needs state_dir (a directory shared by the actors)")
         marker = Path(cfg.state_dir) / f"{task}-{variation}-{seed}.attempts"
         marker.parent.mkdir(parents=True, exist_ok=True)
         attempts = int(marker.read_text()) if marker.is_file() else 0
         marker.write_text(str(attempts + 1))
-        return attempts < cfg.fault_attempts
+        faulty = attempts < cfg.fault_attempts
+        return crashes and faulty, hangs and faulty
 
     def _render(self, index: int, name: str) -> CameraFrame:
         """Ray-cast the table and the goal block's top face from camera ``index``."""

@@ -2,7 +2,7 @@
 block of ``FakeSimulator`` seen in the fused point cloud) and helpers for a per-module local Ray cluster.
 
 Ray workers cannot import test modules by name, so the tests register this module with
-``cloudpickle.register_pickle_by_value`` before handing ``FakeGoalPolicy`` factories to actors.
+``ray.cloudpickle.register_pickle_by_value`` before handing ``FakeGoalPolicy`` factories to actors.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def conditioner(max_points: int = 256) -> PointCloudConditioner:
 
 def start_local_ray(num_cpus: int = 4):
     """A fresh local Ray cluster with its own temp dir (never attaches to another session's cluster)."""
-    import cloudpickle
     import ray
+    from ray import cloudpickle
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -129,3 +129,13 @@ def wait_gone(pids, timeout_s: float = 20.0) -> list[int]:
         if alive:
             time.sleep(0.2)
     return alive
+
+
+@dataclass(frozen=True)
+class BrokenSimFactory:
+    """A simulator factory that always fails (an actor that cannot start)."""
+
+    message: str = "cannot open the simulator: fix the backend config"
+
+    def __call__(self):
+        raise ValueError(self.message)

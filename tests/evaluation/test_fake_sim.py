@@ -66,7 +66,7 @@ def test_success_at_goal_and_succeed_at_knob():
 
 
 def test_crash_raise_and_fault_filter():
-    sim = FakeSimulator(FakeSimConfig(crash_at=1, crash_mode="raise", fault_seeds=(5,)))
+    sim = FakeSimulator(FakeSimConfig(crash_at=1, crash_mode="raise", crash_seeds=(5,)))
     sim.reset("fake-reach", 0, 4)
     for _ in range(3):
         sim.step_keypose(_pose([0.4, 0.3, 0.3]))  # seed 4 is not in fault_seeds

@@ -1,0 +1,131 @@
+"""The coordinator on a local Ray cluster with the fake simulator: complete and ordered results,
+determinism, crash containment (R5), hang containment (R6), start-up failures, no processes left.
+
+One warm pool of 4 actors is shared by the module (actor start-up costs seconds on 2 cores); its
+simulators crash on the seeds in ``CRASH`` and hang on those in ``HANG``, which normal plans never use.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from eval_fakes import (
+    BrokenSimFactory,
+    FakePolicyFactory,
+    conditioner,
+    fake_instructions,
+    start_local_ray,
+    wait_gone,
+)
+
+from evaluation.coordinator import Coordinator, EvaluationStartupError, PoolConfig, RunStats
+from evaluation.episode import EpisodeSpec, LocalInference, run_episode
+from evaluation.evaluate import evaluate, plan_episodes
+from evaluation.fake_sim import FakeSimConfig
+from evaluation.metrics import summarize
+
+pytestmark = pytest.mark.integration
+
+TASKS = FakeSimConfig().tasks
+INSTR = fake_instructions(TASKS)
+POLICY = FakePolicyFactory(max_step=0.06, noise=0.005)
+CRASH, HANG = 900_001, 900_002
+SIM = FakeSimConfig(step_delay_s=0.05, crash_at=1, crash_seeds=(CRASH,), hang_at=0, hang_seeds=(HANG,))
+EPISODE_TIMEOUT_S = 3.0
+
+
+def _pool(**kw) -> PoolConfig:
+    base = {"num_actors": 4, "progress": False, "episode_timeout_s": EPISODE_TIMEOUT_S, "startup_timeout_s": 120.0}
+    return PoolConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def pool():
+    ray = start_local_ray(num_cpus=6)  # 4 for the shared pool, 2 for the others
+    coord = Coordinator(SIM.build, POLICY, INSTR, conditioner(), _pool(max_attempts=2)).start().wait_ready()
+    yield coord
+    coord.shutdown()
+    ray.shutdown()
+
+
+def _run(coord: Coordinator, specs, **kw):
+    coord.stats = RunStats()
+    start = time.monotonic()
+    outputs = coord.run(specs, **kw)
+    return outputs, time.monotonic() - start
+
+
+def _key(out):
+    r = out.result
+    return (r.task, r.variation, r.seed, r.success, r.steps, r.status)
+
+
+def test_results_complete_ordered_and_deterministic(pool):
+    specs = plan_episodes(TASKS, 3, seed=0, variations=range(4))
+    first, _ = _run(pool, specs)
+    second, _ = _run(pool, list(reversed(specs)))
+    assert [(o.result.task, o.result.variation, o.result.seed) for o in first] == [
+        (s.task, s.variation, s.seed) for s in specs
+    ]
+    assert [_key(o) for o in first] == [_key(o) for o in second[::-1]]  # same seeds, same results
+    local = [_key(run_episode(SIM.build(), LocalInference(POLICY()), conditioner(), INSTR, s)) for s in specs]
+    assert [_key(o) for o in first] == local  # identical to running each episode in this process
+    assert all(o.result.status == "ok" for o in first) and sum(o.result.success for o in first) >= 7
+    assert len({o.actor_pid for o in first + second}) >= 2
+
+
+def test_r5_crash_is_replaced_retried_then_sim_error_with_full_denominator(pool):
+    specs = plan_episodes(TASKS, 3, seed=1, variations=range(4))
+    specs[4] = EpisodeSpec(specs[4].task, specs[4].variation, CRASH)
+    outputs, elapsed = _run(pool, specs)
+    report = summarize(outputs, elapsed, pool.stats.retries, pool.stats.actor_restarts, pool.stats.failures)
+    assert report.episodes == len(specs)
+    assert all(t.episodes == 3 for t in report.tasks.values())  # the denominator stays complete
+    crashed = report.results[4]
+    assert (crashed.seed, crashed.status, crashed.success) == (CRASH, "sim_error", False)
+    assert "attempt 2 of 2" in crashed.message and "ActorDiedError" in crashed.message
+    assert report.status_counts == {"ok": 8, "timeout": 0, "sim_error": 1, "planner_error": 0}
+    assert report.retries == 1 and report.actor_restarts == 2 and len(report.failures) == 2
+    assert report.tasks[specs[4].task].success_rate <= 2 / 3
+    assert "sim_error" in report.table() and report.mlflow_metrics()["eval/sim_error"] == 1.0
+
+
+def test_r6_hang_times_out_actor_replaced_others_unaffected(pool):
+    specs = plan_episodes(TASKS, 12, seed=3, variations=range(5))  # 36 episodes
+    clean, clean_s = _run(pool, specs, max_attempts=1)
+    faulty_specs = [EpisodeSpec(specs[0].task, specs[0].variation, HANG), *specs[1:]]
+    faulty, faulty_s = _run(pool, faulty_specs, max_attempts=1)
+    hung = faulty[0].result
+    assert (hung.status, hung.success, hung.seed) == ("timeout", False, HANG)
+    assert f"exceeded {EPISODE_TIMEOUT_S:.1f} s" in hung.message
+    assert [_key(o) for o in faulty[1:]] == [_key(o) for o in clean[1:]]  # other episodes unaffected
+    assert pool.stats.actor_restarts == 1 and pool.stats.retries == 0
+    hung_pid = int(pool.stats.failures[0].split("(pid ")[1].split(")")[0])
+    assert wait_gone([hung_pid]) == [], "the hung actor was not killed"
+    assert faulty_s < 2 * clean_s, f"fault run {faulty_s:.1f} s vs fault-free {clean_s:.1f} s"
+
+
+def test_transient_simulator_error_is_retried_on_a_fresh_actor(pool, tmp_path):
+    specs = plan_episodes(TASKS[:1], 3, seed=2, variations=range(4))
+    sim = FakeSimConfig(crash_at=0, crash_mode="raise", crash_seeds=(specs[1].seed,), fault_attempts=1,
+                        state_dir=str(tmp_path))
+    report = evaluate(sim.build, POLICY, INSTR, specs, conditioner(), _pool(num_actors=1, max_attempts=2))
+    assert report.status_counts["ok"] == 3 and report.retries == 1 and report.actor_restarts == 1
+    assert "SimulatorError: FakeSimulator crash_at=0" in report.failures[0]
+    local = [run_episode(SIM.build(), LocalInference(POLICY()), conditioner(), INSTR, s).result for s in specs]
+    assert [(r.success, r.steps) for r in report.results] == [(r.success, r.steps) for r in local]
+
+
+def test_actors_that_cannot_start_raise_a_typed_error(pool):
+    coord = Coordinator(BrokenSimFactory(), POLICY, INSTR, conditioner(), _pool(num_actors=1, max_startup_failures=1))
+    with pytest.raises(EvaluationStartupError, match="failed to start.*ValueError: cannot open the simulator"):
+        coord.start().wait_ready()
+    coord.shutdown()
+
+
+def test_no_actor_processes_left_after_shutdown(pool):
+    pids = pool.wait_ready().actor_pids()  # replacements of crashed actors may still be starting
+    assert len(pids) == 4
+    pool.shutdown()
+    assert wait_gone(pids) == [], "actor processes left after shutdown"
