@@ -60,6 +60,7 @@ from evaluation.rlbench_tasks import (
     TABLE_HEIGHT,
     resolve_tasks,
 )
+from evaluation.text import TextEncoder, TextEncoderConfig, TextEncoderError
 
 DEPTH_SCALE = 2**24 - 1  # rlbench.backend.const.DEPTH_SCALE
 VARIATION_INSTRUCTIONS = "variation_instructions.parquet"
@@ -338,7 +339,7 @@ def import_dataset(
 ) -> dict[str, Any]:
     """Import ``tasks`` from RLBench data at ``root`` into a keyframe dataset at ``out``; returns the manifest.
 
-    ``text_encoder``: an object with ``name`` and ``encode(texts)`` (default ``evaluation.text.TextEncoder()``).
+    ``text_encoder``: a ``TextEncoderConfig`` (default MiniLM), or an object with ``name`` and ``encode(texts)``.
     Restartable: finished episode shards are kept; the manifest is written last.
     """
     root, out = Path(root), Path(out)
@@ -369,10 +370,8 @@ def import_dataset(
     else:
         results = [import_episode(job) for job in jobs]
     import_s = time.perf_counter() - start
-    if text_encoder is None:
-        from evaluation.text import TextEncoder
-
-        text_encoder = TextEncoder()
+    if text_encoder is None or isinstance(text_encoder, TextEncoderConfig):
+        text_encoder = TextEncoder(text_encoder)  # loaded only now, after the episodes are imported
     text = _encode(out, [(t, t.replace("_", " ")) for t in names], INSTRUCTIONS, text_encoder)
     distinct = list(dict.fromkeys((j.task, j.instruction) for j in jobs))
     text_variations = _encode(out, distinct, VARIATION_INSTRUCTIONS, text_encoder)
@@ -460,8 +459,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clip-path", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    from evaluation.text import TextEncoder, TextEncoderConfig, TextEncoderError
-
     try:
         manifest = import_dataset(
             args.root,
@@ -469,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.tasks,
             args.episodes_per_task,
             tuple(c for c in args.cameras.split(",") if c),
-            text_encoder=TextEncoder(TextEncoderConfig(kind=args.text_encoder, path=args.clip_path)),
+            text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             workers=args.workers,
             progress=not args.no_progress,
         )

@@ -1,0 +1,214 @@
+"""Import of RLBench demonstrations (dataset generator layout) into the keyframe dataset format.
+
+Synthetic datasets are written by the stand-in's ``rlbench.dataset_generator`` (RLBench's file names,
+PNG encodings and pickles); the import itself runs with no ``rlbench`` importable.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rlbench_standin import standin as standin_helpers
+
+from evaluation.dataset import KeyframeDataset
+from evaluation.rlbench_backend import list_episodes
+from evaluation.rlbench_import import (
+    VARIATION_INSTRUCTIONS,
+    RLBenchImportError,
+    decode_depth,
+    import_dataset,
+    load_demo,
+    main,
+)
+from evaluation.rlbench_keyframes import demo_keyframes
+from evaluation.rlbench_tasks import TABLE_HEIGHT
+
+BLOCK_TOP = TABLE_HEIGHT + 0.05
+
+
+def write_dataset(
+    root: Path, tasks: tuple[str, ...], episodes: int, all_variations: bool, monkeypatch
+) -> None:
+    """Generate with the stand-in, then make ``rlbench``/``pyrep`` unimportable again."""
+    gen = standin_helpers.activate(monkeypatch)
+    next(gen)
+    from rlbench.backend.utils import task_file_to_task_class
+    from rlbench.dataset_generator import generate
+
+    generate(
+        str(root),
+        [task_file_to_task_class(t) for t in tasks],
+        episodes,
+        variations=2,
+        all_variations=all_variations,
+        image_size=(24, 24),
+        seed=3,
+    )
+    next(gen, None)
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of RLBench now fails
+
+
+@pytest.fixture(scope="module")
+def peract_split(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("peract_train")
+    write_dataset(root, ("close_jar", "open_drawer"), 3, True, mp)
+    mp.undo()
+    return root
+
+
+def test_depth_png_decoding_round_trip(tmp_path):
+    from PIL import Image
+
+    depth = np.random.default_rng(0).random((5, 7))
+    scaled = np.floor(depth * (2**24 - 1) + 0.5).astype(np.uint32)
+    rgb = np.stack([(scaled >> 16) & 255, (scaled >> 8) & 255, scaled & 255], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "0.png")
+    np.testing.assert_allclose(decode_depth(tmp_path / "0.png"), depth, atol=1e-7)
+
+
+def test_import_opens_like_a_metaworld_dataset(peract_split, tmp_path, monkeypatch):
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "ds"
+    manifest = import_dataset(
+        peract_split,
+        out,
+        "close_jar,open_drawer",
+        text_encoder=standin_helpers.FakeTextEncoder(),
+        progress=False,
+    )
+    ds = KeyframeDataset(out)
+    assert ds.task_names == ["close_jar", "open_drawer"] and len(ds) == manifest["total_samples"] > 0
+    assert manifest["counts"]["close_jar"]["episodes"] == 3
+    # every sample: the observation at keyframe j -> the demo's pose at keyframe j+1
+    row = 0
+    for shard in manifest["shards"]:
+        demo = load_demo(Path(shard["source"]) / "low_dim_obs.pkl")
+        keys = demo_keyframes(demo)
+        observed = [0, *keys[:-1]]
+        assert shard["rows"] == len(keys) == 4  # stand-in expert: above, at the top, closing, final
+        for f, k in zip(observed, keys, strict=True):
+            np.testing.assert_allclose(
+                ds.target[row], [*demo[k].gripper_pose, demo[k].gripper_open], atol=1e-6
+            )
+            np.testing.assert_allclose(
+                ds.gripper[row], [*demo[f].gripper_pose, demo[f].gripper_open], atol=1e-6
+            )
+            row += 1
+    assert ds.target[:, 7].min() == 0.0 and ds.target[:, 7].max() == 1.0  # the grasp closes the gripper
+    # points: depth decoded from the PNGs and the camera matrices from misc put the block top where it is
+    batch = ds.batch(list(range(len(ds))), max_points=4000)
+    for i in range(len(ds)):
+        pts = batch.points[i][batch.point_mask[i]].numpy()
+        red = (pts[:, 3] > 0.5) & (pts[:, 4] < -0.5)
+        assert red.sum() >= 3
+        np.testing.assert_allclose(pts[red, 2], BLOCK_TOP, atol=2e-3)
+        np.testing.assert_allclose(pts[red, 6], BLOCK_TOP - TABLE_HEIGHT, atol=2e-3)
+        assert np.all(pts[:, 2] >= TABLE_HEIGHT)  # table removed, workspace crop applied
+    assert manifest["pointcloud"]["table_height"] == TABLE_HEIGHT
+    assert manifest["render"]["cameras"] == ["left_shoulder", "right_shoulder", "wrist", "front"]
+
+
+def test_instructions_per_task_and_per_variation(peract_split, tmp_path, monkeypatch):
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "ds"
+    manifest = import_dataset(
+        peract_split, out, ["close_jar"], text_encoder=standin_helpers.FakeTextEncoder(), progress=False
+    )
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "shards" / "close_jar" / "ep0001.parquet").to_pydict()
+    episode = list_episodes(peract_split, "close_jar")[1]
+    assert set(rows["instruction"]) == {episode.descriptions[0]} == {"close jar with the maroon block"}
+    variations = pq.read_table(out / VARIATION_INSTRUCTIONS).to_pydict()
+    assert sorted(variations["instruction"]) == [
+        "close jar with the maroon block",
+        "close jar with the red block",
+    ]
+    assert manifest["text_variations"]["file"] == VARIATION_INSTRUCTIONS
+    tokens, mask = KeyframeDataset(out).instruction_embedding("close_jar")
+    assert tokens.shape == (2, 4) and mask.all()  # "close jar": the task-level text
+
+
+def test_variation_folder_layout_and_episode_limit(tmp_path, monkeypatch):
+    root = tmp_path / "rlbench_data"
+    write_dataset(root, ("open_drawer",), 2, False, monkeypatch)
+    assert (root / "open_drawer" / "variation1" / "episodes" / "episode0" / "low_dim_obs.pkl").is_file()
+    episodes = list_episodes(root, "open_drawer")
+    assert [(e.variation, e.path.name) for e in episodes] == [
+        (0, "episode0"),
+        (0, "episode1"),
+        (1, "episode0"),
+        (1, "episode1"),
+    ]
+    manifest = import_dataset(
+        root,
+        tmp_path / "ds",
+        "open_drawer",
+        episodes_per_task=3,
+        text_encoder=standin_helpers.FakeTextEncoder(),
+        progress=False,
+    )
+    assert [s["variation"] for s in manifest["shards"]] == [0, 0, 1]
+    assert len(KeyframeDataset(tmp_path / "ds")) == 12
+
+
+def test_restart_keeps_finished_shards_and_refuses_other_settings(peract_split, tmp_path, monkeypatch):
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "ds"
+    enc = standin_helpers.FakeTextEncoder()
+    import_dataset(peract_split, out, "close_jar", text_encoder=enc, progress=False)
+    shard = out / "shards" / "close_jar" / "ep0000.parquet"
+    before = shard.stat().st_mtime_ns
+    (out / "manifest.json").unlink()  # as if killed before the manifest
+    import_dataset(peract_split, out, "close_jar", text_encoder=enc, progress=False)
+    assert shard.stat().st_mtime_ns == before and KeyframeDataset(out)
+    with pytest.raises(RLBenchImportError, match="different settings"):
+        import_dataset(peract_split, out, "close_jar", cameras=("front",), text_encoder=enc, progress=False)
+
+
+def test_clear_errors_for_bad_input(peract_split, tmp_path, monkeypatch, capsys):
+    enc = standin_helpers.FakeTextEncoder()
+    with pytest.raises(RLBenchImportError, match="not a directory"):
+        import_dataset(tmp_path / "nowhere", tmp_path / "a", "close_jar", text_encoder=enc)
+    with pytest.raises(RLBenchImportError, match="no RLBench data for task 'stack_cups'"):
+        import_dataset(peract_split, tmp_path / "b", "stack_cups", text_encoder=enc)
+    with pytest.raises(RLBenchImportError, match="3 episodes, 5 were asked for"):
+        import_dataset(peract_split, tmp_path / "c", "close_jar", episodes_per_task=5, text_encoder=enc)
+    broken = tmp_path / "broken"
+    for src in (peract_split / "close_jar").rglob("*"):
+        dst = broken / "close_jar" / src.relative_to(peract_split / "close_jar")
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.write_bytes(src.read_bytes())
+    (broken / "close_jar/all_variations/episodes/episode1/front_depth/0.png").unlink()
+    with pytest.raises(RLBenchImportError, match=r"episode1/front_depth/0.png is missing"):
+        import_dataset(broken, tmp_path / "d", "close_jar", text_encoder=enc, progress=False)
+    (broken / "close_jar/all_variations/episodes/episode0/low_dim_obs.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(RLBenchImportError, match="not a readable RLBench demo pickle"):
+        import_dataset(broken, tmp_path / "e", "close_jar", text_encoder=enc, progress=False)
+    assert (
+        main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f"), "--tasks", "close_jar"]) == 2
+    )
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_demo_pickle_loads_without_rlbench(peract_split, monkeypatch):
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    path = peract_split / "close_jar" / "all_variations" / "episodes" / "episode0" / "low_dim_obs.pkl"
+    with pytest.raises(ImportError):
+        pickle.loads(path.read_bytes())  # the plain unpickler needs RLBench ...
+    demo = load_demo(path)  # ... the importer does not
+    assert len(demo) > 10 and demo[0].gripper_pose.shape == (7,)
+    assert demo[0].front_rgb is None and "front_camera_extrinsics" in demo[0].misc
+    assert demo[0].misc["variation_index"] == 0
