@@ -28,6 +28,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def run_cli(main: Callable[[argparse.Namespace, ExperimentConfig], int], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None) -> int:
     """Parse, resolve the config, honour ``--print-config``, then call ``main``; user errors -> one line."""
+    set_runtime_defaults()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -45,6 +46,15 @@ def run_cli(main: Callable[[argparse.Namespace, ExperimentConfig], int], parser:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def set_runtime_defaults() -> None:
+    """Headless MuJoCo and an offline text encoder unless the user chose otherwise (inherited by Ray workers)."""
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 class UserFacingError(RuntimeError):

@@ -26,12 +26,12 @@ from platform.compare_report import (
     render_markdown,
     write_csv,
 )
+from platform.config import data_root
 from platform.compare_runs import RunSummary, best_per_policy_type, find_our_runs, summarize_run
 from platform.tracking import DEFAULT_EXPERIMENT, RunTracker, default_artifact_location, default_tracking_uri
 from platform.tracking_buffer import sanitize_key
 from platform.tracking_upload import probe_http
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPARISON_RUN = "comparison"
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})"
     )
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", default=None, help="compare these runs only")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "comparison", help="output folder")
+    p.add_argument("--out", type=Path, default=data_root() / "runs" / "comparison", help="output folder")
     p.add_argument("--levels", nargs="+", type=float, default=list(DEFAULT_LEVELS),
                    help="success levels (0..1) for the time-to-level columns")  # fmt: skip
     p.add_argument("--no-log", action="store_true", help="write the files but log nothing to MLflow")
@@ -123,7 +123,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """Everything but printing. Returns the markdown report and the written files."""
     from mlflow.tracking import MlflowClient
 
-    uri = args.tracking_uri or default_tracking_uri(REPO_ROOT)
+    uri = args.tracking_uri or default_tracking_uri(data_root())
     levels = tuple(sorted(set(args.levels)))
     if any(not 0.0 < lv <= 1.0 for lv in levels):
         raise CompareError(f"--levels must be success fractions in (0, 1], got {list(levels)}")

@@ -32,6 +32,16 @@ _POLICY_CLASSES: dict[str, type[BaseModel]] = {
 _POLICY_TYPES = tuple(_POLICY_CLASSES)
 
 
+def data_root() -> Path:
+    """Where relative data/run paths live: the repo root, except inside a submitted Ray job, whose working
+    directory is a temporary copy: there ``$MINIDIFFUSER_HOME`` (default ``~/minidiffuser``)."""
+    import os
+
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("MINIDIFFUSER_HOME"):
+        return Path(os.environ.get("MINIDIFFUSER_HOME", "~/minidiffuser")).expanduser()
+    return REPO_ROOT
+
+
 class ConfigError(ValueError):
     """A bad configuration file, key or value. ``str(err)`` is one actionable line."""
 
@@ -130,7 +140,15 @@ class ExperimentConfig(_Frozen):
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+        return p if p.is_absolute() else data_root() / p
+
+    def with_absolute_paths(self) -> ExperimentConfig:
+        """A copy whose data/output paths are absolute: what the driver hands to Ray workers, whose cwd and
+        working_dir copy differ from the driver's."""
+        return self.model_copy(update={
+            "output_dir": str(self.resolve_path(self.output_dir)),
+            "data": self.data.model_copy(update={"path": str(self.resolve_path(self.data.path))}),
+        })
 
     @property
     def run_dir(self) -> Path:

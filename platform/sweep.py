@@ -127,6 +127,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     for text in args.param:
         key, domain, values = parse_param(text, args.search)
         space[key], candidates[key] = domain, values
+    cfg = cfg.with_absolute_paths()
     base = cfg.model_dump(mode="json")
     for key, values in candidates.items():  # fail before launching anything
         for v in values:
@@ -170,10 +171,10 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argparse.Namespace) -> Any:
     if not cfg.tracking.enabled:
         return None
-    from platform.config import REPO_ROOT
+    from platform.config import data_root
     from platform.tracking import RunTracker, default_tracking_uri, flatten_config
 
-    uri = cfg.tracking.uri or default_tracking_uri(REPO_ROOT)
+    uri = cfg.tracking.uri or default_tracking_uri(data_root())
     parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
                              tags={"platform.kind": "sweep_parent", "platform.policy_type": cfg.policy.type})
     parent.log_params({**flatten_config(cfg.model_dump(mode="json")),

@@ -53,6 +53,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     t_start = time.perf_counter()
     if args.no_eval:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
+    cfg = cfg.with_absolute_paths()
     from platform.data import ensure_dataset
 
     dataset_dir = ensure_dataset(cfg)
@@ -134,9 +135,9 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     if not cfg.tracking.enabled:
         return None
     from platform.tracking import RunTracker, default_tracking_uri, flatten_config, run_environment_params
-    from platform.config import REPO_ROOT
+    from platform.config import data_root
 
-    uri = cfg.tracking.uri or default_tracking_uri(REPO_ROOT)
+    uri = cfg.tracking.uri or default_tracking_uri(data_root())
     tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",
                               tags=_tags(cfg))
     tracker.log_params({**flatten_config(cfg.model_dump(mode="json")), **run_environment_params()})
