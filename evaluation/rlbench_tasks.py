@@ -11,6 +11,7 @@ branch ``peract``) the number of targets listed in their ``init_task``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from evaluation.sim import UnknownTaskError
 
@@ -99,3 +100,56 @@ def resolve_tasks(names: str | tuple[str, ...] | list[str] | None) -> tuple[str,
         if not name.replace("_", "").isalnum() or name.lower() != name:
             raise UnknownTaskError(f"{name!r} is not an RLBench task module name (e.g. 'close_jar')")
     return tuple(dict.fromkeys(items))
+
+
+# -- the evaluation protocol as calls of evaluation.evaluate.evaluate_checkpoint -----------------------------
+def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK) -> dict[str, Any]:
+    """``evaluate_checkpoint`` arguments (all but ``seed``) for RLBench-18 in the PerAct protocol.
+
+    ``config`` is an ``evaluation.rlbench_backend.RLBenchConfig`` whose ``demo_root`` is the PerAct test
+    split: episode ``i`` of a task restores its test demo ``i`` (``variations = range(episodes_per_task)``
+    are test-episode indices), at most ``MAX_KEYPOSES`` keyposes each.
+    """
+    from evaluation.coordinator import PoolConfig
+    from evaluation.rlbench_backend import rlbench_factory
+
+    if config.demo_root is None:
+        raise ValueError(
+            "the PerAct protocol restores the test split's episodes: set RLBenchConfig.demo_root to it "
+            "(e.g. data/peract/test, with <task>/all_variations/episodes/episode<i>)"
+        )
+    return {
+        "tasks": list(config.tasks),
+        "episodes_per_task": episodes_per_task,
+        "variations": tuple(range(episodes_per_task)),
+        "sim_factory": rlbench_factory(config),
+        "suite": "rlbench",
+        "pool": PoolConfig(max_keyposes=MAX_KEYPOSES),
+    }
+
+
+def evaluate_rlbench(
+    checkpoint_dir: str,
+    config: Any,
+    seeds: tuple[int, ...] = EVAL_SEEDS,
+    episodes_per_task: int = EPISODES_PER_TASK,
+    num_actors: int = 2,
+) -> dict[int, Any]:
+    """``{seed: EvalReport}`` of a checkpoint over ``seeds`` (the papers report the mean over 3 seeds)."""
+    from evaluation.evaluate import evaluate_checkpoint
+
+    kwargs = protocol_kwargs(config, episodes_per_task)
+    return {s: evaluate_checkpoint(checkpoint_dir, seed=s, num_actors=num_actors, **kwargs) for s in seeds}
+
+
+def mean_over_seeds(reports: dict[int, Any]) -> dict[str, float]:
+    """Per-task success rate averaged over seeds, plus ``"mean"`` (the RLBench-18 average), in [0, 1]."""
+    if not reports:
+        raise ValueError("no evaluation reports to average")
+    tasks = sorted({t for r in reports.values() for t in r.tasks})
+    out = {
+        t: sum(r.tasks[t].success_rate for r in reports.values() if t in r.tasks) / len(reports)
+        for t in tasks
+    }
+    out["mean"] = sum(out[t] for t in tasks) / len(tasks)
+    return out

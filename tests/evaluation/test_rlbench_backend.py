@@ -346,3 +346,30 @@ def test_scene_depends_on_the_seed_without_demos(standin):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert torch.is_tensor(torch.from_numpy(a))  # plain arrays, ready for the point-cloud pipeline
+
+
+# -- the protocol --------------------------------------------------------------------------------------------
+def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import evaluation.evaluate
+    from evaluation.rlbench_tasks import evaluate_rlbench, mean_over_seeds, protocol_kwargs
+
+    with pytest.raises(ValueError, match="demo_root"):
+        protocol_kwargs(small())
+    calls = []
+
+    def fake_evaluate_checkpoint(checkpoint_dir, **kw):
+        calls.append(kw)
+        rate = {"close_jar": 0.5 + 0.1 * kw["seed"], "open_drawer": 1.0}
+        return SimpleNamespace(tasks={t: SimpleNamespace(success_rate=r) for t, r in rate.items()})
+
+    monkeypatch.setattr(evaluation.evaluate, "evaluate_checkpoint", fake_evaluate_checkpoint)
+    reports = evaluate_rlbench("ckpt", small(demo_root=str(tmp_path)))
+    assert sorted(reports) == [0, 1, 2] and [c["seed"] for c in calls] == [0, 1, 2]
+    kw = calls[0]
+    assert kw["episodes_per_task"] == 25 and kw["variations"] == tuple(range(25))
+    assert kw["pool"].max_keyposes == 25 and kw["tasks"] == ["close_jar", "open_drawer"]
+    assert kw["sim_factory"].func is RLBenchSimulator and kw["sim_factory"].args[0].demo_root == str(tmp_path)
+    means = mean_over_seeds(reports)
+    assert means["close_jar"] == pytest.approx(0.6) and means["mean"] == pytest.approx(0.8)
