@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.expansion import group_rows
+from policies.expansion import RowGrouping, group_rows
 
 AttentionImpl = Literal["grouped", "dense_masked"]
 MIN_WAVELENGTH_M = 0.04
@@ -66,11 +66,16 @@ class ContextKV:
     mask: Tensor
 
 
-def attend_rows(q: Tensor, kv: ContextKV, parent_index: Tensor, impl: AttentionImpl) -> Tensor:
-    """q: (R, H, hd) rows; each attends only to ``kv`` of condition parent_index[r] -> (R, H, hd)."""
+def attend_rows(
+    q: Tensor, kv: ContextKV, parent_index: Tensor, impl: AttentionImpl, grouping: RowGrouping | None = None
+) -> Tensor:
+    """q: (R, H, hd) rows; each attends only to ``kv`` of condition parent_index[r] -> (R, H, hd).
+
+    ``grouping`` (from ``group_rows(parent_index, B)``) may be passed to reuse it across layers.
+    """
     b, s, h, hd = kv.k.shape
     if impl == "grouped":
-        grouping = group_rows(parent_index, b)
+        grouping = grouping if grouping is not None else group_rows(parent_index, b)
         q_pad = grouping.pad(q).transpose(1, 2)  # (B, H, M_max, hd)
         out = F.scaled_dot_product_attention(
             q_pad, kv.k.transpose(1, 2), kv.v.transpose(1, 2), attn_mask=kv.mask[:, None, None, :]
@@ -110,10 +115,16 @@ class CrossAttention(nn.Module):
         return apply_rotary(q, pos, self.freqs) if self.freqs.numel() else q
 
     def forward_rows(
-        self, x: Tensor, kv: ContextKV, parent_index: Tensor, impl: AttentionImpl, pos: Tensor | None = None
+        self,
+        x: Tensor,
+        kv: ContextKV,
+        parent_index: Tensor,
+        impl: AttentionImpl,
+        pos: Tensor | None = None,
+        grouping: RowGrouping | None = None,
     ) -> Tensor:
         """x: (R, d) rows (noisy actions) attending to their parent's context -> (R, d)."""
-        out = attend_rows(self._queries(x, pos), kv, parent_index, impl)  # (R, H, hd)
+        out = attend_rows(self._queries(x, pos), kv, parent_index, impl, grouping)  # (R, H, hd)
         return self.out(out.reshape(x.shape[0], -1))
 
     def forward_padded(self, x: Tensor, kv: ContextKV, pos: Tensor | None = None) -> Tensor:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from policies.attention import AttentionImpl, ContextKV, CrossAttention, FeedForward, FiLMNorm
 from policies.encoder import EncodedCondition
+from policies.expansion import RowGrouping, group_rows
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,11 @@ class NeckLayer(nn.Module):
         text_kv: ContextKV,
         parent_index: Tensor,
         impl: AttentionImpl,
+        grouping: RowGrouping | None,
     ) -> Tensor:
         """x, film: (R, d); pos: (R, 3) metres -> (R, d)."""
-        x = x + self.point_attn.forward_rows(self.norm1(x, film), point_kv, parent_index, impl, pos=pos)
-        x = x + self.text_attn.forward_rows(self.norm2(x), text_kv, parent_index, impl)
+        x = x + self.point_attn.forward_rows(self.norm1(x, film), point_kv, parent_index, impl, pos, grouping)
+        x = x + self.text_attn.forward_rows(self.norm2(x), text_kv, parent_index, impl, None, grouping)
         return x + self.ffn(self.norm3(x, film))
 
 
@@ -94,6 +96,7 @@ class Denoiser(nn.Module):
         """x: (R, d) embedded noisy actions; pos: (R, 3) their positions (metres); timesteps: list of (R,)."""
         temb = torch.cat([timestep_embedding(t, self.d) for t in timesteps], dim=-1)  # (R, d * n)
         film = ctx.cond[parent_index] + self.time_mlp(temb)  # (R, d): explicit parent gather
+        grouping = group_rows(parent_index, ctx.num_conditions) if impl == "grouped" else None  # shared by all layers
         for layer, point_kv, text_kv in zip(self.layers, ctx.points, ctx.text, strict=True):
-            x = layer(x, pos, film, point_kv, text_kv, parent_index, impl)
+            x = layer(x, pos, film, point_kv, text_kv, parent_index, impl, grouping)
         return x
