@@ -126,7 +126,11 @@ class Coordinator:
         """Fail fast (instead of start-up timeouts) when the actors can never be placed."""
         starting = sum(1 for s in self.slots if s.state == "dead")
         need = starting * self.cfg.cpus_per_actor
+        deadline = time.monotonic() + min(30.0, self.cfg.startup_timeout_s)
         free = ray.available_resources().get("CPU", 0)
+        while need > free + 1e-9 and time.monotonic() < deadline:  # killed actors free their CPUs lazily
+            time.sleep(0.2)
+            free = ray.available_resources().get("CPU", 0)
         if need > free + 1e-9:
             raise ValueError(
                 f"{starting} actors x {self.cfg.cpus_per_actor} CPU need {need} CPUs but the Ray cluster has {free} "
