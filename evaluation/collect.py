@@ -40,7 +40,7 @@ from evaluation.metaworld_backend import TRAIN_VARIATIONS, MetaWorldConfig, chec
 from evaluation.parallel import run_pool
 from evaluation.pointcloud import PointCloudConfig
 from evaluation.rendering import RenderConfig
-from evaluation.text import TextEncoder, TextEncoderConfig
+from evaluation.text import TextEncoderConfig, get_encoder
 
 SETTINGS = "collect_settings.json"
 DEFAULT_OUT = "data/metaworld_mt10"
@@ -130,7 +130,7 @@ def _plan_round(
 def _encode_instructions(out: Path, tasks: Sequence[str], text_cfg: TextEncoderConfig) -> dict[str, Any]:
     path = out / INSTRUCTIONS
     if not path.is_file():
-        encoder = TextEncoder(text_cfg)
+        encoder = get_encoder(text_cfg)
         texts = [instruction_for(t) for t in tasks]
         embeddings = encoder.encode(texts)
         rows = [(t, e.text, encoder.name, e.tokens) for t, e in zip(tasks, embeddings, strict=True)]

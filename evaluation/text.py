@@ -124,6 +124,17 @@ class TextEncoder:
         return out
 
 
+_ENCODERS: dict[TextEncoderConfig, TextEncoder] = {}
+
+
+def get_encoder(cfg: TextEncoderConfig | None = None) -> TextEncoder:
+    """A process-wide cached ``TextEncoder`` per config (loading MiniLM costs seconds)."""
+    cfg = cfg or TextEncoderConfig()
+    if cfg not in _ENCODERS:
+        _ENCODERS[cfg] = TextEncoder(cfg)
+    return _ENCODERS[cfg]
+
+
 def pad_tokens(embeddings: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Stack variable-length (tokens (L_i, D), mask (L_i,)) into (B, L, D) float32 + (B, L) bool."""
     length = max(len(t) for t, _ in embeddings)

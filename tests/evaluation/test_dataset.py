@@ -1,0 +1,192 @@
+"""KeyframeDataset: loading, batching, and a clear DatasetError for every kind of bad directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.dataset import (
+    FORMAT,
+    INSTRUCTIONS,
+    MANIFEST,
+    SCHEMA_VERSION,
+    DatasetError,
+    KeyframeDataset,
+    instructions_table,
+    samples_table,
+    sha256_file,
+    write_manifest,
+    write_table,
+)
+from evaluation.demos import Sample
+from evaluation.pointcloud import PointCloudConfig, select_points
+from evaluation.rendering import RenderConfig
+
+TASKS = ["task-a", "task-b"]
+DIM = 6
+
+
+def _write_synthetic_dataset(root: Path, samples_per_shard: int = 3) -> Path:
+    """Two tasks x two episodes of random samples, written with the real writer functions."""
+    rng = np.random.default_rng(0)
+    shards = []
+    for t, task in enumerate(TASKS):
+        for variation in range(2):
+            samples = [
+                Sample(
+                    task,
+                    variation,
+                    variation,
+                    f,
+                    f * 10,
+                    rng.normal(size=(int(rng.integers(20, 80)), 7)).astype(np.float32),
+                    np.full(8, t, np.float32),
+                    np.full(8, 10 * t + f, np.float32),
+                )
+                for f in range(samples_per_shard)
+            ]
+            rel = f"shards/{task}/var{variation:02d}.parquet"
+            write_table(samples_table(samples, f"do {task}"), root / rel)
+            shards.append(
+                {
+                    "file": rel,
+                    "task": task,
+                    "variation": variation,
+                    "rows": samples_per_shard,
+                    "sha256": sha256_file(root / rel),
+                }
+            )
+    rows = [
+        (task, f"do {task}", "fake-encoder", rng.normal(size=(3 + i, DIM)).astype(np.float32))
+        for i, task in enumerate(TASKS)
+    ]
+    write_table(instructions_table(rows), root / INSTRUCTIONS)
+    manifest = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "suite": "fake",
+        "tasks": TASKS,
+        "shards": shards,
+        "counts": {t: {"episodes": 2, "samples": 2 * samples_per_shard} for t in TASKS},
+        "total_samples": len(shards) * samples_per_shard,
+        "pointcloud": PointCloudConfig(max_points=80).model_dump(mode="json"),
+        "render": RenderConfig().model_dump(mode="json"),
+        "max_points": 80,
+        "text": {
+            "file": INSTRUCTIONS,
+            "sha256": sha256_file(root / INSTRUCTIONS),
+            "encoder": "fake-encoder",
+            "dim": DIM,
+        },
+    }
+    write_manifest(root, manifest)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    return _write_synthetic_dataset(tmp_path_factory.mktemp("ds"))
+
+
+@pytest.fixture
+def copy_dir(dataset_dir, tmp_path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(dataset_dir, dst)
+    return dst
+
+
+def test_loads_everything_and_collates_batches(dataset_dir):
+    ds = KeyframeDataset(dataset_dir)
+    assert len(ds) == 12 and ds.task_names == TASKS
+    assert ds.manifest["schema_version"] == SCHEMA_VERSION
+    tokens, mask = ds.instruction_embedding("task-b")
+    assert tokens.shape == (4, DIM) and tokens.dtype == np.float32 and mask.all()
+    batch = ds.batch([0, 7, 11], max_points=32)
+    assert batch.points.shape[0] == 3 and batch.points.shape[1] <= 32 and batch.points.shape[2] == 7
+    assert batch.text.shape == (3, 4, DIM) and batch.text_mask[0].sum() == 3  # task-a has 3 tokens, padded
+    assert batch.task_index.tolist() == [0, 1, 1]
+    assert torch.equal(batch.target[1], torch.full((8,), 11.0))  # task-b (10), frame 1
+    for row, index in enumerate([0, 7, 11]):
+        cloud = ds.sample_points(index)
+        n = min(32, len(cloud))
+        assert int(batch.point_mask[row].sum()) == n
+        expected = cloud[select_points(len(cloud), 32, None)]
+        assert torch.equal(batch.points[row, :n], torch.from_numpy(expected))
+        assert not batch.points[row, n:].any()  # zero padding
+
+
+def test_batches_are_deterministic_without_generator_and_random_with_one(dataset_dir):
+    ds = KeyframeDataset(dataset_dir)
+    a, b = ds.batch([3, 4], 16), ds.batch([3, 4], 16)
+    assert torch.equal(a.points, b.points)
+    r1 = ds.batch([3, 4], 16, np.random.default_rng(1))
+    r2 = ds.batch([3, 4], 16, np.random.default_rng(2))
+    assert not torch.equal(r1.points, r2.points)
+    with pytest.raises(IndexError):
+        ds.batch([12], 16)
+
+
+def test_missing_directory_and_missing_manifest(tmp_path, copy_dir):
+    with pytest.raises(DatasetError, match="no dataset directory.*python -m evaluation.collect"):
+        KeyframeDataset(tmp_path / "nope")
+    (copy_dir / MANIFEST).unlink()
+    with pytest.raises(DatasetError, match="manifest.json is missing.*interrupted"):
+        KeyframeDataset(copy_dir)
+
+
+def test_truncated_manifest(copy_dir):
+    path = copy_dir / MANIFEST
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        KeyframeDataset(copy_dir)
+
+
+def test_schema_version_mismatch(copy_dir):
+    path = copy_dir / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["schema_version"] = SCHEMA_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="schema_version"):
+        KeyframeDataset(copy_dir)
+
+
+def test_truncated_shard_is_detected_by_hash_and_by_parquet(copy_dir):
+    shard = copy_dir / "shards/task-b/var01.parquet"
+    shard.write_bytes(shard.read_bytes()[:-200])
+    with pytest.raises(DatasetError, match="var01.parquet does not match its sha256"):
+        KeyframeDataset(copy_dir)
+    with pytest.raises(DatasetError, match="var01.parquet is corrupt or truncated"):
+        KeyframeDataset(copy_dir, verify_hashes=False)
+
+
+def test_missing_shard_and_row_count_mismatch(copy_dir):
+    path = copy_dir / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["rows"] = 99
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="has 3 rows, the manifest says 99"):
+        KeyframeDataset(copy_dir)
+    (copy_dir / "shards/task-a/var00.parquet").unlink()
+    with pytest.raises(DatasetError, match="var00.parquet is listed .* but missing"):
+        KeyframeDataset(copy_dir)
+
+
+def test_wrong_schema_shard(copy_dir):
+    import pyarrow as pa
+
+    shard = copy_dir / "shards/task-a/var01.parquet"
+    write_table(pa.table({"task": ["task-a"]}), shard)
+    with pytest.raises(DatasetError, match="has schema"):
+        KeyframeDataset(copy_dir, verify_hashes=False)
+
+
+def test_missing_instruction_embedding(copy_dir):
+    rows = [("task-a", "do task-a", "fake-encoder", np.ones((2, DIM), np.float32))]
+    write_table(instructions_table(rows), copy_dir / INSTRUCTIONS)
+    with pytest.raises(DatasetError, match="no instruction embedding for \\['task-b'\\]"):
+        KeyframeDataset(copy_dir, verify_hashes=False)
