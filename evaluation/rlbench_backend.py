@@ -248,12 +248,13 @@ class RLBenchSimulator(Simulator):
         arm = api.EndEffectorPoseViaPlanning(collision_checking=cfg.collision_checking)
         self._peract_layout = _uses_peract_layout(arm, cfg.action_layout)
         action_mode = api.MoveArmThenGripper(arm, api.Discrete())
+        extra = {"arm_max_velocity": cfg.arm_max_velocity, "arm_max_acceleration": cfg.arm_max_acceleration}
+        accepted = inspect.signature(api.Environment).parameters  # PerAct's fork predates these two
         self._env = api.Environment(
             action_mode,
             obs_config=self._observation_config(),
             headless=cfg.headless,
-            arm_max_velocity=cfg.arm_max_velocity,
-            arm_max_acceleration=cfg.arm_max_acceleration,
+            **{k: v for k, v in extra.items() if k in accepted},
         )
         try:
             self._env.launch()
@@ -305,8 +306,8 @@ class RLBenchSimulator(Simulator):
             raise UnknownTaskError(
                 f"RLBench backend has no task {task!r}; configured tasks: {list(self.config.tasks)}"
             )
-        task_env = self._task(task)
         try:
+            task_env = self._task(task)
             if self.config.demo_root is not None:
                 descriptions, obs = self._reset_to_demo(task_env, task, variation)
             else:

@@ -126,6 +126,21 @@ def test_environment_is_set_up_like_peract(standin):
     sim.close()
 
 
+def test_environment_arguments_follow_the_installed_signature(standin, monkeypatch):
+    import rlbench.environment as envmod
+
+    seen = {}
+
+    class ForkEnvironment(envmod.Environment):  # PerAct's fork: no arm_max_velocity / arm_max_acceleration
+        def __init__(self, action_mode, dataset_root="", obs_config=None, headless=False):
+            seen["headless"] = headless
+            super().__init__(action_mode, dataset_root, obs_config, headless)
+
+    monkeypatch.setattr(envmod, "Environment", ForkEnvironment)
+    RLBenchSimulator(small()).close()
+    assert seen == {"headless": True}
+
+
 def test_factory_is_picklable_and_builds_a_simulator(standin):
     factory = rlbench_factory(small())
     assert isinstance(factory, functools.partial)
