@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
+from evaluation.evaluate import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
 from platform.data import Level1Sampler, step_seed
@@ -71,7 +71,10 @@ class TrainingState:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
-    def save(self, run_dir: Path, instructions: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    def save(self, run_dir: Path, instructions: dict[str, tuple[np.ndarray, np.ndarray]],
+             pointcloud_json: str | None = None) -> Path:
+        """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
+        its inputs exactly as the training set was built."""
         policy = _unwrap(self.policy)
         writers = {
             POLICY_CONFIG_FILE: lambda p: p.write_text(self.cfg.policy.model_dump_json(indent=2)),
@@ -80,6 +83,8 @@ class TrainingState:
             "experiment.yaml": lambda p: p.write_text(to_yaml(self.cfg)),
             INSTRUCTIONS_FILE: lambda p: save_instructions(p, instructions),
         }
+        if pointcloud_json is not None:
+            writers[POINTCLOUD_FILE] = lambda p: p.write_text(pointcloud_json)
         if self.ema is not None:
             writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
         return write_checkpoint(run_dir, self.step, writers)
@@ -187,8 +192,9 @@ def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: dict) -> Path:
-    path = state.save(run_dir, instructions)
+def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: dict,
+                         pointcloud_json: str | None = None) -> Path:
+    path = state.save(run_dir, instructions, pointcloud_json)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)
     return path
 

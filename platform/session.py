@@ -24,7 +24,9 @@ def runtime_env() -> dict:
         "working_dir": str(REPO_ROOT),
         "excludes": WORKING_DIR_EXCLUDES,
         "env_vars": {"HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-                     "PYTHONUNBUFFERED": "1"},
+                     "PYTHONUNBUFFERED": "1",
+                     # Ray Train V2 would also route print() through its logger: every line twice.
+                     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
     }
 
 
@@ -46,6 +48,7 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
         cores = os.cpu_count() or 1
         # Logical CPUs: the train worker plus the evaluation actors may oversubscribe a small machine.
         need = int(cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers)) + cfg.eval.actors
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(cores, need), include_dashboard=False,
+        # The dashboard serves the State API that Ray Train's controller polls (and the UI at :8265).
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(cores, need), include_dashboard=True,
                  runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
     return time.perf_counter() - t0

@@ -140,7 +140,9 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     uri = cfg.tracking.uri or default_tracking_uri(data_root())
     tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",
                               tags=_tags(cfg))
-    tracker.log_params({**flatten_config(cfg.model_dump(mode="json")), **run_environment_params()})
+    tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
+    # Versions, git commit, host: tags, since they may legitimately change when a run is resumed.
+    tracker.set_tags({k: str(v) for k, v in run_environment_params().items()})
     tracker.log_text(to_yaml(cfg), "experiment.yaml")
     return tracker
 

@@ -8,6 +8,7 @@ success is logged against the checkpoint's training step when it arrives.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,17 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
     from evaluation.dataset import KeyframeDataset
 
+    # Ray Train logs every report at INFO ("Reporting training result ..."): our own progress lines suffice.
+    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = ExperimentConfig.model_validate(payload["config"])
     rank, world, train_mod = _ray_context()
     device = _device(cfg, train_mod is not None)
     run_dir = Path(payload["run_dir"])
     dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
     instructions = {t: dataset.instruction_embedding(t) for t in dataset.task_names}
+    pc_cfg = getattr(dataset, "pointcloud_config", None)
+    pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
     state = build_training(cfg, dataset, device)
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
@@ -97,7 +103,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
             run_steps(state, dataset, target, on_log=on_log, deadline=deadline)
             if rank == 0:
-                ckpt = checkpoint_and_prune(state, run_dir, instructions)
+                ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json)
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s})
                 if evals is not None:
