@@ -91,7 +91,8 @@ class EvaluationActor:
         torch_threads: int = 1,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
-        self.instructions = instructions
+        # Arguments arrive as read-only views of Ray's object store; torch wants writable arrays.
+        self.instructions = {t: (tokens.copy(), mask.copy()) for t, (tokens, mask) in instructions.items()}
         self.condition_fn = condition_fn
         self.max_keyposes = max_keyposes
         self.infer: Inference

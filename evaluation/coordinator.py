@@ -217,7 +217,7 @@ class Coordinator:
         attempts = collections.Counter()
         queue: collections.deque[int] = collections.deque(range(len(specs)))
         inflight: dict[Any, _Work] = {}
-        bar = tqdm(total=len(specs), desc="eval", unit="ep", disable=not self.cfg.progress, leave=False)
+        bar = tqdm(total=len(specs), desc="eval", unit="ep", disable=None if self.cfg.progress else True, leave=False)
         try:
             while len(outputs) < len(specs):
                 self._dispatch(specs, queue, inflight, attempts)

@@ -1,0 +1,125 @@
+"""Evaluate a checkpoint headlessly with parallel simulator actors.
+
+    python -m evaluation.run --checkpoint runs/x/checkpoints/step_00001000 --suite mt10 --episodes 25 --actors 4
+
+Prints the per-task success table, writes the JSON report (``--json``) and logs to an MLflow run when
+``--mlflow-run-id`` is given. The episodes are the suite's *test* variations (disjoint from the
+training ones) with seeds derived from ``--seed``, so two runs of one checkpoint give the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from evaluation.coordinator import EvaluationStartupError, PoolConfig
+from evaluation.metrics import EvalReport
+from policies.base import CheckpointError
+
+SUITES = ("mt10", "mt50", "fake")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (policy.json, model.pt, ...)")
+    p.add_argument("--suite", default="mt10", choices=SUITES, help="task suite (fake: the test simulator)")
+    p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks")
+    p.add_argument("--episodes", type=int, default=25, help="episodes per task")
+    p.add_argument("--actors", type=int, default=2, help="simulator actors")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds derive from it)")
+    p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced")
+    p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
+    p.add_argument("--policy-server", default="auto", choices=("auto", "on", "off"),
+                   help="batch inference in one policy server actor (auto: when the cluster has a GPU)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--mlflow-run-id", default=None, help="log eval/<task>/success etc. to this MLflow run")
+    p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="sqlite:////abs/path/mlflow.db (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--mlflow-step", type=int, default=0, help="step to log the metrics at")
+    p.add_argument("--ray-address", default="local", help="'local' starts a private Ray; 'auto' joins a cluster")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.actors < 1 or args.retries < 0 or args.max_keyposes < 1:
+        p.error("--episodes, --actors and --max-keyposes must be >= 1, --retries >= 0")
+    return args
+
+
+def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
+    """(tasks, simulator factory, test variations) of the chosen suite."""
+    if args.suite == "fake":
+        from evaluation.fake_sim import FakeSimConfig
+
+        cfg = FakeSimConfig()
+        tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
+    else:
+        from evaluation.evaluate import metaworld_factory, metaworld_test_variations
+        from evaluation.metaworld_backend import suite_task_names
+
+        tasks = suite_task_names(args.suite)
+        factory, variations = metaworld_factory(args.suite), list(metaworld_test_variations())
+    if args.tasks:
+        chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = sorted(set(chosen) - set(tasks))
+        if unknown:
+            raise ValueError(f"--tasks {unknown} are not in suite {args.suite}; it has {', '.join(tasks)}")
+        tasks = chosen
+    return tasks, factory, variations
+
+
+def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, step: int, name: str) -> None:
+    """Log the report's metrics at ``step`` and the JSON as an artifact of an existing MLflow run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for key, value in report.mlflow_metrics("eval").items()]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_text(run_id, report.to_json(), f"eval/{name}.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evaluation.evaluate import evaluate_checkpoint, ray_session
+
+    try:
+        tasks, factory, variations = _suite(args)
+        pool = PoolConfig(
+            num_actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            max_keyposes=args.max_keyposes,
+            episode_timeout_s=args.timeout,
+            max_attempts=args.retries + 1,
+            policy_server=args.policy_server,
+            progress=not args.no_progress,
+        )
+        with ray_session(address=args.ray_address):
+            report = evaluate_checkpoint(
+                args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=args.actors,
+                seed=args.seed, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+            )
+    except (CheckpointError, EvaluationStartupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    for line in report.failures:
+        print(f"  fault: {line}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json())
+        print(f"report written to {args.json}")
+    if args.mlflow_run_id:
+        log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,
+                      f"{args.suite}_seed{args.seed}")
+        print(f"logged to MLflow run {args.mlflow_run_id}")
+    return 1 if report.episodes and report.errors == report.episodes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
