@@ -1,0 +1,69 @@
+"""A real Meta-World evaluation of a tiny (untrained) checkpoint with 2 actors, through the CLI:
+per-task table, JSON report and MLflow metrics. Test variations only, full denominators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eval_fakes import start_local_ray
+
+from evaluation.evaluate import INSTRUCTIONS_FILE, plan_episodes, save_instructions
+from evaluation.metaworld_backend import TEST_VARIATIONS, TRAIN_VARIATIONS
+from evaluation.metrics import EvalReport
+from evaluation.run import main
+from policies.registry import build_policy, parse_policy_config
+
+pytestmark = [pytest.mark.sim, pytest.mark.integration]
+
+TASKS = ["reach-v3", "push-v3"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = start_local_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    directory = tmp_path / "ckpt"
+    policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
+    policy.save_pretrained(directory)
+    rng = np.random.default_rng(0)
+    text = {t: (rng.standard_normal((6, policy.config.text_dim)).astype(np.float32), np.ones(6, bool)) for t in TASKS}
+    save_instructions(directory / INSTRUCTIONS_FILE, text)
+    return directory
+
+
+def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("eval", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    out = tmp_path / "report.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--suite", "mt10", "--tasks", ",".join(TASKS), "--episodes", "2",
+            "--actors", "2", "--max-keyposes", "2", "--timeout", "120", "--json", str(out), "--no-progress",
+            "--mlflow-run-id", run_id, "--mlflow-tracking-uri", uri, "--mlflow-step", "7"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reach-v3" in printed and "mean over tasks" in printed
+
+    report = EvalReport.from_json(out.read_text())
+    assert report.episodes == 4 and set(report.tasks) == set(TASKS)
+    assert all(t.episodes == 2 for t in report.tasks.values())
+    assert report.status_counts["ok"] == 4, report.failures
+    assert all(1 <= r.steps <= 2 for r in report.results)
+    assert {r.variation for r in report.results} <= set(TEST_VARIATIONS)
+    assert not set(TEST_VARIATIONS) & set(TRAIN_VARIATIONS)
+    expected = plan_episodes(TASKS, 2, 0, TEST_VARIATIONS)  # fixed by the seed: reruns evaluate the same episodes
+    assert [(r.task, r.variation, r.seed) for r in report.results] == [(s.task, s.variation, s.seed) for s in expected]
+    assert report.time_shares["render"] > 0 and report.time_shares["sim"] > 0 and report.time_shares["policy"] > 0
+
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["eval/reach-v3/success"] == report.tasks["reach-v3"].success_rate
+    assert metrics["eval/episodes"] == 4.0
+    history = client.get_metric_history(run_id, "eval/success")
+    assert [m.step for m in history] == [7]
