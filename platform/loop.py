@@ -37,9 +37,13 @@ class NonFiniteLossError(RuntimeError):
 class TrainingState:
     """Everything the loop mutates, with save/restore."""
 
-    def __init__(self, cfg: ExperimentConfig, policy: Policy, num_samples: int, device: torch.device) -> None:
+    def __init__(self, cfg: ExperimentConfig, policy: Policy, num_samples: int, device: torch.device,
+                 rank: int = 0, world: int = 1) -> None:
         t = cfg.train
+        if world > t.batch_size:
+            raise ValueError(f"train.batch_size ({t.batch_size}) must be at least the number of workers ({world})")
         self.cfg = cfg
+        self.rank, self.world = rank, world
         self.policy = policy
         self.device = device
         decay, no_decay = [], []
@@ -130,7 +134,7 @@ def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any =
     window: list[StepMetrics] = []
     while state.step < until_step and (deadline is None or time.monotonic() < deadline):
         t0 = time.perf_counter()
-        indices = state.sampler.next_indices()
+        indices = state.sampler.next_indices()[state.rank :: state.world]  # this worker's share of the B conditions
         np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0))
         batch = dataset.batch(indices, max_points=max_points, generator=np_rng).to(state.device)
         m = train_step(state.policy, batch, state.optimizer, state.scheduler, state.scaler, state.ema,
@@ -176,12 +180,13 @@ def summarize_window(state: TrainingState, window: list[StepMetrics], step_time_
     return out
 
 
-def build_training(cfg: ExperimentConfig, dataset: Any, device: torch.device) -> TrainingState:
+def build_training(cfg: ExperimentConfig, dataset: Any, device: torch.device, rank: int = 0,
+                   world: int = 1) -> TrainingState:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed & 0xFFFFFFFF)
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
-    return TrainingState(cfg, policy, len(dataset), device)
+    return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world)
 
 
 def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:

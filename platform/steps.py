@@ -83,7 +83,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
     with autocast_context(device, amp):
-        out = policy.compute_loss(batch, generator=generator)
+        out = policy(batch, generator=generator)  # forward == compute_loss (also under DDP)
     loss = out.loss
     if not torch.isfinite(loss.detach()):
         return StepMetrics(loss=float("nan"), grad_norm=float("nan"), lr=lr, skipped=True, parts=out.metrics)

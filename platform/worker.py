@@ -69,7 +69,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     instructions = {t: dataset.instruction_embedding(t) for t in dataset.task_names}
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
-    state = build_training(cfg, dataset, device)
+    state = build_training(cfg, dataset, device, rank=rank, world=world)
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
         from ray.train.torch import prepare_model
@@ -84,36 +84,72 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    last_log = [time.perf_counter()]
-
-    def on_log(st: TrainingState, window: list) -> None:
-        now = time.perf_counter()
-        metrics = summarize_window(st, window, now - last_log[0])
-        last_log[0] = now
-        if rank == 0:
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=st.step)
-            print(f"[train] step {st.step:>6}/{cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
-                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
-        if train_mod is not None:
-            train_mod.report({"step": st.step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
-
+    log = _MetricLog(cfg, rank, tracker, train_mod)
     try:
         while state.step < cfg.train.steps and (deadline is None or time.monotonic() < deadline):
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
-            run_steps(state, dataset, target, on_log=on_log, deadline=deadline)
+            run_steps(state, dataset, target, on_log=log.window, deadline=deadline)
             if rank == 0:
                 ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json)
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s})
-                if evals is not None:
-                    evals.maybe_submit(ckpt, state.step)
-                    evals.poll()
+            log.commit(state.step)  # metrics of checkpointed steps only: a restart never logs a step twice
+            _maybe_inject_fault(run_dir, state.step)
+            if evals is not None:
+                evals.maybe_submit(ckpt, state.step)
+                evals.poll()
         if evals is not None:
             evals.wait_all()
     finally:
         if tracker is not None:
             tracker.flush()
+
+
+class _MetricLog:
+    """Per-window metrics, printed at once but logged (MLflow, Ray report) when their steps are checkpointed.
+
+    After a crash, training resumes from the last checkpoint and replays the steps after it; holding their
+    metrics back until the next checkpoint means no step is ever logged or reported twice (R1).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any) -> None:
+        self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.last = time.perf_counter()
+
+    def window(self, st: TrainingState, window: list) -> None:
+        now = time.perf_counter()
+        metrics = summarize_window(st, window, now - self.last)
+        self.last = now
+        self.pending.append((st.step, metrics))
+        if self.rank == 0:
+            print(f"[train] step {st.step:>6}/{self.cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
+                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
+
+    def commit(self, checkpoint_step: int) -> None:
+        for step, metrics in self.pending:
+            if self.tracker is not None:
+                self.tracker.log_metrics(metrics, step=step)
+            if self.train_mod is not None:
+                self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
+        self.pending = []
+        self.last = time.perf_counter()  # checkpoint/report time is not training throughput
+
+
+FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
+
+
+def _maybe_inject_fault(run_dir: Path, step: int) -> None:
+    """Fault injection for the reliability tests (R1): ``MINIDIFFUSER_FAULT_CRASH_AT_STEP=<n>`` kills this
+    worker process once, right after the checkpoint at step >= n (a marker file makes it happen once)."""
+    import os
+
+    at = os.environ.get(FAULT_ENV)
+    marker = run_dir / ".fault_injected"
+    if at is not None and step >= int(at) and not marker.exists():
+        marker.write_text(str(step))
+        print(f"[train] injecting a crash at step {step} ({FAULT_ENV})", flush=True)
+        os._exit(17)
 
 
 def _open_tracker(payload: dict[str, Any], run_dir: Path) -> Any:

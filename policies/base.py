@@ -46,6 +46,10 @@ class Policy(nn.Module, ABC):
     def predict_action(self, obs: ConditionBatch, generator: torch.Generator | None = None) -> Tensor:
         """(B, 8) next keyposes ``[xyz, quat xyzw, open]`` for B observations (``obs.target`` ignored)."""
 
+    def forward(self, batch: ConditionBatch, generator: torch.Generator | None = None) -> LossOutput:
+        """``forward`` is the training loss, so that DDP wrappers (which hook ``forward``) sync gradients."""
+        return self.compute_loss(batch, generator=generator)
+
     def reset(self) -> None:
         """Clear per-episode state (none for keyframe policies; kept for the interface)."""
 

@@ -52,7 +52,7 @@ class FakeLossPolicy(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(3))
         self.poison = None  # None | "loss" | "grad"
 
-    def compute_loss(self, batch, generator=None):
+    def forward(self, batch, generator=None):
         loss = (self.w ** 2).sum()
         if self.poison == "loss":
             loss = loss * float("nan")
