@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Reliability tests only: the worker crashes once after the checkpoint at this step (platform.worker).
+FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
 _POLICY_CLASSES: dict[str, type[BaseModel]] = {
     "mini_diffuser": MiniDiffuserConfig,
     "one_to_one": OneToOneConfig,

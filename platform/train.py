@@ -25,12 +25,13 @@ if not __package__:  # run as a script (python platform/train.py): `platform` wo
     raise SystemExit(2)
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from platform.cli import UserFacingError, add_config_arguments, run_cli
-from platform.config import ExperimentConfig, to_yaml
+from platform.config import FAULT_ENV, ExperimentConfig, to_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,9 +74,13 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         "tracking_uri": tracking.tracking_uri if tracking else None,
         "tags": _tags(cfg),
         "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
+        "fault_crash_at_step": os.environ.get(FAULT_ENV),  # reliability tests only (R1), see platform.worker
     }
     print(f"[train] run {cfg.name!r}: dataset {dataset_dir}, checkpoints {run_dir / 'checkpoints'}, "
           f"Ray ready in {ray_s:.1f} s", flush=True)
+    if tracking is not None:
+        print(f"[train] MLflow run {tracking.run_id} at {tracking.tracking_uri} (experiment "
+              f"{cfg.tracking.experiment!r})", flush=True)
     t_fit = time.perf_counter()
     _fit(cfg, payload, run_dir)
     fit_s = time.perf_counter() - t_fit
@@ -101,7 +106,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
-    from platform.worker import train_loop_per_worker
+    from platform.worker import train_loop_per_worker  # lazy: keeps --help fast
 
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
         train_loop_per_worker(payload)

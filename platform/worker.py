@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from platform.config import ExperimentConfig
+from platform.config import FAULT_ENV, ExperimentConfig
 from platform.loop import (
     TrainingState,
     build_training,
@@ -94,7 +94,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s})
             log.commit(state.step)  # metrics of checkpointed steps only: a restart never logs a step twice
-            _maybe_inject_fault(run_dir, state.step)
+            _maybe_inject_fault(run_dir, state.step, payload.get("fault_crash_at_step"))
             if evals is not None:
                 evals.maybe_submit(ckpt, state.step)
                 evals.poll()
@@ -136,15 +136,12 @@ class _MetricLog:
         self.last = time.perf_counter()  # checkpoint/report time is not training throughput
 
 
-FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
-
-
-def _maybe_inject_fault(run_dir: Path, step: int) -> None:
-    """Fault injection for the reliability tests (R1): ``MINIDIFFUSER_FAULT_CRASH_AT_STEP=<n>`` kills this
-    worker process once, right after the checkpoint at step >= n (a marker file makes it happen once)."""
+def _maybe_inject_fault(run_dir: Path, step: int, at: str | None) -> None:
+    """Fault injection for the reliability tests (R1): ``MINIDIFFUSER_FAULT_CRASH_AT_STEP=<n>`` in the
+    driver's environment kills the worker process once, right after the checkpoint at step >= n (a marker
+    file in the run directory makes it happen once)."""
     import os
 
-    at = os.environ.get(FAULT_ENV)
     marker = run_dir / ".fault_injected"
     if at is not None and step >= int(at) and not marker.exists():
         marker.write_text(str(step))
