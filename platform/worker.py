@@ -84,7 +84,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(cfg, rank, tracker, train_mod)
+    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")))
     try:
         while state.step < cfg.train.steps and (deadline is None or time.monotonic() < deadline):
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
@@ -94,7 +94,6 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s})
             log.commit(state.step)  # metrics of checkpointed steps only: a restart never logs a step twice
-            _maybe_inject_fault(run_dir, state.step, payload.get("fault_crash_at_step"))
             if evals is not None:
                 evals.maybe_submit(ckpt, state.step)
                 evals.poll()
@@ -112,8 +111,10 @@ class _MetricLog:
     metrics back until the next checkpoint means no step is ever logged or reported twice (R1).
     """
 
-    def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any,
+                 fault: tuple[Path, str | None] = (Path("."), None)) -> None:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
+        self.fault = fault
         self.pending: list[tuple[int, dict[str, float]]] = []
         self.last = time.perf_counter()
 
@@ -125,6 +126,8 @@ class _MetricLog:
         if self.rank == 0:
             print(f"[train] step {st.step:>6}/{self.cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
                   f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
+        if self.fault[1] is not None:
+            _maybe_inject_fault(self.fault[0], st.step, self.fault[1])
 
     def commit(self, checkpoint_step: int) -> None:
         for step, metrics in self.pending:
@@ -138,12 +141,12 @@ class _MetricLog:
 
 def _maybe_inject_fault(run_dir: Path, step: int, at: str | None) -> None:
     """Fault injection for the reliability tests (R1): ``MINIDIFFUSER_FAULT_CRASH_AT_STEP=<n>`` in the
-    driver's environment kills the worker process once, right after the checkpoint at step >= n (a marker
-    file in the run directory makes it happen once)."""
+    driver's environment kills the worker process once, at the first logging step >= n, i.e. between two
+    checkpoints, with metrics printed but not yet committed (a marker file makes it happen once)."""
     import os
 
     marker = run_dir / ".fault_injected"
-    if at is not None and step >= int(at) and not marker.exists():
+    if step >= int(at) and not marker.exists():
         marker.write_text(str(step))
         print(f"[train] injecting a crash at step {step} ({FAULT_ENV})", flush=True)
         os._exit(17)
