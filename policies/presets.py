@@ -37,7 +37,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "max_points": 4000,
         "m": 256,
         "voxel_sizes": (0.01, 0.02, 0.04, 0.08, 0.16),
-        "encoder_depths": (1, 1, 2, 2, 2),
+        "encoder_depths": (0, 1, 2, 2, 2),
         "neck_depth": 1,
         "ffn_mult": 4,
         "diffusion": {"sampler": "ddpm", "inference_steps": 100},
