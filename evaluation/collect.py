@@ -26,6 +26,7 @@ from evaluation.collect_jobs import CollectJob, JobResult, collect_job, failure_
 from evaluation.dataset import (
     FORMAT,
     INSTRUCTIONS,
+    MANIFEST,
     SCHEMA_VERSION,
     STATS,
     atomic_write_bytes,
@@ -43,6 +44,7 @@ from evaluation.rendering import RenderConfig
 from evaluation.text import TextEncoderConfig, get_encoder
 
 SETTINGS = "collect_settings.json"
+MANIFEST_NAME = MANIFEST
 DEFAULT_OUT = "data/metaworld_mt10"
 
 

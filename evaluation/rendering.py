@@ -228,6 +228,8 @@ class FastRenderer:
         """All cameras of the rig for the current state of ``data`` (call ``mj_forward`` first)."""
         mj = self._mj
         self.gl.make_current()
+        # several renderers (one per task model) share the GL context: bind this one's framebuffer
+        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN, self.context)
         mj.mj_camlight(self.model, data)  # camera poses follow the installed rig (derived data only)
         frames = []
         for spec, cam_id in zip(self.cfg.cameras, self.cam_ids, strict=True):

@@ -1,0 +1,194 @@
+"""End-to-end collection on 2 tasks x tiny episode counts: dataset, determinism, resume, interruption,
+bad inputs, replay verify, preview, and train/eval input equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.collect import MANIFEST_NAME, CollectError, collect_dataset, main
+from evaluation.collect_cli import verify_dataset
+from evaluation.dataset import DatasetError, KeyframeDataset
+from evaluation.rendering import RenderConfig
+from evaluation.sim import UnknownTaskError
+
+pytestmark = pytest.mark.sim
+TASKS = ["reach-v3", "pick-place-v3"]
+SMALL = RenderConfig(width=48, height=48)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _collect(out: Path, episodes: int = 1, **kw) -> dict:
+    return collect_dataset(
+        suite="mt10",
+        tasks=TASKS,
+        episodes_per_task=episodes,
+        out=out,
+        workers=1,
+        render=SMALL,
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    _collect(out)
+    return out
+
+
+def test_tiny_collection_is_a_valid_dataset(tiny):
+    ds = KeyframeDataset(tiny)
+    m = ds.manifest
+    assert m["tasks"] == TASKS and m["episodes"] == {"reach-v3": [0], "pick-place-v3": [0]}
+    assert len(ds) == m["total_samples"] == sum(c["samples"] for c in m["counts"].values())
+    assert m["counts"]["pick-place-v3"]["samples"] >= 3  # approach, grasp, carry
+    assert [c["name"] for c in m["render"]["cameras"]] == [
+        "left_shoulder",
+        "right_shoulder",
+        "front",
+        "overhead",
+    ]
+    assert m["text"]["dim"] == 384 and m["versions"]["mujoco"]
+    batch = ds.batch(list(range(len(ds))), max_points=256)
+    assert batch.target is not None and torch.isfinite(batch.points).all()
+    assert (batch.target[:, 7] <= 1).all() and batch.point_mask.sum(1).min() > 50
+    # the targets of an episode end where the expert solved the task: the reach goal
+    last = batch.target[ds.task_index == 0][-1, :3].numpy()
+    goal_dist = np.linalg.norm(last - _reach_goal())
+    assert goal_dist < 0.05
+
+
+def _reach_goal() -> np.ndarray:
+    from evaluation.metaworld_backend import MetaWorldSimulator
+
+    with MetaWorldSimulator() as sim:
+        sim.reset_state("reach-v3", 0, 0)
+        return sim.extras()["goal_pos"]
+
+
+def test_live_observation_gives_the_same_condition_as_the_dataset(tiny):
+    from evaluation.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
+    from evaluation.pointcloud import observation_to_condition
+
+    ds = KeyframeDataset(tiny)
+    first = [i for i in range(len(ds)) if ds.task_index[i] == 1][0]  # pick-place, reset observation
+    with MetaWorldSimulator(MetaWorldConfig(render=SMALL)) as sim:
+        obs = sim.reset("pick-place-v3", 0, 0)
+    live = observation_to_condition(obs, ds.instruction_embedding("pick-place-v3"), 512, ds.pointcloud_config)
+    stored = ds.batch([first], 512)
+    assert torch.equal(live.points, stored.points) and torch.equal(live.point_mask, stored.point_mask)
+    assert torch.allclose(live.gripper, stored.gripper, atol=1e-6)
+    assert torch.equal(live.text, stored.text)
+
+
+def test_same_arguments_give_the_same_bytes(tiny, tmp_path):
+    _collect(tmp_path / "again")
+    assert (tmp_path / "again" / MANIFEST_NAME).read_bytes() == (tiny / MANIFEST_NAME).read_bytes()
+
+
+def test_resume_keeps_finished_shards_and_rebuilds_the_same_manifest(tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "resume"
+    shutil.copytree(tiny, out)
+    kept = out / "shards/reach-v3/var00.parquet"
+    before = kept.stat().st_mtime_ns
+    (out / MANIFEST_NAME).unlink()
+    (out / "shards/pick-place-v3/var00.parquet").unlink()
+    _collect(out)
+    assert kept.stat().st_mtime_ns == before  # not re-collected
+    assert (out / MANIFEST_NAME).read_bytes() == (tiny / MANIFEST_NAME).read_bytes()
+
+
+def test_killed_collection_loses_no_finished_episode(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluation.collect",
+        "--tasks",
+        *TASKS,
+        "--episodes-per-task",
+        "2",
+        "--workers",
+        "1",
+        "--image-size",
+        "48",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            not list(out.glob("shards/*/*.parquet")) and time.monotonic() < deadline and proc.poll() is None
+        ):
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.read_bytes() for p in out.glob("shards/*/*.parquet")}
+    assert finished, "no shard was written before the kill"
+    assert not (out / MANIFEST_NAME).exists()
+    with pytest.raises(DatasetError, match="interrupted"):
+        KeyframeDataset(out)
+    manifest = _collect(out, episodes=2)
+    for path, data in finished.items():
+        assert path.read_bytes() == data  # kept as it was
+    assert sum(c["episodes"] for c in manifest["counts"].values()) == 4
+    assert len(KeyframeDataset(out)) == manifest["total_samples"]
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, tiny, capsys):
+    with pytest.raises(UnknownTaskError, match="pick-place-v3"):
+        collect_dataset(tasks=["pick-plase-v3"], out=tmp_path / "x", progress=False)
+    with pytest.raises(CollectError, match="between 1 and 25"):
+        collect_dataset(tasks=TASKS, episodes_per_task=0, out=tmp_path / "x", progress=False)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CollectError, match="cannot write to output directory"):
+        collect_dataset(tasks=TASKS, episodes_per_task=1, out=blocker / "sub", progress=False)
+    with pytest.raises(CollectError, match="different settings.*episodes_per_task"):
+        _collect(tiny, episodes=2)
+    assert main(["--tasks", "pick-plase-v3", "--out", str(tmp_path / "y"), "--no-progress"]) == 2
+    assert "error: unknown Meta-World task 'pick-plase-v3'" in capsys.readouterr().err
+
+
+def test_corrupt_shard_is_detected(tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "corrupt"
+    shutil.copytree(tiny, out)
+    shard = out / "shards/pick-place-v3/var00.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(DatasetError, match="var00.parquet.*python -m evaluation.collect"):
+        KeyframeDataset(out)
+
+
+def test_verify_replays_the_stored_keyposes(tiny):
+    report = verify_dataset(tiny, workers=1, progress=False)
+    assert report["episodes"] == 2 and report["success_rate"] == 1.0
+    assert json.loads((tiny / "verify.json").read_text())["per_task"]["pick-place-v3"]["success_rate"] == 1.0
+
+
+def test_preview_writes_pictures(tmp_path):
+    from evaluation.preview import write_preview
+
+    paths = write_preview("reach-v3", tmp_path, render=SMALL)
+    assert [p.name for p in paths] == ["reach-v3_cameras.png", "reach-v3_pointcloud.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

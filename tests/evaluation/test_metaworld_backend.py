@@ -1,0 +1,128 @@
+"""The Meta-World backend: interface, variations split, keypose control, GL back-end selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.metaworld_backend import (
+    TEST_VARIATIONS,
+    TRAIN_VARIATIONS,
+    MetaWorldConfig,
+    MetaWorldSimulator,
+    suite_task_names,
+    variations,
+)
+from evaluation.rendering import GLBackendError, RenderConfig, select_gl_backend
+from evaluation.sim import Simulator, SimulatorError, UnknownTaskError
+
+
+def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():
+    assert set(variations("train")).isdisjoint(variations("test"))
+    assert sorted(TRAIN_VARIATIONS + TEST_VARIATIONS) == list(range(50))
+    with pytest.raises(ValueError, match="split"):
+        variations("val")  # type: ignore[arg-type]
+
+
+def test_suite_task_names():
+    mt10 = suite_task_names("mt10")
+    assert len(mt10) == 10 and "pick-place-v3" in mt10
+    assert len(suite_task_names("mt50")) == 50
+
+
+def test_gl_backend_selection_prefers_egl_then_osmesa_and_names_missing_libraries():
+    env: dict[str, str] = {}
+    assert select_gl_backend(env, library_loads=lambda lib: True) == "egl" and env["MUJOCO_GL"] == "egl"
+    env = {}
+    assert select_gl_backend(env, library_loads=lambda lib: lib == "OSMesa") == "osmesa"
+    assert env["PYOPENGL_PLATFORM"] == "osmesa"
+    with pytest.raises(GLBackendError, match="libegl1.*libosmesa6"):
+        select_gl_backend({}, library_loads=lambda lib: False)
+    with pytest.raises(GLBackendError, match="libosmesa6"):
+        select_gl_backend({"MUJOCO_GL": "osmesa"}, library_loads=lambda lib: False)
+    with pytest.raises(GLBackendError, match="cannot render headless"):
+        select_gl_backend({"MUJOCO_GL": "glfw"}, library_loads=lambda lib: True)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    simulator = MetaWorldSimulator(MetaWorldConfig(render=RenderConfig(width=64, height=48)))
+    try:
+        yield simulator
+    finally:
+        simulator.close()
+
+
+@pytest.mark.sim
+def test_reset_returns_a_full_observation(sim):
+    assert isinstance(sim, Simulator)
+    obs = sim.reset("reach-v3", 3, seed=0)
+    assert obs.task == "reach-v3" and obs.instruction == "reach the goal position"
+    assert [c.name for c in obs.cameras] == ["left_shoulder", "right_shoulder", "front", "overhead"]
+    for cam in obs.cameras:
+        assert cam.rgb.shape == (48, 64, 3) and cam.rgb.dtype == np.uint8
+        assert cam.depth.shape == (48, 64) and cam.depth.dtype == np.float32
+        assert cam.intrinsics[0, 2] == 32 and cam.intrinsics[1, 2] == 24
+        assert cam.rgb.std() > 5  # an actual picture, not a blank buffer
+    pose = obs.gripper_pose
+    assert pose.shape == (8,) and pose[7] == 1.0
+    assert np.linalg.norm(pose[3:7]) == pytest.approx(1.0)
+    assert {"object_pos", "goal_pos"} <= set(obs.extras)
+
+
+@pytest.mark.sim
+def test_reset_is_deterministic_and_variations_differ(sim):
+    a = sim.reset("push-v3", 0, seed=0)
+    b = sim.reset("push-v3", 0, seed=0)
+    c = sim.reset("push-v3", 1, seed=0)
+    np.testing.assert_array_equal(a.cameras[0].rgb, b.cameras[0].rgb)
+    np.testing.assert_array_equal(a.extras["object_pos"], b.extras["object_pos"])
+    assert not np.allclose(a.extras["object_pos"], c.extras["object_pos"])
+
+
+@pytest.mark.sim
+def test_step_keypose_reaches_a_pose_and_reports_unreachable_ones(sim):
+    obs = sim.reset("reach-v3", 0, seed=0)
+    target = obs.gripper_pose.copy()
+    target[:3] += [0.05, 0.05, -0.03]
+    outcome = sim.step_keypose(target)
+    assert outcome.reached and 0 < outcome.sim_steps <= sim.config.controller.max_steps
+    assert np.linalg.norm(sim.gripper_pose()[:3] - target[:3]) <= sim.config.controller.tolerance_m
+    far = target.copy()
+    far[:3] = [0.0, 0.6, 2.0]  # above the mocap's reachable box
+    outcome = sim.step_keypose(far)
+    assert not outcome.reached and outcome.sim_steps == sim.config.controller.max_steps
+
+
+@pytest.mark.sim
+def test_reaching_the_goal_succeeds(sim):
+    obs = sim.reset("reach-v3", 5, seed=0)
+    goal = obs.extras["goal_pos"]
+    outcome = sim.step_keypose(np.array([*goal, *obs.gripper_pose[3:7], 1.0]))
+    assert outcome.success
+
+
+@pytest.mark.sim
+def test_bad_inputs(sim):
+    with pytest.raises(UnknownTaskError, match="pick-place-v3"):
+        sim.reset("pick-plaice-v3", 0, 0)
+    with pytest.raises(ValueError, match="variation"):
+        sim.reset("reach-v3", 50, 0)
+    with pytest.raises(ValueError, match="8 finite floats"):
+        sim.step_keypose(np.zeros(3))
+    fresh = MetaWorldSimulator()
+    with pytest.raises(SimulatorError, match="before reset"):
+        fresh.step_keypose(np.zeros(8))
+    fresh.close()
+
+
+@pytest.mark.sim
+def test_switching_tasks_renders_the_same_pictures(sim):
+    """Each task model has its own render context on a shared GL context: switching back must not read
+    another context's framebuffer."""
+    first = sim.reset("reach-v3", 0, seed=0)
+    sim.reset("push-v3", 0, seed=0)
+    again = sim.reset("reach-v3", 0, seed=0)
+    for a, b in zip(first.cameras, again.cameras, strict=True):
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.depth, b.depth)
