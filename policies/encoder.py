@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from policies.attention import ContextKV, CrossAttention, FeedForward, FiLMNorm, SelfAttention
 from policies.batch import ConditionBatch
-from policies.config import MiniDiffuserConfig
+from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class EncoderBlock(nn.Module):
 class ConditionEncoder(nn.Module):
     """ConditionBatch -> EncodedCondition (B conditions, each encoded once)."""
 
-    def __init__(self, cfg: MiniDiffuserConfig) -> None:
+    def __init__(self, cfg: MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig) -> None:
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
