@@ -91,6 +91,8 @@ class EvaluationActor:
         torch_threads: int = 1,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
+        # Mesa's llvmpipe renders with one thread per core by default: keep an actor on its own CPU share.
+        os.environ.setdefault("LP_NUM_THREADS", str(max(1, torch_threads)))
         # Arguments arrive as read-only views of Ray's object store; torch wants writable arrays.
         self.instructions = {t: (tokens.copy(), mask.copy()) for t, (tokens, mask) in instructions.items()}
         self.condition_fn = condition_fn

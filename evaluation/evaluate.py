@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from evaluation.policy_server import PolicyFactory
 from policies.base import POLICY_CONFIG_FILE, CheckpointError
 
 INSTRUCTIONS_FILE = "instructions.npz"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTCLOUD_FILE = "pointcloud.json"
 
 
@@ -88,6 +90,10 @@ def ray_session(num_cpus: int | None = None, address: str | None = "local", **kw
     if ray.is_initialized():
         yield False
         return
+    if address == "local" and "runtime_env" not in kwargs:
+        # Workers import ``evaluation``/``policies`` from this checkout wherever the driver was started.
+        env = {"PYTHONPATH": str(REPO_ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+        kwargs["runtime_env"] = {"env_vars": env}
     ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
     try:
         yield True
