@@ -114,6 +114,8 @@ def _mt10() -> set[str]:
 
 def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]) -> dict[str, Any]:
     """Throughput of a warm pool of ``n`` actors on ``episodes_per_actor * n`` episodes."""
+    import ray
+
     from evaluation.actors import CheckpointPolicy
     from evaluation.coordinator import Coordinator, PoolConfig
     from evaluation.evaluate import (
@@ -136,7 +138,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         coord.start().wait_ready()
         coord.run(warmup)
         if coord.server is not None:
-            coord.server.reset_stats.remote()
+            ray.wait([coord.server.reset_stats.remote()], timeout=60.0)
         start = time.monotonic()
         outputs = coord.run(specs)
         elapsed = time.monotonic() - start
