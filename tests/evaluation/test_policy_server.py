@@ -89,3 +89,16 @@ def test_server_results_identical_to_in_actor_inference_and_batched():
     ]
     assert sum(r.success for r in local) >= 8
     assert stats is not None and stats["mean_batch"] > 1.2, stats  # requests were really batched
+
+
+@pytest.mark.unit
+def test_real_policy_batches_padded_conditions_and_single_rows_match_local():
+    from policies.registry import build_policy, parse_policy_config
+
+    torch.manual_seed(0)
+    policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny", "text_dim": 8})).eval()
+    items = _conditions(3)
+    batched = predict_rows(policy, stack_conditions(items), [1, 2, 3], "cpu")
+    assert batched.shape == (3, 8) and np.isfinite(batched).all()
+    one = predict_rows(policy, stack_conditions(items[:1]), [7], "cpu")
+    np.testing.assert_array_equal(one[0], LocalInference(policy)(items[0], 7))
