@@ -68,7 +68,7 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> ExperimentC
 def _trial(tune_cfg: dict[str, Any]) -> None:
     """The Tune function trainable: one Ray Train run per trial."""
     from ray import tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -94,7 +94,8 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
         scaling_config=ScalingConfig(num_workers=max(1, cfg.ray.num_workers), use_gpu=bool(meta["use_gpu"]),
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"), callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines
     )
     trainer.fit()
 

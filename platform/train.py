@@ -112,7 +112,7 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
         train_loop_per_worker(payload)
         return
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     use_gpu = cfg.ray.use_gpu
@@ -124,7 +124,8 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines
     )
     try:
         trainer.fit()

@@ -8,7 +8,6 @@ success is logged against the checkpoint's training step when it arrives.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -58,9 +57,6 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
     from evaluation.dataset import KeyframeDataset
 
-    # Ray Train logs every report at INFO ("Reporting training result ..."): our own progress lines suffice.
-    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = ExperimentConfig.model_validate(payload["config"])
     rank, world, train_mod = _ray_context()
     device = _device(cfg, train_mod is not None)
@@ -199,3 +195,4 @@ class _PeriodicEval:
 
     def wait_all(self) -> None:
         self.poll(timeout=self.cfg.eval.episode_timeout_s * 4)
+
