@@ -110,6 +110,7 @@ class Coordinator:
         self._startup_failures = 0
         self._pending_ready: dict[Any, _Work] = {}
         self._attempt_limit = config.max_attempts
+        self._successes = self._errors = 0
         self._server_device = self._resolve_server()
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -214,6 +215,7 @@ class Coordinator:
         if any(s.state == "dead" for s in self.slots):
             self.start()
         outputs: dict[int, EpisodeOutput] = {}
+        self._successes = self._errors = 0
         attempts = collections.Counter()
         queue: collections.deque[int] = collections.deque(range(len(specs)))
         inflight: dict[Any, _Work] = {}
@@ -225,7 +227,9 @@ class Coordinator:
                 now = time.monotonic()
                 deadlines = [w.deadline for w in [*self._pending_ready.values(), *inflight.values()]]
                 wait_s = min([self.cfg.poll_s, *[max(0.0, d - now) for d in deadlines]])
-                done, _ = ray.wait(refs, num_returns=1, timeout=wait_s) if refs else ([], [])
+                done, rest = ray.wait(refs, num_returns=1, timeout=wait_s) if refs else ([], [])
+                if done and rest:  # collect everything else that is already finished, without blocking
+                    done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 for ref in done:
                     if ref in self._pending_ready:
                         self._on_ready(ref, self._pending_ready.pop(ref))
@@ -343,6 +347,9 @@ class Coordinator:
         if index in outputs:
             raise AssertionError(f"episode {index} recorded twice")  # the exactly-once invariant
         outputs[index] = output
+        self._successes += int(output.result.success)
+        self._errors += int(output.result.status != "ok")
+        bar.set_postfix(success=self._successes, errors=self._errors, refresh=False)
         bar.update(1)
 
     # -- teardown -------------------------------------------------------------------------------------

@@ -139,9 +139,11 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         coord.run(warmup)
         if coord.server is not None:
             ray.wait([coord.server.reset_stats.remote()], timeout=60.0)
+        load_before = os.getloadavg()[0]
         start = time.monotonic()
         outputs = coord.run(specs)
         elapsed = time.monotonic() - start
+        load_after = os.getloadavg()[0]
         server = coord.server_stats()
     finally:
         coord.shutdown()
@@ -154,6 +156,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         "time_shares": report.time_shares,
         "errors": report.errors,
         "policy_server": server is not None,
+        "load_avg_1min": [round(load_before, 2), round(load_after, 2)],  # other work on a shared machine
     }
     if server is not None:
         row["server_mean_batch"] = server["mean_batch"]
@@ -162,13 +165,16 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'actors':>6} {'episodes/s':>11} {'efficiency':>10} {'sim':>5} {'render':>6} {'prep':>5} {'policy':>6} {'errors':>6}"
+    head = (f"{'actors':>6} {'episodes/s':>11} {'efficiency':>10} {'sim':>5} {'render':>6} {'prep':>5} {'policy':>6} "
+            f"{'errors':>6} {'load':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r["time_shares"]
+        lo, hi = r.get("load_avg_1min", (0.0, 0.0))
         lines.append(
             f"{r['actors']:>6} {r['episodes_per_s']:>11.3f} {r['efficiency']:>10.2f} {100 * s['sim']:>4.0f}% "
-            f"{100 * s['render']:>5.0f}% {100 * s['preprocess']:>4.0f}% {100 * s['policy']:>5.0f}% {r['errors']:>6}"
+            f"{100 * s['render']:>5.0f}% {100 * s['preprocess']:>4.0f}% {100 * s['policy']:>5.0f}% {r['errors']:>6} "
+            f"{f'{lo:.1f}-{hi:.1f}':>10}"
         )
     return "\n".join(lines)
 
