@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.keyframes import Keyframe, KeyframeConfig, detect_keyframes
-from evaluation.metaworld_backend import MetaWorldSimulator
+from evaluation.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 
 
@@ -128,8 +128,11 @@ def keyframes_of(traj: Trajectory, cfg: KeyframeConfig) -> list[Keyframe]:
 
 
 def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
-    """(8,) target pose of a keyframe: TCP xyz, orientation xyzw, gripper open."""
-    return np.array([*traj.tcp[kf.index], *traj.quat[kf.index], float(kf.gripper_open)], np.float32)
+    """(8,) target pose of a keyframe: TCP xyz, orientation xyzw, gripper open.
+
+    The orientation is Meta-World's fixed commanded one (the measured hand orientation wobbles by a
+    few degrees under contact; the current gripper pose keeps the measured one, as at evaluation)."""
+    return np.array([*traj.tcp[kf.index], *FIXED_QUAT_XYZW, float(kf.gripper_open)], np.float32)
 
 
 def episode_samples(

@@ -32,6 +32,8 @@ Suite = Literal["mt10", "mt50"]
 N_VARIATIONS = 50
 TRAIN_VARIATIONS: tuple[int, ...] = tuple(range(0, 25))
 TEST_VARIATIONS: tuple[int, ...] = tuple(range(25, 50))
+# Meta-World fixes the hand orientation (mocap quaternion wxyz (1, 0, 1, 0), normalised); as xyzw:
+FIXED_QUAT_XYZW: tuple[float, float, float, float] = (0.0, 0.5**0.5, 0.0, 0.5**0.5)
 
 
 def variations(split: Literal["train", "test"]) -> tuple[int, ...]:

@@ -36,10 +36,12 @@ def _worker_init() -> None:
         pass
 
 
-def _ray_pool(workers: int):
+def _ray_pool(workers: int) -> tuple[Any, bool]:
+    """A Ray actor pool, and whether this call started the Ray session (then the caller shuts it down)."""
     import ray
     from ray.util.multiprocessing import Pool
 
+    started = False
     if not ray.is_initialized():
         env = {"PYTHONPATH": str(REPO_ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         ray.init(
@@ -48,7 +50,8 @@ def _ray_pool(workers: int):
             include_dashboard=False,
             log_to_driver=False,
         )
-    return Pool(processes=workers, initializer=_worker_init)
+        started = True
+    return Pool(processes=workers, initializer=_worker_init), started
 
 
 def run_pool(
@@ -71,8 +74,9 @@ def run_pool(
                 bar.update(1)
             return results
         n = min(workers, len(jobs))
+        started_ray = False
         if executor == "ray":
-            pool = _ray_pool(n)
+            pool, started_ray = _ray_pool(n)
         else:
             pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init)
         try:
@@ -84,6 +88,10 @@ def run_pool(
         finally:
             pool.terminate()
             pool.join()
+            if started_ray:
+                import ray
+
+                ray.shutdown()
         return results
     finally:
         bar.close()

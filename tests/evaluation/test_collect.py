@@ -18,6 +18,7 @@ import torch
 from evaluation.collect import MANIFEST_NAME, CollectError, collect_dataset, main
 from evaluation.collect_cli import verify_dataset
 from evaluation.dataset import DatasetError, KeyframeDataset
+from evaluation.metaworld_backend import FIXED_QUAT_XYZW
 from evaluation.rendering import RenderConfig
 from evaluation.sim import UnknownTaskError
 
@@ -63,6 +64,8 @@ def test_tiny_collection_is_a_valid_dataset(tiny):
     batch = ds.batch(list(range(len(ds))), max_points=256)
     assert batch.target is not None and torch.isfinite(batch.points).all()
     assert (batch.target[:, 7] <= 1).all() and batch.point_mask.sum(1).min() > 50
+    fixed = torch.tensor(FIXED_QUAT_XYZW, dtype=torch.float32).expand(len(ds), 4)
+    assert torch.allclose(batch.target[:, 3:7], fixed)  # Meta-World's fixed orientation, stored anyway
     # the targets of an episode end where the expert solved the task: the reach goal
     last = batch.target[ds.task_index == 0][-1, :3].numpy()
     goal_dist = np.linalg.norm(last - _reach_goal())
