@@ -37,6 +37,7 @@ def tiny_overrides(tmp: Path, dataset: Path, name: str = "itest", *extra: str) -
 
 def run_platform(module: str, args: list[str], timeout: float = 600, env: dict | None = None,
                  cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` from the repo root; pass ``RAY_ADDRESS`` in ``env`` to join a cluster."""
     full_env = {**os.environ, "PYTHONPATH": "", "RAY_AUTH_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
@@ -50,7 +51,7 @@ def start_platform(module: str, args: list[str], log: Path, env: dict | None = N
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the command's process group, then any process (Ray daemons) that recorded its session dir."""
+    """SIGKILL the command's whole process group."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -80,3 +81,57 @@ def metric_steps(uri: str, run_id: str, key: str) -> list[int]:
     from mlflow.tracking import MlflowClient
 
     return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayCluster:
+    def __init__(self, address: str, dashboard: str, temp_dir: str, env: dict) -> None:
+        self.address, self.dashboard, self.temp_dir, self.env = address, dashboard, temp_dir, env
+
+    def pids(self) -> list[int]:
+        """Processes of this cluster: every Ray daemon carries its temp dir on its command line."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if self.temp_dir.encode() in (entry / "cmdline").read_bytes():
+                        out.append(int(entry.name))
+                except OSError:
+                    continue
+        return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A `ray start --head` cluster on 127.0.0.1 (with the dashboard, for `ray job submit`), shared by the
+    integration tests and stopped by PID afterwards (never `ray stop`, which would kill every Ray on the host)."""
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = _free_port(), _free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": "", "PATH": venv_bin + os.pathsep + os.environ["PATH"],
+           "RAY_USAGE_STATS_ENABLED": "0", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HF_HUB_OFFLINE": "1"}
+    cmd = [str(Path(venv_bin) / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
+           f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=temp_dir)
+    cluster = RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", temp_dir, env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield cluster
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in cluster.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
