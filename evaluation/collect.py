@@ -22,7 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.collect_jobs import CollectJob, JobResult, collect_job, failure_path, shard_path
+from evaluation.collect_jobs import (
+    CollectJob,
+    JobResult,
+    close_simulators,
+    collect_job,
+    failure_path,
+    shard_path,
+)
 from evaluation.dataset import (
     FORMAT,
     INSTRUCTIONS,
@@ -245,7 +252,10 @@ def collect_dataset(
             CollectJob(str(out), t, v, seed, settings["sim"], settings["pointcloud"], settings["keyframes"])
             for t, v in pending
         ]
-        results += run_pool(collect_job, jobs, workers, executor, "collect", progress)
+        try:
+            results += run_pool(collect_job, jobs, workers, executor, "collect", progress)
+        finally:
+            close_simulators()  # jobs run in this process (workers=1) leave a simulator behind
     short = {t: len(v) for t, v in chosen.items() if len(v) < episodes_per_task}
     if short:
         raise CollectError(

@@ -121,7 +121,12 @@ def verify_dataset(
         order = sorted(range(len(table["frame"])), key=lambda i: table["frame"][i])
         targets = [list(table["target_pose"][i]) for i in order]
         jobs.append(ReplayJob(shard["task"], shard["variation"], manifest["seed"], sim_cfg, targets))
-    results = run_pool(replay_job, jobs, workers, executor, "verify", progress)
+    from evaluation.collect_jobs import close_simulators
+
+    try:
+        results = run_pool(replay_job, jobs, workers, executor, "verify", progress)
+    finally:
+        close_simulators()
     per_task: dict[str, list[bool]] = defaultdict(list)
     for r in results:
         per_task[r["task"]].append(r["success"])

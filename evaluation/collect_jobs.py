@@ -62,11 +62,16 @@ def _simulator(sim_cfg: dict[str, Any]) -> tuple[MetaWorldSimulator, float]:
     if key in _SIM:
         return _SIM[key], 0.0
     start = time.perf_counter()
-    for old in _SIM.values():
-        old.close()
-    _SIM.clear()
+    close_simulators()
     _SIM[key] = MetaWorldSimulator(MetaWorldConfig.model_validate(sim_cfg))
     return _SIM[key], time.perf_counter() - start
+
+
+def close_simulators() -> None:
+    """Release this process's cached simulator (GL context, envs); the next job makes a new one."""
+    for sim in _SIM.values():
+        sim.close()
+    _SIM.clear()
 
 
 def collect_job(job: CollectJob) -> JobResult:

@@ -61,6 +61,9 @@ class TextEncoder:
 
     def __init__(self, cfg: TextEncoderConfig | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every collection
         self.cfg = cfg or TextEncoderConfig()
         self.kind = resolve_kind(self.cfg)
         if self.kind == "clip":
