@@ -11,6 +11,7 @@ sends the condition). Resources: ``num_cpus`` plus one unit of the custom ``sim`
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,10 @@ class EvaluationActor:
         return {"pid": os.getpid(), "tasks": self.sim.task_names()}
 
     def run_episode(self, spec: EpisodeSpec) -> EpisodeOutput:
+        cpu = time.process_time()
         output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes)
         output.actor_pid = os.getpid()
+        output.cpu_s = time.process_time() - cpu
         return output
 
     def close(self) -> None:

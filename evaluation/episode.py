@@ -69,6 +69,7 @@ class EpisodeOutput:
     result: EpisodeResult
     times: StageTimes = field(default_factory=StageTimes)
     actor_pid: int = 0
+    cpu_s: float = 0.0  # CPU seconds of the actor process (all its threads) during the episode
 
 
 class ConditionFn(Protocol):

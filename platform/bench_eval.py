@@ -155,6 +155,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         "wall_s": elapsed,
         "time_shares": report.time_shares,
         "errors": report.errors,
+        "actor_cpu_s_per_episode": sum(o.cpu_s for o in outputs) / len(outputs),
         "policy_server": server is not None,
         "load_avg_1min": [round(load_before, 2), round(load_after, 2)],  # other work on a shared machine
     }
@@ -165,14 +166,15 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'actors':>6} {'episodes/s':>11} {'efficiency':>10} {'sim':>5} {'render':>6} {'prep':>5} {'policy':>6} "
-            f"{'errors':>6} {'load':>10}")
+    head = (f"{'actors':>6} {'episodes/s':>11} {'efficiency':>10} {'cpu s/ep':>9} {'sim':>5} {'render':>6} {'prep':>5} "
+            f"{'policy':>6} {'errors':>6} {'load':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r["time_shares"]
         lo, hi = r.get("load_avg_1min", (0.0, 0.0))
         lines.append(
-            f"{r['actors']:>6} {r['episodes_per_s']:>11.3f} {r['efficiency']:>10.2f} {100 * s['sim']:>4.0f}% "
+            f"{r['actors']:>6} {r['episodes_per_s']:>11.3f} {r['efficiency']:>10.2f} "
+            f"{r.get('actor_cpu_s_per_episode', 0.0):>9.2f} {100 * s['sim']:>4.0f}% "
             f"{100 * s['render']:>5.0f}% {100 * s['preprocess']:>4.0f}% {100 * s['policy']:>5.0f}% {r['errors']:>6} "
             f"{f'{lo:.1f}-{hi:.1f}':>10}"
         )
