@@ -14,6 +14,8 @@ arguments -> same bytes (Meta-World is deterministic; nothing depends on worker 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -51,6 +53,7 @@ from evaluation.rendering import RenderConfig
 from evaluation.text import TextEncoderConfig, get_encoder
 
 SETTINGS = "collect_settings.json"
+LOCK = ".collect.lock"
 MANIFEST_NAME = MANIFEST
 DEFAULT_OUT = "data/metaworld_mt10"
 
@@ -102,7 +105,7 @@ def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
                 f"{path}); use another --out, or delete {out} to start over"
             )
         return
-    if any(out.iterdir()):
+    if any(p.name not in (LOCK,) for p in out.iterdir()):
         raise CollectError(f"{out} is not empty and is not a collection directory; use an empty or new --out")
     atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
 
@@ -241,7 +244,35 @@ def collect_dataset(
     pc_cfg, kf_cfg = pointcloud or PointCloudConfig(), keyframes or KeyframeConfig()
     text_cfg = text_encoder or TextEncoderConfig()
     settings = _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, text_cfg)
-    _claim_out_dir(out, settings)
+    with _exclusive(out, progress):
+        _claim_out_dir(out, settings)
+        for stale in out.glob("**/.*.tmp"):  # partial files of a killed run (never renamed into place)
+            stale.unlink(missing_ok=True)
+        return _collect_locked(
+            out, settings, tasks, episodes_per_task, seed, workers, executor, progress, sim_cfg, text_cfg
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path, progress: bool):
+    """One collection per directory at a time: a second one (e.g. parallel Tune trials) waits for the
+    first, then finds its shards (and usually its manifest) and finishes at once."""
+    with (out / LOCK).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"[collect] another collection is writing {out}; waiting for it", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _collect_locked(
+    out, settings, tasks, episodes_per_task, seed, workers, executor, progress, sim_cfg, text_cfg
+):
     start = time.perf_counter()
     results: list[JobResult] = []
     while True:

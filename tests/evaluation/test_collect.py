@@ -195,3 +195,29 @@ def test_preview_writes_pictures(tmp_path):
     assert [p.name for p in paths] == ["reach-v3_cameras.png", "reach-v3_pointcloud.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_second_collection_into_the_same_directory_waits_for_the_first(tiny, capsys):
+    import fcntl
+    import threading
+
+    from evaluation.collect import LOCK
+
+    done = threading.Event()
+    with (tiny / LOCK).open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as if another process were collecting into `tiny`
+        worker = threading.Thread(
+            target=lambda: (
+                collect_dataset(
+                    suite="mt10", tasks=TASKS, episodes_per_task=1, out=tiny, workers=1, render=SMALL
+                ),
+                done.set(),
+            )
+        )
+        worker.start()
+        time.sleep(1.0)
+        assert not done.is_set()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(timeout=60)
+    assert done.is_set()  # the dataset was already complete: nothing re-collected
+    assert "another collection is writing" in capsys.readouterr().out
