@@ -86,10 +86,18 @@ def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, ste
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from evaluation.evaluate import evaluate_checkpoint, ray_session
+    from evaluation.evaluate import (
+        INSTRUCTIONS_FILE,
+        checkpoint_condition_fn,
+        evaluate_checkpoint,
+        load_instructions,
+        ray_session,
+    )
 
     try:
         tasks, factory, variations = _suite(args)
+        checkpoint_condition_fn(args.checkpoint)  # fail on a bad checkpoint before starting Ray
+        instructions = load_instructions(args.checkpoint / INSTRUCTIONS_FILE)
         pool = PoolConfig(
             num_actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
@@ -103,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate_checkpoint(
                 args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=args.actors,
                 seed=args.seed, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+                instructions=instructions,
             )
     except (CheckpointError, EvaluationStartupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
