@@ -156,10 +156,12 @@ class PolicyServer:
                 actions = await loop.run_in_executor(self._executor, self._forward, batch)
             except Exception as exc:  # handed to every caller of this batch, never swallowed
                 for req in batch:
-                    req.future.set_exception(exc)
+                    if not req.future.done():
+                        req.future.set_exception(exc)
                 continue
             for req, action in zip(batch, actions, strict=True):
-                req.future.set_result(action)
+                if not req.future.done():  # a caller that timed out has cancelled its request
+                    req.future.set_result(action)
 
     def _forward(self, batch: list[_Request]) -> np.ndarray:
         t = time.perf_counter()
