@@ -48,7 +48,7 @@ class PoolConfig(BaseModel):
     server_device: Literal["auto", "cpu", "cuda"] = "auto"
     server_max_batch: int | None = Field(None, ge=1)  # default: num_actors
     server_max_wait_s: float = Field(0.005, ge=0)
-    use_sim_resource: bool | None = None  # None: when the cluster has a "sim" resource
+    use_sim_resource: bool | None = None  # None: when the cluster has a "sim" resource now; True: always
     torch_threads: int = Field(1, ge=1)
     progress: bool = True
     poll_s: float = Field(0.5, gt=0)
@@ -129,7 +129,8 @@ class Coordinator:
         starting = sum(1 for s in self.slots if s.state == "dead")
         need = starting * self.cfg.cpus_per_actor
         total = ray.cluster_resources().get("CPU", 0)
-        if self.cfg.num_actors * self.cfg.cpus_per_actor > total + 1e-9:
+        autoscaled = self.cfg.use_sim_resource is True  # "sim" nodes may still be launched by the autoscaler
+        if not autoscaled and self.cfg.num_actors * self.cfg.cpus_per_actor > total + 1e-9:
             raise ValueError(
                 f"{self.cfg.num_actors} actors x {self.cfg.cpus_per_actor} CPU need more than the Ray cluster's "
                 f"{total} CPUs: lower --actors or cpus_per_actor"

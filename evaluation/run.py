@@ -36,6 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--policy-server", default="auto", choices=("auto", "on", "off"),
                    help="batch inference in one policy server actor (auto: when the cluster has a GPU)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--sim-resource", default="auto", choices=("auto", "on", "off"),
+                   help="request the custom 'sim' resource of cluster.yaml (auto: when the cluster has it now; "
+                        "'on' for autoscaling clusters whose simulation nodes are not up yet)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--mlflow-run-id", default=None, help="log eval/<task>/success etc. to this MLflow run")
     p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             episode_timeout_s=args.timeout,
             max_attempts=args.retries + 1,
             policy_server=args.policy_server,
+            use_sim_resource={"auto": None, "on": True, "off": False}[args.sim_resource],
             progress=not args.no_progress,
         )
         with ray_session(address=args.ray_address):
