@@ -124,6 +124,15 @@ def test_actors_that_cannot_start_raise_a_typed_error(pool):
     coord.shutdown()
 
 
+def test_actor_resources_use_the_sim_resource_only_when_present(pool):
+    from evaluation.actors import actor_resources
+
+    assert "resources" not in actor_resources(1.0)  # this local cluster has no "sim" resource
+    assert actor_resources(0.5, use_sim_resource=True) == {
+        "num_cpus": 0.5, "max_restarts": 0, "max_task_retries": 0, "resources": {"sim": 1}
+    }
+
+
 def test_no_actor_processes_left_after_shutdown(pool):
     pids = pool.wait_ready().actor_pids()  # replacements of crashed actors may still be starting
     assert len(pids) == 4
