@@ -132,6 +132,9 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
     per_task = -(-args.episodes_per_actor * n // len(tasks))  # ceil
     specs = plan_episodes(tasks, per_task, args.seed, variations)[: args.episodes_per_actor * n]
     warmup = plan_episodes(tasks, n, args.seed + 1, variations)[:n]
+    deadline = time.monotonic() + 30.0  # the previous pool's CPUs are released a moment after its shutdown
+    while ray.available_resources().get("CPU", 0) < n * args.cpus_per_actor and time.monotonic() < deadline:
+        time.sleep(0.2)
     coord = Coordinator(sim_factory, CheckpointPolicy(str(checkpoint.resolve())),
                         load_instructions(checkpoint / INSTRUCTIONS_FILE), checkpoint_condition_fn(checkpoint), pool)
     try:
