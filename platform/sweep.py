@@ -65,8 +65,8 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> ExperimentC
         raise ConfigError(f"trial overrides {overrides}: {exc}") from None
 
 
-def _trial(tune_cfg: dict[str, Any]) -> None:
-    """The Tune function trainable: one Ray Train run per trial."""
+def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The Tune function trainable: one Ray Train run per trial (``meta``: the sweep's fixed settings)."""
     from ray import tune
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -74,8 +74,7 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
 
     from platform.worker import train_loop_per_worker
 
-    meta = tune_cfg["__sweep__"]
-    overrides = {k: v for k, v in tune_cfg.items() if k != "__sweep__"}
+    overrides = dict(tune_cfg)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(meta["base"], {**overrides, "name": f"{meta['sweep']}-{trial_id}"})
     run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
@@ -87,6 +86,7 @@ def _trial(tune_cfg: dict[str, Any]) -> None:
                  "platform.sweep": meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
                                                      if meta.get("parent_run_id") else {})},
         "params": {f"sweep.{k}": str(v) for k, v in overrides.items()},
+        "close_run": True,
         "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
     }
     trainer = TorchTrainer(
@@ -142,10 +142,10 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
     parent = _parent_run(cfg, sweep, sweep_dir, args)
     use_gpu = cfg.ray.use_gpu if cfg.ray.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    space["__sweep__"] = {"base": base, "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
-                          "tracking_uri": parent.tracking_uri if parent else None,
-                          "parent_run_id": parent.run_id if parent else None}
-    trainable = tune.with_resources(_trial, {"cpu": 0.05})
+    meta = {"base": base, "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
+            "tracking_uri": parent.tracking_uri if parent else None,
+            "parent_run_id": parent.run_id if parent else None}
+    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta), {"cpu": 0.05})
     storage = str(sweep_dir / "tune")
     path = str(Path(storage) / sweep)
     scheduler = None
@@ -165,6 +165,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     results = tuner.fit()
     print(_summary(results, list(candidates)))
     if parent is not None:
+        _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)
         parent.close("FINISHED")
     return 0 if not results.errors else 1
 
@@ -182,6 +183,22 @@ def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argpar
                        "sweep.params": " ".join(args.param), "sweep.search": args.search,
                        "sweep.scheduler": args.scheduler})
     return parent
+
+
+def _end_unfinished_trial_runs(uri: str, experiment: str, sweep: str) -> None:
+    """Trials stopped early (ASHA) or failed never close their own MLflow run: mark them KILLED."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return
+        flt = f"tags.`platform.sweep` = '{sweep}' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([exp.experiment_id], filter_string=flt, max_results=10000):
+            client.set_terminated(run.info.run_id, status="KILLED")
+    except Exception as exc:  # tracking problems never fail the sweep
+        print(f"[sweep] could not mark unfinished trial runs: {exc}", flush=True)
 
 
 def _summary(results: Any, keys: list[str]) -> str:

@@ -95,6 +95,9 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                 evals.poll()
         if evals is not None:
             evals.wait_all()
+        if tracker is not None and payload.get("close_run") and state.step >= cfg.train.steps:
+            tracker.close("FINISHED")  # sweep trials: nobody else owns their MLflow run
+            tracker = None
     finally:
         if tracker is not None:
             tracker.flush()
