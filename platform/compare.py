@@ -26,8 +26,8 @@ from platform.compare_report import (
     render_markdown,
     write_csv,
 )
-from platform.config import data_root
 from platform.compare_runs import RunSummary, best_per_policy_type, find_our_runs, summarize_run
+from platform.config import data_root
 from platform.tracking import DEFAULT_EXPERIMENT, RunTracker, default_artifact_location, default_tracking_uri
 from platform.tracking_buffer import sanitize_key
 from platform.tracking_upload import probe_http

@@ -8,6 +8,7 @@ randomness (point subsampling, diffusion noise, augmentation) is seeded from ``(
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,6 @@ def ensure_dataset(cfg: Any) -> Any:
     when it exists but does not validate (the reader names the file and the fix).
     """
     from evaluation.dataset import DatasetError, KeyframeDataset
-
     from platform.cli import UserFacingError
 
     path = cfg.resolve_path(cfg.data.path)
@@ -91,7 +91,48 @@ def ensure_dataset(cfg: Any) -> Any:
                         episodes_per_task=cfg.data.episodes_per_task, out=path,
                         workers=cfg.data.collect_workers, seed=cfg.data.seed)
     try:
-        KeyframeDataset(path)
+        ds = KeyframeDataset(path)
     except DatasetError as exc:
         raise UserFacingError(str(exc)) from None
+    text_dim = int(ds.manifest.get("text", {}).get("dim", cfg.policy.text_dim))
+    if text_dim != cfg.policy.text_dim:
+        raise UserFacingError(f"the dataset's instruction features are {text_dim}-d but policy.text_dim is "
+                              f"{cfg.policy.text_dim}: set policy.text_dim={text_dim}")
+    if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
+        raise UserFacingError(f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "
+                              f"dataset at {path} (it has {ds.task_names}); use another data.path")
     return path
+
+
+class TaskSubset:
+    """The samples of ``tasks`` only (``data.tasks``), with the same interface as the dataset it wraps."""
+
+    def __init__(self, dataset: Any, tasks: Sequence[str]) -> None:
+        missing = sorted(set(tasks) - set(dataset.task_names))
+        if missing:
+            raise ValueError(f"data.tasks {missing} are not in the dataset (it has {dataset.task_names})")
+        wanted = np.isin(dataset.task_index, [dataset.task_names.index(t) for t in tasks])
+        self._dataset = dataset
+        self._index = np.flatnonzero(wanted)  # (S_subset,) indices into the full dataset
+        self.task_names = [t for t in dataset.task_names if t in set(tasks)]
+        self.pointcloud_config = getattr(dataset, "pointcloud_config", None)
+        self.manifest = getattr(dataset, "manifest", {})
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def instruction_embedding(self, task: str) -> Any:
+        return self._dataset.instruction_embedding(task)
+
+    def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> Any:
+        return self._dataset.batch(self._index[np.asarray(indices)], max_points=max_points, generator=generator)
+
+
+def open_training_dataset(cfg: Any) -> Any:
+    """The dataset the train loop samples from: ``data.path``, restricted to ``data.tasks`` when set."""
+    from evaluation.dataset import KeyframeDataset
+
+    dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
+    if cfg.data.tasks and set(cfg.data.tasks) != set(dataset.task_names):
+        return TaskSubset(dataset, cfg.data.tasks)
+    return dataset

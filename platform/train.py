@@ -140,8 +140,8 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
 def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     if not cfg.tracking.enabled:
         return None
-    from platform.tracking import RunTracker, default_tracking_uri, flatten_config, run_environment_params
     from platform.config import data_root
+    from platform.tracking import RunTracker, default_tracking_uri, flatten_config, run_environment_params
 
     uri = cfg.tracking.uri or default_tracking_uri(data_root())
     tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",

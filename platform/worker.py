@@ -55,13 +55,13 @@ def _device(cfg: ExperimentConfig, in_ray: bool) -> torch.device:
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
-    from evaluation.dataset import KeyframeDataset
+    from platform.data import open_training_dataset
 
     cfg = ExperimentConfig.model_validate(payload["config"])
     rank, world, train_mod = _ray_context()
     device = _device(cfg, train_mod is not None)
     run_dir = Path(payload["run_dir"])
-    dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
+    dataset = open_training_dataset(cfg)
     instructions = {t: dataset.instruction_embedding(t) for t in dataset.task_names}
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
 from platform import bench, bench_policy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,9 @@ def test_defaults_are_valid():
 
 def test_config_is_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.steps = 3  # type: ignore[misc]
 
 

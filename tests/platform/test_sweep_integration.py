@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.platform.conftest import kill_tree, mlflow_runs, run_platform, start_platform, tiny_overrides, wait_for
+from tests.platform.conftest import (
+    kill_tree,
+    mlflow_runs,
+    run_platform,
+    start_platform,
+    tiny_overrides,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
