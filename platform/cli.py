@@ -55,6 +55,8 @@ def set_runtime_defaults() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Meta-World's scripted experts warn once per process about their gains: noise, not news.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:Constant(s) may be too high:UserWarning")
 
 
 class UserFacingError(RuntimeError):

@@ -129,11 +129,14 @@ class _MetricLog:
             _maybe_inject_fault(self.fault[0], st.step, self.fault[1])
 
     def commit(self, checkpoint_step: int) -> None:
-        for step, metrics in self.pending:
-            if self.tracker is not None:
+        if self.tracker is not None:
+            for step, metrics in self.pending:
                 self.tracker.log_metrics(metrics, step=step)
-            if self.train_mod is not None:
-                self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
+        if self.train_mod is not None and self.pending:
+            # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll (2 s),
+            # so reporting every window would stall training. Tune (ASHA) sees the newest window.
+            step, metrics = self.pending[-1]
+            self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
         self.pending = []
         self.last = time.perf_counter()  # checkpoint/report time is not training throughput
 

@@ -28,7 +28,11 @@ fi
 
 PY=$(pick_python)
 start=$(date +%s)
-echo "[setup] creating $VENV with $($PY --version) (one-time; later runs are instant)"
+if [ -x "$VENV/bin/python" ]; then
+  echo "[setup] updating $VENV (pyproject.toml or the set-up script changed)"
+else
+  echo "[setup] creating $VENV with $($PY --version) (one-time; later runs take well under a second)"
+fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 VPY="$VENV/bin/python"
 mapfile -t DEPS < <("$VPY" .ci/deps.py $EXTRAS | grep -v '^torch==')
