@@ -54,7 +54,7 @@ class _Frozen(BaseModel):
 
 class DataConfig(_Frozen):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
-    suite: Literal["mt10", "mt50"] = "mt10"
+    suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with evaluation.rlbench_import
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
     episodes_per_task: int = Field(10, ge=1, le=1000)
     collect_if_missing: bool = True
@@ -102,6 +102,7 @@ class EvalConfig(_Frozen):
     policy_server: Literal["auto", "on", "off"] = "auto"  # auto: on when a GPU is present
     checkpoint: Literal["last", "best"] = "last"
     seed: int = 0
+    rlbench_demo_root: str | None = None  # data.suite=rlbench: the PerAct test split (reset_to_demo episodes)
 
 
 class TrackingConfig(_Frozen):

@@ -78,6 +78,10 @@ def ensure_dataset(cfg: Any) -> Any:
 
     path = cfg.resolve_path(cfg.data.path)
     if not (path / "manifest.json").is_file():
+        if cfg.data.suite == "rlbench":
+            raise UserFacingError(
+                f"no RLBench dataset at {path}: import demonstrations first with python -m "
+                f"evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path} (docs/rlbench.md)")
         if not cfg.data.collect_if_missing:
             raise UserFacingError(
                 f"no dataset at {path} and data.collect_if_missing=false: collect one with "

@@ -28,8 +28,19 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE))
     pool = PoolConfig(num_actors=e.actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server)
-    return {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors, "seed": e.seed,
+    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors, "seed": e.seed,
             "suite": cfg.data.suite, "pool": pool}
+    if cfg.data.suite == "rlbench":  # the PerAct protocol: test demos restored with reset_to_demo
+        from evaluation.rlbench_backend import RLBenchConfig
+        from evaluation.rlbench_tasks import protocol_kwargs
+
+        if e.rlbench_demo_root is None:
+            raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
+                                  "eval.rlbench_demo_root=<dir> (or eval.enabled=false)")
+        proto = protocol_kwargs(RLBenchConfig(tasks=tuple(tasks), demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
+                                episodes_per_task=e.episodes_per_task)
+        args.update(proto, pool=pool.model_copy(update={"max_keyposes": proto["pool"].max_keyposes}))
+    return args
 
 
 def _evaluate(cfg_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:

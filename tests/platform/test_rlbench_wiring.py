@@ -1,0 +1,25 @@
+"""data.suite=rlbench: clear errors for a missing imported dataset and for RLBench not being installed."""
+
+import numpy as np
+import pytest
+
+from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
+from platform.cli import UserFacingError
+from platform.config import load_config
+from platform.data import ensure_dataset
+from platform.evaluate import eval_arguments
+
+
+def test_missing_rlbench_dataset_points_to_the_importer(tmp_path):
+    cfg = load_config(None, ["data.suite=rlbench", f"data.path={tmp_path / 'nothing'}"])
+    with pytest.raises(UserFacingError, match="evaluation.rlbench_import"):
+        ensure_dataset(cfg)
+
+
+def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path):
+    save_instructions(tmp_path / INSTRUCTIONS_FILE, {"close_jar": (np.zeros((3, 384), np.float32), np.ones(3, bool))})
+    with pytest.raises(UserFacingError, match="rlbench_demo_root"):
+        eval_arguments(load_config(None, ["data.suite=rlbench"]), tmp_path)
+    cfg = load_config(None, ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}"])
+    with pytest.raises(ImportError, match="PyRep is not installed.*docs/rlbench.md"):
+        eval_arguments(cfg, tmp_path)
