@@ -135,6 +135,23 @@ def instructions_table(rows: Sequence[tuple[str, str, str, np.ndarray]]) -> pa.T
     )
 
 
+POINT_LAYOUT = "[x, y, z, r, g, b, h], world frame, rgb in [-1, 1], h above table"
+
+
+def sample_fields(counts: dict[str, dict[str, int]], pointcloud: dict[str, Any], pose_layout: str) -> dict[str, Any]:
+    """The manifest fields every dataset writer (collection, RLBench import) shares: counts and layouts."""
+    return {
+        "counts": counts,
+        "total_samples": sum(c["samples"] for c in counts.values()),
+        "max_points": pointcloud["max_points"],
+        "point_dim": 7,
+        "pose_dim": 8,
+        "pose_layout": pose_layout,
+        "point_layout": POINT_LAYOUT,
+        "pointcloud": pointcloud,
+    }
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
