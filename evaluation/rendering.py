@@ -15,9 +15,12 @@ camera-to-world 4x4 in OpenCV axes: ``R = cam_xmat @ diag(1, -1, -1)``, ``t = ca
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -94,7 +97,17 @@ def make_gl_context(width: int, height: int) -> Any:
             f"could not create a {backend} GL context ({type(err).__name__}: {err}); "
             f"install {_GL_PACKAGES[backend]} or run with MUJOCO_GL={other} ({_GL_PACKAGES[other]})"
         ) from err
+    # Free the context before mujoco's own exit hook terminates the EGL display (hooks run last-in first-out);
+    # otherwise the context's __del__ runs after it and prints an EGL_NOT_INITIALIZED traceback at exit.
+    atexit.register(_free_at_exit, weakref.ref(context))
     return context
+
+
+def _free_at_exit(ref: weakref.ReferenceType) -> None:
+    context = ref()
+    if context is not None:
+        with contextlib.suppress(Exception):
+            context.free()
 
 
 class CameraSpec(BaseModel):
