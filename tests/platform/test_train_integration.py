@@ -51,6 +51,12 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
     report = json.loads((tmp_path / "runs" / "crash" / "eval" / "step_00000020.json").read_text())
     assert report["episodes"] == 2 and set(report["tasks"]) == {"reach-v3", "button-press-topdown-v3"}
 
+    # platform.compare builds its side-by-side table from this tiny run
+    cmp = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp")])
+    assert cmp.returncode == 0, (cmp.stdout + cmp.stderr)[-3000:]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert f"crash (`{run_id[:8]}`)" in table and "diffuser_actor_3dda | 81.3" in table
+
 
 def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_dataset, ray_cluster):
     """R3: SIGKILL the whole driver process tree mid-training; the same command resumes from the newest
