@@ -32,7 +32,7 @@ tracking URI, so a restarted process with the same ``buffer_dir`` uploads what w
   (encoded conditions per second, B per step), ``train/peak_mem_bytes``, ``time/elapsed_s`` (wall clock
   since the run first started, across resumes).
 - ``eval/success`` (mean over tasks, 0..1), ``eval/<task>/success`` (0..1), ``eval/episodes``,
-  ``eval/timeouts``, ``eval/sim_errors``, ``eval/planner_errors``.
+  ``eval/timeout``, ``eval/sim_error``, ``eval/planner_error`` (episode counts by status).
 
 **Tags**: ``platform.kind`` in {train, reference, sweep_parent, sweep_trial, comparison},
 ``platform.policy_type`` (mini_diffuser | one_to_one | dda_style), ``platform.num_gpus`` (GPUs the run
