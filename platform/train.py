@@ -111,13 +111,10 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
         train_loop_per_worker(payload)
         return
-    import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = cfg.ray.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"
+    use_gpu = _use_gpu(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload,
@@ -153,8 +150,18 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     return tracker
 
 
+def _use_gpu(cfg: ExperimentConfig) -> bool:
+    """Train on GPUs when asked, or (``ray.use_gpu`` unset) when the cluster has one and train.device allows."""
+    if cfg.ray.use_gpu is not None:
+        return cfg.ray.use_gpu
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"
+
+
 def _tags(cfg: ExperimentConfig) -> dict[str, str]:
-    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type}
+    gpus = max(1, cfg.ray.num_workers) if _use_gpu(cfg) else 0
+    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type, "platform.num_gpus": str(gpus)}
 
 
 def _close(tracker: Any) -> None:
