@@ -104,3 +104,16 @@ def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
     assert out.returncode == 0, text[-4000:]
     assert "succeeded" in text and "[train] done" in text
     assert [c.step for c in list_checkpoints(tmp_path / "runs" / "job")][-1] == 10
+
+
+def test_periodic_evaluation_runs_while_training_goes_on(tmp_path, tiny_dataset, ray_cluster):
+    """eval.every_steps: checkpoints are evaluated in the background and logged at their training step."""
+    args = tiny_overrides(tmp_path, tiny_dataset, "periodic", "train.steps=10", "eval.every_steps=5",
+                          "ray.num_workers=0")  # the loop in the driver: no Ray Train start-up cost
+    out = run_platform("platform.train", args, env={"RAY_ADDRESS": ray_cluster.address})
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    m = FINAL_LINE.match([ln for ln in out.stdout.splitlines() if ln.strip()][-1])
+    assert m, text[-2000:]
+    assert metric_steps(m.group(4), m.group(3), "eval/success") == [5, 10]
+    assert (tmp_path / "runs" / "periodic" / "eval" / "step_00000005.json").is_file()
