@@ -115,13 +115,14 @@ def ray_cluster():
     import tempfile
 
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": "", "PATH": venv_bin + os.pathsep + os.environ["PATH"],
            "RAY_USAGE_STATS_ENABLED": "0", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HF_HUB_OFFLINE": "1"}
     cmd = [str(Path(venv_bin) / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+           f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",  # the job agent's HTTP port
+           "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=temp_dir)
     cluster = RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", temp_dir, env)
     try:
