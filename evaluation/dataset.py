@@ -194,6 +194,8 @@ class KeyframeDataset:
         self.pointcloud_config = PointCloudConfig.model_validate(self.manifest["pointcloud"])
         self._load_instructions(verify_hashes)
         self._load_shards(verify_hashes)
+        if self.manifest.get("text_variations"):
+            self._load_variation_text(verify_hashes)
 
     # ------------------------------------------------------------------ validation + loading
     def _read_manifest(self) -> dict[str, Any]:
@@ -260,6 +262,7 @@ class KeyframeDataset:
     def _load_shards(self, verify: bool) -> None:
         task_index = {t: i for i, t in enumerate(self.task_names)}
         points, offsets, gripper, target, tasks = [], [0], [], [], []
+        instructions: list[str] = []
         for shard in self.manifest["shards"]:
             path = self._check_file(shard["file"], shard["sha256"], verify)
             table = read_table(path, SAMPLE_SCHEMA, self.fix)
@@ -281,6 +284,7 @@ class KeyframeDataset:
             gripper.append(np.asarray(table.column("gripper_pose").combine_chunks().values, np.float32))
             target.append(np.asarray(table.column("target_pose").combine_chunks().values, np.float32))
             tasks.extend([task_index[shard["task"]]] * table.num_rows)
+            instructions.extend(table.column("instruction").to_pylist())
         n = len(tasks)
         if n != self.manifest["total_samples"] or n == 0:
             raise DatasetError(
@@ -291,6 +295,30 @@ class KeyframeDataset:
         self.gripper = np.concatenate(gripper).reshape(n, POSE_DIM)  # (S, 8)
         self.target = np.concatenate(target).reshape(n, POSE_DIM)  # (S, 8)
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
+        self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
+        self._sample_text = self.task_index  # (S,) row of _text_tokens each sample is conditioned on
+
+    def _load_variation_text(self, verify: bool) -> None:
+        """Datasets whose variations differ by language (RLBench) store one embedding per distinct
+        instruction (manifest ``text_variations``): each sample is conditioned on its own instruction."""
+        text = self.manifest["text_variations"]
+        path = self._check_file(text["file"], text["sha256"], verify)
+        table = read_table(path, INSTRUCTION_SCHEMA, self.fix).to_pydict()
+        rows = {instr: np.asarray(tok, np.float32).reshape(n, dim)
+                for instr, n, dim, tok in zip(table["instruction"], table["num_tokens"], table["dim"],
+                                              table["tokens"], strict=True)}
+        missing = sorted(set(self.sample_instructions) - set(rows))
+        if missing:
+            raise DatasetError(f"{path} has no embedding for the instructions {missing[:3]}; {self.fix}")
+        order = sorted(rows)
+        length = max(len(rows[k]) for k in order)
+        self._text_tokens = np.zeros((len(order), length, text["dim"]), np.float32)  # (K, L, D)
+        self._text_mask = np.zeros((len(order), length), bool)  # (K, L)
+        for i, key in enumerate(order):
+            self._text_tokens[i, : len(rows[key])] = rows[key]
+            self._text_mask[i, : len(rows[key])] = True
+        row_of = {k: i for i, k in enumerate(order)}
+        self._sample_text = np.asarray([row_of[k] for k in self.sample_instructions], np.int64)  # (S,)
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -328,11 +356,12 @@ class KeyframeDataset:
             clouds.append(cloud[select_points(len(cloud), max_points, generator, seed)])
         points, mask = collate_points(clouds, max_points)  # (B, N, 7), (B, N)
         task = self.task_index[idx]  # (B,)
+        text = self._sample_text[idx]  # (B,) the task's instruction, or the sample's own (RLBench variations)
         return ConditionBatch(
             points=points,
             point_mask=mask,
-            text=torch.from_numpy(self._text_tokens[task]),  # (B, L, D)
-            text_mask=torch.from_numpy(self._text_mask[task]),  # (B, L)
+            text=torch.from_numpy(self._text_tokens[text]),  # (B, L, D)
+            text_mask=torch.from_numpy(self._text_mask[text]),  # (B, L)
             gripper=torch.from_numpy(self.gripper[idx]),  # (B, 8)
             target=torch.from_numpy(self.target[idx]),  # (B, 8)
             task_index=torch.from_numpy(task),

@@ -212,3 +212,22 @@ def test_demo_pickle_loads_without_rlbench(peract_split, monkeypatch):
     assert len(demo) > 10 and demo[0].gripper_pose.shape == (7,)
     assert demo[0].front_rgb is None and "front_camera_extrinsics" in demo[0].misc
     assert demo[0].misc["variation_index"] == 0
+
+
+def test_samples_are_conditioned_on_their_own_variation_instruction(peract_split, tmp_path, monkeypatch):
+    """RLBench variations differ by language: each sample's text is its variation's embedding."""
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "ds"
+    encoder = standin_helpers.FakeTextEncoder()
+    import_dataset(peract_split, out, ["close_jar"], text_encoder=encoder, progress=False)
+    ds = KeyframeDataset(out)
+    batch = ds.batch(list(range(len(ds))), max_points=64)
+    by_instruction = {}
+    for i, instr in enumerate(ds.sample_instructions):
+        text = batch.text[i][batch.text_mask[i]].numpy()  # (L_i, D) real tokens of sample i
+        by_instruction.setdefault(instr, []).append(text)
+    assert set(by_instruction) == {"close jar with the maroon block", "close jar with the red block"}
+    for instr, texts in by_instruction.items():
+        expected = encoder.encode([instr])[0].tokens
+        assert all(np.array_equal(t, expected) for t in texts), instr
