@@ -16,9 +16,9 @@ Depth -> metres with ``misc['<camera>_camera_near'/'_far']``; camera matrices fr
 OpenCV axes by ``evaluation.rlbench_backend.opencv_camera``).
 
 Language: each shard row's ``instruction`` is its variation's first description; ``instructions.parquet``
-holds one embedding per task (what ``KeyframeDataset`` reads today, the task name in words) and
-``variation_instructions.parquet`` one per distinct description (listed in the manifest as
-``text_variations``) for a reader that conditions on the variation's instruction.
+holds one embedding per task (the task name in words) and ``variation_instructions.parquet`` one per
+distinct description (listed in the manifest as ``text_variations``); ``KeyframeDataset`` conditions each
+sample on its own description when the latter is present.
 """
 
 from __future__ import annotations
