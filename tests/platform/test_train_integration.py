@@ -73,8 +73,17 @@ def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_data
     finally:
         kill_tree(proc)
     first_id = re.search(r"MLflow run (\w+) at", log.read_text()).group(1)
-    # the newest valid checkpoint (progress.json is written just after it: it may lag by one checkpoint)
-    killed_at = list_checkpoints(tmp_path / "runs" / "relaunch")[-1].step
+    # The cluster outlives the driver: it reaps the dead driver's train worker within seconds, which may
+    # still finish a checkpoint meanwhile. Wait until the checkpoints stop changing, then take the newest.
+    run_dir = tmp_path / "runs" / "relaunch"
+    seen: list = []
+
+    def settled() -> bool:
+        seen.append([c.step for c in list_checkpoints(run_dir)])
+        return len(seen) >= 8 and all(x == seen[-1] for x in seen[-8:])
+
+    wait_for(settled, 180, "the killed run's worker to be reaped", poll=2.0)
+    killed_at = seen[-1][-1]
     assert killed_at < 40
     out = run_platform("platform.train", args, env=env)
     text = out.stdout + out.stderr
