@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from evaluation.episode import (
     EpisodeSpec,
     Inference,
     Instruction,
+    Instructions,
     LocalInference,
     run_episode,
 )
@@ -86,7 +87,7 @@ class EvaluationActor:
         self,
         sim_factory: SimFactory,
         policy: PolicySource,
-        instructions: dict[str, Instruction],
+        instructions: Instructions | Mapping[str, Instruction],
         condition_fn: ConditionFn,
         max_keyposes: int = DEFAULT_MAX_KEYPOSES,
         torch_threads: int = 1,
@@ -95,7 +96,7 @@ class EvaluationActor:
         # Mesa's llvmpipe renders with one thread per core by default: keep an actor on its own CPU share.
         os.environ.setdefault("LP_NUM_THREADS", str(max(1, torch_threads)))
         # Arguments arrive as read-only views of Ray's object store; torch wants writable arrays.
-        self.instructions = {t: (tokens.copy(), mask.copy()) for t, (tokens, mask) in instructions.items()}
+        self.instructions = Instructions.of(instructions).writable()
         self.condition_fn = condition_fn
         self.max_keyposes = max_keyposes
         self.infer: Inference

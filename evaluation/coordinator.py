@@ -15,6 +15,7 @@ import collections
 import re
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from evaluation.actors import EvaluationActor, LocalPolicy, ServerPolicy, SimFactory, actor_resources
-from evaluation.episode import DEFAULT_MAX_KEYPOSES, ConditionFn, EpisodeOutput, EpisodeSpec, Instruction
+from evaluation.episode import (
+    DEFAULT_MAX_KEYPOSES,
+    ConditionFn,
+    EpisodeOutput,
+    EpisodeSpec,
+    Instruction,
+    Instructions,
+)
 from evaluation.policy_server import PolicyFactory, PolicyServer
 from evaluation.sim import EpisodeResult, EpisodeStatus
 
@@ -93,7 +101,7 @@ class Coordinator:
         self,
         sim_factory: SimFactory,
         policy_factory: PolicyFactory,
-        instructions: dict[str, Instruction],
+        instructions: Instructions | Mapping[str, Instruction],
         condition_fn: ConditionFn,
         config: PoolConfig,
     ) -> None:
@@ -101,7 +109,7 @@ class Coordinator:
             raise RuntimeError("Coordinator needs a Ray session: call ray.init(...) first (evaluate_checkpoint does)")
         self.sim_factory = sim_factory
         self.policy_factory = policy_factory
-        self.instructions = instructions
+        self.instructions = Instructions.of(instructions)
         self.condition_fn = condition_fn
         self.cfg = config
         self.server: Any = None

@@ -296,6 +296,7 @@ class KeyframeDataset:
         self.target = np.concatenate(target).reshape(n, POSE_DIM)  # (S, 8)
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
         self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
+        self._variation_text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._sample_text = self.task_index  # (S,) row of _text_tokens each sample is conditioned on
 
     def _load_variation_text(self, verify: bool) -> None:
@@ -319,6 +320,7 @@ class KeyframeDataset:
             self._text_mask[i, : len(rows[key])] = True
         row_of = {k: i for i, k in enumerate(order)}
         self._sample_text = np.asarray([row_of[k] for k in self.sample_instructions], np.int64)  # (S,)
+        self._variation_text = {k: (rows[k], np.ones(len(rows[k]), bool)) for k in order}
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -330,6 +332,11 @@ class KeyframeDataset:
             raise KeyError(f"task {task!r} is not in the dataset at {self.root}; it has {self.task_names}")
         tokens, mask = self._text[task]
         return tokens.copy(), mask.copy()
+
+    def variation_instructions(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{instruction text: (tokens (L, D), mask (L,))}`` for datasets whose variations differ by
+        language (manifest ``text_variations``, RLBench); empty otherwise (Meta-World)."""
+        return {k: (tokens.copy(), mask.copy()) for k, (tokens, mask) in self._variation_text.items()}
 
     def sample_points(self, index: int) -> np.ndarray:
         """All stored points of sample ``index``: (n, 7) float32 (a view)."""

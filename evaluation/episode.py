@@ -1,8 +1,10 @@
 """One evaluation episode: observation -> condition -> policy -> keypose -> simulator, until done.
 
 The loop is backend- and policy-agnostic: it takes a ``Simulator``, an ``Inference`` (the policy in this
-process, or a client of the batching policy server) and the instruction embeddings as a plain
-``dict[task, (tokens (L, D) float32, mask (L,) bool)]``. An episode ends
+process, or a client of the batching policy server) and the checkpoint's ``Instructions``: one
+embedding per task, plus one per distinct instruction text when the benchmark's variations differ by
+language (RLBench). Each episode is conditioned on the instruction its simulator states after ``reset``
+(``Observation.instruction``), falling back to its task's embedding. An episode ends
 
 - with success as soon as the simulator reports it (status ``ok``, success True),
 - after ``max_keyposes`` keyposes without success (status ``ok``, success False; RLBench uses 25),
@@ -15,6 +17,7 @@ coordinator replaces the actor and retries the episode (design.md section 7, R5)
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +35,43 @@ Instruction = tuple[np.ndarray, np.ndarray]  # tokens (L, D) float32, mask (L,) 
 
 class InstructionError(KeyError):
     """No instruction embedding for a task."""
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """Instruction embeddings of a checkpoint (``instructions.npz``).
+
+    ``tasks``: one per task (``{task: (tokens (L, D) float32, mask (L,) bool)}``), always present.
+    ``texts``: one per distinct instruction text, for datasets whose variations differ by language
+    (RLBench: "close the red jar" / "close the blue jar"); empty for Meta-World, whose instruction is
+    the task's.
+    """
+
+    tasks: Mapping[str, Instruction]
+    texts: Mapping[str, Instruction] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: Instructions | Mapping[str, Instruction]) -> Instructions:
+        """``value`` itself, or a plain ``{task: embedding}`` mapping as task-level instructions."""
+        return value if isinstance(value, Instructions) else cls(tasks=dict(value))
+
+    def for_episode(self, task: str, text: str) -> Instruction:
+        """The embedding of instruction ``text`` when the checkpoint has it, else the task's."""
+        if text in self.texts:
+            return self.texts[text]
+        if task not in self.tasks:
+            raise InstructionError(
+                f"no instruction embedding for task {task!r} (have {sorted(self.tasks)}): the checkpoint's "
+                "instructions.npz must contain '<task>/tokens' and '<task>/mask'"
+            )
+        return self.tasks[task]
+
+    def writable(self) -> Instructions:
+        """A copy whose arrays are writable (Ray hands actors read-only views of its object store)."""
+        def copy(table: Mapping[str, Instruction]) -> dict[str, Instruction]:
+            return {k: (tokens.copy(), mask.copy()) for k, (tokens, mask) in table.items()}
+
+        return Instructions(tasks=copy(self.tasks), texts=copy(self.texts))
 
 
 @dataclass(frozen=True)
@@ -122,30 +162,24 @@ def check_actions(action: torch.Tensor, batch: int) -> np.ndarray:
     return action.detach().to("cpu", torch.float64).numpy()
 
 
-def lookup_instruction(instructions: dict[str, Instruction], task: str) -> Instruction:
-    if task not in instructions:
-        raise InstructionError(
-            f"no instruction embedding for task {task!r} (have {sorted(instructions)}): the checkpoint's "
-            "instructions.npz must contain '<task>/tokens' and '<task>/mask'"
-        )
-    return instructions[task]
-
-
 def run_episode(
     sim: Simulator,
     infer: Inference,
     condition_fn: ConditionFn,
-    instructions: dict[str, Instruction],
+    instructions: Instructions | Mapping[str, Instruction],
     spec: EpisodeSpec,
     max_keyposes: int = DEFAULT_MAX_KEYPOSES,
 ) -> EpisodeOutput:
     """Run one episode to success, failure or the keypose limit. ``SimulatorError`` propagates."""
-    text = lookup_instruction(instructions, spec.task)
+    table = Instructions.of(instructions)
+    if spec.task not in table.tasks:  # fail before paying for a reset
+        table.for_episode(spec.task, "")
     times = StageTimes()
     start = time.perf_counter()
     t = time.perf_counter()
     obs = sim.reset(spec.task, spec.variation, spec.seed)
     times.render += time.perf_counter() - t
+    text = table.for_episode(spec.task, obs.instruction)
     success, status, message, steps = False, "ok", "", 0
     for k in range(max_keyposes):
         t = time.perf_counter()

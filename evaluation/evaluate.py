@@ -4,8 +4,9 @@ summarise them into an ``EvalReport``. ``evaluate_checkpoint`` is what training'
 (it starts, and then stops, a local Ray only when none is running).
 
 Checkpoint inputs: the policy files of ``policies.base`` (``policy.json``, ``model.pt`` [+ ``ema.pt``]) and
-``instructions.npz`` (``<task>/tokens`` (L, D) float32, ``<task>/mask`` (L,) bool); optionally
-``pointcloud.json`` (an ``evaluation.pointcloud.PointCloudConfig``, as used to build the training set).
+``instructions.npz`` (``<task>/tokens`` (L, D) float32, ``<task>/mask`` (L,) bool; for datasets whose
+variations differ by language also ``__texts__/strings`` (K,) str, ``__texts__/tokens`` (K, L, D) and
+``__texts__/mask`` (K, L), one row per distinct instruction text); optionally ``pointcloud.json`` (an ``evaluation.pointcloud.PointCloudConfig``, as used to build the training set).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import functools
 import json
 import os
 import time
+import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import ray
 
 from evaluation.actors import CheckpointPolicy, SimFactory
 from evaluation.coordinator import Coordinator, PoolConfig
-from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, PointCloudConditioner
+from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, Instructions, PointCloudConditioner
 from evaluation.metrics import EvalReport, summarize
 from evaluation.policy_server import PolicyFactory
 from policies.base import POLICY_CONFIG_FILE, CheckpointError
@@ -35,34 +37,73 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTCLOUD_FILE = "pointcloud.json"
 
 
-def save_instructions(path: str | Path, instructions: dict[str, Instruction]) -> None:
-    """Write ``instructions.npz`` (keys ``<task>/tokens``, ``<task>/mask``)."""
+TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no task name starts with it)
+
+
+def save_instructions(path: str | Path, instructions: Instructions | Mapping[str, Instruction]) -> None:
+    """Write ``instructions.npz``: ``<task>/tokens`` + ``<task>/mask`` per task, plus the
+    ``__texts__/*`` table when there are per-text embeddings."""
+    table = Instructions.of(instructions)
     arrays: dict[str, np.ndarray] = {}
-    for task, (tokens, mask) in instructions.items():
+    for task, (tokens, mask) in table.tasks.items():
+        if task.startswith(TEXTS_PREFIX):
+            raise ValueError(f"task name {task!r} may not start with {TEXTS_PREFIX!r}")
         arrays[f"{task}/tokens"] = np.asarray(tokens, np.float32)
         arrays[f"{task}/mask"] = np.asarray(mask, bool)
+    if table.texts:
+        strings = sorted(table.texts)
+        length = max(len(table.texts[k][0]) for k in strings)
+        dim = table.texts[strings[0]][0].shape[1]
+        tokens_kld = np.zeros((len(strings), length, dim), np.float32)  # (K, L, D) zero-padded
+        mask_kl = np.zeros((len(strings), length), bool)  # (K, L)
+        for i, key in enumerate(strings):
+            tokens, mask = table.texts[key]
+            tokens_kld[i, : len(tokens)] = tokens
+            mask_kl[i, : len(mask)] = mask
+        arrays[TEXTS_PREFIX + "strings"] = np.asarray(strings, dtype=np.str_)
+        arrays[TEXTS_PREFIX + "tokens"] = tokens_kld
+        arrays[TEXTS_PREFIX + "mask"] = mask_kl
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
-def load_instructions(path: str | Path) -> dict[str, Instruction]:
-    """Read ``instructions.npz`` into ``{task: (tokens (L, D) float32, mask (L,) bool)}``."""
+def load_instructions(path: str | Path) -> Instructions:
+    """Read ``instructions.npz`` (see ``save_instructions``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"{path} is missing: the checkpoint needs the instruction embeddings of its tasks "
             f"({INSTRUCTIONS_FILE} with '<task>/tokens' and '<task>/mask'), or pass instructions= explicitly"
         )
-    out: dict[str, Instruction] = {}
-    with np.load(path) as data:
-        tasks = sorted({key.rsplit("/", 1)[0] for key in data.files})
-        for task in tasks:
+    tasks: dict[str, Instruction] = {}
+    texts: dict[str, Instruction] = {}
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable .npz file ({err}); re-save the checkpoint") from err
+    with data:
+        files = [k for k in data.files if not k.startswith(TEXTS_PREFIX)]
+        for task in sorted({key.rsplit("/", 1)[0] for key in files}):
             if f"{task}/tokens" not in data.files or f"{task}/mask" not in data.files:
                 raise CheckpointError(f"{path}: task {task!r} needs both '{task}/tokens' and '{task}/mask'")
             tokens, mask = data[f"{task}/tokens"].astype(np.float32), data[f"{task}/mask"].astype(bool)
             if tokens.ndim != 2 or mask.shape != tokens.shape[:1]:
                 raise CheckpointError(f"{path}: {task} tokens {tokens.shape} / mask {mask.shape} must be (L, D) / (L,)")
-            out[task] = (tokens, mask)
-    return out
+            tasks[task] = (tokens, mask)
+        text_keys = {k for k in data.files if k.startswith(TEXTS_PREFIX)}
+        if text_keys:
+            wanted = {TEXTS_PREFIX + n for n in ("strings", "tokens", "mask")}
+            if text_keys != wanted:
+                raise CheckpointError(f"{path}: the per-text table needs exactly {sorted(wanted)}, has {sorted(text_keys)}")
+            strings = [str(s) for s in data[TEXTS_PREFIX + "strings"]]
+            tokens_kld = data[TEXTS_PREFIX + "tokens"].astype(np.float32)  # (K, L, D)
+            mask_kl = data[TEXTS_PREFIX + "mask"].astype(bool)  # (K, L)
+            if tokens_kld.ndim != 3 or tokens_kld.shape[0] != len(strings) or mask_kl.shape != tokens_kld.shape[:2]:
+                raise CheckpointError(f"{path}: per-text tokens {tokens_kld.shape} / mask {mask_kl.shape} do not "
+                                      f"match {len(strings)} strings as (K, L, D) / (K, L)")
+            for key, tokens, mask in zip(strings, tokens_kld, mask_kl, strict=True):
+                length = int(mask.sum())  # rows were zero-padded to the longest instruction
+                texts[key] = (tokens[:length].copy(), mask[:length].copy())
+    return Instructions(tasks=tasks, texts=texts)
 
 
 def episode_seed(seed: int, task: str, index: int) -> int:
@@ -104,16 +145,17 @@ def ray_session(num_cpus: int | None = None, address: str | None = "local", **kw
 def evaluate(
     sim_factory: SimFactory,
     policy_factory: PolicyFactory,
-    instructions: dict[str, Instruction],
+    instructions: Instructions | Mapping[str, Instruction],
     specs: list[EpisodeSpec],
     condition_fn: ConditionFn,
     pool: PoolConfig,
     meta: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Run ``specs`` on a fresh pool (needs a Ray session) and summarise; the pool is always shut down."""
-    missing = sorted({s.task for s in specs} - set(instructions))
+    instructions = Instructions.of(instructions)
+    missing = sorted({s.task for s in specs} - set(instructions.tasks))
     if missing:
-        raise CheckpointError(f"no instruction embeddings for tasks {missing}; have {sorted(instructions)}")
+        raise CheckpointError(f"no instruction embeddings for tasks {missing}; have {sorted(instructions.tasks)}")
     start = time.monotonic()
     coordinator = Coordinator(sim_factory, policy_factory, instructions, condition_fn, pool)
     try:
@@ -163,7 +205,7 @@ def evaluate_checkpoint(
     suite: str = "mt10",
     sim_factory: SimFactory | None = None,
     variations: Sequence[int] | None = None,
-    instructions: dict[str, Instruction] | None = None,
+    instructions: Instructions | Mapping[str, Instruction] | None = None,
     pool: PoolConfig | None = None,
     policy_factory: Callable[[], Any] | None = None,
 ) -> EvalReport:

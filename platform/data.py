@@ -128,6 +128,12 @@ class TaskSubset:
     def instruction_embedding(self, task: str) -> Any:
         return self._dataset.instruction_embedding(task)
 
+    def variation_instructions(self) -> dict[str, Any]:
+        """The per-text embeddings of the kept tasks' samples (see ``KeyframeDataset``)."""
+        texts = self._dataset.variation_instructions()
+        kept = {self._dataset.sample_instructions[i] for i in self._index} if texts else set()
+        return {k: v for k, v in texts.items() if k in kept}
+
     def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> Any:
         return self._dataset.batch(self._index[np.asarray(indices)], max_points=max_points, generator=generator)
 

@@ -25,7 +25,7 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
 
     e = cfg.eval
-    tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE))
+    tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE).tasks)
     pool = PoolConfig(num_actors=e.actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server)
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors, "seed": e.seed,

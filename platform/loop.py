@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.episode import Instructions
 from evaluation.evaluate import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
@@ -75,7 +76,7 @@ class TrainingState:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
-    def save(self, run_dir: Path, instructions: dict[str, tuple[np.ndarray, np.ndarray]],
+    def save(self, run_dir: Path, instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
              pointcloud_json: str | None = None) -> Path:
         """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
         its inputs exactly as the training set was built."""
@@ -197,7 +198,7 @@ def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: dict,
+def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: Instructions | dict,
                          pointcloud_json: str | None = None) -> Path:
     path = state.save(run_dir, instructions, pointcloud_json)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)

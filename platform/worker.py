@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from evaluation.episode import Instructions
 from platform.config import FAULT_ENV, ExperimentConfig
 from platform.loop import (
     TrainingState,
@@ -62,7 +63,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     device = _device(cfg, train_mod is not None)
     run_dir = Path(payload["run_dir"])
     dataset = open_training_dataset(cfg)
-    instructions = {t: dataset.instruction_embedding(t) for t in dataset.task_names}
+    instructions = Instructions(
+        tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
+        texts=getattr(dataset, "variation_instructions", dict)(),  # RLBench: one per variation's text
+    )
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
     state = build_training(cfg, dataset, device, rank=rank, world=world)

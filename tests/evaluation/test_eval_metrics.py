@@ -54,7 +54,8 @@ def test_instructions_file_round_trip_and_errors(tmp_path):
     text = {"reach-v3": (np.ones((3, 4), np.float32), np.array([True, True, False]))}
     save_instructions(tmp_path / "instructions.npz", text)
     loaded = load_instructions(tmp_path / "instructions.npz")
-    assert set(loaded) == {"reach-v3"} and loaded["reach-v3"][1].tolist() == [True, True, False]
+    assert set(loaded.tasks) == {"reach-v3"} and loaded.tasks["reach-v3"][1].tolist() == [True, True, False]
+    assert loaded.texts == {}
     with pytest.raises(CheckpointError, match="instructions.npz is missing"):
         load_instructions(tmp_path / "nope" / "instructions.npz")
     np.savez(tmp_path / "bad.npz", **{"reach-v3/tokens": np.ones((3, 4), np.float32)})
@@ -65,3 +66,27 @@ def test_instructions_file_round_trip_and_errors(tmp_path):
 def test_cli_reports_a_bad_checkpoint_before_starting_ray(tmp_path, capsys):
     assert run_main(["--checkpoint", str(tmp_path), "--suite", "fake", "--episodes", "1"]) == 2
     assert "policy.json is missing" in capsys.readouterr().err
+
+
+def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
+    import numpy as np
+
+    from evaluation.episode import Instructions
+
+    short, long = (np.full((2, 4), 1.0, np.float32), np.ones(2, bool)), (np.full((5, 4), 2.0, np.float32), np.ones(5, bool))
+    table = Instructions(tasks={"close_jar": short}, texts={"close the red jar": short, "close the jar / lid": long})
+    save_instructions(tmp_path / "i.npz", table)
+    loaded = load_instructions(tmp_path / "i.npz")
+    assert set(loaded.tasks) == {"close_jar"} and set(loaded.texts) == set(table.texts)
+    for key, (tokens, mask) in table.texts.items():  # zero-padding is stripped again
+        np.testing.assert_array_equal(loaded.texts[key][0], tokens)
+        np.testing.assert_array_equal(loaded.texts[key][1], mask)
+    assert loaded.for_episode("close_jar", "close the jar / lid")[0].shape == (5, 4)
+    assert loaded.for_episode("close_jar", "an unseen phrasing")[0].shape == (2, 4)  # falls back to the task
+    np.savez(tmp_path / "bad.npz", **{"t/tokens": np.ones((2, 4), np.float32), "t/mask": np.ones(2, bool),
+                                      "__texts__/strings": np.asarray(["a"])})
+    with pytest.raises(CheckpointError, match="per-text table"):
+        load_instructions(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_instructions(tmp_path / "junk.npz")

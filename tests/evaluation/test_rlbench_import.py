@@ -231,3 +231,57 @@ def test_samples_are_conditioned_on_their_own_variation_instruction(peract_split
     for instr, texts in by_instruction.items():
         expected = encoder.encode([instr])[0].tokens
         assert all(np.array_equal(t, expected) for t in texts), instr
+
+
+def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(peract_split, tmp_path, monkeypatch):
+    """Import -> train (2 steps, in process) -> checkpoint -> an RLBench episode restored from a demo: the
+    policy is conditioned on the variation's own instruction, exactly as its training samples were."""
+    from evaluation.actors import CheckpointPolicy
+    from evaluation.episode import EpisodeSpec, LocalInference, PointCloudConditioner, run_episode
+    from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
+    from evaluation.rlbench_backend import RLBenchConfig, RLBenchSimulator
+    from evaluation.rlbench_import import rlbench_pointcloud_config
+    from platform.checkpoint import latest_checkpoint
+    from platform.config import load_config
+    from platform.worker import train_loop_per_worker
+
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "ds"
+    encoder = standin_helpers.FakeTextEncoder()
+    import_dataset(peract_split, out, ["close_jar"], text_encoder=encoder, progress=False)
+    cfg = load_config(None, ["data.suite=rlbench", f"data.path={out}", "policy.preset=tiny", "policy.text_dim=4",
+                             "policy.m=2", "train.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+                             "train.checkpoint_every=2", "train.log_every=1", "train.device=cpu",
+                             "eval.enabled=false", f"output_dir={tmp_path / 'runs'}"])
+    train_loop_per_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)})
+    info = latest_checkpoint(cfg.run_dir)
+    assert info is not None and info.step == 2
+    ckpt = info.path
+    stored = load_instructions(ckpt / INSTRUCTIONS_FILE)
+    texts = {"close jar with the red block", "close jar with the maroon block"}
+    assert set(stored.tasks) == {"close_jar"} and set(stored.texts) == texts
+    for text, (tokens, mask) in stored.texts.items():
+        np.testing.assert_array_equal(tokens, encoder.encode([text])[0].tokens)
+        assert mask.all()
+
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.delitem(sys.modules, name)
+    gen = standin_helpers.activate(monkeypatch)
+    next(gen)
+    sim = RLBenchSimulator(RLBenchConfig(tasks=("close_jar",), image_size=24, demo_root=str(peract_split)))
+    seen: list[np.ndarray] = []
+    conditioner = PointCloudConditioner(max_points=cfg.policy.max_points, config=rlbench_pointcloud_config())
+
+    def recording_condition_fn(obs, text):
+        seen.append(text[0])
+        return conditioner(obs, text)
+
+    infer = LocalInference(CheckpointPolicy(str(ckpt))())
+    for variation, text in ((0, "close jar with the red block"), (1, "close jar with the maroon block")):
+        seen.clear()
+        out_ep = run_episode(sim, infer, recording_condition_fn, stored, EpisodeSpec("close_jar", variation, 0), 2)
+        assert out_ep.result.steps >= 1 and seen
+        assert all(np.array_equal(s, encoder.encode([text])[0].tokens) for s in seen), variation
+    sim.close()
+    next(gen, None)
