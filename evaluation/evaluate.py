@@ -28,7 +28,7 @@ import ray
 from evaluation.actors import CheckpointPolicy, SimFactory
 from evaluation.coordinator import Coordinator, PoolConfig
 from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, Instructions, PointCloudConditioner
-from evaluation.metrics import EvalReport, summarize
+from evaluation.metrics import EvalReport, seed_success, summarize
 from evaluation.policy_server import PolicyFactory
 from policies.base import POLICY_CONFIG_FILE, CheckpointError
 
@@ -201,7 +201,7 @@ def evaluate_checkpoint(
     tasks: Sequence[str] | None = None,
     episodes_per_task: int = 25,
     num_actors: int = 2,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     suite: str = "mt10",
     sim_factory: SimFactory | None = None,
     variations: Sequence[int] | None = None,
@@ -213,7 +213,9 @@ def evaluate_checkpoint(
 
     Defaults to the Meta-World backend and its test variations (disjoint from the training variations).
     The episode plan depends only on (tasks, episodes_per_task, seed, variations), so two evaluations of
-    the same checkpoint give the same numbers. ``pool`` overrides the pool settings (its ``num_actors``
+    the same checkpoint give the same numbers. ``seed`` may be a list (RLBench's protocol: 3 seeds): every
+    seed plans its own ``episodes_per_task`` episodes per task, all run on one pool, and the report's
+    ``seed_success`` holds each seed's mean. ``pool`` overrides the pool settings (its ``num_actors``
     is replaced by ``num_actors``).
     """
     checkpoint_dir = Path(checkpoint_dir)
@@ -229,9 +231,20 @@ def evaluate_checkpoint(
         instructions = load_instructions(checkpoint_dir / INSTRUCTIONS_FILE)
     pool = (pool or PoolConfig()).model_copy(update={"num_actors": num_actors})
     PoolConfig.model_validate(pool.model_dump())  # re-check the updated fields
-    specs = plan_episodes(list(tasks), episodes_per_task, seed, variations)
-    meta = {"checkpoint": str(checkpoint_dir), "suite": suite, "seed": seed, "episodes_per_task": episodes_per_task}
+    seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed must be an int or a list of distinct ints, got {seed!r}")
+    specs, spec_seeds = [], []
+    for s in seeds:
+        planned = plan_episodes(list(tasks), episodes_per_task, s, variations)
+        specs += planned
+        spec_seeds += [s] * len(planned)
+    meta = {"checkpoint": str(checkpoint_dir), "suite": suite, "seed": seeds[0] if len(seeds) == 1 else seeds,
+            "episodes_per_task": episodes_per_task}
     condition_fn = checkpoint_condition_fn(checkpoint_dir)
     factory = policy_factory or CheckpointPolicy(str(checkpoint_dir.resolve()))
     with ray_session():
-        return evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta)
+        report = evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta)
+    if len(seeds) == 1:
+        return report
+    return report.model_copy(update={"seed_success": seed_success(report, spec_seeds)})

@@ -59,6 +59,18 @@ class EvalReport(_Frozen):
     failures: list[str] = []
     results: list[EpisodeRecord] = []
     meta: dict[str, Any] = {}
+    # Evaluations over several seeds (RLBench: 3): mean-over-tasks success of each seed's episodes. With
+    # equal episodes per seed, each task's success_rate above is the mean of its per-seed rates.
+    seed_success: dict[int, float] = {}
+
+    @property
+    def seed_std(self) -> float | None:
+        """Sample standard deviation of ``seed_success`` (None with fewer than 2 seeds)."""
+        values = list(self.seed_success.values())
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
     @property
     def errors(self) -> int:
@@ -79,6 +91,9 @@ class EvalReport(_Frozen):
         out[f"{prefix}/episodes"] = float(self.episodes)
         out[f"{prefix}/episodes_per_s"] = self.episodes_per_s
         out[f"{prefix}/retries"] = float(self.retries)
+        if len(self.seed_success) > 1:  # names that never match ``{prefix}/<task>/success``
+            out.update({f"{prefix}/success_seed{seed}": v for seed, v in self.seed_success.items()})
+            out[f"{prefix}/success_seed_std"] = float(self.seed_std or 0.0)
         return out
 
     def table(self) -> str:
@@ -92,6 +107,9 @@ class EvalReport(_Frozen):
         lines.append("-" * len(head))
         errs = " ".join(f"{self.status_counts.get(c, 0):>13}" for c in err_cols)
         lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {self.episodes:>5} {errs}")
+        if len(self.seed_success) > 1:
+            per_seed = ", ".join(f"seed {k}: {100 * v:.1f}%" for k, v in self.seed_success.items())
+            lines.append(f"{len(self.seed_success)} seeds ({per_seed}); std over seeds {100 * (self.seed_std or 0):.1f} points")
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.time_shares.items())
         lines.append(
             f"{self.episodes} episodes in {self.wall_s:.1f} s ({self.episodes_per_s:.2f} ep/s); "
@@ -135,6 +153,21 @@ def summarize(
         results=[EpisodeRecord(**vars(o.result)) for o in outputs],
         meta=meta or {},
     )
+
+
+def seed_success(report: EvalReport, eval_seeds: Sequence[int]) -> dict[int, float]:
+    """Mean-over-tasks success of each evaluation seed; ``eval_seeds[i]`` is the seed that planned
+    ``report.results[i]`` (the coordinator returns results in request order)."""
+    if len(eval_seeds) != len(report.results):
+        raise ValueError(f"{len(eval_seeds)} seeds for {len(report.results)} episode results")
+    per_seed: dict[int, dict[str, list[bool]]] = {}
+    for seed, record in zip(eval_seeds, report.results, strict=True):
+        ok = record.success and record.status == "ok"
+        per_seed.setdefault(int(seed), {}).setdefault(record.task, []).append(ok)
+    return {
+        seed: sum(sum(v) / len(v) for v in tasks.values()) / len(tasks)
+        for seed, tasks in sorted(per_seed.items())
+    }
 
 
 def _task_summary(task: str, outs: Sequence[EpisodeOutput]) -> TaskSummary:

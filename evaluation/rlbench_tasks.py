@@ -134,22 +134,12 @@ def evaluate_rlbench(
     seeds: tuple[int, ...] = EVAL_SEEDS,
     episodes_per_task: int = EPISODES_PER_TASK,
     num_actors: int = 2,
-) -> dict[int, Any]:
-    """``{seed: EvalReport}`` of a checkpoint over ``seeds`` (the papers report the mean over 3 seeds)."""
+) -> Any:
+    """The PerAct protocol on one actor pool: ``episodes_per_task`` test episodes per task for each seed.
+
+    Returns one ``EvalReport``: each task's ``success_rate`` is the mean over ``seeds`` (equal episodes per
+    seed), ``mean_success`` the RLBench-18 average, ``seed_success`` each seed's average."""
     from evaluation.evaluate import evaluate_checkpoint
 
     kwargs = protocol_kwargs(config, episodes_per_task)
-    return {s: evaluate_checkpoint(checkpoint_dir, seed=s, num_actors=num_actors, **kwargs) for s in seeds}
-
-
-def mean_over_seeds(reports: dict[int, Any]) -> dict[str, float]:
-    """Per-task success rate averaged over seeds, plus ``"mean"`` (the RLBench-18 average), in [0, 1]."""
-    if not reports:
-        raise ValueError("no evaluation reports to average")
-    tasks = sorted({t for r in reports.values() for t in r.tasks})
-    out = {
-        t: sum(r.tasks[t].success_rate for r in reports.values() if t in r.tasks) / len(reports)
-        for t in tasks
-    }
-    out["mean"] = sum(out[t] for t in tasks) / len(tasks)
-    return out
+    return evaluate_checkpoint(checkpoint_dir, seed=list(seeds), num_actors=num_actors, **kwargs)

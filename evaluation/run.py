@@ -1,10 +1,13 @@
 """Evaluate a checkpoint headlessly with parallel simulator actors.
 
     python -m evaluation.run --checkpoint runs/x/checkpoints/step_00001000 --suite mt10 --episodes 25 --actors 4
+    xvfb-run -a python -m evaluation.run --checkpoint ... --suite rlbench --rlbench-demo-root data/peract/test
 
 Prints the per-task success table, writes the JSON report (``--json``) and logs to an MLflow run when
 ``--mlflow-run-id`` is given. The episodes are the suite's *test* variations (disjoint from the
 training ones) with seeds derived from ``--seed``, so two runs of one checkpoint give the same numbers.
+``--suite rlbench`` is the PerAct / 3DDA protocol: the test split's episodes restored with
+``reset_to_demo``, 25 per task, 3 seeds, at most 25 keyposes (needs RLBench: docs/rlbench.md).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from evaluation.coordinator import EvaluationStartupError, PoolConfig
 from evaluation.metrics import EvalReport
 from policies.base import CheckpointError
 
-SUITES = ("mt10", "mt50", "fake")
+SUITES = ("mt10", "mt50", "rlbench", "fake")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -27,9 +30,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (policy.json, model.pt, ...)")
     p.add_argument("--suite", default="mt10", choices=SUITES, help="task suite (fake: the test simulator)")
     p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks")
-    p.add_argument("--episodes", type=int, default=25, help="episodes per task")
+    p.add_argument("--episodes", type=int, default=25, help="episodes per task (per seed)")
     p.add_argument("--actors", type=int, default=2, help="simulator actors")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds derive from it)")
+    p.add_argument("--num-seeds", type=int, default=None,
+                   help="seeds --seed, --seed+1, ... on one pool, each with --episodes per task "
+                        "(default 3 for rlbench, as the papers report, else 1)")
+    p.add_argument("--rlbench-demo-root", type=Path, default=None,
+                   help="--suite rlbench: the PerAct test split (<task>/all_variations/episodes/episode<i>)")
     p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced")
     p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
@@ -49,7 +57,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.episodes < 1 or args.actors < 1 or args.retries < 0 or args.max_keyposes < 1:
         p.error("--episodes, --actors and --max-keyposes must be >= 1, --retries >= 0")
+    if args.num_seeds is not None and not 1 <= args.num_seeds <= 20:
+        p.error("--num-seeds must be in 1..20")
+    if args.suite == "rlbench" and args.rlbench_demo_root is None:
+        p.error("--suite rlbench restores the PerAct test split's episodes: pass --rlbench-demo-root <dir>")
     return args
+
+
+def seeds_of(args: argparse.Namespace) -> int | list[int]:
+    n = args.num_seeds if args.num_seeds is not None else (3 if args.suite == "rlbench" else 1)
+    return args.seed if n == 1 else [args.seed + k for k in range(n)]
 
 
 def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
@@ -59,6 +76,13 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
 
         cfg = FakeSimConfig()
         tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
+    elif args.suite == "rlbench":  # test episode i of each task restores demo i of the test split
+        from evaluation.rlbench_backend import RLBenchConfig, rlbench_factory
+        from evaluation.rlbench_tasks import resolve_tasks
+
+        chosen = resolve_tasks(args.tasks or None)
+        factory = rlbench_factory(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)))
+        return list(chosen), factory, list(range(args.episodes))
     else:
         from evaluation.evaluate import metaworld_factory, metaworld_test_variations
         from evaluation.metaworld_backend import suite_task_names
@@ -114,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         with ray_session(address=args.ray_address):
             report = evaluate_checkpoint(
                 args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=args.actors,
-                seed=args.seed, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+                seed=seeds_of(args), suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
                 instructions=instructions,
             )
-    except (CheckpointError, EvaluationStartupError, ValueError) as exc:
+    except (CheckpointError, EvaluationStartupError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.table())

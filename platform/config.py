@@ -102,6 +102,9 @@ class EvalConfig(_Frozen):
     policy_server: Literal["auto", "on", "off"] = "auto"  # auto: on when a GPU is present
     checkpoint: Literal["last", "best"] = "last"
     seed: int = 0
+    # Seeds eval.seed, eval.seed + 1, ...; None: 1, or 3 with data.suite=rlbench (PerAct / 3DDA report the
+    # mean over 3 seeds). Every seed runs episodes_per_task episodes per task.
+    num_seeds: int | None = Field(None, ge=1, le=20)
     rlbench_demo_root: str | None = None  # data.suite=rlbench: the PerAct test split (reset_to_demo episodes)
 
 

@@ -102,10 +102,33 @@ def ensure_dataset(cfg: Any) -> Any:
     if text_dim != cfg.policy.text_dim:
         raise UserFacingError(f"the dataset's instruction features are {text_dim}-d but policy.text_dim is "
                               f"{cfg.policy.text_dim}: set policy.text_dim={text_dim}")
+    check_workspace(cfg, ds)
     if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
         raise UserFacingError(f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "
                               f"dataset at {path} (it has {ds.task_names}); use another data.path")
     return path
+
+
+def check_workspace(cfg: Any, ds: Any) -> None:
+    """Every target position must lie in the policy's workspace (positions are normalised over it and
+    sampled keyposes are clipped to it): a Meta-World workspace on RLBench data would silently clip."""
+    import numpy as np
+
+    low, high = np.asarray(cfg.policy.workspace_low), np.asarray(cfg.policy.workspace_high)
+    xyz = ds.target[:, :3]  # (S, 3)
+    lo, hi = xyz.min(0), xyz.max(0)
+    if np.all(lo >= low - 1e-6) and np.all(hi <= high + 1e-6):
+        return
+    from platform.cli import UserFacingError
+
+    crop = ds.manifest.get("pointcloud", {})  # the dataset's point-cloud crop, widened to hold every target
+    suggest_lo = np.minimum(lo, np.asarray(crop.get("workspace_low", lo))).tolist()
+    suggest_hi = np.maximum(hi, np.asarray(crop.get("workspace_high", hi))).tolist()
+    fmt = lambda v: "[" + ",".join(f"{x:g}" for x in v) + "]"  # noqa: E731
+    raise UserFacingError(
+        f"the dataset's target positions span {fmt(lo.round(3))}..{fmt(hi.round(3))} (metres), outside the "
+        f"policy workspace {fmt(low)}..{fmt(high)}: set policy.workspace_low={fmt(suggest_lo)} "
+        f"policy.workspace_high={fmt(suggest_hi)} (the dataset's crop; configs/rlbench18.yaml has RLBench's)")
 
 
 class TaskSubset:

@@ -19,6 +19,33 @@ from platform.config import ExperimentConfig
 EVAL_DIR = "eval"
 
 
+def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
+    """``eval.seed``, or ``eval.num_seeds`` consecutive seeds from it (default 3 for RLBench's protocol)."""
+    n = cfg.eval.num_seeds
+    if n is None:
+        from evaluation.rlbench_tasks import EVAL_SEEDS
+
+        n = len(EVAL_SEEDS) if cfg.data.suite == "rlbench" else 1
+    return cfg.eval.seed if n == 1 else [cfg.eval.seed + k for k in range(n)]
+
+
+def protocol_note(cfg: ExperimentConfig) -> str | None:
+    """Why an RLBench evaluation is not the published protocol (None when it is, or for Meta-World)."""
+    if cfg.data.suite != "rlbench":
+        return None
+    from evaluation.rlbench_tasks import EPISODES_PER_TASK, EVAL_SEEDS, MAX_KEYPOSES
+
+    seeds = eval_seeds(cfg)
+    n_seeds = len(seeds) if isinstance(seeds, list) else 1
+    got = (cfg.eval.episodes_per_task, n_seeds, cfg.eval.max_keyposes)
+    want = (EPISODES_PER_TASK, len(EVAL_SEEDS), MAX_KEYPOSES)
+    if got == want:
+        return None
+    return (f"{got[0]} episodes per task x {got[1]} seeds, <= {got[2]} keyposes is not the PerAct/3DDA protocol "
+            f"({want[0]} x {want[1]} seeds, <= {want[2]}); these numbers are not directly comparable with the "
+            "published ones (configs/rlbench18.yaml has the protocol)")
+
+
 def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment."""
     from evaluation.coordinator import PoolConfig
@@ -28,8 +55,8 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE).tasks)
     pool = PoolConfig(num_actors=e.actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server)
-    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors, "seed": e.seed,
-            "suite": cfg.data.suite, "pool": pool}
+    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors,
+            "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool}
     if cfg.data.suite == "rlbench":  # the PerAct protocol: test demos restored with reset_to_demo
         from evaluation.rlbench_backend import RLBenchConfig
         from evaluation.rlbench_tasks import protocol_kwargs
@@ -94,8 +121,13 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
     ckpt = ckpt or latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserFacingError(f"no valid checkpoint in {run_dir / 'checkpoints'} to evaluate")
+    seeds = eval_seeds(cfg)
+    seeds_text = f" x {len(seeds)} seeds" if isinstance(seeds, list) else ""
     print(f"[eval] evaluating {ckpt.path.name} with {cfg.eval.actors} simulator actors "
-          f"({cfg.eval.episodes_per_task} episodes per task)", flush=True)
+          f"({cfg.eval.episodes_per_task} episodes per task{seeds_text})", flush=True)
+    note = protocol_note(cfg)
+    if note:
+        print(f"[eval] note: {note}", flush=True)
     result = _evaluate(cfg.model_dump(mode="json"), str(ckpt.path))
     report = log_eval_report(tracker, ckpt.path, ckpt.step, result)
     if report is None:

@@ -75,6 +75,29 @@ def test_results_complete_ordered_and_deterministic(pool):
     assert len({o.actor_pid for o in first + second}) >= 2
 
 
+def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
+    """The RLBench protocol's 3 seeds: each seed plans its own episodes; per-task rates are the seed mean."""
+    from evaluation.evaluate import evaluate_checkpoint
+    from evaluation.metrics import EvalReport
+
+    (tmp_path / "policy.json").write_text('{"max_points": 256}')
+    (tmp_path / "pointcloud.json").write_text(conditioner().config.model_dump_json())
+    kw = {"tasks": TASKS, "episodes_per_task": 2, "num_actors": 2, "sim_factory": SIM.build, "variations": range(4),
+          "instructions": INSTR, "policy_factory": POLICY, "pool": _pool()}
+    report = evaluate_checkpoint(tmp_path, seed=[0, 1, 2], **kw)
+    singles = [evaluate_checkpoint(tmp_path, seed=s, **kw) for s in (0, 1, 2)]
+    assert report.episodes == 3 * 2 * len(TASKS) and report.meta["seed"] == [0, 1, 2]
+    assert report.seed_success == {s: r.mean_success for s, r in zip((0, 1, 2), singles, strict=True)}
+    for task, summary in report.tasks.items():
+        assert summary.success_rate == pytest.approx(sum(r.tasks[task].success_rate for r in singles) / 3)
+    assert not singles[0].seed_success and "eval/success_seed_std" not in singles[0].mlflow_metrics()
+    metrics = report.mlflow_metrics()
+    assert metrics["eval/success_seed1"] == report.seed_success[1] and "eval/success_seed_std" in metrics
+    assert EvalReport.from_json(report.to_json()) == report and "3 seeds" in report.table()
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate_checkpoint(tmp_path, seed=[1, 1], **kw)
+
+
 def test_r5_crash_is_replaced_retried_then_sim_error_with_full_denominator(pool):
     specs = plan_episodes(TASKS, 3, seed=1, variations=range(4))
     specs[4] = EpisodeSpec(specs[4].task, specs[4].variation, CRASH)

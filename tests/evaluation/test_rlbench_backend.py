@@ -83,6 +83,24 @@ def test_missing_install_gives_a_clear_error(standin, monkeypatch, missing):
         rlbench_factory(small())  # checked in the driver, before any actor starts
 
 
+def test_evaluation_cli_rlbench_suite(standin, tmp_path, monkeypatch, capsys):
+    from evaluation.run import _suite, main, parse_args, seeds_of
+
+    base = ["--checkpoint", str(tmp_path), "--suite", "rlbench"]
+    with pytest.raises(SystemExit):
+        parse_args(base)  # the test split is required
+    assert "--rlbench-demo-root" in capsys.readouterr().err
+    args = parse_args([*base, "--rlbench-demo-root", str(tmp_path), "--tasks", "close_jar,open_drawer"])
+    tasks, factory, variations = _suite(args)
+    assert tasks == ["close_jar", "open_drawer"] and variations == list(range(25))
+    assert factory.func is RLBenchSimulator and factory.args[0].demo_root == str(tmp_path)
+    assert seeds_of(args) == [0, 1, 2]  # the papers' 3 seeds unless --num-seeds says otherwise
+    assert seeds_of(parse_args([*base, "--rlbench-demo-root", ".", "--num-seeds", "1", "--seed", "4"])) == 4
+    monkeypatch.setitem(sys.modules, "pyrep", None)
+    assert main([*base, "--rlbench-demo-root", str(tmp_path)]) == 2  # before any Ray start
+    assert "PyRep is not installed" in capsys.readouterr().err
+
+
 # -- set-up and tasks --------------------------------------------------------------------------------------------
 def test_tasks_and_protocol_constants():
     assert len(PERACT_TASKS) == 18 and len(set(PERACT_TASK_NAMES)) == 18
@@ -365,10 +383,8 @@ def test_scene_depends_on_the_seed_without_demos(standin):
 
 # -- the protocol --------------------------------------------------------------------------------------------
 def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     import evaluation.evaluate
-    from evaluation.rlbench_tasks import evaluate_rlbench, mean_over_seeds, protocol_kwargs
+    from evaluation.rlbench_tasks import evaluate_rlbench, protocol_kwargs
 
     with pytest.raises(ValueError, match="demo_root"):
         protocol_kwargs(small())
@@ -376,15 +392,13 @@ def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path,
 
     def fake_evaluate_checkpoint(checkpoint_dir, **kw):
         calls.append(kw)
-        rate = {"close_jar": 0.5 + 0.1 * kw["seed"], "open_drawer": 1.0}
-        return SimpleNamespace(tasks={t: SimpleNamespace(success_rate=r) for t, r in rate.items()})
+        return "report"
 
     monkeypatch.setattr(evaluation.evaluate, "evaluate_checkpoint", fake_evaluate_checkpoint)
-    reports = evaluate_rlbench("ckpt", small(demo_root=str(tmp_path)))
-    assert sorted(reports) == [0, 1, 2] and [c["seed"] for c in calls] == [0, 1, 2]
+    assert evaluate_rlbench("ckpt", small(demo_root=str(tmp_path))) == "report"
+    assert len(calls) == 1  # one pool for all seeds
     kw = calls[0]
+    assert kw["seed"] == [0, 1, 2]
     assert kw["episodes_per_task"] == 25 and kw["variations"] == tuple(range(25))
     assert kw["pool"].max_keyposes == 25 and kw["tasks"] == ["close_jar", "open_drawer"]
     assert kw["sim_factory"].func is RLBenchSimulator and kw["sim_factory"].args[0].demo_root == str(tmp_path)
-    means = mean_over_seeds(reports)
-    assert means["close_jar"] == pytest.approx(0.6) and means["mean"] == pytest.approx(0.8)

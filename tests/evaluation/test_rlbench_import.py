@@ -242,7 +242,9 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     from evaluation.rlbench_backend import RLBenchConfig, RLBenchSimulator
     from evaluation.rlbench_import import rlbench_pointcloud_config
     from platform.checkpoint import latest_checkpoint
+    from platform.cli import UserFacingError
     from platform.config import load_config
+    from platform.data import ensure_dataset
     from platform.worker import train_loop_per_worker
 
     for name in ("rlbench", "pyrep"):
@@ -250,10 +252,14 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     out = tmp_path / "ds"
     encoder = standin_helpers.FakeTextEncoder()
     import_dataset(peract_split, out, ["close_jar"], text_encoder=encoder, progress=False)
-    cfg = load_config(None, ["data.suite=rlbench", f"data.path={out}", "policy.preset=tiny", "policy.text_dim=4",
-                             "policy.m=2", "train.batch_size=2", "train.steps=2", "train.warmup_steps=1",
-                             "train.checkpoint_every=2", "train.log_every=1", "train.device=cpu",
-                             "eval.enabled=false", f"output_dir={tmp_path / 'runs'}"])
+    overrides = ["data.suite=rlbench", f"data.path={out}", "data.collect_if_missing=false", "policy.preset=tiny",
+                 "policy.text_dim=4", "policy.m=2", "train.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+                 "train.checkpoint_every=2", "train.log_every=1", "train.device=cpu", "eval.enabled=false",
+                 f"output_dir={tmp_path / 'runs'}"]
+    with pytest.raises(UserFacingError, match=r"outside the policy workspace.*policy.workspace_low=\[-0.3,-0.5,0.6\]"):
+        ensure_dataset(load_config(None, overrides))  # Meta-World's default workspace would clip RLBench targets
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml", overrides)  # PerAct's bounds
+    assert ensure_dataset(cfg) == out
     train_loop_per_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)})
     info = latest_checkpoint(cfg.run_dir)
     assert info is not None and info.step == 2

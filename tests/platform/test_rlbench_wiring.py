@@ -23,3 +23,18 @@ def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path):
     cfg = load_config(None, ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}"])
     with pytest.raises(ImportError, match="PyRep is not installed.*docs/rlbench.md"):
         eval_arguments(cfg, tmp_path)
+
+
+def test_rlbench_evaluation_defaults_to_three_seeds_and_names_protocol_deviations():
+    from pathlib import Path
+
+    from platform.evaluate import eval_seeds, protocol_note
+
+    assert eval_seeds(load_config(None, [])) == 0  # Meta-World: one seed
+    assert eval_seeds(load_config(None, ["eval.num_seeds=2", "eval.seed=5"])) == [5, 6]
+    quick = load_config(None, ["data.suite=rlbench", "eval.episodes_per_task=5"])
+    assert eval_seeds(quick) == [0, 1, 2]
+    assert "5 episodes per task x 3 seeds" in protocol_note(quick) and "not directly comparable" in protocol_note(quick)
+    paper = load_config(Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml", [])
+    assert protocol_note(paper) is None and eval_seeds(paper) == [0, 1, 2]
+    assert protocol_note(load_config(None, [])) is None
