@@ -16,7 +16,6 @@ value), ``artifact`` (local path relative to the buffer or absolute, artifact_pa
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from platform.filelock import FileLock, LockBusyError
 
 _log = logging.getLogger(__name__)
 
@@ -108,28 +109,17 @@ class RecordBuffer:
             self.state = self._load_state()
             self._records = self._load_records()
         except BaseException:
-            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file.release()
             raise
         self.next_seq = (self._records[-1]["seq"] + 1) if self._records else 1
         self._file = open(self.records_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def _acquire_lock(self) -> Any:
+    def _acquire_lock(self) -> FileLock:
         """An exclusive flock on ``.lock``: one writer per buffer (released by close or process death)."""
-        f = open(self.dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held until close()
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise BufferInUseError(
-                f"tracking buffer {self.dir} is in use by another tracker ({holder})"
-            ) from e
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        return f
+            return FileLock(self.dir / LOCK_FILE).acquire()
+        except LockBusyError as e:
+            raise BufferInUseError(f"tracking buffer {self.dir} is in use by another tracker ({e.holder})") from e
 
     # ---- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -252,6 +242,4 @@ class RecordBuffer:
         with self._lock:
             if not self._file.closed:
                 self._file.close()
-            if not self._lock_file.closed:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-                self._lock_file.close()
+            self._lock_file.release()

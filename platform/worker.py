@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from evaluation.episode import Instructions
+from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig
+from platform.filelock import FileLock, LockBusyError
 from platform.loop import (
     TrainingState,
     build_training,
@@ -54,6 +56,14 @@ def _device(cfg: ExperimentConfig, in_ray: bool) -> torch.device:
     return torch.device("cpu")
 
 
+RUN_LOCK_FILE = ".train.lock"
+RUN_LOCK_WAIT_S = 120.0
+
+
+class RunDirBusyError(UserFacingError):
+    """Another live process is training in this run directory."""
+
+
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
     from platform.data import open_training_dataset
@@ -62,14 +72,45 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     rank, world, train_mod = _ray_context()
     device = _device(cfg, train_mod is not None)
     run_dir = Path(payload["run_dir"])
-    dataset = open_training_dataset(cfg)
+    run_lock = _lock_run_dir(run_dir, rank, world)
+    try:
+        dataset = open_training_dataset(cfg)
+        state = build_training(cfg, dataset, device, rank=rank, world=world)
+        _train(cfg, payload, run_dir, dataset, state, device, rank, world, train_mod)
+    finally:
+        if run_lock is not None:
+            run_lock.release()
+
+
+def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
+    """Rank 0 holds ``<run_dir>/.train.lock`` while it trains, and every rank resumes only after it has it:
+    a relaunch waits for a previous worker that is still alive (a killed driver's worker lives until Ray
+    reaps it) instead of training beside it on the same checkpoints."""
+    lock = None
+    if rank == 0:
+        def waiting(holder: str) -> None:
+            print(f"[train] {run_dir} is still used by a previous training process ({holder}); waiting up to "
+                  f"{RUN_LOCK_WAIT_S:.0f} s for it to exit before resuming", flush=True)
+
+        try:
+            lock = FileLock(run_dir / RUN_LOCK_FILE).acquire(wait_s=RUN_LOCK_WAIT_S, on_wait=waiting)
+        except LockBusyError as exc:
+            raise RunDirBusyError(
+                f"run directory {run_dir} is in use by another training process ({exc.holder}) after waiting "
+                f"{exc.waited_s:.0f} s: stop that run, or start this one under another name=") from None
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # other ranks read the checkpoints only once rank 0 owns the run dir
+    return lock
+
+
+def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, dataset: Any, state: TrainingState,
+           device: torch.device, rank: int, world: int, train_mod: Any) -> None:
     instructions = Instructions(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
         texts=getattr(dataset, "variation_instructions", dict)(),  # RLBench: one per variation's text
     )
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
-    state = build_training(cfg, dataset, device, rank=rank, world=world)
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
         from ray.train.torch import prepare_model
