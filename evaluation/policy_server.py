@@ -8,8 +8,9 @@ asyncio loop keeps accepting requests while the GPU is busy (the next batch fill
 
 Noise: with one request the sampler's generator is seeded with that request's ``row_seed``, exactly as
 ``LocalInference`` does, so the output is identical to in-actor inference. With several rows the policy
-gets per-row generators when it declares ``accepts_row_generators = True`` (bitwise the same as one row
-at a time); otherwise one generator seeded from all the rows' seeds (deterministic given the batch).
+gets per-row generators when it declares ``accepts_row_generators = True`` (each row draws the noise it
+would draw alone; outputs equal one row at a time up to float rounding of the batched forward pass);
+otherwise one generator seeded from all the rows' seeds (deterministic given the batch).
 """
 
 from __future__ import annotations

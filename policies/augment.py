@@ -16,7 +16,7 @@ from torch import Tensor
 
 from policies.batch import ConditionBatch
 from policies.config import AugmentConfig
-from policies.diffusion import rand, randn
+from policies.diffusion import Generators, rand, randn
 from policies.rotation import normalize_quat, quat_multiply, z_rotation_quat
 
 
@@ -24,7 +24,7 @@ def _masked(points: Tensor, mask: Tensor) -> Tensor:
     return points * mask[..., None].to(points.dtype)
 
 
-def limit_points(batch: ConditionBatch, max_points: int, generator: torch.Generator | None) -> ConditionBatch:
+def limit_points(batch: ConditionBatch, max_points: int, generator: Generators) -> ConditionBatch:
     """Keep a random subset of at most ``max_points`` valid points per condition -> (B, <= max_points, 7)."""
     b, n, _ = batch.points.shape
     if n <= max_points:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from policies.config import DDAStyleConfig
-from policies.diffusion import NoiseSchedule
+from policies.diffusion import Generators, NoiseSchedule
 from policies.heads import epsilon_l1_rows, gripper_bce_rows
 from policies.minidiffuser import MiniDiffuserPolicy, NoiseDraw, OneToOnePolicy, RowOutputs
 from policies.rotation import quat_to_rot6d, rot6d_to_quat
@@ -42,7 +42,7 @@ class DDAStylePolicy(MiniDiffuserPolicy):
         rot = self.rotation_schedule.add_noise(x0[:, 3:], draw.noise[:, 3:], draw.t)
         return torch.cat([pos, rot], dim=-1)  # (R, 9)
 
-    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: torch.Generator | None) -> Tensor:
+    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators) -> Tensor:
         sampler = self.config.diffusion.sampler
         pos = self.schedule.step(sampler, x[:, :3], eps[:, :3], t, t_prev, generator)
         rot = self.rotation_schedule.step(sampler, x[:, 3:], eps[:, 3:], t, t_prev, generator)

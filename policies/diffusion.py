@@ -10,11 +10,17 @@ T = 100, 1e-4 .. 0.02). Sampling visits ``inference_steps`` timesteps with "lead
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from policies.config import DiffusionConfig
+
+# One generator for the whole batch, or one per row (evaluation batches whose rows must get exactly the
+# noise they would get alone), or None (the global RNG).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class NoiseSchedule(nn.Module):
@@ -70,7 +76,7 @@ class NoiseSchedule(nn.Module):
         eps: Tensor,
         t: Tensor,
         t_prev: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Tensor:
         """One reverse step from ``t`` to ``t_prev`` (< t; -1 ends the chain). x_t, eps: (R, D); t, t_prev: (R,)."""
         abar_t, abar_prev = self._abar(t), self._abar(t_prev)
@@ -83,18 +89,28 @@ class NoiseSchedule(nn.Module):
         beta = 1 - abar_t / abar_prev  # effective beta over the (possibly strided) step
         mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + ((1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
         var = ((1 - abar_prev) / (1 - abar_t) * beta).clamp_min(1e-20)
-        gen_device = generator.device if generator is not None else x_t.device
-        z = torch.randn(x_t.shape, generator=generator, device=gen_device, dtype=x_t.dtype).to(x_t.device)
+        z = randn(tuple(x_t.shape), generator, x_t.device, x_t.dtype)
         return mean + torch.where(t_prev[:, None] >= 0, var.sqrt() * z, torch.zeros_like(z))
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+def _draw(fn: Any, shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: Any = None) -> Tensor:
+    """``fn(shape)`` on the generator's device, moved to ``device``. With a sequence of generators (one per
+    row of dim 0), row r is ``fn(shape[1:])`` drawn from generator r alone: the draw a batch of one would get."""
+    kw = {} if dtype is None else {"dtype": dtype}
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        return fn(shape, generator=generator, device=gen_device, **kw).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} row generators for {shape[0]} rows")
+    rows = [fn((1, *shape[1:]), generator=g, device=g.device, **kw).to(device) for g in generator]
+    return torch.cat(rows, dim=0)
 
 
-def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Uniform [0, 1) noise drawn on the generator's device, then moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+def randn(shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: Any = None) -> Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device`` (see ``_draw``)."""
+    return _draw(torch.randn, shape, generator, device, dtype)
+
+
+def rand(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
+    """Uniform [0, 1) noise drawn on the generator's device, then moved to ``device`` (see ``_draw``)."""
+    return _draw(torch.rand, shape, generator, device)

@@ -24,7 +24,7 @@ from policies.base import LossOutput, Policy
 from policies.batch import ConditionBatch
 from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig
 from policies.denoiser import Denoiser, NeckContext
-from policies.diffusion import NoiseSchedule, randn
+from policies.diffusion import Generators, NoiseSchedule, randn
 from policies.encoder import ConditionEncoder, EncodedCondition
 from policies.expansion import check_parent_index, expand_parent_index
 from policies.heads import (
@@ -62,6 +62,9 @@ class MiniDiffuserPolicy(Policy):
     """Two-level Mini-Diffuser; with ``m = 1`` it is exactly the one-to-one baseline (``OneToOnePolicy``)."""
 
     action_dim = 3
+    # predict_action takes one generator per row: a batched evaluation (policy server) draws for each row
+    # exactly the noise that row would get alone
+    accepts_row_generators = True
 
     def __init__(self, config: AnyPolicyConfig) -> None:
         super().__init__()
@@ -104,7 +107,7 @@ class MiniDiffuserPolicy(Policy):
     def noisy_action(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         return self.schedule.add_noise(x0, draw.noise, draw.t)
 
-    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: torch.Generator | None) -> Tensor:
+    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators) -> Tensor:
         return self.schedule.step(self.config.diffusion.sampler, x, eps, t, t_prev, generator)
 
     # ---------------------------------------------------------------- network
@@ -157,12 +160,13 @@ class MiniDiffuserPolicy(Policy):
         return torch.cat([xyz, quat, is_open], dim=-1)
 
     @torch.no_grad()
-    def predict_action(self, obs: ConditionBatch, generator: torch.Generator | None = None) -> Tensor:
+    def predict_action(self, obs: ConditionBatch, generator: Generators = None) -> Tensor:
+        """(B, 8) keyposes; ``generator`` may be a list with one generator per row (``accepts_row_generators``)."""
         return self.sample(obs, generator)
 
     @torch.no_grad()
     def sample(
-        self, obs: ConditionBatch, generator: torch.Generator | None = None, initial_noise: Tensor | None = None
+        self, obs: ConditionBatch, generator: Generators = None, initial_noise: Tensor | None = None
     ) -> Tensor:
         """(B, 8) keyposes; ``initial_noise`` (B, action_dim) fixes x_T (drawn from ``generator`` otherwise)."""
         obs = limit_points(obs, self.config.max_points, generator)

@@ -102,3 +102,22 @@ def test_real_policy_batches_padded_conditions_and_single_rows_match_local():
     assert batched.shape == (3, 8) and np.isfinite(batched).all()
     one = predict_rows(policy, stack_conditions(items[:1]), [7], "cpu")
     np.testing.assert_array_equal(one[0], LocalInference(policy)(items[0], 7))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("policy_type", ["mini_diffuser", "dda_style"])
+def test_real_policy_rows_get_the_noise_they_would_get_alone(policy_type):
+    """Row generators: a served batch of a real (stochastic DDPM) policy gives each row the keypose it
+    gets in-actor, up to float rounding of the batched forward pass; one shared generator does not."""
+    from policies.registry import build_policy, parse_policy_config
+
+    torch.manual_seed(0)
+    cfg = {"type": policy_type, "preset": "tiny", "text_dim": 8, "diffusion": {"sampler": "ddpm", "inference_steps": 5}}
+    policy = build_policy(parse_policy_config(cfg)).eval()
+    assert policy.accepts_row_generators
+    items, seeds = _conditions(3), [21, 22, 23]
+    batched = predict_rows(policy, stack_conditions(items), seeds, "cpu")  # (3, 8)
+    alone = np.stack([LocalInference(policy)(c, s) for c, s in zip(items, seeds, strict=True)])
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+    shared = policy.predict_action(stack_conditions(items), generator=torch.Generator().manual_seed(21)).numpy()
+    assert not np.allclose(shared[1:, :3], alone[1:, :3], atol=1e-3)  # what rows got before row generators
