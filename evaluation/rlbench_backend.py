@@ -49,8 +49,10 @@ INSTALL_HINT = (
     "RLBench needs CoppeliaSim 4.1 and PyRep, which are not on PyPI: see docs/rlbench.md. In short: "
     "download CoppeliaSim 4.1 (https://downloads.coppeliarobotics.com/V4_1_0/), export COPPELIASIM_ROOT=<its dir>, "
     "LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$COPPELIASIM_ROOT and QT_QPA_PLATFORM_PLUGIN_PATH=$COPPELIASIM_ROOT, then "
-    "pip install git+https://github.com/stepjam/PyRep.git git+https://github.com/MohitShridhar/RLBench.git@peract "
-    "and run under `xvfb-run -a` on a machine without a display"
+    "pip install git+https://github.com/stepjam/PyRep.git; then PerAct's RLBench fork from a clone (its setup.py "
+    "omits packages, so not from a git URL): git clone -b peract https://github.com/MohitShridhar/RLBench.git && "
+    "cd RLBench && pip install -r requirements.txt && pip install -e . ; run under `xvfb-run -a` on a machine "
+    "without a display"
 )
 
 
@@ -69,9 +71,13 @@ def _import_error(what: str, err: BaseException) -> RLBenchUnavailableError:
 def require_rlbench() -> SimpleNamespace:
     """Import the RLBench/PyRep API this backend uses; ``RLBenchUnavailableError`` says what is missing."""
     try:
-        import pyrep  # noqa: F401
-    except ImportError as err:
+        import pyrep  # noqa: F401  (this already loads CoppeliaSim's library through PyRep's cffi module)
+    except ModuleNotFoundError as err:
+        if err.name != "pyrep" and not (err.name or "").startswith("pyrep."):
+            raise _import_error(f"PyRep cannot import its dependency {err.name!r}", err) from err
         raise _import_error("PyRep is not installed", err) from err
+    except ImportError as err:  # e.g. libcoppeliaSim.so not found: COPPELIASIM_ROOT / LD_LIBRARY_PATH
+        raise _import_error("PyRep is installed but cannot load CoppeliaSim", err) from err
     try:
         from pyrep.const import RenderMode
         from pyrep.errors import ConfigurationPathError, IKError
@@ -88,7 +94,7 @@ def require_rlbench() -> SimpleNamespace:
         from rlbench.environment import Environment
         from rlbench.observation_config import CameraConfig, ObservationConfig
     except ImportError as err:
-        raise _import_error("RLBench is not installed or does not import", err) from err
+        raise _import_error("RLBench (>= 1.2 API, or PerAct's fork) is not installed or does not import", err) from err
     return SimpleNamespace(
         Environment=Environment,
         MoveArmThenGripper=MoveArmThenGripper,
@@ -186,11 +192,14 @@ def list_episodes(root: str | Path, task: str) -> list[EpisodeFiles]:
             desc = tuple(_load_pickle(ep / "variation_descriptions.pkl"))
             out.append(EpisodeFiles(task, ep, variation, desc))
         return out
-    for var_dir in sorted(task_dir.glob("variation*"), key=lambda p: int(p.name[len("variation") :])):
-        desc = tuple(_load_pickle(var_dir / "variation_descriptions.pkl"))
+    var_dirs = [p for p in task_dir.glob("variation*") if p.is_dir() and p.name[len("variation") :].isdigit()]
+    for var_dir in sorted(var_dirs, key=lambda p: int(p.name[len("variation") :])):
         variation = int(var_dir.name[len("variation") :])
+        shared = var_dir / "variation_descriptions.pkl"  # RLBench's generator: one per variation
+        desc = tuple(_load_pickle(shared)) if shared.is_file() else None
         for ep in sorted((var_dir / "episodes").glob("episode*"), key=_episode_number):
-            out.append(EpisodeFiles(task, ep, variation, desc))
+            # PerAct's fork with --all_variations=False writes the descriptions into each episode
+            out.append(EpisodeFiles(task, ep, variation, desc or tuple(_load_pickle(ep / "variation_descriptions.pkl"))))
     if not out:
         raise FileNotFoundError(f"{task_dir} has neither all_variations/episodes/ nor variation<v>/episodes/")
     return out
@@ -416,8 +425,8 @@ class RLBenchSimulator(Simulator):
         ep = episodes[index]
         demo = _load_pickle(ep.path / "low_dim_obs.pkl")
         demo[0].misc.setdefault("variation_index", ep.variation)  # what reset_to_demo reads (RLBench >= 1.2)
-        demo.variation_number = ep.variation  # what PerAct's fork reads
-        task_env.set_variation(ep.variation)
+        demo.variation_number = ep.variation  # informational (PerAct's CustomRLBenchEnv reads it, not RLBench)
+        task_env.set_variation(ep.variation)  # the fork's reset_to_demo only restores the RNG state and resets
         self._variation = ep.variation
         return task_env.reset_to_demo(demo)
 

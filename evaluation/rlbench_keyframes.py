@@ -15,7 +15,8 @@ Finally, when the last two keyframes are adjacent frames, the second-to-last is 
 
 ``boundary="clamp"`` reads frames ``i-1``/``i-2`` clamped at 0 (3D Diffuser Actor's version);
 ``"wrap"`` reads them with Python's negative indexing, i.e. from the end of the demo for ``i < 2``
-(PerAct's original code). They differ only in whether frame 0 can count as a stop.
+(PerAct's original code). They can differ at frames 0 and 1 (which read frames from the end under
+"wrap") and, through the stop buffer, on the few frames after them.
 Sources: ``peract/peract`` ``helpers/demo_loading_utils.py`` and ``nickgkan/3d_diffuser_actor``
 ``utils/utils_with_rlbench.py`` (``keypoint_discovery``, ``_is_stopped``); see docs/rlbench.md.
 """

@@ -49,6 +49,13 @@ def standin(monkeypatch):
     yield from standin_helpers.activate(monkeypatch)
 
 
+@pytest.fixture(params=["upstream", "fork"])
+def any_standin(request, monkeypatch):
+    """The stand-in as stepjam/RLBench 1.2 and as PerAct's fork (9-value actions, a reset_to_demo that
+    does not set the variation, demos without misc['variation_index'])."""
+    yield from standin_helpers.activate(monkeypatch, request.param)
+
+
 def small(**kw) -> RLBenchConfig:
     return RLBenchConfig(**{"tasks": ("close_jar", "open_drawer"), "image_size": 24, **kw})
 
@@ -70,7 +77,7 @@ def test_missing_install_gives_a_clear_error(standin, monkeypatch, missing):
     with pytest.raises(RLBenchUnavailableError) as info:
         RLBenchSimulator(small())
     msg = str(info.value)
-    assert ("PyRep is not installed" if missing == "pyrep" else "RLBench is not installed") in msg
+    assert "PyRep is not installed" in msg if missing == "pyrep" else "RLBench (>= 1.2 API, or PerAct's fork) is not installed" in msg
     for hint in (
         "COPPELIASIM_ROOT is not set",
         "CoppeliaSim 4.1",
@@ -99,6 +106,22 @@ def test_evaluation_cli_rlbench_suite(standin, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyrep", None)
     assert main([*base, "--rlbench-demo-root", str(tmp_path)]) == 2  # before any Ray start
     assert "PyRep is not installed" in capsys.readouterr().err
+
+
+def test_pyrep_that_cannot_load_coppeliasim_is_not_called_missing(tmp_path, monkeypatch):
+    """``import pyrep`` loads CoppeliaSim's library: a broken LD_LIBRARY_PATH is not a missing install."""
+    fake = tmp_path / "pyrep"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('libcoppeliaSim.so.1: cannot open shared object file')\n")
+    for name in [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from evaluation.rlbench_backend import require_rlbench
+
+    with pytest.raises(RLBenchUnavailableError, match="installed but cannot load CoppeliaSim.*libcoppeliaSim"):
+        require_rlbench()
+    for name in [m for m in sys.modules if m.split(".")[0] == "pyrep"]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 # -- set-up and tasks --------------------------------------------------------------------------------------------
@@ -251,13 +274,23 @@ class ScriptedGrasp:
         return np.array([*xyz, *DOWN, grip])
 
 
-def test_run_episode_succeeds_with_a_scripted_grasp(standin):
+def test_run_episode_succeeds_with_a_scripted_grasp(any_standin):
+    import os
+
+    fork = os.environ["RLBENCH_STANDIN_FLAVOUR"] == "fork"
     sim = RLBenchSimulator(small())
+    assert sim._peract_layout == fork  # detected from EndEffectorPoseViaPlanning.action's signature
     conditioner = PointCloudConditioner(max_points=2048, config=rlbench_pointcloud_config())
     out = run_episode(
         sim, ScriptedGrasp(), conditioner, {"close_jar": fake_text()}, EpisodeSpec("close_jar", 1, 3)
     )
     assert (out.result.status, out.result.success, out.result.steps) == ("ok", True, 3)
+    assert sim._env._scene.robot.arm.ignore_collisions_requests == [True] * 3  # collision_checking=False
+    checked = RLBenchSimulator(small(collision_checking=True))
+    assert len(checked.action_of(np.array([0.3, 0.0, 1.0, *DOWN, 1.0]))) == (9 if fork else 8)
+    checked.reset("close_jar", 0, 0)
+    checked.step_keypose(np.array([0.3, 0.0, 1.0, *DOWN, 1.0]))
+    assert checked._env._scene.robot.arm.ignore_collisions_requests == [False]  # the 9th value, or the mode's flag
 
 
 @pytest.mark.parametrize(
@@ -335,7 +368,7 @@ def test_action_layout_and_quaternion_normalisation(standin):
 
 # -- PerAct test episodes: reset_to_demo ------------------------------------------------------------------------
 @pytest.fixture
-def test_split(standin, tmp_path):
+def test_split(any_standin, tmp_path):
     from rlbench.backend.utils import task_file_to_task_class
     from rlbench.dataset_generator import generate
 

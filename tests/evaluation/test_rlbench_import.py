@@ -31,10 +31,10 @@ BLOCK_TOP = TABLE_HEIGHT + 0.05
 
 
 def write_dataset(
-    root: Path, tasks: tuple[str, ...], episodes: int, all_variations: bool, monkeypatch
+    root: Path, tasks: tuple[str, ...], episodes: int, all_variations: bool, monkeypatch, flavour: str = "upstream"
 ) -> None:
     """Generate with the stand-in, then make ``rlbench``/``pyrep`` unimportable again."""
-    gen = standin_helpers.activate(monkeypatch)
+    gen = standin_helpers.activate(monkeypatch, flavour)
     next(gen)
     from rlbench.backend.utils import task_file_to_task_class
     from rlbench.dataset_generator import generate
@@ -157,6 +157,29 @@ def test_variation_folder_layout_and_episode_limit(tmp_path, monkeypatch):
         progress=False,
     )
     assert [s["variation"] for s in manifest["shards"]] == [0, 0, 1]
+    assert len(KeyframeDataset(tmp_path / "ds")) == 12
+
+    # PerAct's fork with --all_variations=False: the descriptions sit in each episode, not the variation
+    v1 = root / "open_drawer" / "variation1"
+    for ep in (v1 / "episodes").iterdir():
+        (ep / "variation_descriptions.pkl").write_bytes((v1 / "variation_descriptions.pkl").read_bytes())
+    expected = list_episodes(root, "open_drawer")[2].descriptions
+    (v1 / "variation_descriptions.pkl").unlink()
+    (root / "open_drawer" / "variation_notes.txt").write_text("a stray file a user left there")
+    episodes = list_episodes(root, "open_drawer")
+    assert [(e.variation, e.path.name) for e in episodes][2:] == [(1, "episode0"), (1, "episode1")]
+    assert episodes[2].descriptions == expected and expected
+
+
+def test_data_written_by_peracts_fork_imports(tmp_path, monkeypatch):
+    """The fork's demos carry no misc['variation_index']: the variation comes from variation_number.pkl."""
+    root = tmp_path / "fork_data"
+    write_dataset(root, ("close_jar",), 3, True, monkeypatch, flavour="fork")
+    episodes = list_episodes(root, "close_jar")
+    assert "variation_index" not in load_demo(episodes[1].path / "low_dim_obs.pkl")[0].misc
+    manifest = import_dataset(root, tmp_path / "ds", "close_jar", text_encoder=standin_helpers.FakeTextEncoder(),
+                              progress=False)
+    assert [s["variation"] for s in manifest["shards"]] == [e.variation for e in episodes] == [0, 1, 0]
     assert len(KeyframeDataset(tmp_path / "ds")) == 12
 
 

@@ -22,9 +22,12 @@ def _purge() -> None:
         del sys.modules[name]
 
 
-def activate(monkeypatch) -> Iterator[Path]:
-    """Body of the test modules' ``standin`` fixture: the stand-in importable for one test (yields this folder)."""
+def activate(monkeypatch, flavour: str = "upstream") -> Iterator[Path]:
+    """Body of the test modules' ``standin`` fixture: the stand-in importable for one test (yields this folder).
+
+    ``flavour``: ``upstream`` (stepjam/RLBench 1.2) or ``fork`` (PerAct's fork; see ``rlbench/_flavour.py``)."""
     _purge()
+    monkeypatch.setenv("RLBENCH_STANDIN_FLAVOUR", flavour)
     monkeypatch.syspath_prepend(str(STANDIN_DIR))
     yield STANDIN_DIR
     _purge()

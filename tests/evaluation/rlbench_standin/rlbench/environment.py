@@ -2,6 +2,7 @@
 
 from os.path import exists
 
+from rlbench._flavour import FORK
 from rlbench.backend.scene import Scene
 from rlbench.observation_config import ObservationConfig
 from rlbench.task_environment import TaskEnvironment
@@ -10,23 +11,46 @@ LAUNCHES = []  # (headless,) per launch(): lets tests check how the backend laun
 
 
 class Environment:
-    def __init__(
-        self,
-        action_mode,
-        dataset_root: str = "",
-        obs_config=None,
-        headless: bool = False,
-        static_positions: bool = False,
-        robot_setup: str = "panda",
-        randomize_every=None,
-        frequency: int = 1,
-        visual_randomization_config=None,
-        dynamics_randomization_config=None,
-        attach_grasped_objects: bool = True,
-        shaped_rewards: bool = False,
-        arm_max_velocity: float = 1.0,
-        arm_max_acceleration: float = 4.0,
-    ):
+    if FORK:  # PerAct's fork predates shaped_rewards and the arm speed limits
+
+        def __init__(
+            self,
+            action_mode,
+            dataset_root: str = "",
+            obs_config=None,
+            headless: bool = False,
+            static_positions: bool = False,
+            robot_setup: str = "panda",
+            randomize_every=None,
+            frequency: int = 1,
+            visual_randomization_config=None,
+            dynamics_randomization_config=None,
+            attach_grasped_objects: bool = True,
+        ):
+            self._setup(action_mode, dataset_root, obs_config, headless, robot_setup)
+
+    else:
+
+        def __init__(
+            self,
+            action_mode,
+            dataset_root: str = "",
+            obs_config=None,
+            headless: bool = False,
+            static_positions: bool = False,
+            robot_setup: str = "panda",
+            randomize_every=None,
+            frequency: int = 1,
+            visual_randomization_config=None,
+            dynamics_randomization_config=None,
+            attach_grasped_objects: bool = True,
+            shaped_rewards: bool = False,
+            arm_max_velocity: float = 1.0,
+            arm_max_acceleration: float = 4.0,
+        ):
+            self._setup(action_mode, dataset_root, obs_config, headless, robot_setup)
+
+    def _setup(self, action_mode, dataset_root, obs_config, headless, robot_setup):
         self._action_mode = action_mode
         self._dataset_root = dataset_root
         self._obs_config = obs_config or ObservationConfig()

@@ -8,6 +8,7 @@ as ``InvalidActionError``; the path is followed step by step and stops early on 
 import numpy as np
 from pyrep.errors import ConfigurationPathError
 
+from rlbench._flavour import FORK
 from rlbench.backend.exceptions import InvalidActionError
 
 
@@ -40,14 +41,14 @@ class EndEffectorPoseViaPlanning(ArmActionMode):
         self._frame = frame
         self._collision_checking = collision_checking
 
-    def action(self, scene, action: np.ndarray):
+    def _move(self, scene, action: np.ndarray, ignore_collisions: bool):
         assert_action_shape(action, (7,))
         assert_unit_quaternion(action[3:])
         if not scene.check_target_in_workspace(action[:3]):
             raise InvalidActionError("A path could not be found because the target is outside of workspace.")
         try:
             path = scene.robot.arm.get_path(
-                action[:3], quaternion=action[3:], ignore_collisions=not self._collision_checking
+                action[:3], quaternion=action[3:], ignore_collisions=ignore_collisions
             )
         except ConfigurationPathError as e:
             raise InvalidActionError(
@@ -61,6 +62,16 @@ class EndEffectorPoseViaPlanning(ArmActionMode):
             success, _ = scene.task.success()
             if success:
                 break
+
+    if FORK:  # PerAct's fork: the 9th action value decides; collision_checking is not read
+
+        def action(self, scene, action: np.ndarray, ignore_collisions: bool = True):
+            self._move(scene, action, ignore_collisions)
+
+    else:
+
+        def action(self, scene, action: np.ndarray):
+            self._move(scene, action, not self._collision_checking)
 
     def action_shape(self, scene):
         return (7,)

@@ -15,6 +15,7 @@ from pyrep.errors import ConfigurationPathError
 from pyrep.objects.vision_sensor import VisionSensor
 
 from evaluation.fake_sim import BLOCK_HALF, BLOCK_HEIGHT, GRID
+from rlbench._flavour import FORK
 from rlbench.backend.observation import Observation
 from rlbench.demo import Demo
 
@@ -90,6 +91,7 @@ class _Path:
 class _Arm:
     def __init__(self, scene: Scene):
         self._scene = scene
+        self.ignore_collisions_requests: list[bool] = []  # stand-in only: what each get_path was asked
 
     def get_path(
         self,
@@ -104,6 +106,7 @@ class _Arm:
         algorithm=None,
         relative_to=None,
     ):
+        self.ignore_collisions_requests.append(bool(ignore_collisions))
         position = np.asarray(position, float)
         if position[2] < TABLE_Z or np.linalg.norm(position - ROBOT_BASE) > REACH:
             raise ConfigurationPathError("Could not create path.")
@@ -281,7 +284,8 @@ class Scene:
             misc[f"{name}_camera_intrinsics"] = sensor.get_intrinsic_matrix()
             misc[f"{name}_camera_near"] = sensor.get_near_clipping_plane()
             misc[f"{name}_camera_far"] = sensor.get_far_clipping_plane()
-        misc["variation_index"] = self._variation_index
+        if not FORK:  # the fork's Scene._get_misc does not record it
+            misc["variation_index"] = self._variation_index
         return misc
 
     def get_observation(self) -> Observation:
