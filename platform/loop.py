@@ -24,7 +24,7 @@ from evaluation.evaluate import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instruc
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
 from platform.data import Level1Sampler, step_seed
-from platform.steps import EMA, StepMetrics, train_step, warmup_cosine
+from platform.steps import EMA, StepMetrics, all_ranks_agree, train_step, warmup_cosine
 from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, Policy
 from policies.registry import build_policy
 
@@ -123,6 +123,14 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return g
 
 
+def time_is_up(deadline: float | None, device: torch.device) -> bool:
+    """Whether ``train.time_budget_s`` is spent. Under DDP it is up for every rank as soon as it is up for
+    one, so all ranks stop at the same step (every rank calls this at the same points of the loop)."""
+    if deadline is None:
+        return False
+    return not all_ranks_agree(time.monotonic() < deadline, device)
+
+
 def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any = None,
               deadline: float | None = None) -> list[StepMetrics]:
     """Train from ``state.step`` to ``until_step`` (exclusive) or the deadline; returns per-step metrics.
@@ -133,7 +141,7 @@ def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any =
     max_points = cfg.policy.max_points
     history: list[StepMetrics] = []
     window: list[StepMetrics] = []
-    while state.step < until_step and (deadline is None or time.monotonic() < deadline):
+    while state.step < until_step and not time_is_up(deadline, state.device):
         t0 = time.perf_counter()
         indices = state.sampler.next_indices()[state.rank :: state.world]  # this worker's share of the B conditions
         np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0))

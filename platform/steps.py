@@ -28,6 +28,19 @@ class StepMetrics:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+def all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every rank (logical AND over the process group); just ``flag`` without DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    if torch.distributed.get_world_size() < 2:
+        return flag
+    if torch.distributed.get_backend() != "nccl":
+        device = torch.device("cpu")  # gloo reduces CPU tensors
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -85,8 +98,11 @@ def train_step(
     with autocast_context(device, amp):
         out = policy(batch, generator=generator)  # forward == compute_loss (also under DDP)
     loss = out.loss
-    if not torch.isfinite(loss.detach()):
-        return StepMetrics(loss=float("nan"), grad_norm=float("nan"), lr=lr, skipped=True, parts=out.metrics)
+    if not all_ranks_agree(bool(torch.isfinite(loss.detach())), loss.device):
+        # skipped on every rank together: under DDP a rank that skipped backward would leave the others
+        # waiting in the gradient all-reduce
+        return StepMetrics(loss=float(loss.detach()), grad_norm=float("nan"), lr=lr, skipped=True,
+                           parts=out.metrics)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     params = [p for p in policy.parameters() if p.grad is not None]

@@ -25,6 +25,7 @@ from platform.loop import (
     resume_if_possible,
     run_steps,
     summarize_window,
+    time_is_up,
     write_json,
 )
 
@@ -127,7 +128,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
     log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")))
     try:
-        while state.step < cfg.train.steps and (deadline is None or time.monotonic() < deadline):
+        while state.step < cfg.train.steps and not time_is_up(deadline, state.device):
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
             run_steps(state, dataset, target, on_log=log.window, deadline=deadline)
             if rank == 0:
