@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})"
     )
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", default=None, help="compare these runs only")
+    p.add_argument("--suite", choices=("mt10", "mt50", "rlbench"), default=None,
+                   help="only our runs on this benchmark (tag platform.suite; runs without the tag are left out); "
+                        "default: all runs")
     p.add_argument("--out", type=Path, default=data_root() / "runs" / "comparison", help="output folder")
     p.add_argument("--levels", nargs="+", type=float, default=list(DEFAULT_LEVELS),
                    help="success levels (0..1) for the time-to-level columns")  # fmt: skip
@@ -135,6 +138,8 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
             log_reference_runs(client, exp_id)
         runs = find_our_runs(client, exp_id, args.runs)
         summaries = [summarize_run(client, run, levels) for run in runs]
+        if getattr(args, "suite", None):
+            summaries = [s for s in summaries if s.suite == args.suite]
     except Exception as e:
         raise CompareError(f"cannot read MLflow at {uri} (experiment {args.experiment!r}): "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e  # fmt: skip

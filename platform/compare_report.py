@@ -51,13 +51,13 @@ def _level_name(level: float) -> str:
 
 
 def runs_table(summaries: list[RunSummary], levels: tuple[float, ...]) -> str:
-    headers = ["policy type", "run", "status", "steps", "success % final / best", "episodes",
+    headers = ["policy type", "run", "suite", "status", "steps", "success % final / best", "episodes",
                "wall-clock h", "GPUs", "GPU-h"]  # fmt: skip
     headers += [f"to {_level_name(lv)}: h / GPU-h" for lv in levels]
     headers += ["peak mem GiB", "samples/s", "conditions/s"]
     rows = []
     for s in sorted(summaries, key=lambda s: (s.policy_type, s.run_name)):
-        row = [s.policy_type, f"{s.run_name} (`{s.run_id[:8]}`)", s.status, _num(s.steps, "d"),
+        row = [s.policy_type, f"{s.run_name} (`{s.run_id[:8]}`)", s.suite, s.status, _num(s.steps, "d"),
                f"{_pct(s.final_success)} / {_pct(s.best_success)}", _num(s.episodes, ".0f"),
                _hours(s.wall_s), str(s.num_gpus), _num(s.gpu_hours)]  # fmt: skip
         row += [f"{_hours(s.time_to_level[lv])} / {_num(s.gpu_hours_to(lv))}" for lv in levels]
@@ -191,12 +191,12 @@ def write_csv(
     )
     tasks = sorted(set(ours) | set(pub_tasks))
     level_cols = [c for lv in levels for c in (f"h_to_{_level_name(lv)}", f"gpu_h_to_{_level_name(lv)}")]
-    headers = ["source", "name", "policy_type", "run_id", "status", "steps", "mean_success", "best_success",
+    headers = ["source", "name", "policy_type", "suite", "run_id", "status", "steps", "mean_success", "best_success",
                "wall_clock_h", "num_gpus", "gpu_h", *level_cols, "peak_mem_gib", "samples_per_s",
                "conditions_per_s", "train_gpu_hours_published"] + [f"success/{t}" for t in tasks]  # fmt: skip
     rows = []
     for s in summaries:
-        row = {"source": "ours", "name": s.run_name, "policy_type": s.policy_type, "run_id": s.run_id,
+        row = {"source": "ours", "name": s.run_name, "policy_type": s.policy_type, "suite": s.suite, "run_id": s.run_id,
                "status": s.status, "steps": s.steps, "mean_success": s.final_success, "best_success": s.best_success,
                "wall_clock_h": None if s.wall_s is None else s.wall_s / 3600, "num_gpus": s.num_gpus,
                "gpu_h": s.gpu_hours, "peak_mem_gib": None if s.peak_mem_bytes is None else s.peak_mem_bytes / 2**30,
@@ -208,7 +208,7 @@ def write_csv(
         row.update({f"success/{t}": s.per_task.get(t) for t in tasks})
         rows.append(row)
     for m in published:
-        row = {"source": "published", "name": m.method, "mean_success": m.avg_success,
+        row = {"source": "published", "name": m.method, "suite": m.benchmark, "mean_success": m.avg_success,
                "train_gpu_hours_published": m.train_gpu_hours}  # fmt: skip
         row.update({f"success/{t}": m.per_task.get(t) for t in tasks})
         rows.append(row)

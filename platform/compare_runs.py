@@ -21,6 +21,7 @@ class RunSummary:
     policy_type: str
     kind: str
     status: str
+    suite: str  # tag platform.suite (mt10 | mt50 | rlbench); "unknown" for runs logged before the tag existed
     steps: int | None
     final_success: float | None
     best_success: float | None
@@ -116,6 +117,7 @@ def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummar
         policy_type=data.tags.get("platform.policy_type", "unknown"),
         kind=data.tags.get("platform.kind", "unknown"),
         status=info.status,
+        suite=data.tags.get("platform.suite", "unknown"),
         steps=max(steps) if steps else None,
         final_success=data.metrics.get("eval/success"),
         best_success=max(v for _, v in success) if success else None,

@@ -82,7 +82,7 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     payload = {
         "config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "run_name": cfg.name,
         "experiment": cfg.tracking.experiment, "tracking_uri": meta["tracking_uri"],
-        "tags": {"platform.kind": "sweep_trial", "platform.policy_type": cfg.policy.type,
+        "tags": {"platform.kind": "sweep_trial", "platform.policy_type": cfg.policy.type, "platform.suite": cfg.data.suite,
                  "platform.sweep": meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
                                                      if meta.get("parent_run_id") else {})},
         "params": {f"sweep.{k}": str(v) for k, v in overrides.items()},

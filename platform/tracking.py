@@ -35,7 +35,8 @@ tracking URI, so a restarted process with the same ``buffer_dir`` uploads what w
   ``eval/timeout``, ``eval/sim_error``, ``eval/planner_error`` (episode counts by status).
 
 **Tags**: ``platform.kind`` in {train, reference, sweep_parent, sweep_trial, comparison},
-``platform.policy_type`` (mini_diffuser | one_to_one | dda_style), ``platform.num_gpus`` (GPUs the run
+``platform.policy_type`` (mini_diffuser | one_to_one | dda_style), ``platform.suite`` (mt10 | mt50 |
+rlbench: the benchmark; ``platform.compare --suite`` filters on it), ``platform.num_gpus`` (GPUs the run
 trains on; read by ``platform.compare`` for GPU-hours), ``mlflow.runName`` (set by MLflow from run_name),
 ``mlflow.parentRunId`` (from ``parent_run_id``, nests sweep trials under their sweep).
 """

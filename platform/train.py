@@ -161,7 +161,8 @@ def _use_gpu(cfg: ExperimentConfig) -> bool:
 
 def _tags(cfg: ExperimentConfig) -> dict[str, str]:
     gpus = max(1, cfg.ray.num_workers) if _use_gpu(cfg) else 0
-    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type, "platform.num_gpus": str(gpus)}
+    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type, "platform.num_gpus": str(gpus),
+            "platform.suite": cfg.data.suite}
 
 
 def _close(tracker: Any) -> None:

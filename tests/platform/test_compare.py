@@ -26,12 +26,13 @@ def _client(uri: str):
 
 
 def _log_fake_run(client, exp_id: str, name: str, policy_type: str, success: list[float], hours_per_eval: float,
-                  samples_per_s: float, peak_gib: float) -> str:  # fmt: skip
+                  samples_per_s: float, peak_gib: float, suite: str = "rlbench") -> str:  # fmt: skip
     """A fake finished training run: evaluations at steps 100, 200, 300 on two RLBench task names."""
     from mlflow.entities import Metric, Param
 
     run = client.create_run(
-        exp_id, run_name=name, tags={"platform.kind": "train", "platform.policy_type": policy_type}
+        exp_id, run_name=name, tags={"platform.kind": "train", "platform.policy_type": policy_type,
+                                     "platform.suite": suite},
     )
     ts = int(time.time() * 1000)
     metrics = []
@@ -162,3 +163,17 @@ def test_published_tables_load() -> None:
     assert len(published["diffuser_actor_3dda"].per_task) == 18
     assert published["mini_diffuser"].per_task == {} and published["mini_diffuser"].train_gpu_hours == 13
     assert load_metaworld()["dp3"]["easy"] == pytest.approx(0.909)
+
+
+def test_suite_filter_keeps_one_benchmark(fake_runs, tmp_path: Path) -> None:
+    uri, _ = fake_runs
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    _log_fake_run(client, exp_id, "fake-mt10", "mini_diffuser", [0.9, 0.95, 0.99], 0.1, 9000, 1.0, suite="mt10")
+    assert _run(uri, tmp_path / "all", "--no-log") == 0
+    assert "fake-mt10" in (tmp_path / "all" / "comparison.md").read_text()
+    assert _run(uri, tmp_path / "rl", "--no-log", "--suite", "rlbench") == 0
+    report = (tmp_path / "rl" / "comparison.md").read_text()
+    assert "fake-mt10" not in report and "fake-md" in report and "| rlbench |" in report
+    with (tmp_path / "rl" / "comparison.csv").open() as f:
+        assert {row["suite"] for row in csv.DictReader(f) if row["source"] == "ours"} == {"rlbench"}

@@ -55,7 +55,10 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
     cmp = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp")])
     assert cmp.returncode == 0, (cmp.stdout + cmp.stderr)[-3000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert f"crash (`{run_id[:8]}`)" in table and "diffuser_actor_3dda | 81.3" in table
+    assert f"crash (`{run_id[:8]}`) | mt10 |" in table and "diffuser_actor_3dda | 81.3" in table
+    rl = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp_rl"), "--no-log",
+                                           "--suite", "rlbench"])
+    assert rl.returncode == 0 and "crash (" not in (tmp_path / "cmp_rl" / "comparison.md").read_text()
 
 
 def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_dataset, ray_cluster):
