@@ -56,8 +56,11 @@ class DataConfig(_Frozen):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
     suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with evaluation.rlbench_import
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
-    episodes_per_task: int = Field(10, ge=1, le=1000)
-    collect_if_missing: bool = True
+    episodes_per_task: int = Field(10, ge=1, le=1000)  # Meta-World: collected; RLBench: the first N imported
+    collect_if_missing: bool = True  # Meta-World: collect; RLBench: import from data.rlbench_root
+    # RLBench demonstrations on disk (the dataset generator's layout, e.g. PerAct's train split): imported
+    # into data.path when that is missing (python -m evaluation.rlbench_import does the same by hand)
+    rlbench_root: str | None = None
     collect_workers: int = Field(2, ge=1, le=256)
     seed: int = 0
 

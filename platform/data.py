@@ -68,20 +68,19 @@ class Level1Sampler:
 
 
 def ensure_dataset(cfg: Any) -> Any:
-    """The dataset directory of ``cfg.data``; collected first (with progress output) when missing.
+    """The dataset directory of ``cfg.data``; collected (Meta-World) or imported from ``data.rlbench_root``
+    (RLBench) first, with progress output, when missing.
 
     Raises ``platform.cli.UserFacingError`` when it is missing and ``data.collect_if_missing`` is false, or
     when it exists but does not validate (the reader names the file and the fix).
     """
-    from evaluation.dataset import DatasetError, KeyframeDataset
     from platform.cli import UserFacingError
 
     path = cfg.resolve_path(cfg.data.path)
     if not (path / "manifest.json").is_file():
         if cfg.data.suite == "rlbench":
-            raise UserFacingError(
-                f"no RLBench dataset at {path}: import demonstrations first with python -m "
-                f"evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path} (docs/rlbench.md)")
+            _import_rlbench(cfg, path)
+            return _check_dataset(cfg, path)
         if not cfg.data.collect_if_missing:
             raise UserFacingError(
                 f"no dataset at {path} and data.collect_if_missing=false: collect one with "
@@ -94,6 +93,39 @@ def ensure_dataset(cfg: Any) -> Any:
         collect_dataset(suite=cfg.data.suite, tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
                         episodes_per_task=cfg.data.episodes_per_task, out=path,
                         workers=cfg.data.collect_workers, seed=cfg.data.seed)
+    return _check_dataset(cfg, path)
+
+
+def _import_rlbench(cfg: Any, path: Any) -> None:
+    """Import RLBench demonstrations from ``data.rlbench_root`` into ``path`` (the one-command path)."""
+    from platform.cli import UserFacingError
+
+    root = cfg.data.rlbench_root
+    how = (f"python -m evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path}, or set "
+           "data.rlbench_root=<RLBench data> (docs/rlbench.md)")
+    if root is None or not cfg.data.collect_if_missing:
+        raise UserFacingError(f"no RLBench dataset at {path}: import demonstrations with {how}")
+    from evaluation.rlbench_import import RLBenchImportError, import_dataset
+    from evaluation.text import TextEncoderError
+
+    src = cfg.resolve_path(root)
+    tasks = list(cfg.data.tasks) if cfg.data.tasks else "peract18"
+    print(f"[data] no dataset at {path}: importing RLBench demonstrations from {src} (first "
+          f"{cfg.data.episodes_per_task} episodes per task, {cfg.data.collect_workers} workers; one-time, "
+          "restartable)", flush=True)
+    try:
+        manifest = import_dataset(src, path, tasks, cfg.data.episodes_per_task, workers=cfg.data.collect_workers)
+    except (RLBenchImportError, TextEncoderError, FileNotFoundError, ValueError) as exc:
+        raise UserFacingError(f"importing RLBench data from {src} failed: {exc}") from None
+    print(f"[data] imported {len(manifest['tasks'])} tasks, {manifest['total_samples']} keyframe samples into "
+          f"{path}", flush=True)
+
+
+def _check_dataset(cfg: Any, path: Any) -> Any:
+    """Open the dataset once to validate it against the config (text features, workspace, tasks)."""
+    from evaluation.dataset import DatasetError, KeyframeDataset
+    from platform.cli import UserFacingError
+
     try:
         ds = KeyframeDataset(path)
     except DatasetError as exc:

@@ -314,3 +314,25 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
         assert all(np.array_equal(s, encoder.encode([text])[0].tokens) for s in seen), variation
     sim.close()
     next(gen, None)
+
+
+def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path, monkeypatch, capsys):
+    """One command: with data.rlbench_root set, a missing dataset is imported (real MiniLM encoder)."""
+    from platform.cli import UserFacingError
+    from platform.config import load_config
+    from platform.data import ensure_dataset
+
+    for name in ("rlbench", "pyrep"):
+        monkeypatch.setitem(sys.modules, name, None)
+    config = Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml"
+    base = [f"data.path={tmp_path / 'ds'}", "data.tasks=[close_jar]", "data.episodes_per_task=2",
+            "data.collect_workers=1"]
+    with pytest.raises(UserFacingError, match="not a directory of RLBench data"):
+        ensure_dataset(load_config(config, [*base, f"data.rlbench_root={tmp_path / 'nowhere'}"]))
+    with pytest.raises(UserFacingError, match="data.rlbench_root=<RLBench data>"):
+        ensure_dataset(load_config(config, [*base, "data.rlbench_root=null"]))
+    path = ensure_dataset(load_config(config, [*base, f"data.rlbench_root={peract_split}"]))
+    assert "importing RLBench demonstrations" in capsys.readouterr().out
+    ds = KeyframeDataset(path)
+    assert ds.task_names == ["close_jar"] and ds.manifest["counts"]["close_jar"]["episodes"] == 2
+    assert ds.manifest["text"]["dim"] == 384 and len(ds.variation_instructions()) == 2
