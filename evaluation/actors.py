@@ -29,6 +29,7 @@ from evaluation.episode import (
     Instruction,
     Instructions,
     LocalInference,
+    PlannerErrorRule,
     run_episode,
 )
 from evaluation.policy_server import ServerInference
@@ -90,6 +91,7 @@ class EvaluationActor:
         instructions: Instructions | Mapping[str, Instruction],
         condition_fn: ConditionFn,
         max_keyposes: int = DEFAULT_MAX_KEYPOSES,
+        on_planner_error: PlannerErrorRule = "end",
         torch_threads: int = 1,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
@@ -99,6 +101,7 @@ class EvaluationActor:
         self.instructions = Instructions.of(instructions).writable()
         self.condition_fn = condition_fn
         self.max_keyposes = max_keyposes
+        self.on_planner_error = on_planner_error
         self.infer: Inference
         if isinstance(policy, LocalPolicy):
             self.infer = LocalInference(policy.factory(), device=policy.device)
@@ -114,7 +117,8 @@ class EvaluationActor:
 
     def run_episode(self, spec: EpisodeSpec) -> EpisodeOutput:
         cpu = time.process_time()
-        output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes)
+        output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes,
+                             self.on_planner_error)
         output.actor_pid = os.getpid()
         output.cpu_s = time.process_time() - cpu
         return output

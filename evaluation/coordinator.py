@@ -31,6 +31,7 @@ from evaluation.episode import (
     EpisodeSpec,
     Instruction,
     Instructions,
+    PlannerErrorRule,
 )
 from evaluation.policy_server import PolicyFactory, PolicyServer
 from evaluation.sim import EpisodeResult, EpisodeStatus
@@ -48,6 +49,7 @@ class PoolConfig(BaseModel):
     num_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     max_keyposes: int = Field(DEFAULT_MAX_KEYPOSES, ge=1)
+    on_planner_error: PlannerErrorRule = "end"  # "continue": 3D Diffuser Actor's evaluation rule
     episode_timeout_s: float = Field(600.0, gt=0)
     startup_timeout_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(2, ge=1)  # first try + retries
@@ -195,6 +197,7 @@ class Coordinator:
             self.instructions,
             self.condition_fn,
             max_keyposes=self.cfg.max_keyposes,
+            on_planner_error=self.cfg.on_planner_error,
             torch_threads=self.cfg.torch_threads,
         )
         self.slots[i] = _Slot(actor=actor, state="starting")

@@ -8,7 +8,10 @@ language (RLBench). Each episode is conditioned on the instruction its simulator
 
 - with success as soon as the simulator reports it (status ``ok``, success True),
 - after ``max_keyposes`` keyposes without success (status ``ok``, success False; RLBench uses 25),
-- on a ``PlannerError`` (status ``planner_error``, a failure, counted in the denominator).
+- on a ``PlannerError`` (status ``planner_error``, a failure, counted in the denominator), as PerAct
+  evaluates; with ``on_planner_error="continue"`` (3D Diffuser Actor's evaluation) the keypose counts as
+  a step, the policy is asked again from the unchanged scene, and an episode that never succeeds after a
+  planner error ends as ``planner_error``.
 
 A ``SimulatorError`` (or any crash) is *not* turned into a result here: it propagates so that the
 coordinator replaces the actor and retries the episode (design.md section 7, R5).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
 
 DEFAULT_MAX_KEYPOSES = 25  # RLBench / PerAct evaluation limit
+PlannerErrorRule = Literal["end", "continue"]
 
 Instruction = tuple[np.ndarray, np.ndarray]  # tokens (L, D) float32, mask (L,) bool
 
@@ -169,6 +173,7 @@ def run_episode(
     instructions: Instructions | Mapping[str, Instruction],
     spec: EpisodeSpec,
     max_keyposes: int = DEFAULT_MAX_KEYPOSES,
+    on_planner_error: PlannerErrorRule = "end",
 ) -> EpisodeOutput:
     """Run one episode to success, failure or the keypose limit. ``SimulatorError`` propagates."""
     table = Instructions.of(instructions)
@@ -180,7 +185,7 @@ def run_episode(
     obs = sim.reset(spec.task, spec.variation, spec.seed)
     times.render += time.perf_counter() - t
     text = table.for_episode(spec.task, obs.instruction)
-    success, status, message, steps = False, "ok", "", 0
+    success, status, message, steps, planner_errors = False, "ok", "", 0, 0
     for k in range(max_keyposes):
         t = time.perf_counter()
         condition = condition_fn(obs, text)
@@ -195,18 +200,28 @@ def run_episode(
             times.sim += time.perf_counter() - t3
             steps = k + 1
             status, message = "planner_error", f"keypose {k}: {exc}"
-            break
+            planner_errors += 1
+            if on_planner_error == "end":
+                break
+            if k + 1 < max_keyposes:  # the scene is as it was: ask the policy again (new noise)
+                t = time.perf_counter()
+                obs = sim.observe()
+                times.render += time.perf_counter() - t
+            continue
         times.sim += time.perf_counter() - t3
         steps = k + 1
         if outcome.success:
-            success = True
+            success, status = True, "ok"
+            if planner_errors:
+                message = f"succeeded after {planner_errors} planner error(s); last: {message}"
             break
         if k + 1 < max_keyposes:
             t = time.perf_counter()
             obs = sim.observe()
             times.render += time.perf_counter() - t
     else:
-        message = f"keypose limit {max_keyposes} reached"
+        limit = f"keypose limit {max_keyposes} reached"
+        message = f"{limit} after {planner_errors} planner error(s); last: {message}" if planner_errors else limit
     result = EpisodeResult(
         task=spec.task,
         variation=spec.variation,

@@ -165,7 +165,8 @@ def evaluate(
     finally:
         coordinator.shutdown()
     stats = coordinator.stats
-    info = {**(meta or {}), "num_actors": pool.num_actors, "policy_server": server is not None}
+    info = {**(meta or {}), "num_actors": pool.num_actors, "policy_server": server is not None,
+            "max_keyposes": pool.max_keyposes, "on_planner_error": pool.on_planner_error}
     if server is not None:
         info["server"] = server
     return summarize(outputs, time.monotonic() - start, stats.retries, stats.actor_restarts, stats.failures, info)

@@ -230,6 +230,10 @@ class RLBenchConfig(BaseModel):
         1, ge=1, le=10
     )  # re-send the keypose while the tip is farther than reach_tolerance_m
     reach_tolerance_m: float = Field(0.005, gt=0.0)
+    # with_arm: one MoveArmThenGripper step per keypose (PerAct). after_arm (3D Diffuser Actor's Mover): move
+    # the arm keeping the previous gripper state (with the re-tries), then, if the gripper state changes and
+    # the task is not solved yet, one more step that only changes it
+    gripper_step: Literal["with_arm", "after_arm"] = "with_arm"
     arm_max_velocity: float = Field(1.0, gt=0.0)
     arm_max_acceleration: float = Field(4.0, gt=0.0)
     point_clouds_in_extras: bool = False  # also pass RLBench's <camera>_point_cloud in Observation.extras
@@ -276,6 +280,7 @@ class RLBenchSimulator(Simulator):
         self._last: Any = None
         self._instruction = ""
         self._variation = -1
+        self._last_gripper: float | None = None  # gripper state of the last keypose (gripper_step="after_arm")
 
     def _observation_config(self) -> Any:
         api, cfg = self._api, self.config
@@ -335,6 +340,7 @@ class RLBenchSimulator(Simulator):
             ) from err
         self._instruction = str(descriptions[0]) if descriptions else task.replace("_", " ")
         self._last = obs
+        self._last_gripper = None  # as 3DDA's Mover, built anew for each episode
         return self.observe()
 
     def observe(self) -> Observation:
@@ -362,22 +368,34 @@ class RLBenchSimulator(Simulator):
         if self._last is None:
             raise SimulatorError("RLBenchSimulator.step_keypose() called before reset()")
         action = self.action_of(pose)
+        move = action.copy()
+        after_arm = self.config.gripper_step == "after_arm" and self._last_gripper is not None
+        if after_arm:
+            move[7] = self._last_gripper  # the arm moves first with the gripper as it was
         reward, reached = 0.0, False
         for _attempt in range(self.config.max_tries):
-            try:
-                obs, reward, _terminate = self._task_env.step(action)
-            except self._api.planner_errors as err:
-                raise PlannerError(f"{type(err).__name__}: {err}") from err
-            except Exception as err:
-                raise SimulatorError(f"RLBench step failed: {type(err).__name__}: {err}") from err
-            self._last = obs
+            obs, reward = self._step(move)
             reached = (
                 float(np.linalg.norm(np.asarray(obs.gripper_pose[:3]) - action[:3]))
                 < self.config.reach_tolerance_m
             )
             if reward >= 1.0 or reached:
                 break
+        if after_arm and reward < 1.0 and action[7] != move[7]:
+            _obs, reward = self._step(action)  # then the gripper change alone
+        self._last_gripper = float(action[7])
         return KeyposeOutcome(success=bool(reward >= 1.0), reached=reached, sim_steps=0)
+
+    def _step(self, action: np.ndarray) -> tuple[Any, float]:
+        """One ``task_env.step``; planner errors become ``PlannerError``, anything else ``SimulatorError``."""
+        try:
+            obs, reward, _terminate = self._task_env.step(action)
+        except self._api.planner_errors as err:
+            raise PlannerError(f"{type(err).__name__}: {err}") from err
+        except Exception as err:
+            raise SimulatorError(f"RLBench step failed: {type(err).__name__}: {err}") from err
+        self._last = obs
+        return obs, float(reward)
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None

@@ -11,13 +11,16 @@ branch ``peract``) the number of targets listed in their ``init_task``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from evaluation.sim import UnknownTaskError
 
 # -- evaluation protocol (PerAct / 3DDA on RLBench-18; shared/reference/README.md) --------------------
 EPISODES_PER_TASK = 25  # PerAct's test split: 25 episodes per task, all variations mixed
 EVAL_SEEDS: tuple[int, ...] = (0, 1, 2)  # results are the mean over 3 seeds
+Protocol = Literal["peract", "3dda"]
+PROTOCOLS: tuple[str, ...] = ("peract", "3dda")
+DDA_MAX_TRIES = 2  # 3D Diffuser Actor's online evaluation: --max_tries 2
 MAX_KEYPOSES = 25  # 3DDA ``--max_steps 25`` (online_evaluation_rlbench/eval_peract.sh)
 TRAIN_EPISODES_PER_TASK = 100  # PerAct's train split
 CAMERAS: tuple[str, ...] = ("left_shoulder", "right_shoulder", "wrist", "front")
@@ -103,12 +106,18 @@ def resolve_tasks(names: str | tuple[str, ...] | list[str] | None) -> tuple[str,
 
 
 # -- the evaluation protocol as calls of evaluation.evaluate.evaluate_checkpoint -----------------------------
-def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK) -> dict[str, Any]:
+def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK,
+                    protocol: Protocol = "peract") -> dict[str, Any]:
     """``evaluate_checkpoint`` arguments (all but ``seed``) for RLBench-18 in the PerAct protocol.
 
     ``config`` is an ``evaluation.rlbench_backend.RLBenchConfig`` whose ``demo_root`` is the PerAct test
     split: episode ``i`` of a task restores its test demo ``i`` (``variations = range(episodes_per_task)``
     are test-episode indices), at most ``MAX_KEYPOSES`` keyposes each.
+
+    ``protocol``: ``peract`` (PerAct's evaluation: a planner error ends the episode; one step per
+    keypose) or ``3dda`` (3D Diffuser Actor's ``utils_with_rlbench.py``: a planner error costs the step and
+    the policy is asked again, a keypose is re-tried once when the tip ends more than 5 mm away, and the
+    gripper changes in a step of its own after the arm has moved). Both restore the same test demos.
     """
     from evaluation.coordinator import PoolConfig
     from evaluation.rlbench_backend import rlbench_factory
@@ -118,13 +127,19 @@ def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK) -> 
             "the PerAct protocol restores the test split's episodes: set RLBenchConfig.demo_root to it "
             "(e.g. data/peract/test, with <task>/all_variations/episodes/episode<i>)"
         )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    rule = "end"
+    if protocol == "3dda":
+        config = config.model_copy(update={"max_tries": DDA_MAX_TRIES, "gripper_step": "after_arm"})
+        rule = "continue"
     return {
         "tasks": list(config.tasks),
         "episodes_per_task": episodes_per_task,
         "variations": tuple(range(episodes_per_task)),
         "sim_factory": rlbench_factory(config),
         "suite": "rlbench",
-        "pool": PoolConfig(max_keyposes=MAX_KEYPOSES),
+        "pool": PoolConfig(max_keyposes=MAX_KEYPOSES, on_planner_error=rule),
     }
 
 
@@ -134,6 +149,7 @@ def evaluate_rlbench(
     seeds: tuple[int, ...] = EVAL_SEEDS,
     episodes_per_task: int = EPISODES_PER_TASK,
     num_actors: int = 2,
+    protocol: Protocol = "peract",
 ) -> Any:
     """The PerAct protocol on one actor pool: ``episodes_per_task`` test episodes per task for each seed.
 
@@ -141,5 +157,5 @@ def evaluate_rlbench(
     seed), ``mean_success`` the RLBench-18 average, ``seed_success`` each seed's average."""
     from evaluation.evaluate import evaluate_checkpoint
 
-    kwargs = protocol_kwargs(config, episodes_per_task)
+    kwargs = protocol_kwargs(config, episodes_per_task, protocol)
     return evaluate_checkpoint(checkpoint_dir, seed=list(seeds), num_actors=num_actors, **kwargs)

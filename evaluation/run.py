@@ -38,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default 3 for rlbench, as the papers report, else 1)")
     p.add_argument("--rlbench-demo-root", type=Path, default=None,
                    help="--suite rlbench: the PerAct test split (<task>/all_variations/episodes/episode<i>)")
+    p.add_argument("--rlbench-protocol", default="peract", choices=("peract", "3dda"),
+                   help="--suite rlbench: PerAct's evaluation rules (a planner error ends the episode) or 3D "
+                        "Diffuser Actor's (a second try, a separate gripper step, planner errors cost a step)")
     p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced")
     p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
@@ -77,12 +80,13 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
         cfg = FakeSimConfig()
         tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
     elif args.suite == "rlbench":  # test episode i of each task restores demo i of the test split
-        from evaluation.rlbench_backend import RLBenchConfig, rlbench_factory
-        from evaluation.rlbench_tasks import resolve_tasks
+        from evaluation.rlbench_backend import RLBenchConfig
+        from evaluation.rlbench_tasks import protocol_kwargs, resolve_tasks
 
         chosen = resolve_tasks(args.tasks or None)
-        factory = rlbench_factory(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)))
-        return list(chosen), factory, list(range(args.episodes))
+        proto = protocol_kwargs(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)), args.episodes,
+                                args.rlbench_protocol)
+        return list(chosen), proto["sim_factory"], list(proto["variations"])
     else:
         from evaluation.evaluate import metaworld_factory, metaworld_test_variations
         from evaluation.metaworld_backend import suite_task_names
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             num_actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
             max_keyposes=args.max_keyposes,
+            on_planner_error="continue" if args.suite == "rlbench" and args.rlbench_protocol == "3dda" else "end",
             episode_timeout_s=args.timeout,
             max_attempts=args.retries + 1,
             policy_server=args.policy_server,

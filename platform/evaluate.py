@@ -57,7 +57,7 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
                       max_attempts=e.retries + 1, policy_server=e.policy_server)
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors,
             "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool}
-    if cfg.data.suite == "rlbench":  # the PerAct protocol: test demos restored with reset_to_demo
+    if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
         from evaluation.rlbench_backend import RLBenchConfig
         from evaluation.rlbench_tasks import protocol_kwargs
 
@@ -65,8 +65,8 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
             raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
                                   "eval.rlbench_demo_root=<dir> (or eval.enabled=false)")
         proto = protocol_kwargs(RLBenchConfig(tasks=tuple(tasks), demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
-                                episodes_per_task=e.episodes_per_task)
-        args.update(proto, pool=pool.model_copy(update={"max_keyposes": proto["pool"].max_keyposes}))
+                                episodes_per_task=e.episodes_per_task, protocol=e.rlbench_protocol)
+        args.update(proto, pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}))
     return args
 
 

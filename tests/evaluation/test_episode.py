@@ -65,6 +65,35 @@ def test_planner_error_is_a_counted_failure():
     assert "no IK solution" in out.result.message
 
 
+class _PlannerFailsOnce(FakeSimulator):
+    """The 2nd and 3rd keyposes sent raise a planner error (the scene stays as it was)."""
+
+    calls = 0
+
+    def step_keypose(self, pose):
+        self.calls += 1
+        if self.calls in (2, 3):
+            raise PlannerError("no IK solution")
+        return super().step_keypose(pose)
+
+
+def test_3dda_rule_goes_on_after_a_planner_error():
+    spec = EpisodeSpec("fake-reach", 0, 0)
+    policy = FakeGoalPolicy(max_step=0.05)
+    ended = run_episode(_PlannerFailsOnce(), LocalInference(policy), conditioner(), INSTR, spec)
+    assert (ended.result.status, ended.result.success, ended.result.steps) == ("planner_error", False, 2)
+    went_on = run_episode(_PlannerFailsOnce(), LocalInference(policy), conditioner(), INSTR, spec,
+                          on_planner_error="continue")
+    clean = run_episode(FakeSimulator(), LocalInference(policy), conditioner(), INSTR, spec)
+    assert (went_on.result.status, went_on.result.success) == ("ok", True)
+    assert went_on.result.steps == clean.result.steps + 2  # the two failed keyposes cost their steps
+    assert "after 2 planner error(s)" in went_on.result.message
+    never = run_episode(_PlannerFailsOnce(), LocalInference(FakeGoalPolicy(max_step=0.0)), conditioner(), INSTR,
+                        spec, max_keyposes=6, on_planner_error="continue")
+    assert (never.result.status, never.result.success, never.result.steps) == ("planner_error", False, 6)
+    assert "keypose limit 6 reached after 2 planner error(s)" in never.result.message
+
+
 def test_simulator_error_propagates_for_the_coordinator():
     sim = FakeSimulator(FakeSimConfig(crash_at=1, crash_mode="raise"))
     with pytest.raises(SimulatorError):

@@ -435,3 +435,58 @@ def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path,
     assert kw["episodes_per_task"] == 25 and kw["variations"] == tuple(range(25))
     assert kw["pool"].max_keyposes == 25 and kw["tasks"] == ["close_jar", "open_drawer"]
     assert kw["sim_factory"].func is RLBenchSimulator and kw["sim_factory"].args[0].demo_root == str(tmp_path)
+
+
+def test_3dda_gripper_step_moves_the_arm_first_then_changes_the_gripper(any_standin, monkeypatch):
+    from rlbench.task_environment import TaskEnvironment
+
+    sent = []
+    step = TaskEnvironment.step
+
+    def spy(self, action):
+        sent.append(np.asarray(action, float).copy())
+        return step(self, action)
+
+    monkeypatch.setattr(TaskEnvironment, "step", spy)
+    sim = RLBenchSimulator(small(gripper_step="after_arm"))
+    opened, closed = [0.3, 0.0, 1.0, *DOWN, 1.0], [0.3, 0.05, 1.0, *DOWN, 0.0]
+    for episode in range(2):  # the gripper memory starts afresh with every episode
+        sim.reset("close_jar", 0, episode)
+        sent.clear()
+        sim.step_keypose(np.array(opened))  # first keypose: one step, its own gripper state
+        sim.step_keypose(np.array(closed))  # arm first with the gripper still open, then the gripper alone
+        sim.step_keypose(np.array(closed))  # no change: one step
+        assert [(a[1], a[7]) for a in sent] == [(0.0, 1.0), (0.05, 1.0), (0.05, 0.0), (0.05, 0.0)]
+    peract = RLBenchSimulator(small())
+    peract.reset("close_jar", 0, 0)
+    sent.clear()
+    peract.step_keypose(np.array(opened))
+    peract.step_keypose(np.array(closed))
+    assert [(a[1], a[7]) for a in sent] == [(0.0, 1.0), (0.05, 0.0)]
+
+
+def test_3dda_protocol_settings(standin, tmp_path):
+    from evaluation.rlbench_tasks import protocol_kwargs
+
+    dda = protocol_kwargs(small(demo_root=str(tmp_path)), protocol="3dda")
+    cfg = dda["sim_factory"].args[0]
+    assert (cfg.max_tries, cfg.gripper_step, dda["pool"].on_planner_error) == (2, "after_arm", "continue")
+    peract = protocol_kwargs(small(demo_root=str(tmp_path)))
+    cfg = peract["sim_factory"].args[0]
+    assert (cfg.max_tries, cfg.gripper_step, peract["pool"].on_planner_error) == (1, "with_arm", "end")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        protocol_kwargs(small(demo_root=str(tmp_path)), protocol="rvt")
+
+
+def test_training_config_selects_the_protocol(standin, tmp_path):
+    from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
+    from platform.config import load_config
+    from platform.evaluate import eval_arguments
+
+    save_instructions(tmp_path / INSTRUCTIONS_FILE, {"close_jar": fake_text()})
+    base = ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}", "eval.max_keyposes=20"]
+    args = eval_arguments(load_config(None, [*base, "eval.rlbench_protocol=3dda"]), tmp_path)
+    assert args["tasks"] == ["close_jar"] and args["seed"] == [0, 1, 2]
+    assert (args["pool"].on_planner_error, args["pool"].max_keyposes) == ("continue", 20)
+    assert args["sim_factory"].args[0].gripper_step == "after_arm"
+    assert eval_arguments(load_config(None, base), tmp_path)["pool"].on_planner_error == "end"
