@@ -297,6 +297,8 @@ class KeyframeDataset:
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
         self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
         self._variation_text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._text_choices: np.ndarray | None = None  # (K, W) rows a sample's text may be drawn from
+        self._text_choice_count: np.ndarray | None = None  # (K,)
         self._sample_text = self.task_index  # (S,) row of _text_tokens each sample is conditioned on
 
     def _load_variation_text(self, verify: bool) -> None:
@@ -321,6 +323,15 @@ class KeyframeDataset:
         row_of = {k: i for i, k in enumerate(order)}
         self._sample_text = np.asarray([row_of[k] for k in self.sample_instructions], np.int64)  # (S,)
         self._variation_text = {k: (rows[k], np.ones(len(rows[k]), bool)) for k in order}
+        # Variations described several ways (RLBench): training draws one description per sample
+        alternatives = text.get("alternatives") or {}
+        missing = sorted({a for alts in alternatives.values() for a in alts} - set(rows))
+        if missing:
+            raise DatasetError(f"{path} has no embedding for the descriptions {missing[:3]}; {self.fix}")
+        choices = [[row_of[a] for a in alternatives.get(k, [k])] for k in order]  # per text row: its variants
+        width = max(len(c) for c in choices)
+        self._text_choices = np.array([c + [c[0]] * (width - len(c)) for c in choices], np.int64)  # (K, W)
+        self._text_choice_count = np.array([len(c) for c in choices], np.int64)  # (K,)
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -350,8 +361,10 @@ class KeyframeDataset:
     ) -> ConditionBatch:
         """Collate samples into a ``ConditionBatch`` (points zero-padded to at most ``max_points``).
 
-        With ``generator``: a random subset of each cloud (training); without: the first ``max_points``
-        of a fixed-seed permutation (the rule ``observation_to_condition`` uses at evaluation).
+        With ``generator``: a random subset of each cloud (training) and, for variations described several
+        ways (RLBench), one of the descriptions at random; without: the first ``max_points`` of a
+        fixed-seed permutation (the rule ``observation_to_condition`` uses at evaluation) and the first
+        description.
         """
         idx = np.asarray(indices, np.int64).reshape(-1)
         if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(self):
@@ -364,6 +377,9 @@ class KeyframeDataset:
         points, mask = collate_points(clouds, max_points)  # (B, N, 7), (B, N)
         task = self.task_index[idx]  # (B,)
         text = self._sample_text[idx]  # (B,) the task's instruction, or the sample's own (RLBench variations)
+        if generator is not None and self._text_choices is not None:  # one of its variation's descriptions
+            pick = generator.integers(0, self._text_choice_count[text])  # (B,) each below its row's count
+            text = self._text_choices[text, pick]
         return ConditionBatch(
             points=points,
             point_mask=mask,

@@ -234,6 +234,9 @@ class RLBenchConfig(BaseModel):
     # the arm keeping the previous gripper state (with the re-tries), then, if the gripper state changes and
     # the task is not solved yet, one more step that only changes it
     gripper_step: Literal["with_arm", "after_arm"] = "with_arm"
+    # the instruction of an episode: the variation's first description (PerAct) or one drawn from them with
+    # the episode's seed (3D Diffuser Actor draws one at random; it also trains on all of them)
+    instruction: Literal["first", "random"] = "first"
     arm_max_velocity: float = Field(1.0, gt=0.0)
     arm_max_acceleration: float = Field(4.0, gt=0.0)
     point_clouds_in_extras: bool = False  # also pass RLBench's <camera>_point_cloud in Observation.extras
@@ -338,10 +341,17 @@ class RLBenchSimulator(Simulator):
             raise SimulatorError(
                 f"RLBench reset of {task} ({variation}, seed {seed}) failed: {type(err).__name__}: {err}"
             ) from err
-        self._instruction = str(descriptions[0]) if descriptions else task.replace("_", " ")
+        self._instruction = self._pick_instruction(list(descriptions or []), task, seed)
         self._last = obs
         self._last_gripper = None  # as 3DDA's Mover, built anew for each episode
         return self.observe()
+
+    def _pick_instruction(self, descriptions: list[str], task: str, seed: int) -> str:
+        if not descriptions:
+            return task.replace("_", " ")
+        if self.config.instruction == "first":
+            return str(descriptions[0])
+        return str(descriptions[int(np.random.default_rng(seed).integers(len(descriptions)))])
 
     def observe(self) -> Observation:
         if self._last is None or self._task_name is None:

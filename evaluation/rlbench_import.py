@@ -17,8 +17,10 @@ OpenCV axes by ``evaluation.rlbench_backend.opencv_camera``).
 
 Language: each shard row's ``instruction`` is its variation's first description; ``instructions.parquet``
 holds one embedding per task (the task name in words) and ``variation_instructions.parquet`` one per
-distinct description (listed in the manifest as ``text_variations``); ``KeyframeDataset`` conditions each
-sample on its own description when the latter is present.
+distinct description of every variation (listed in the manifest as ``text_variations``, whose
+``alternatives`` maps a first description to all of its variation's). ``KeyframeDataset`` conditions
+each training sample on one of its variation's descriptions drawn at random (as 3D Diffuser Actor
+trains), and on the first one when no generator is given.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ class ImportJob:
     cameras: tuple[str, ...]
     pointcloud: dict[str, Any]
     keyframes: dict[str, Any]
+    descriptions: tuple[str, ...] = ()  # all of the variation's descriptions (``instruction`` is the first)
 
 
 @dataclass
@@ -307,9 +310,19 @@ def _jobs(
                     tuple(settings["cameras"]),
                     settings["pointcloud"],
                     settings["keyframes"],
+                    tuple(str(d) for d in ep.descriptions),
                 )
             )
     return jobs
+
+
+def description_alternatives(jobs: Sequence[ImportJob]) -> dict[str, list[str]]:
+    """``{first description: every description of that variation}`` (the first listed first)."""
+    out: dict[str, list[str]] = {}
+    for job in jobs:
+        known = out.setdefault(job.instruction, [job.instruction])
+        known.extend(d for d in job.descriptions if d not in known)
+    return out
 
 
 def _encode(out: Path, rows: list[tuple[str, str]], file: str, encoder: Any) -> dict[str, Any]:
@@ -374,8 +387,10 @@ def import_dataset(
     if text_encoder is None or isinstance(text_encoder, TextEncoderConfig):
         text_encoder = TextEncoder(text_encoder)  # loaded only now, after the episodes are imported
     text = _encode(out, [(t, t.replace("_", " ")) for t in names], INSTRUCTIONS, text_encoder)
-    distinct = list(dict.fromkeys((j.task, j.instruction) for j in jobs))
+    alternatives = description_alternatives(jobs)
+    distinct = list(dict.fromkeys((j.task, d) for j in jobs for d in alternatives[j.instruction]))
     text_variations = _encode(out, distinct, VARIATION_INSTRUCTIONS, text_encoder)
+    text_variations["alternatives"] = alternatives  # training draws one per sample, as 3DDA does
     manifest = _manifest(out, settings, jobs, text, text_variations)
     write_manifest(out, manifest)
     stats = {

@@ -116,8 +116,9 @@ def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK,
 
     ``protocol``: ``peract`` (PerAct's evaluation: a planner error ends the episode; one step per
     keypose) or ``3dda`` (3D Diffuser Actor's ``utils_with_rlbench.py``: a planner error costs the step and
-    the policy is asked again, a keypose is re-tried once when the tip ends more than 5 mm away, and the
-    gripper changes in a step of its own after the arm has moved). Both restore the same test demos.
+    the policy is asked again, a keypose is re-tried once when the tip ends more than 5 mm away, the
+    gripper changes in a step of its own after the arm has moved, and the instruction is one of the
+    variation's descriptions drawn with the episode's seed). Both restore the same test demos.
     """
     from evaluation.coordinator import PoolConfig
     from evaluation.rlbench_backend import rlbench_factory
@@ -131,7 +132,8 @@ def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK,
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rule = "end"
     if protocol == "3dda":
-        config = config.model_copy(update={"max_tries": DDA_MAX_TRIES, "gripper_step": "after_arm"})
+        config = config.model_copy(update={"max_tries": DDA_MAX_TRIES, "gripper_step": "after_arm",
+                                           "instruction": "random"})
         rule = "continue"
     return {
         "tasks": list(config.tasks),

@@ -471,6 +471,7 @@ def test_3dda_protocol_settings(standin, tmp_path):
     dda = protocol_kwargs(small(demo_root=str(tmp_path)), protocol="3dda")
     cfg = dda["sim_factory"].args[0]
     assert (cfg.max_tries, cfg.gripper_step, dda["pool"].on_planner_error) == (2, "after_arm", "continue")
+    assert cfg.instruction == "random"
     peract = protocol_kwargs(small(demo_root=str(tmp_path)))
     cfg = peract["sim_factory"].args[0]
     assert (cfg.max_tries, cfg.gripper_step, peract["pool"].on_planner_error) == (1, "with_arm", "end")
@@ -490,3 +491,13 @@ def test_training_config_selects_the_protocol(standin, tmp_path):
     assert (args["pool"].on_planner_error, args["pool"].max_keyposes) == ("continue", 20)
     assert args["sim_factory"].args[0].gripper_step == "after_arm"
     assert eval_arguments(load_config(None, base), tmp_path)["pool"].on_planner_error == "end"
+
+
+def test_random_instruction_is_one_of_the_descriptions_fixed_by_the_seed(standin):
+    first = RLBenchSimulator(small())
+    drawn = RLBenchSimulator(small(instruction="random"))
+    descriptions = {"close jar with the red block", "red block: close jar"}  # the stand-in's for variation 0
+    assert {first.reset("close_jar", 0, s).instruction for s in range(8)} == {"close jar with the red block"}
+    picks = [drawn.reset("close_jar", 0, s).instruction for s in range(8)]
+    assert set(picks) == descriptions
+    assert picks == [drawn.reset("close_jar", 0, s).instruction for s in range(8)]  # the seed decides

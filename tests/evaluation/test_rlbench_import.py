@@ -128,13 +128,39 @@ def test_instructions_per_task_and_per_variation(peract_split, tmp_path, monkeyp
     episode = list_episodes(peract_split, "close_jar")[1]
     assert set(rows["instruction"]) == {episode.descriptions[0]} == {"close jar with the maroon block"}
     variations = pq.read_table(out / VARIATION_INSTRUCTIONS).to_pydict()
-    assert sorted(variations["instruction"]) == [
+    assert sorted(variations["instruction"]) == [  # every description of every variation
         "close jar with the maroon block",
         "close jar with the red block",
+        "maroon block: close jar",
+        "red block: close jar",
     ]
     assert manifest["text_variations"]["file"] == VARIATION_INSTRUCTIONS
-    tokens, mask = KeyframeDataset(out).instruction_embedding("close_jar")
+    assert manifest["text_variations"]["alternatives"]["close jar with the red block"] == [
+        "close jar with the red block", "red block: close jar"]
+    ds = KeyframeDataset(out)
+    tokens, mask = ds.instruction_embedding("close_jar")
     assert tokens.shape == (2, 4) and mask.all()  # "close jar": the task-level text
+    assert len(ds.variation_instructions()) == 4  # the checkpoint can condition on any of them
+
+    # training draws one of the sample's variation's descriptions; without a generator, the first
+    encoder = standin_helpers.FakeTextEncoder()
+    emb = {t: encoder.encode([t])[0].tokens for t in variations["instruction"]}
+
+    def texts_of(batch):
+        out = []
+        for i in range(batch.batch_size):
+            tok = batch.text[i][batch.text_mask[i]].numpy()
+            out.append(next(t for t, e in emb.items() if e.shape == tok.shape and np.array_equal(e, tok)))
+        return out
+
+    everything = list(range(len(ds)))
+    assert texts_of(ds.batch(everything, max_points=16)) == ds.sample_instructions
+    drawn = [texts_of(ds.batch(everything, 16, np.random.default_rng(s))) for s in range(24)]
+    for i, first in enumerate(ds.sample_instructions):
+        seen = {d[i] for d in drawn}
+        assert seen <= set(manifest["text_variations"]["alternatives"][first]) and len(seen) == 2, (i, seen)
+    again = [texts_of(ds.batch(everything, 16, np.random.default_rng(s))) for s in range(24)]
+    assert drawn == again  # deterministic given the generator (exact resume)
 
 
 def test_variation_folder_layout_and_episode_limit(tmp_path, monkeypatch):
@@ -288,7 +314,8 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     assert info is not None and info.step == 2
     ckpt = info.path
     stored = load_instructions(ckpt / INSTRUCTIONS_FILE)
-    texts = {"close jar with the red block", "close jar with the maroon block"}
+    texts = {"close jar with the red block", "close jar with the maroon block", "red block: close jar",
+             "maroon block: close jar"}  # every description: evaluation may state any of them
     assert set(stored.tasks) == {"close_jar"} and set(stored.texts) == texts
     for text, (tokens, mask) in stored.texts.items():
         np.testing.assert_array_equal(tokens, encoder.encode([text])[0].tokens)
@@ -335,4 +362,4 @@ def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path
     assert "importing RLBench demonstrations" in capsys.readouterr().out
     ds = KeyframeDataset(path)
     assert ds.task_names == ["close_jar"] and ds.manifest["counts"]["close_jar"]["episodes"] == 2
-    assert ds.manifest["text"]["dim"] == 384 and len(ds.variation_instructions()) == 2
+    assert ds.manifest["text"]["dim"] == 384 and len(ds.variation_instructions()) == 4  # 2 variations x 2 phrasings
