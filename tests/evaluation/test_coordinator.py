@@ -85,7 +85,10 @@ def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     kw = {"tasks": TASKS, "episodes_per_task": 2, "num_actors": 2, "sim_factory": SIM.build, "variations": range(4),
           "instructions": INSTR, "policy_factory": POLICY, "pool": _pool()}
     report = evaluate_checkpoint(tmp_path, seed=[0, 1, 2], **kw)
-    singles = [evaluate_checkpoint(tmp_path, seed=s, **kw) for s in (0, 1, 2)]
+    singles = []  # each seed alone, on the module's warm pool (same simulator, policy and conditioner)
+    for seed in (0, 1, 2):
+        outputs, wall_s = _run(pool, plan_episodes(TASKS, 2, seed=seed, variations=range(4)))
+        singles.append(summarize(outputs, wall_s))
     assert report.episodes == 3 * 2 * len(TASKS) and report.meta["seed"] == [0, 1, 2]
     assert report.seed_success == {s: r.mean_success for s, r in zip((0, 1, 2), singles, strict=True)}
     for task, summary in report.tasks.items():
