@@ -81,7 +81,7 @@ def _encoder_step(policy: MiniDiffuserPolicy, batch: ConditionBatch) -> None:
 def _head_step(policy: MiniDiffuserPolicy, batch: ConditionBatch, enc_detached: Any, m: int, gen: torch.Generator) -> None:
     policy.zero_grad(set_to_none=True)
     parent = expand_parent_index(batch.batch_size, m, batch.points.device)  # (B*M,)
-    draw = policy.draw_noise(parent.numel(), gen, batch.points.device)
+    draw = policy.draw_noise(parent.numel(), gen, batch.points.device, conditions=batch.batch_size)
     rows = policy.row_losses(enc_detached, batch.target, parent, draw)
     torch.stack(list(rows.values())).sum(0).mean().backward()
 

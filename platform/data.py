@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 
 
-def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A 63-bit seed for (run seed, step, stream), independent across streams."""
-    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream])
+def step_seed(seed: int, step: int, stream: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed for (run seed, step, stream, DDP rank), independent across streams and ranks (rank 0
+    draws what a single-worker run draws)."""
+    entropy = [seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream] + ([rank] if rank else [])
+    ss = np.random.SeedSequence(entropy)
     hi, lo = (int(x) for x in ss.generate_state(2, dtype=np.uint32))
     return ((hi << 32) | lo) & ((1 << 63) - 1)
 

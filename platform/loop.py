@@ -117,9 +117,10 @@ def _unwrap(model: torch.nn.Module) -> Policy:
     return getattr(model, "module", model)  # DDP wraps the policy
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The step's generator (timesteps, noise, augmentation); each DDP rank draws its own."""
     g = torch.Generator(device=device)
-    g.manual_seed(step_seed(seed, step, stream=1))
+    g.manual_seed(step_seed(seed, step, stream=1, rank=rank))
     return g
 
 
@@ -144,11 +145,11 @@ def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any =
     while state.step < until_step and not time_is_up(deadline, state.device):
         t0 = time.perf_counter()
         indices = state.sampler.next_indices()[state.rank :: state.world]  # this worker's share of the B conditions
-        np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0))
+        np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0, rank=state.rank))
         batch = dataset.batch(indices, max_points=max_points, generator=np_rng).to(state.device)
         m = train_step(state.policy, batch, state.optimizer, state.scheduler, state.scaler, state.ema,
                        grad_clip=cfg.train.grad_clip, amp=cfg.train.amp, device=state.device,
-                       generator=step_generator(cfg.train.seed, state.step, state.device))
+                       generator=step_generator(cfg.train.seed, state.step, state.device, state.rank))
         if m.skipped:
             state.consecutive_nonfinite += 1
             state.skipped_total += 1

@@ -3,7 +3,9 @@ so the M noised copies of a condition share its augmented observation and target
 
 * ``limit_points``: keep at most ``max_points`` valid points per condition (random subset).
 * ``augment``: random z-rotation about the workspace centre (points, gripper and target poses), xyz jitter
-  on the points, random point subsampling (keep fraction in [keep_fraction_min, 1]).
+  on the points, random point subsampling (keep fraction in [keep_fraction_min, 1]). A condition whose
+  rotated target would leave the policy workspace is not rotated (positions are normalised over the
+  workspace, and a target outside it could never be sampled: RLBench's scene bounds with +-45 deg did this).
 Padded points stay zero and masked.
 """
 
@@ -45,6 +47,18 @@ def _rotate_pose(pose: Tensor, rot: Tensor, q: Tensor, centre: Tensor) -> Tensor
     return torch.cat([xyz, quat, pose[:, 7:]], dim=-1)
 
 
+def _rotate_xy(xyz: Tensor, angle: Tensor, centre: Tensor) -> Tensor:
+    """xyz (B, 3) rotated by ``angle`` (B,) about the vertical axis through ``centre`` (3,)."""
+    d = xyz - centre
+    cos, sin = angle.cos(), angle.sin()
+    return torch.stack([cos * d[:, 0] - sin * d[:, 1], sin * d[:, 0] + cos * d[:, 1], d[:, 2]], dim=-1) + centre
+
+
+def _inside(xyz: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """(B, 3) -> (B,) whether each position lies in the workspace [low, high]."""
+    return ((xyz >= low) & (xyz <= high)).all(dim=-1)
+
+
 def augment(
     batch: ConditionBatch,
     cfg: AugmentConfig,
@@ -58,10 +72,13 @@ def augment(
     b, n, _ = batch.points.shape
     device = batch.points.device
     angle = (2 * rand((b,), generator, device) - 1) * math.radians(cfg.z_rotation_deg)  # (B,)
+    centre = torch.cat([(low[:2] + high[:2]) / 2, low.new_zeros(1)])  # rotate about the vertical workspace axis
+    if batch.target is not None:  # a rotation that would carry the target out of the workspace is not applied
+        angle = torch.where(_inside(_rotate_xy(batch.target[:, :3], angle, centre), low, high), angle,
+                            torch.zeros_like(angle))
     cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
     rot = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], dim=-1).reshape(b, 3, 3)
     q = z_rotation_quat(angle)  # (B, 4)
-    centre = torch.cat([(low[:2] + high[:2]) / 2, low.new_zeros(1)])  # rotate about the vertical workspace axis
     xyz = torch.einsum("bij,bnj->bni", rot, batch.points[..., :3] - centre) + centre
     xyz = xyz + cfg.jitter_m * randn((b, n, 3), generator, device)
     keep_fraction = cfg.keep_fraction_min + (1 - cfg.keep_fraction_min) * rand((b, 1), generator, device)

@@ -48,7 +48,13 @@ class DDAStylePolicy(MiniDiffuserPolicy):
         rot = self.rotation_schedule.step(sampler, x[:, 3:], eps[:, 3:], t, t_prev, generator)
         return torch.cat([pos, rot], dim=-1)
 
-    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor) -> dict[str, Tensor]:
+    def initial_sample(self, noise: Tensor, t0: int) -> Tensor:
+        how = self.config.diffusion.init_sample
+        pos = self.schedule.initial_sample(noise[:, :3], t0, how)
+        rot = self.rotation_schedule.initial_sample(noise[:, 3:], t0, how)
+        return torch.cat([pos, rot], dim=-1)
+
+    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True) -> dict[str, Tensor]:
         return {
             "position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps[:, :3], draw.noise[:, :3]),
             "rotation": self.config.rotation_diffusion.loss_weight * epsilon_l1_rows(out.eps[:, 3:], draw.noise[:, 3:]),

@@ -26,6 +26,11 @@ class DiffusionConfig(FrozenModel):
     sampler: Literal["ddpm", "ddim"] = "ddim"
     inference_steps: int = Field(10, ge=1, le=1000)
     loss_weight: float = Field(20.0, gt=0)
+    # Where sampling starts. "forward": the forward process at the first visited timestep t0 with x_0 = 0
+    # (the workspace centre), x_t0 = sqrt(1 - abar_t0) * N(0, I): the input scale the network was trained on
+    # (abar_99 = 0.485 with 100 scaled-linear steps; 3DDA's and Mini-Diffuser's code do this). "standard":
+    # x_t0 = N(0, I), a larger scale than any training input.
+    init_sample: Literal["forward", "standard"] = "forward"
 
     @model_validator(mode="after")
     def _check(self) -> DiffusionConfig:
@@ -92,14 +97,29 @@ class _PolicyBase(FrozenModel):
         return self
 
 
-class MiniDiffuserConfig(_PolicyBase):
+class _EulerHeadConfig(_PolicyBase):
+    """Policies with the Euler-bin rotation and gripper head (Mini-Diffuser and its one-to-one baseline).
+
+    ``head_input`` is what that head reads in training:
+    * ``"position"`` (the paper's): one extra row per condition at timestep 0 whose input is the ground-truth
+      position plus N(0, ``head_position_noise_m``) noise, so rotation and gripper are learnt for the position
+      the sampler will end at; inference reads the head at the denoised position, t = 0.
+    * ``"noisy_rows"``: the head reads every noisy row (uniform timesteps), i.e. rotation and gripper are
+      supervised on positions that are mostly far from the target (kept as an ablation).
+    """
+
+    head_input: Literal["position", "noisy_rows"] = "position"
+    head_position_noise_m: float = Field(0.01, ge=0, le=0.2)
+
+
+class MiniDiffuserConfig(_EulerHeadConfig):
     """Two-level mini-batches: each of B conditions encoded once, its keypose noised ``m`` times."""
 
     type: Literal["mini_diffuser"] = "mini_diffuser"
     m: int = Field(64, ge=1, le=4096)
 
 
-class OneToOneConfig(_PolicyBase):
+class OneToOneConfig(_EulerHeadConfig):
     """Baseline: one noised sample per encoded condition (what 3DDA does), same encoder and heads."""
 
     type: Literal["one_to_one"] = "one_to_one"

@@ -64,6 +64,16 @@ class NoiseSchedule(nn.Module):
         stride = self.train_steps // steps
         return [i * stride for i in reversed(range(steps))]
 
+    def initial_sample(self, noise: Tensor, t0: int, how: str = "forward") -> Tensor:
+        """Where sampling starts at timestep ``t0`` given standard noise (R, D): ``"forward"`` is the forward
+        process from x_0 = 0, ``sqrt(1 - abar_t0) * noise`` (the scale training inputs have at t0);
+        ``"standard"`` is the noise itself."""
+        if how == "standard":
+            return noise
+        if how != "forward":
+            raise ValueError(f"unknown initial sample {how!r}; use 'forward' or 'standard' (diffusion.init_sample)")
+        return (1 - self.alphas_cumprod[t0]).sqrt().to(noise.dtype) * noise
+
     def predict_x0(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         abar = self._abar(t)
         x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()

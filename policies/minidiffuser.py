@@ -5,10 +5,17 @@ Training step on B conditions (``compute_loss``):
   2. encode the B conditions once -> ``EncodedCondition`` (point levels, text tokens, FiLM vector).
   3. expand: ``parent_index = [0]*M + [1]*M + ...`` (R = B*M rows); draw one timestep and one noise per row.
   4. denoise the R rows with the masked neck (row r sees only condition parent_index[r]).
-  5. per-row losses: 20 * L1(eps) + CE(3 Euler angles) + BCE(open); the loss is their mean over rows.
+  5. losses: 20 * L1(eps) per noisy row; CE(3 Euler angles) + BCE(open) from the rotation/gripper head;
+     the loss is the mean over rows of each part, summed over the parts.
+
+The rotation/gripper head (``head_input="position"``, the paper's design) reads one extra row per condition:
+the ground-truth position plus N(0, 1 cm) noise at timestep 0, run through the same masked neck beside the
+noisy rows (so it too sees only its own condition). ``head_input="noisy_rows"`` reads the head on every noisy
+row instead (an ablation: most of those positions are far from the target).
 
 Inference (``predict_action``): encode once, project the neck's keys/values once, run only the rows through
-the diffusion steps (DDPM or DDIM), then the rotation/gripper head on the denoised position (t = 0).
+the diffusion steps (DDPM or DDIM) starting from the forward process at the first timestep
+(``diffusion.init_sample``), then the rotation/gripper head on the denoised position (t = 0).
 """
 
 from __future__ import annotations
@@ -43,10 +50,13 @@ AnyPolicyConfig = MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig
 
 @dataclass(frozen=True)
 class NoiseDraw:
-    """Per-row diffusion draws. t: (R,) int64 timesteps; noise: (R, action_dim)."""
+    """Diffusion draws. t: (R,) int64 timesteps; noise: (R, action_dim); pose_noise: (B, 3) metres, the
+    perturbation of each condition's ground-truth position read by the rotation/gripper head (None when the
+    head reads the noisy rows)."""
 
     t: Tensor
     noise: Tensor
+    pose_noise: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -100,12 +110,29 @@ class MiniDiffuserPolicy(Policy):
         """(B, 8) target poses -> (B, action_dim) diffused quantity (normalised xyz)."""
         return self.workspace.normalize(target[:, :3])
 
-    def draw_noise(self, rows: int, generator: torch.Generator | None, device: torch.device) -> NoiseDraw:
+    @property
+    def head_on_position(self) -> bool:
+        """Whether the rotation/gripper head is trained on one noised ground-truth position per condition."""
+        return getattr(self.config, "head_input", "noisy_rows") == "position"
+
+    def draw_noise(self, rows: int, generator: torch.Generator | None, device: torch.device,
+                   conditions: int | None = None) -> NoiseDraw:
+        """Draws for ``rows`` noisy rows (and ``conditions`` head rows when the head reads positions)."""
         t = self.schedule.sample_timesteps(rows, generator, device)
-        return NoiseDraw(t=t, noise=randn((rows, self.action_dim), generator, device))
+        noise = randn((rows, self.action_dim), generator, device)
+        pose_noise = None
+        if self.head_on_position:
+            if conditions is None:
+                raise ValueError("draw_noise needs the number of conditions when head_input='position'")
+            pose_noise = self.config.head_position_noise_m * randn((conditions, 3), generator, device)
+        return NoiseDraw(t=t, noise=noise, pose_noise=pose_noise)
 
     def noisy_action(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         return self.schedule.add_noise(x0, draw.noise, draw.t)
+
+    def initial_sample(self, noise: Tensor, t0: int) -> Tensor:
+        """x at the first visited timestep ``t0`` from standard noise (B, action_dim) (``diffusion.init_sample``)."""
+        return self.schedule.initial_sample(noise, t0, self.config.diffusion.init_sample)
 
     def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators) -> Tensor:
         return self.schedule.step(self.config.diffusion.sampler, x, eps, t, t_prev, generator)
@@ -127,20 +154,39 @@ class MiniDiffuserPolicy(Policy):
         """Per-row loss parts (each (R,)) of rows ``parent_index`` of the B encoded conditions.
 
         target: (B, 8) ground-truth keyposes of the B conditions; draw: timesteps and noises of the R rows.
+        With ``head_input="position"`` the "rotation" and "gripper" parts are per condition, (B,): they come
+        from one head row per condition at its ground-truth position plus ``draw.pose_noise``.
         """
         ctx = self.denoiser.prepare(enc)
         x0 = self.clean_action(target)[parent_index]  # (R, action_dim): explicit parent gather
-        out = self.forward_rows(ctx, parent_index, self.noisy_action(x0, draw), draw.t)
-        return self.loss_terms(out, draw, target[parent_index])
+        x_t = self.noisy_action(x0, draw)  # (R, action_dim)
+        if not self.head_on_position:
+            out = self.forward_rows(ctx, parent_index, x_t, draw.t)
+            return self.loss_terms(out, draw, target[parent_index])
+        if draw.pose_noise is None or draw.pose_noise.shape[0] != target.shape[0]:
+            raise ValueError(f"head_input='position' needs draw.pose_noise of shape ({target.shape[0]}, 3)")
+        r, b = parent_index.numel(), target.shape[0]
+        head_x = self.workspace.normalize(target[:, :3] + draw.pose_noise)  # (B, 3) one head row per condition
+        rows = torch.cat([parent_index, torch.arange(b, device=parent_index.device)])  # (R + B,)
+        t = torch.cat([draw.t, torch.zeros(b, dtype=draw.t.dtype, device=draw.t.device)])  # head rows at t = 0
+        out = self.forward_rows(ctx, rows, torch.cat([x_t, head_x], dim=0), t)  # noisy and head rows together
+        parts = self.loss_terms(RowOutputs(eps=out.eps[:r], rotation=None, gripper=out.gripper[:r]), draw,
+                                target[parent_index], head=False)
+        parts.update(self.head_terms(out.rotation[r:], out.gripper[r:], target))
+        return parts
 
-    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor) -> dict[str, Tensor]:
-        """target_rows: (R, 8) -> {"position", "rotation", "gripper"}: (R,) each."""
-        bins = quat_to_euler_bins(target_rows[:, 3:7], self.config.rotation_bins)  # (R, 3)
-        return {
-            "position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps, draw.noise),
-            "rotation": rotation_ce_rows(out.rotation, bins),
-            "gripper": gripper_bce_rows(out.gripper, target_rows[:, 7] > 0.5),
-        }
+    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True) -> dict[str, Tensor]:
+        """target_rows: (R, 8) -> {"position", "rotation", "gripper"}: (R,) each ("position" only without
+        ``head``)."""
+        parts = {"position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps, draw.noise)}
+        if head:
+            parts.update(self.head_terms(out.rotation, out.gripper, target_rows))
+        return parts
+
+    def head_terms(self, rotation: Tensor, gripper: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """rotation (N, 3, bins), gripper (N,) logits, target (N, 8) -> {"rotation", "gripper"}: (N,) each."""
+        bins = quat_to_euler_bins(target[:, 3:7], self.config.rotation_bins)  # (N, 3)
+        return {"rotation": rotation_ce_rows(rotation, bins), "gripper": gripper_bce_rows(gripper, target[:, 7] > 0.5)}
 
     def compute_loss(self, batch: ConditionBatch, generator: torch.Generator | None = None) -> LossOutput:
         if batch.target is None:
@@ -148,7 +194,7 @@ class MiniDiffuserPolicy(Policy):
         batch = self.prepare_batch(batch, generator)
         enc = self.encode(batch)  # B conditions, each encoded once
         parent_index = expand_parent_index(batch.batch_size, self.m, batch.points.device)  # (B*M,)
-        draw = self.draw_noise(parent_index.numel(), generator, batch.points.device)
+        draw = self.draw_noise(parent_index.numel(), generator, batch.points.device, conditions=batch.batch_size)
         return reduce_row_losses(self.row_losses(enc, batch.target, parent_index, draw))
 
     # ---------------------------------------------------------------- inference
@@ -176,6 +222,7 @@ class MiniDiffuserPolicy(Policy):
         parent_index = torch.arange(b, device=device)
         x = randn((b, self.action_dim), generator, device) if initial_noise is None else initial_noise.to(device)
         steps = self.schedule.inference_timesteps(self.config.diffusion.inference_steps)
+        x = self.initial_sample(x, steps[0])
         for i, t in enumerate(steps):
             t_now = torch.full((b,), t, dtype=torch.long, device=device)
             t_prev = torch.full((b,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device)
@@ -193,8 +240,10 @@ class OneToOnePolicy(MiniDiffuserPolicy):
 
 
 def reduce_row_losses(rows: dict[str, Tensor]) -> LossOutput:
-    """Mean over rows of the summed loss parts; metrics hold each part's mean ("loss/<part>")."""
-    total = torch.stack(list(rows.values()), dim=0).sum(0).mean()
+    """Sum over the parts of each part's mean over its rows; metrics hold each part's mean ("loss/<part>").
+
+    Parts may have different lengths (per noisy row, or per condition for the position-read head)."""
+    total = torch.stack([value.mean() for value in rows.values()]).sum()
     metrics = {"loss": float(total.detach())}
     metrics.update({f"loss/{name}": float(value.detach().mean()) for name, value in rows.items()})
     return LossOutput(loss=total, metrics=metrics)

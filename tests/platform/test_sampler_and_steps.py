@@ -36,6 +36,18 @@ def test_step_seeds_differ_by_step_and_stream():
     assert len(seeds) == 150 and step_seed(1, 2, 0) == step_seed(1, 2, 0)
 
 
+def test_ddp_ranks_draw_their_own_step_noise():
+    """Under DDP every rank must draw its own timesteps, noise and augmentation; rank 0 draws what a
+    single-worker run draws (so single-GPU results do not change)."""
+    from platform.loop import step_generator
+
+    cpu = torch.device("cpu")
+    draws = [torch.rand(8, generator=step_generator(0, 7, cpu, rank=r)) for r in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert torch.equal(draws[0], torch.rand(8, generator=step_generator(0, 7, cpu)))
+    assert step_seed(0, 7, 1, rank=0) == step_seed(0, 7, 1) != step_seed(0, 7, 1, rank=1)
+
+
 def test_warmup_cosine():
     assert warmup_cosine(0, 10, 100, 0.0) == pytest.approx(0.1)
     assert warmup_cosine(9, 10, 100, 0.0) == pytest.approx(1.0)

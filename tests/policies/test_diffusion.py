@@ -60,3 +60,15 @@ def test_row_generators_draw_each_row_as_a_batch_of_one():
     assert torch.equal(u[1:], torch.rand((1, 40), generator=torch.Generator().manual_seed(2)))
     with pytest.raises(ValueError, match="2 row generators for 3 rows"):
         randn((3, 7), gens[:2], torch.device("cpu"))
+
+
+def test_forward_initial_sample_has_the_training_input_scale():
+    """Sampling starts where training inputs are at the first visited timestep: x_t0 of x_0 = 0."""
+    s = NoiseSchedule(DiffusionConfig(train_steps=100))
+    noise = torch.randn(4096, 3, generator=torch.Generator().manual_seed(0))
+    start = s.initial_sample(noise, 99, "forward")
+    abar = float(s.alphas_cumprod[99])
+    assert 0.47 < abar < 0.5  # the scale the issue measured: far from a pure-noise endpoint
+    assert torch.allclose(start, s.add_noise(torch.zeros_like(noise), noise, torch.full((4096,), 99)))
+    assert abs(float(start.std()) - math.sqrt(1 - abar)) < 0.02
+    assert torch.equal(s.initial_sample(noise, 99, "standard"), noise)

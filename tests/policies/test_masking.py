@@ -19,8 +19,14 @@ def _rows_outputs(policy, batch: ConditionBatch, parent: torch.Tensor, x_t: torc
     return torch.cat([out.eps, out.rotation.flatten(1), out.gripper[:, None]], dim=1)  # (R, features)
 
 
-def _draw(policy, rows: int, seed: int) -> NoiseDraw:
-    return policy.draw_noise(rows, torch.Generator().manual_seed(seed), torch.device("cpu"))
+def _draw(policy, rows: int, seed: int, conditions: int | None = None) -> NoiseDraw:
+    return policy.draw_noise(rows, torch.Generator().manual_seed(seed), torch.device("cpu"), conditions=conditions)
+
+
+def _sub_draw(draw: NoiseDraw, rows: torch.Tensor, conds: torch.Tensor) -> NoiseDraw:
+    """The draws of noisy rows ``rows`` and of the head rows of conditions ``conds``."""
+    pose = None if draw.pose_noise is None else draw.pose_noise[conds]
+    return NoiseDraw(t=draw.t[rows], noise=draw.noise[rows], pose_noise=pose)
 
 
 @settings(max_examples=8, deadline=None)
@@ -63,21 +69,45 @@ def test_perturbing_one_noisy_action_changes_no_other_row():
 
 
 @settings(max_examples=6, deadline=None)
-@given(b=st.integers(1, 4), m=st.integers(1, 5), seed=st.integers(0, 1000))
-def test_loss_equals_naive_per_condition_loop(b, m, seed):
-    policy = tiny_policy(seed=seed).eval()
+@given(b=st.integers(1, 4), m=st.integers(1, 5), seed=st.integers(0, 1000),
+       head_input=st.sampled_from(["position", "noisy_rows"]))
+def test_loss_equals_naive_per_condition_loop(b, m, seed, head_input):
+    policy = tiny_policy(seed=seed, head_input=head_input).eval()
     batch = tiny_batch(b, 48, seed=seed)
     parent = expand_parent_index(b, m)[torch.randperm(b * m, generator=torch.Generator().manual_seed(seed))]
-    draw = _draw(policy, b * m, seed)
+    draw = _draw(policy, b * m, seed, conditions=b)
+    per_condition = head_input == "position"  # rotation and gripper come from one head row per condition
     with torch.no_grad():
         batched = policy.row_losses(policy.encode(batch), batch.target, parent, draw)
         for i in range(b):  # naive: encode condition i alone, run only its rows
             rows = (parent == i).nonzero().flatten()
             single = batch.select(torch.tensor([i]))
-            sub_draw = NoiseDraw(t=draw.t[rows], noise=draw.noise[rows])
-            naive = policy.row_losses(policy.encode(single), single.target, torch.zeros_like(rows), sub_draw)
-            for name in ("position", "rotation", "gripper"):
-                assert torch.allclose(batched[name][rows], naive[name], atol=ATOL), name
+            sub = _sub_draw(draw, rows, torch.tensor([i]))
+            naive = policy.row_losses(policy.encode(single), single.target, torch.zeros_like(rows), sub)
+            assert torch.allclose(batched["position"][rows], naive["position"], atol=ATOL)
+            for name in ("rotation", "gripper"):
+                mine = batched[name][i : i + 1] if per_condition else batched[name][rows]
+                assert torch.allclose(mine, naive[name], atol=ATOL), name
+
+
+def test_head_rows_read_the_noised_ground_truth_position():
+    """The rotation/gripper loss of head_input=position depends on the pose noise, not on the noisy rows."""
+    policy = tiny_policy(seed=3, head_input="position").eval()
+    batch = tiny_batch(2, 48, seed=3)
+    parent = expand_parent_index(2, 3)
+    draw = _draw(policy, 6, seed=3, conditions=2)
+    with torch.no_grad():
+        enc = policy.encode(batch)
+        ref = policy.row_losses(enc, batch.target, parent, draw)
+        other_rows = NoiseDraw(t=(draw.t + 50) % 100, noise=-draw.noise, pose_noise=draw.pose_noise)
+        moved_rows = policy.row_losses(enc, batch.target, parent, other_rows)
+        other_pose = NoiseDraw(t=draw.t, noise=draw.noise, pose_noise=draw.pose_noise + 0.05)
+        moved_pose = policy.row_losses(enc, batch.target, parent, other_pose)
+    assert ref["rotation"].shape == (2,) and ref["position"].shape == (6,)
+    assert torch.allclose(ref["rotation"], moved_rows["rotation"], atol=ATOL)
+    assert torch.allclose(ref["gripper"], moved_rows["gripper"], atol=ATOL)
+    assert not torch.allclose(ref["gripper"], moved_pose["gripper"], atol=1e-5)
+    assert torch.allclose(ref["position"], moved_pose["position"], atol=ATOL)
 
 
 @settings(max_examples=6, deadline=None)
@@ -88,13 +118,15 @@ def test_two_level_equals_one_to_one_on_repeated_conditions(b, m, seed):
     one_to_one.load_state_dict(two_level.state_dict())
     batch = tiny_batch(b, 48, seed=seed)
     parent = expand_parent_index(b, m)
-    draw = _draw(two_level, b * m, seed)
+    draw = _draw(two_level, b * m, seed, conditions=b)
     with torch.no_grad():
         ours = two_level.row_losses(two_level.encode(batch), batch.target, parent, draw)
-        repeated = batch.select(parent)  # B*M conditions, one per noised sample
-        theirs = one_to_one.row_losses(one_to_one.encode(repeated), repeated.target, torch.arange(b * m), draw)
-    for name in ours:
-        assert torch.allclose(ours[name], theirs[name], atol=ATOL), name
+        repeated = batch.select(parent)  # B*M conditions, one per noised sample, each with its parent's head noise
+        their_draw = NoiseDraw(t=draw.t, noise=draw.noise, pose_noise=draw.pose_noise[parent])
+        theirs = one_to_one.row_losses(one_to_one.encode(repeated), repeated.target, torch.arange(b * m), their_draw)
+    assert torch.allclose(ours["position"], theirs["position"], atol=ATOL)
+    for name in ("rotation", "gripper"):  # per condition: each of the M copies equals its parent's
+        assert torch.allclose(ours[name][parent], theirs[name], atol=ATOL), name
 
 
 def test_m1_compute_loss_equals_one_to_one_compute_loss():
