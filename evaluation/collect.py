@@ -92,19 +92,25 @@ def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, te
 
 
 def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
-    """Record the settings on first use; refuse to mix data from different settings in one directory."""
+    """Record the settings on first use; refuse to mix data from different settings in one directory.
+
+    The episode count is not a setting of the data (episodes are per variation, deterministic): a larger
+    count extends a finished collection (e.g. to add validation episodes), a smaller one keeps the first."""
     path = out / SETTINGS
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
         except json.JSONDecodeError:
             previous = None
-        if previous != settings:
-            changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
+        changed = sorted(k for k in settings if k != "episodes_per_task"
+                         and (previous is None or previous.get(k) != settings[k]))
+        if changed:
             raise CollectError(
                 f"{out} holds a collection made with different settings ({', '.join(changed)} differ, see "
                 f"{path}); use another --out, or delete {out} to start over"
             )
+        if previous != settings:
+            atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
         return
     if any(p.name not in (LOCK,) for p in out.iterdir()):
         raise CollectError(f"{out} is not empty and is not a collection directory; use an empty or new --out")

@@ -261,9 +261,9 @@ class KeyframeDataset:
 
     def _load_shards(self, verify: bool) -> None:
         task_index = {t: i for i, t in enumerate(self.task_names)}
-        points, offsets, gripper, target, tasks = [], [0], [], [], []
+        points, offsets, gripper, target, tasks, episodes = [], [0], [], [], [], []
         instructions: list[str] = []
-        for shard in self.manifest["shards"]:
+        for shard_no, shard in enumerate(self.manifest["shards"]):
             path = self._check_file(shard["file"], shard["sha256"], verify)
             table = read_table(path, SAMPLE_SCHEMA, self.fix)
             if table.num_rows != shard["rows"]:
@@ -284,6 +284,7 @@ class KeyframeDataset:
             gripper.append(np.asarray(table.column("gripper_pose").combine_chunks().values, np.float32))
             target.append(np.asarray(table.column("target_pose").combine_chunks().values, np.float32))
             tasks.extend([task_index[shard["task"]]] * table.num_rows)
+            episodes.extend([shard_no] * table.num_rows)
             instructions.extend(table.column("instruction").to_pylist())
         n = len(tasks)
         if n != self.manifest["total_samples"] or n == 0:
@@ -295,6 +296,7 @@ class KeyframeDataset:
         self.gripper = np.concatenate(gripper).reshape(n, POSE_DIM)  # (S, 8)
         self.target = np.concatenate(target).reshape(n, POSE_DIM)  # (S, 8)
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
+        self.sample_episode = np.asarray(episodes, np.int64)  # (S,) its shard (= episode) in manifest order
         self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
         self._variation_text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._text_choices: np.ndarray | None = None  # (K, W) rows a sample's text may be drawn from

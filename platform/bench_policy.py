@@ -23,7 +23,7 @@ import torch
 
 from policies.batch import ConditionBatch
 from policies.expansion import expand_parent_index
-from policies.minidiffuser import MiniDiffuserPolicy
+from policies.minidiffuser import MiniDiffuserPolicy, reduce_row_losses
 from policies.profiling import PeakTensorMemory, interleaved_median_seconds
 from policies.registry import build_policy, parse_policy_config
 from policies.synthetic import random_condition_batch
@@ -83,7 +83,7 @@ def _head_step(policy: MiniDiffuserPolicy, batch: ConditionBatch, enc_detached: 
     parent = expand_parent_index(batch.batch_size, m, batch.points.device)  # (B*M,)
     draw = policy.draw_noise(parent.numel(), gen, batch.points.device, conditions=batch.batch_size)
     rows = policy.row_losses(enc_detached, batch.target, parent, draw)
-    torch.stack(list(rows.values())).sum(0).mean().backward()
+    reduce_row_losses(rows).loss.backward()
 
 
 def _peak_memory(fn: Any, args: argparse.Namespace, device: torch.device) -> int:

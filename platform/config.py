@@ -56,7 +56,10 @@ class DataConfig(_Frozen):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
     suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with evaluation.rlbench_import
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
-    episodes_per_task: int = Field(10, ge=1, le=1000)  # Meta-World: collected; RLBench: the first N imported
+    episodes_per_task: int = Field(10, ge=1, le=1000)  # training episodes per task (Meta-World: train variations)
+    # held-out validation episodes per task (the next ones after the training episodes, never test variations):
+    # the keypose error after full sampling is measured on them every train.val_every steps; 0 disables it
+    val_episodes_per_task: int = Field(2, ge=0, le=100)
     collect_if_missing: bool = True  # Meta-World: collect; RLBench: import from data.rlbench_root
     # RLBench demonstrations on disk (the dataset generator's layout, e.g. PerAct's train split): imported
     # into data.path when that is missing (python -m evaluation.rlbench_import does the same by hand)
@@ -83,6 +86,11 @@ class TrainConfig(_Frozen):
     keep_last: int = Field(2, ge=1)
     time_budget_s: float | None = Field(None, gt=0)  # stop (and checkpoint) after this much training time
     max_consecutive_nonfinite: int = Field(5, ge=1)
+    # torch intra-op threads of a CPU training worker. None: the node's cores divided among the workers when
+    # nothing evaluates beside the training (eval.every_steps=0), else ray.cpus_per_worker (Ray's default).
+    cpu_threads: int | None = Field(None, ge=1, le=1024)
+    # keypose error on the validation episodes (data.val_episodes_per_task) every N steps and at the end; 0: never
+    val_every: int = Field(100, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -79,6 +79,8 @@ def ensure_dataset(cfg: Any) -> Any:
     from platform.cli import UserFacingError
 
     path = cfg.resolve_path(cfg.data.path)
+    if (path / "manifest.json").is_file() and cfg.data.suite != "rlbench" and cfg.data.collect_if_missing:
+        _top_up(cfg, path)
     if not (path / "manifest.json").is_file():
         if cfg.data.suite == "rlbench":
             _import_rlbench(cfg, path)
@@ -88,14 +90,46 @@ def ensure_dataset(cfg: Any) -> Any:
                 f"no dataset at {path} and data.collect_if_missing=false: collect one with "
                 f"python -m evaluation.collect --suite {cfg.data.suite} --episodes-per-task "
                 f"{cfg.data.episodes_per_task} --out {path}")
-        from evaluation.collect import collect_dataset
 
-        print(f"[data] no dataset at {path}: collecting {cfg.data.suite} x {cfg.data.episodes_per_task} "
-              f"episodes per task with {cfg.data.collect_workers} workers (one-time)", flush=True)
-        collect_dataset(suite=cfg.data.suite, tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
-                        episodes_per_task=cfg.data.episodes_per_task, out=path,
-                        workers=cfg.data.collect_workers, seed=cfg.data.seed)
+        print(f"[data] no dataset at {path}: collecting {cfg.data.suite} x {_episodes_needed(cfg)} episodes per "
+              f"task ({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation) with "
+              f"{cfg.data.collect_workers} workers (one-time)", flush=True)
+        _collect(cfg, path)
     return _check_dataset(cfg, path)
+
+
+def _episodes_needed(cfg: Any) -> int:
+    return cfg.data.episodes_per_task + cfg.data.val_episodes_per_task
+
+
+def _collect(cfg: Any, path: Any) -> None:
+    from evaluation.collect import CollectError, collect_dataset
+    from platform.cli import UserFacingError
+
+    try:
+        collect_dataset(suite=cfg.data.suite, tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
+                        episodes_per_task=_episodes_needed(cfg), out=path,
+                        workers=cfg.data.collect_workers, seed=cfg.data.seed)
+    except CollectError as exc:
+        raise UserFacingError(f"collecting {path} failed: {exc}") from None
+
+
+def _top_up(cfg: Any, path: Any) -> None:
+    """A Meta-World dataset with fewer episodes per task than training + validation need is extended
+    (collection is per variation and deterministic: existing episodes are kept as they are)."""
+    import json
+
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        have = min(len(manifest["episodes"][t]) for t in (cfg.data.tasks or manifest["tasks"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable or foreign: the dataset reader reports it with the fix
+    if have >= _episodes_needed(cfg):
+        return
+    print(f"[data] {path} has {have} episodes per task; collecting up to {_episodes_needed(cfg)} "
+          f"({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation; existing "
+          "episodes are kept)", flush=True)
+    _collect(cfg, path)
 
 
 def _import_rlbench(cfg: Any, path: Any) -> None:
@@ -113,10 +147,10 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
     src = cfg.resolve_path(root)
     tasks = list(cfg.data.tasks) if cfg.data.tasks else "peract18"
     print(f"[data] no dataset at {path}: importing RLBench demonstrations from {src} (first "
-          f"{cfg.data.episodes_per_task} episodes per task, {cfg.data.collect_workers} workers; one-time, "
+          f"{_episodes_needed(cfg)} episodes per task, {cfg.data.collect_workers} workers; one-time, "
           "restartable)", flush=True)
     try:
-        manifest = import_dataset(src, path, tasks, cfg.data.episodes_per_task, workers=cfg.data.collect_workers)
+        manifest = import_dataset(src, path, tasks, _episodes_needed(cfg), workers=cfg.data.collect_workers)
     except (RLBenchImportError, TextEncoderError, FileNotFoundError, ValueError) as exc:
         raise UserFacingError(f"importing RLBench data from {src} failed: {exc}") from None
     print(f"[data] imported {len(manifest['tasks'])} tasks, {manifest['total_samples']} keyframe samples into "
@@ -165,19 +199,19 @@ def check_workspace(cfg: Any, ds: Any) -> None:
         f"policy.workspace_high={fmt(suggest_hi)} (the dataset's crop; configs/rlbench18.yaml has RLBench's)")
 
 
-class TaskSubset:
-    """The samples of ``tasks`` only (``data.tasks``), with the same interface as the dataset it wraps."""
+class DatasetSubset:
+    """Samples ``index`` of a dataset (a task subset, the training or the validation episodes), with the
+    interface of the dataset it wraps."""
 
-    def __init__(self, dataset: Any, tasks: Sequence[str]) -> None:
-        missing = sorted(set(tasks) - set(dataset.task_names))
-        if missing:
-            raise ValueError(f"data.tasks {missing} are not in the dataset (it has {dataset.task_names})")
-        wanted = np.isin(dataset.task_index, [dataset.task_names.index(t) for t in tasks])
+    def __init__(self, dataset: Any, index: np.ndarray) -> None:
         self._dataset = dataset
-        self._index = np.flatnonzero(wanted)  # (S_subset,) indices into the full dataset
-        self.task_names = [t for t in dataset.task_names if t in set(tasks)]
+        self._index = np.asarray(index, np.int64)  # (S_subset,) indices into the full dataset
+        kept = set(np.unique(dataset.task_index[self._index]).tolist())
+        self.task_names = [t for i, t in enumerate(dataset.task_names) if i in kept]
         self.pointcloud_config = getattr(dataset, "pointcloud_config", None)
         self.manifest = getattr(dataset, "manifest", {})
+        self.task_index = dataset.task_index[self._index]  # (S_subset,) into the full dataset's task_names
+        self.full_task_names = list(dataset.task_names)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -186,7 +220,7 @@ class TaskSubset:
         return self._dataset.instruction_embedding(task)
 
     def variation_instructions(self) -> dict[str, Any]:
-        """The per-text embeddings of the kept tasks' samples (see ``KeyframeDataset``)."""
+        """The per-text embeddings of the kept samples (see ``KeyframeDataset``)."""
         texts = self._dataset.variation_instructions()
         kept = {self._dataset.sample_instructions[i] for i in self._index} if texts else set()
         return {k: v for k, v in texts.items() if k in kept}
@@ -195,11 +229,51 @@ class TaskSubset:
         return self._dataset.batch(self._index[np.asarray(indices)], max_points=max_points, generator=generator)
 
 
+def split_episodes(dataset: Any, tasks: Sequence[str] | None, train_per_task: int,
+                   val_per_task: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train sample indices, validation sample indices) of ``dataset``.
+
+    Per task (restricted to ``tasks`` when given), episodes in manifest order (Meta-World: train variations
+    0, 1, ...; RLBench: the imported episodes): the first ``train_per_task`` train, the next
+    ``val_per_task`` validate. Validation episodes are therefore other train-set variations, never the test
+    variations that evaluation uses, and never episodes the training set sees.
+    """
+    names = list(dataset.task_names)
+    if tasks:
+        missing = sorted(set(tasks) - set(names))
+        if missing:
+            raise ValueError(f"data.tasks {missing} are not in the dataset (it has {names})")
+    wanted = [names.index(t) for t in (tasks or names)]
+    train, val = [], []
+    for task in wanted:
+        in_task = np.flatnonzero(dataset.task_index == task)
+        episodes = list(dict.fromkeys(dataset.sample_episode[in_task].tolist()))  # manifest order
+        train_eps = set(episodes[:train_per_task])
+        val_eps = set(episodes[train_per_task : train_per_task + val_per_task])
+        train.append(in_task[np.isin(dataset.sample_episode[in_task], list(train_eps))])
+        val.append(in_task[np.isin(dataset.sample_episode[in_task], list(val_eps))])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def episode_counts(dataset: Any) -> dict[str, int]:
+    """Episodes per task in ``dataset`` (a ``KeyframeDataset``)."""
+    out: dict[str, int] = {}
+    for i, task in enumerate(dataset.task_names):
+        out[task] = len(np.unique(dataset.sample_episode[dataset.task_index == i]))
+    return out
+
+
 def open_training_dataset(cfg: Any) -> Any:
-    """The dataset the train loop samples from: ``data.path``, restricted to ``data.tasks`` when set."""
+    """The dataset the train loop samples from: the first ``data.episodes_per_task`` episodes of each task
+    of ``data.path`` (restricted to ``data.tasks`` when set)."""
+    return open_split(cfg)[0]
+
+
+def open_split(cfg: Any) -> tuple[Any, Any | None]:
+    """(training subset, validation subset or None when ``data.val_episodes_per_task`` is 0 or the dataset
+    holds no episode beyond the training ones); see ``split_episodes``."""
     from evaluation.dataset import KeyframeDataset
 
     dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
-    if cfg.data.tasks and set(cfg.data.tasks) != set(dataset.task_names):
-        return TaskSubset(dataset, cfg.data.tasks)
-    return dataset
+    train, val = split_episodes(dataset, cfg.data.tasks, cfg.data.episodes_per_task, cfg.data.val_episodes_per_task)
+    return DatasetSubset(dataset, train), (DatasetSubset(dataset, val) if len(val) else None)

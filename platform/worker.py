@@ -43,6 +43,17 @@ def _ray_context() -> tuple[int, int, Any]:
         return 0, 1, None
 
 
+def cpu_threads(cfg: ExperimentConfig, world: int) -> int:
+    """Intra-op threads of a CPU training worker (``train.cpu_threads``; see its comment in the config)."""
+    import os
+
+    if cfg.train.cpu_threads is not None:
+        return cfg.train.cpu_threads
+    if cfg.eval.enabled and cfg.eval.every_steps > 0:  # simulator actors run beside the training
+        return max(1, int(cfg.ray.cpus_per_worker))
+    return max(1, (os.cpu_count() or 1) // max(1, world))
+
+
 def _device(cfg: ExperimentConfig, in_ray: bool) -> torch.device:
     if cfg.train.device == "cpu":
         return torch.device("cpu")
@@ -67,20 +78,39 @@ class RunDirBusyError(UserFacingError):
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
-    from platform.data import open_training_dataset
+    from platform.data import open_split
 
     cfg = ExperimentConfig.model_validate(payload["config"])
     rank, world, train_mod = _ray_context()
     device = _device(cfg, train_mod is not None)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, world))
     run_dir = Path(payload["run_dir"])
     run_lock = _lock_run_dir(run_dir, rank, world)
     try:
-        dataset = open_training_dataset(cfg)
+        dataset, val_dataset = open_split(cfg)
         state = build_training(cfg, dataset, device, rank=rank, world=world)
-        _train(cfg, payload, run_dir, dataset, state, device, rank, world, train_mod)
+        val = _validation_set(cfg, val_dataset) if rank == 0 else None
+        _train(cfg, payload, run_dir, dataset, state, device, rank, world, train_mod, val)
     finally:
         if run_lock is not None:
             run_lock.release()
+
+
+def _validation_set(cfg: ExperimentConfig, val_dataset: Any) -> Any:
+    """The collated validation episodes, or None (with a line saying why) when there are none."""
+    from platform.validation import ValidationSet
+
+    if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
+        return None
+    if val_dataset is None:
+        print(f"[val] no validation episodes in {cfg.data.path} beyond the {cfg.data.episodes_per_task} training "
+              "episodes per task: validation is off (collect more, or set data.val_episodes_per_task=0)", flush=True)
+        return None
+    val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points)
+    print(f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task) validated "
+          f"every {cfg.train.val_every} steps", flush=True)
+    return val
 
 
 def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
@@ -105,7 +135,7 @@ def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
 
 
 def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, dataset: Any, state: TrainingState,
-           device: torch.device, rank: int, world: int, train_mod: Any) -> None:
+           device: torch.device, rank: int, world: int, train_mod: Any, val: Any = None) -> None:
     instructions = Instructions(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
         texts=getattr(dataset, "variation_instructions", dict)(),  # RLBench: one per variation's text
@@ -122,11 +152,12 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
     if rank == 0:
         print(f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
               f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
-              f"M={cfg.policy.m} ({cfg.policy.type})", flush=True)
+              f"M={cfg.policy.m} ({cfg.policy.type})"
+              + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""), flush=True)
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")))
+    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")), val=val)
     try:
         while state.step < cfg.train.steps and not time_is_up(deadline, state.device):
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
@@ -157,9 +188,10 @@ class _MetricLog:
     """
 
     def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any,
-                 fault: tuple[Path, str | None] = (Path("."), None)) -> None:
+                 fault: tuple[Path, str | None] = (Path("."), None), val: Any = None) -> None:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
         self.fault = fault
+        self.val = val  # platform.validation.ValidationSet (rank 0) or None
         self.pending: list[tuple[int, dict[str, float]]] = []
         self.last = time.perf_counter()
 
@@ -171,8 +203,21 @@ class _MetricLog:
         if self.rank == 0:
             print(f"[train] step {st.step:>6}/{self.cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
                   f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
+        if self.val is not None and self._validate_now(st.step, len(window)):
+            from platform.validation import format_line, validate
+
+            model = st.ema.shadow if st.ema is not None else getattr(st.policy, "module", st.policy)
+            val_metrics = validate(model, self.val, st.device, seed=self.cfg.train.seed)
+            metrics.update(val_metrics)
+            print(format_line(st.step, val_metrics), flush=True)
+            self.last = time.perf_counter()  # validation time is not training throughput
         if self.fault[1] is not None:
             _maybe_inject_fault(self.fault[0], st.step, self.fault[1])
+
+    def _validate_now(self, step: int, window_len: int) -> bool:
+        """At the window that crosses a multiple of ``train.val_every``, and at the last step."""
+        every = self.cfg.train.val_every
+        return every > 0 and (step // every > (step - window_len) // every or step == self.cfg.train.steps)
 
     def commit(self, checkpoint_step: int) -> None:
         if self.tracker is not None:

@@ -165,10 +165,23 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny, capsys):
     blocker.write_text("not a directory")
     with pytest.raises(CollectError, match="cannot write to output directory"):
         collect_dataset(tasks=TASKS, episodes_per_task=1, out=blocker / "sub", progress=False)
-    with pytest.raises(CollectError, match="different settings.*episodes_per_task"):
-        _collect(tiny, episodes=2)
+    with pytest.raises(CollectError, match="different settings.*seed"):
+        _collect(tiny, episodes=1, seed=7)
     assert main(["--tasks", "pick-plase-v3", "--out", str(tmp_path / "y"), "--no-progress"]) == 2
     assert "error: unknown Meta-World task 'pick-plase-v3'" in capsys.readouterr().err
+
+
+def test_a_larger_episode_count_extends_a_collection(tiny, tmp_path):
+    """Validation episodes are added to an existing dataset by collecting more: finished shards are kept."""
+    import shutil
+
+    out = tmp_path / "extend"
+    shutil.copytree(tiny, out)
+    before = {p: p.read_bytes() for p in out.glob("shards/**/*.parquet")}
+    manifest = _collect(out, episodes=2)
+    assert {t: len(v) for t, v in manifest["episodes"].items()} == {"reach-v3": 2, "pick-place-v3": 2}
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert len(KeyframeDataset(out)) == manifest["total_samples"]
 
 
 def test_corrupt_shard_is_detected(tiny, tmp_path):

@@ -20,6 +20,9 @@ class FakeKeyframeDataset:
                                            workspace_low=policy_cfg.workspace_low,
                                            workspace_high=policy_cfg.workspace_high, seed=seed)
         self.task_names = ["fake-task-a", "fake-task-b"]
+        self.task_index = np.arange(num_samples) % 2  # (S,) alternating tasks
+        self.sample_episode = np.arange(num_samples) // 2  # (S,) two samples (one per task) per episode number
+        self._all = ConditionBatch(**{**self._all.__dict__, "task_index": torch.as_tensor(self.task_index)})
 
     def __len__(self) -> int:
         return self._all.batch_size

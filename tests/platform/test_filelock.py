@@ -69,7 +69,7 @@ def _fake_training(tmp_path, monkeypatch):
     cfg = load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=2",
                              "train.warmup_steps=0", "train.checkpoint_every=2", "train.log_every=1",
                              "train.device=cpu", "eval.enabled=false", f"output_dir={tmp_path}"])
-    monkeypatch.setattr(platform.data, "open_training_dataset", lambda c: FakeKeyframeDataset(c.policy))
+    monkeypatch.setattr(platform.data, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
 

@@ -1,0 +1,97 @@
+"""The validation split (held-out train-set episodes) and the keypose-error metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from platform.config import load_config
+from platform.data import DatasetSubset, split_episodes
+from platform.validation import ValidationSet, keypose_errors, validate
+from platform.worker import _MetricLog
+from policies.registry import build_policy
+from tests.platform.fakes import FakeKeyframeDataset
+
+
+def _cfg(*overrides: str):
+    return load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=40",
+                              "train.warmup_steps=0", "train.device=cpu", "eval.enabled=false", *overrides])
+
+
+class _Episodes:
+    """Just what split_episodes reads: tasks and episodes per sample."""
+
+    def __init__(self) -> None:
+        self.task_names = ["a", "b"]
+        # task a: episodes 0,1,2,3 (3 samples each); task b: episodes 4,5,6 (2 samples each)
+        self.sample_episode = np.array([0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 2 + [5] * 2 + [6] * 2)
+        self.task_index = np.array([0] * 12 + [1] * 6)
+
+
+def test_split_takes_the_first_episodes_for_training_and_the_next_for_validation():
+    ds = _Episodes()
+    train, val = split_episodes(ds, None, train_per_task=2, val_per_task=1)
+    assert set(ds.sample_episode[train]) == {0, 1, 4, 5}
+    assert set(ds.sample_episode[val]) == {2, 6}
+    assert not set(train) & set(val)
+    train, val = split_episodes(ds, ["b"], train_per_task=2, val_per_task=5)  # fewer left than asked: all
+    assert set(ds.sample_episode[train]) == {4, 5} and set(ds.sample_episode[val]) == {6}
+    _, val = split_episodes(ds, None, train_per_task=10, val_per_task=2)
+    assert len(val) == 0
+    with pytest.raises(ValueError, match="not in the dataset"):
+        split_episodes(ds, ["c"], 1, 1)
+
+
+def test_keypose_errors_of_exact_and_shifted_predictions():
+    target = torch.tensor([[0.1, 0.5, 0.2, 0, 0, 0, 1, 1.0], [0.0, 0.6, 0.1, 0, 0, 0, 1, 0.0]])
+    exact = keypose_errors(target, target)
+    assert torch.allclose(exact["pos_err_cm"], torch.zeros(2)) and torch.all(exact["gripper_acc"] == 1)
+    assert torch.allclose(exact["rot_err_deg"], torch.zeros(2), atol=1e-3)
+    shifted = target.clone()
+    shifted[:, 0] += 0.03  # 3 cm
+    shifted[1, 7] = 1.0  # wrong gripper state
+    err = keypose_errors(shifted, target)
+    assert torch.allclose(err["pos_err_cm"], torch.full((2,), 3.0), atol=1e-4)
+    assert err["gripper_acc"].tolist() == [1.0, 0.0] and err["within_2cm"].tolist() == [0.0, 0.0]
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the ground truth (a test fake): validation must report zero error."""
+
+    def __init__(self, truth: torch.Tensor) -> None:
+        super().__init__()
+        self.truth = truth
+
+    def predict_action(self, obs, generator=None):
+        idx = [int(torch.nonzero((self.truth == row).all(-1))[0]) for row in obs.target]
+        return self.truth[idx]
+
+
+def test_validation_is_deterministic_per_task_and_zero_for_an_oracle():
+    cfg = _cfg()
+    ds = FakeKeyframeDataset(cfg.policy, num_samples=10)
+    val = ValidationSet.from_dataset(DatasetSubset(ds, np.arange(10)), cfg.policy.max_points)
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy).train()
+    a = validate(policy, val, torch.device("cpu"))
+    b = validate(policy, val, torch.device("cpu"))
+    assert policy.training  # restored
+    a.pop("val/time_s"), b.pop("val/time_s")
+    assert a == b
+    for key in ("pos_err_cm", "rot_err_deg", "gripper_acc", "within_2cm"):
+        assert f"val/{key}" in a and f"val/fake-task-a/{key}" in a and f"val/fake-task-b/{key}" in a
+        assert a[f"val/{key}"] == pytest.approx((a[f"val/fake-task-a/{key}"] + a[f"val/fake-task-b/{key}"]) / 2)
+    assert a["val/pos_err_cm"] > 0.5  # an untrained policy is far off
+    oracle = validate(_Oracle(ds._all.target), val, torch.device("cpu"))
+    assert oracle["val/pos_err_cm"] == 0 and oracle["val/gripper_acc"] == 1 and oracle["val/within_2cm"] == 1
+
+
+@pytest.mark.parametrize(("every", "log_every", "expected"), [
+    (10, 5, [10, 20, 30, 40]), (15, 10, [20, 30, 40]), (100, 10, [40]), (0, 10, []),
+])
+def test_validation_schedule(every, log_every, expected):
+    cfg = _cfg(f"train.val_every={every}")
+    log = _MetricLog(cfg, 0, None, None)
+    windows = [(s, log_every) for s in range(log_every, 41, log_every)]
+    assert [s for s, n in windows if log._validate_now(s, n)] == expected
