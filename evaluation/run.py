@@ -67,6 +67,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def cluster_actor_capacity(cpus_per_actor: float = 1.0, use_sim_resource: bool | None = None) -> int | None:
+    """How many evaluation actors the connected Ray cluster can run at once (what the coordinator checks
+    before it starts them): its CPUs over ``cpus_per_actor``, and at most its ``sim`` slots when actors use
+    them. None when unknown (``use_sim_resource=True``: an autoscaler may still add simulation nodes)."""
+    import ray
+
+    from evaluation.actors import SIM_RESOURCE
+
+    if use_sim_resource is True:
+        return None
+    resources = ray.cluster_resources()
+    capacity = int(resources.get("CPU", 0) / cpus_per_actor + 1e-9)
+    if use_sim_resource is None and resources.get(SIM_RESOURCE, 0) >= 1:
+        capacity = min(capacity, int(resources[SIM_RESOURCE]))
+    return capacity
+
+
+def cap_actors(requested: int, episodes: int, capacity: int | None = None,
+               what: str = "--actors") -> tuple[int, str | None]:
+    """Never more simulator actors than episodes to run, nor than the cluster can run at once (``capacity``,
+    None: unknown). Returns the number to start and, when it is below ``requested``, one line saying why."""
+    n, why = requested, []
+    if episodes < n:
+        n = max(1, episodes)
+        why.append(f"{episodes} episode{'s' if episodes != 1 else ''} to run")
+    if capacity is not None and 1 <= capacity < n:
+        n = capacity
+        why.append(f"the Ray cluster runs {capacity} at once")
+    if n == requested:
+        return n, None
+    return n, f"{what}={requested} capped to {n} simulator actor{'s' if n != 1 else ''}: {' and '.join(why)}"
+
+
 def seeds_of(args: argparse.Namespace) -> int | list[int]:
     n = args.num_seeds if args.num_seeds is not None else (3 if args.suite == "rlbench" else 1)
     return args.seed if n == 1 else [args.seed + k for k in range(n)]
@@ -129,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         tasks, factory, variations = _suite(args)
         checkpoint_condition_fn(args.checkpoint)  # fail on a bad checkpoint before starting Ray
         instructions = load_instructions(args.checkpoint / INSTRUCTIONS_FILE)
+        seeds = seeds_of(args)
+        episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
+        actors, note = cap_actors(args.actors, episodes)  # the cluster's capacity is checked by the pool
+        if note:
+            print(note, flush=True)
         pool = PoolConfig(
-            num_actors=args.actors,
+            num_actors=actors,
             cpus_per_actor=args.cpus_per_actor,
             max_keyposes=args.max_keyposes,
             on_planner_error="continue" if args.suite == "rlbench" and args.rlbench_protocol == "3dda" else "end",
@@ -142,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         with ray_session(address=args.ray_address):
             report = evaluate_checkpoint(
-                args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=args.actors,
-                seed=seeds_of(args), suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+                args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=actors,
+                seed=seeds, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
                 instructions=instructions,
             )
     except (CheckpointError, EvaluationStartupError, ValueError, ImportError) as exc:

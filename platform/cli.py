@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 from platform.config import ConfigError, ExperimentConfig, load_config, to_yaml
 
+# Printed on Ctrl-C (exit status 130); checkpoints are kept and the same command resumes from the newest one.
+INTERRUPTED_LINE = "interrupted: rerun the same command to resume"
 OVERRIDE_HELP = (
     "dotted config overrides, each re-validated, e.g. policy.m=64 train.steps=2000 policy.type=one_to_one "
     "data.tasks=[reach-v3,push-v3] (see --print-config for every key)"
@@ -44,7 +46,7 @@ def run_cli(main: Callable[[argparse.Namespace, ExperimentConfig], int], parser:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
         return 130
 
 

@@ -3,6 +3,11 @@ run's checkpoints, logged to the run's MLflow run against the checkpoint's train
 
 Failures of evaluation are reported, recorded and never kill the training run: a periodic evaluation
 that raises is logged as ``eval/failed`` and training goes on.
+
+Never more simulator actors than episodes or than the cluster runs at once (``plan_actors``). The final
+evaluation of a checkpoint already evaluated with the same settings reuses its report
+(``runs/<name>/eval/step_<N>.json``) instead of running it again, and a step whose ``eval/*`` the MLflow run
+already holds is not logged again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
 
 EVAL_DIR = "eval"
+SETTINGS_SUFFIX = ".settings.json"  # beside step_<N>.json: what the final evaluation was run with
+# Settings that change how fast an evaluation runs, not its episodes or their outcome.
+_NOT_RESULT_SETTINGS = {"enabled", "every_steps", "actors", "policy_server", "checkpoint", "episode_timeout_s"}
 
 
 def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
@@ -46,6 +54,23 @@ def protocol_note(cfg: ExperimentConfig) -> str | None:
             "published ones (configs/rlbench18.yaml has the protocol)")
 
 
+def eval_episodes(cfg: ExperimentConfig, num_tasks: int) -> int:
+    """Episodes one evaluation of ``num_tasks`` tasks runs (every seed runs episodes_per_task per task)."""
+    seeds = eval_seeds(cfg)
+    return num_tasks * cfg.eval.episodes_per_task * (len(seeds) if isinstance(seeds, list) else 1)
+
+
+def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None) -> tuple[ExperimentConfig, str | None]:
+    """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation and to ``capacity`` (actors the
+    cluster runs at once; None: unknown), and the one line saying so when it was capped."""
+    from evaluation.run import cap_actors
+
+    n, note = cap_actors(cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors")
+    if n == cfg.eval.actors:
+        return cfg, None
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"actors": n})}), note
+
+
 def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment."""
     from evaluation.coordinator import PoolConfig
@@ -53,9 +78,10 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
 
     e = cfg.eval
     tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE).tasks)
-    pool = PoolConfig(num_actors=e.actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
+    actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
+    pool = PoolConfig(num_actors=actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server)
-    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": e.actors,
+    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
             "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool}
     if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
         from evaluation.rlbench_backend import RLBenchConfig
@@ -116,27 +142,74 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str,
 
 
 def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
-    """Evaluate the run's last (or best) checkpoint in the driver, print the table, log and return the report."""
+    """Evaluate the run's last (or best) checkpoint in the driver, print the table, log and return the report.
+
+    A checkpoint already evaluated with the same settings (a rerun of a finished run) is not evaluated again:
+    its report is reused. MLflow gets ``eval/*`` at the checkpoint's step only if it does not hold them yet."""
     ckpt = best_checkpoint(run_dir) if cfg.eval.checkpoint == "best" else None
     ckpt = ckpt or latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserFacingError(f"no valid checkpoint in {run_dir / 'checkpoints'} to evaluate")
+    settings = eval_settings(cfg, ckpt.path)
+    report_path = run_dir / EVAL_DIR / f"step_{ckpt.step:08d}.json"
+    logged = tracker is not None and tracker.has_metric("eval/success", ckpt.step) is True
+    previous = _previous_report(report_path, settings)
+    if previous is not None:
+        print(f"[eval] {ckpt.path.name} was already evaluated with these settings: reusing {report_path}",
+              flush=True)
+        result = {"report": previous}
+    else:
+        if logged:
+            print(f"[eval] note: the MLflow run already holds eval/* at step {ckpt.step} from an evaluation with "
+                  f"other settings; this one is kept in {report_path} only", flush=True)
+        result = _run_final(cfg, ckpt.path)
+    report = log_eval_report(None if logged else tracker, ckpt.path, ckpt.step, result)
+    if report is None:
+        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {result['error']} "
+                              f"(details in {run_dir / EVAL_DIR})")
+    report_path.with_name(report_path.stem + SETTINGS_SUFFIX).write_text(json.dumps(settings, indent=1))
+    print(report.table(), flush=True)
+    if tracker is not None and not logged:
+        _log_plots(tracker, report, run_dir)
+    return report
+
+
+def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     seeds = eval_seeds(cfg)
     seeds_text = f" x {len(seeds)} seeds" if isinstance(seeds, list) else ""
-    print(f"[eval] evaluating {ckpt.path.name} with {cfg.eval.actors} simulator actors "
+    print(f"[eval] evaluating {checkpoint.name} with {cfg.eval.actors} simulator actors "
           f"({cfg.eval.episodes_per_task} episodes per task{seeds_text})", flush=True)
     note = protocol_note(cfg)
     if note:
         print(f"[eval] note: {note}", flush=True)
-    result = _evaluate(cfg.model_dump(mode="json"), str(ckpt.path))
-    report = log_eval_report(tracker, ckpt.path, ckpt.step, result)
-    if report is None:
-        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {result['error']} "
-                              f"(details in {run_dir / EVAL_DIR})")
-    print(report.table(), flush=True)
-    if tracker is not None:
-        _log_plots(tracker, report, run_dir)
-    return report
+    return _evaluate(cfg.model_dump(mode="json"), str(checkpoint))
+
+
+def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
+    """What decides an evaluation's episodes and outcome: the checkpoint's files (manifest hashes), the
+    suite and the ``eval.*`` settings (not the number of actors, a timeout or where the policy runs)."""
+    from platform.checkpoint import MANIFEST
+
+    try:
+        files = json.loads((checkpoint / MANIFEST).read_text())["files"]
+        hashes = {name: meta["sha256"] for name, meta in sorted(files.items())}
+    except (OSError, ValueError, KeyError, TypeError):
+        hashes = {}
+    return {"checkpoint": str(checkpoint), "files": hashes, "suite": cfg.data.suite, "seeds": eval_seeds(cfg),
+            "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_RESULT_SETTINGS)}
+
+
+def _previous_report(report_path: Path, settings: dict[str, Any]) -> str | None:
+    """The report text of an earlier final evaluation with exactly ``settings``, if there is one."""
+    try:
+        saved = json.loads(report_path.with_name(report_path.stem + SETTINGS_SUFFIX).read_text())
+        text = report_path.read_text()
+        from evaluation.metrics import EvalReport
+
+        EvalReport.from_json(text)
+    except (OSError, ValueError):
+        return None
+    return text if saved == json.loads(json.dumps(settings)) and settings["files"] else None
 
 
 def _log_plots(tracker: Any, report: Any, run_dir: Path) -> None:

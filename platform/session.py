@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -45,10 +46,18 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
     elif address:
         ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
     else:
-        cores = os.cpu_count() or 1
-        # Logical CPUs: the train worker plus the evaluation actors may oversubscribe a small machine.
-        need = int(cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers)) + cfg.eval.actors
         # The dashboard serves the State API that Ray Train's controller polls (and the UI at :8265).
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(cores, need), include_dashboard=True,
+        ray.init(address="local", num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
                  runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
     return time.perf_counter() - t0
+
+
+def local_cluster_cpus(cfg: ExperimentConfig, cores: int) -> int:
+    """Logical CPUs of a private local cluster: ``ray.num_cpus`` if set, else sized by the machine. The
+    train worker(s) plus the evaluation actors may oversubscribe a small machine, but by at most its number of
+    cores (``eval.actors`` beyond that could never run at once: ``platform.train`` caps them)."""
+    if cfg.ray.num_cpus:
+        return cfg.ray.num_cpus
+    train = math.ceil(cfg.ray.cpus_per_worker * max(1, cfg.ray.num_workers))
+    actors = min(cfg.eval.actors, cores) if cfg.eval.enabled else 0
+    return max(cores, train + actors)

@@ -23,7 +23,12 @@ one warning line, retries with exponential backoff (1 s to 60 s) and logs one li
 If MLflow is down at ``open`` time training starts anyway: ``run_id`` stays ``None`` until the run is
 found or created. ``flush()`` and ``close()`` force an attempt. Acknowledged positions are stored per
 tracking URI, so a restarted process with the same ``buffer_dir`` uploads what was left, once.
-``python -m platform.tracking sync <buffer_dir>`` uploads a buffer without training.
+``python -m platform.tracking sync <dir>`` uploads, without training, the buffer ``<dir>`` or every buffer
+below it: ``sync runs/<name>/mlflow_buffer`` sends a training run's driver and worker buffers alike.
+
+**Every (metric, step) once.** A metric value at a step the run already holds (a replayed step after a
+resume from an older checkpoint, a re-evaluated last step) is not sent again: the first value stays
+(``platform.tracking_upload``).
 
 **Metric names** (logged at the training step; names are sanitised to MLflow's character set):
 
@@ -55,13 +60,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from platform.tracking_buffer import BufferInUseError, RecordBuffer, TrackingBufferError, sanitize_key
+from platform.tracking_buffer import (
+    RECORDS_FILE,
+    STATE_FILE,
+    BufferInUseError,
+    RecordBuffer,
+    TrackingBufferError,
+    sanitize_key,
+)
 from platform.tracking_params import flatten_config, param_str, run_environment_params
 from platform.tracking_plots import plot_loss_curves, plot_success_per_task
 from platform.tracking_upload import UPLOAD_THREAD_PREFIX, MlflowSink, describe_error, install_log_filter
 
 __all__ = [
-    "RunTracker", "TrackingBufferError", "default_tracking_uri", "default_artifact_location",
+    "RunTracker", "TrackingBufferError", "default_tracking_uri", "default_artifact_location", "buffer_backlog",
+    "find_buffers", "sync_all", "sync_buffer", "sync_root",
     "flatten_config", "run_environment_params", "plot_loss_curves", "plot_success_per_task", "sanitize_key",
 ]  # fmt: skip
 
@@ -74,6 +87,8 @@ KINDS = ("train", "reference", "sweep_parent", "sweep_trial", "comparison")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 DEFAULT_EXPERIMENT = "minidiffuser"
 MAX_BACKOFF_S = 60.0
+# A training run's buffers live side by side under <run dir>/mlflow_buffer/ (driver, worker, worker.pid...).
+BUFFER_ROOT = "mlflow_buffer"
 
 
 def default_tracking_uri(repo_root: Path) -> str:
@@ -139,7 +154,7 @@ class RunTracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         tracker = cls._build(tracking_uri, experiment, run_name, buffer_dir, tags, artifact_location,
-                             upload_interval_s, replay=False)  # fmt: skip
+                             upload_interval_s, replay=False, sibling_if_busy=True)  # fmt: skip
         if tags:
             tracker._enqueue([{"k": "tag", "key": k, "value": v} for k, v in tags.items()])
         tracker._thread.start()
@@ -149,7 +164,7 @@ class RunTracker:
     @classmethod
     def _build(cls, tracking_uri: str, experiment: str, run_name: str, buffer_dir: Path,
                tags: dict[str, str], artifact_location: str | None, upload_interval_s: float,
-               replay: bool) -> RunTracker:  # fmt: skip
+               replay: bool, sibling_if_busy: bool) -> RunTracker:  # fmt: skip
         if not experiment or not run_name:
             raise ValueError(f"experiment and run_name must be non-empty (got {experiment!r}, {run_name!r})")
         if "'" in run_name and '"' in run_name:
@@ -158,6 +173,8 @@ class RunTracker:
         try:
             buffer = RecordBuffer(Path(buffer_dir), experiment, run_name)
         except BufferInUseError as e:
+            if not sibling_if_busy:
+                raise
             # e.g. a restarted train worker while the old one is still shutting down: log to a sibling
             # buffer rather than interleave two writers; nothing is lost, it is uploaded from there.
             sibling = Path(buffer_dir).with_name(f"{Path(buffer_dir).name}.pid{os.getpid()}-{time.time_ns()}")
@@ -194,6 +211,11 @@ class RunTracker:
     @property
     def buffer_dir(self) -> Path:
         return self._buffer.dir
+
+    def has_metric(self, key: str, step: int) -> bool | None:
+        """Whether the MLflow run holds metric ``key`` at ``step`` (logged by anyone, in any session); None
+        while MLflow has not been reached. Such a pair is never sent again."""
+        return self._sink.has_metric(sanitize_key(key), step)
 
     @property
     def pending_count(self) -> int:
@@ -314,7 +336,8 @@ class RunTracker:
             _log.warning(
                 "MLflow run %r: %d records not uploaded to %s; they are kept in %s and sent by the next "
                 "RunTracker.open with this buffer_dir or `python -m platform.tracking sync %s`",
-                self.run_name, self.pending_count, self.tracking_uri, self.buffer_dir, self.buffer_dir,
+                self.run_name, self.pending_count, self.tracking_uri, self.buffer_dir,
+                sync_root(self.buffer_dir),
             )  # fmt: skip
         return ok
 
@@ -401,13 +424,54 @@ class RunTracker:
         self._buffer.save_target(self.tracking_uri, acked_seq=seq)
 
 
+def sync_root(buffer_dir: Path) -> Path:
+    """What to pass to ``sync`` for this buffer: the run's ``mlflow_buffer`` folder (all its writers' buffers)
+    when the buffer lies in one, else the buffer itself."""
+    buffer_dir = Path(buffer_dir)
+    return buffer_dir.parent if buffer_dir.parent.name == BUFFER_ROOT else buffer_dir
+
+
+def find_buffers(root: Path) -> list[Path]:
+    """``root`` if it is a tracking buffer, else every buffer below it (not those inside another buffer's
+    staged artifacts), sorted."""
+    root = Path(root)
+    if (root / STATE_FILE).is_file():
+        return [root]
+    found: list[Path] = []
+    for state in sorted(root.rglob(STATE_FILE)):
+        buffer = state.parent
+        if not any(buffer.is_relative_to(b) for b in found):
+            found.append(buffer)
+    return found
+
+
+def buffer_backlog(root: Path, tracking_uri: str) -> dict[Path, int]:
+    """Records not yet acknowledged by ``tracking_uri``, per buffer under ``root`` (only buffers with some).
+
+    Reads the files without taking the buffers' locks: a snapshot, for the end-of-run hint."""
+    backlog: dict[Path, int] = {}
+    for buffer in find_buffers(root):
+        try:
+            state = json.loads((buffer / STATE_FILE).read_text(encoding="utf-8"))
+            acked = int(state.get("targets", {}).get(tracking_uri, {}).get("acked_seq", 0))
+            lines = (buffer / RECORDS_FILE).read_bytes().splitlines() if (buffer / RECORDS_FILE).exists() else []
+            last = max((json.loads(line)["seq"] for line in lines[-1:] if line.strip()), default=0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: sync reports it
+        if last > acked:
+            backlog[buffer] = last - acked
+    return backlog
+
+
 def sync_buffer(buffer_dir: Path, tracking_uri: str | None = None, timeout_s: float = 120.0) -> bool:
-    """Upload a buffer left by a finished or crashed process (statuses included). True when complete."""
-    state = json.loads((Path(buffer_dir) / "state.json").read_text(encoding="utf-8"))
+    """Upload a buffer left by a finished or crashed process (statuses included). True when complete.
+
+    Raises ``BufferInUseError`` when a live tracker holds the buffer (it uploads it itself)."""
+    state = json.loads((Path(buffer_dir) / STATE_FILE).read_text(encoding="utf-8"))
     targets = list(state.get("targets", {}))
     uri = tracking_uri or (targets[0] if len(targets) == 1 else default_tracking_uri(Path.cwd()))
     tracker = RunTracker._build(uri, state["experiment"], state["run_name"], Path(buffer_dir), {}, None, 0.0,
-                                replay=True)  # fmt: skip
+                                replay=True, sibling_if_busy=False)  # fmt: skip
     tracker._thread.start()
     ok = tracker.flush(timeout_s)
     with tracker._cv:
@@ -417,25 +481,47 @@ def sync_buffer(buffer_dir: Path, tracking_uri: str | None = None, timeout_s: fl
     return ok
 
 
+def sync_all(root: Path, tracking_uri: str | None = None, timeout_s: float = 300.0) -> int:
+    """``python -m platform.tracking sync ROOT``: every buffer of ``root`` (see ``find_buffers``), one line
+    each. Exit status 0 when all were uploaded, 1 when records remain, 2 when ``root`` holds no buffer."""
+    buffers = find_buffers(root)
+    if not buffers:
+        print(f"error: {root} is not a tracking buffer and holds none (no {STATE_FILE} in it or below it); pass "
+              f"a run's buffer folder, e.g. runs/<name>/{BUFFER_ROOT}", file=sys.stderr)
+        return 2
+    complete = True
+    for buffer in buffers:
+        try:
+            ok = sync_buffer(buffer, tracking_uri, timeout_s)
+        except BufferInUseError as e:
+            print(f"{buffer}: skipped, {e} (a live tracker uploads its own buffer)")
+            complete = False
+            continue
+        except (OSError, ValueError, TrackingBufferError) as e:
+            print(f"{buffer}: cannot be read: {e}")
+            complete = False
+            continue
+        print(f"{buffer}: {'uploaded everything' if ok else 'incomplete: records remain'}")
+        complete = complete and ok
+    return 0 if complete else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.tracking", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sync = sub.add_parser("sync", help="upload what a tracking buffer still holds")
-    sync.add_argument("buffer_dir", type=Path)
+    sync = sub.add_parser("sync", help="upload what tracking buffers still hold: one buffer, or every buffer "
+                                       f"under a folder (e.g. runs/<name>/{BUFFER_ROOT})")
+    sync.add_argument("buffer_dir", type=Path, metavar="DIR",
+                      help=f"a buffer, or a folder of buffers such as runs/<name>/{BUFFER_ROOT}")
     sync.add_argument(
         "--tracking-uri",
         default=None,
-        help="default: the buffer's only target URI, else $MLFLOW_TRACKING_URI or ./mlflow.db",
+        help="default: each buffer's only target URI, else $MLFLOW_TRACKING_URI or ./mlflow.db",
     )
     sync.add_argument("--timeout-s", type=float, default=300.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not (args.buffer_dir / "state.json").exists():
-        print(f"error: {args.buffer_dir} is not a tracking buffer (no state.json)", file=sys.stderr)
-        return 2
-    ok = sync_buffer(args.buffer_dir, args.tracking_uri, args.timeout_s)
-    print("uploaded everything" if ok else f"incomplete: records remain in {args.buffer_dir}")
-    return 0 if ok else 1
+    return sync_all(args.buffer_dir, args.tracking_uri, args.timeout_s)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@
 so several trackers can live in one process. Any exception it raises means "try again later"; records
 that MLflow refuses permanently (an invalid value) are moved to ``rejected.jsonl`` and skipped, so one
 bad record can never block the upload of everything after it.
+
+**Every (metric, step) once.** When it connects, the sink reads the run's metric history once and keeps
+the set of (key, step) pairs already stored; a metric record whose pair is in it (a step replayed after a
+resume from an older checkpoint, a re-evaluation of a finished run's last step, a re-sent batch) is
+acknowledged without being sent, so the value first logged at a step is the one MLflow keeps.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class _Chunk:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     chars: int = 0
+    metric_steps: set[tuple[str, int]] = field(default_factory=set)  # (key, step) pairs in this chunk
+    skipped: int = 0  # metric records dropped because their (key, step) was already logged
 
     def full(self) -> bool:
         return (
@@ -112,6 +119,9 @@ class MlflowSink:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.remote_params: dict[str, str] = {}
+        # (key, step) pairs already stored in the run (read at connect) or sent since; None until connected.
+        self.logged_steps: set[tuple[str, int]] | None = None
+        self._history_run: str | None = None
         self._warned_changed: set[str] = set()
 
     # ---- run resolution --------------------------------------------------------------------------------
@@ -135,8 +145,23 @@ class MlflowSink:
         if set_running and run.info.status != "RUNNING":
             self.client.update_run(self.run_id, status="RUNNING")
         self.remote_params = dict(run.data.params)
+        if self._history_run != self.run_id:  # once per run: reconnecting after an outage keeps the set
+            self.logged_steps = set() if created else self._read_logged_steps(run)
+            self._history_run = self.run_id
         self.buffer.save_target(self.tracking_uri, run_id=self.run_id, experiment_id=self.experiment_id)
         return created
+
+    def _read_logged_steps(self, run: Any) -> set[tuple[str, int]]:
+        """The (key, step) pairs of every metric value the run already holds (one history call per key)."""
+        pairs: set[tuple[str, int]] = set()
+        for key in run.data.metrics:
+            pairs.update((key, int(m.step)) for m in self.client.get_metric_history(self.run_id, key))
+        return pairs
+
+    def has_metric(self, key: str, step: int) -> bool | None:
+        """Whether the run holds ``key`` at ``step`` (None while the run's history is not known yet)."""
+        known = self.logged_steps
+        return None if known is None else (key, int(step)) in known
 
     def _create_run(self) -> Any:
         """Create the run; if another process created one with the same name concurrently, both keep the
@@ -233,7 +258,12 @@ class MlflowSink:
         chunk.records.append(rec)
         kind, key = rec["k"], rec["key"]
         if kind == "metric":
-            chunk.metrics.append(Metric(key, float(rec["value"]), int(rec["ts"]), int(rec["step"])))
+            pair = (key, int(rec["step"]))
+            if pair in chunk.metric_steps or (self.logged_steps is not None and pair in self.logged_steps):
+                chunk.skipped += 1  # this step of this metric is in the run already: the first value stays
+                return
+            chunk.metric_steps.add(pair)
+            chunk.metrics.append(Metric(key, float(rec["value"]), int(rec["ts"]), pair[1]))
             return
         value = str(rec["value"])
         chunk.chars += len(key) + len(value)
@@ -299,8 +329,13 @@ class MlflowSink:
 
         params = [Param(k, v) for k, v in chunk.params.items()]
         tags = [RunTag(k, v) for k, v in chunk.tags.items()]
-        self.client.log_batch(self.run_id, metrics=chunk.metrics, params=params, tags=tags)
+        if chunk.metrics or params or tags:
+            self.client.log_batch(self.run_id, metrics=chunk.metrics, params=params, tags=tags)
         self.remote_params.update(chunk.params)
+        if self.logged_steps is not None:
+            self.logged_steps.update(chunk.metric_steps)
+        if chunk.skipped:
+            _log.debug("MLflow run %s: %d metric values at already logged steps skipped", self.run_id, chunk.skipped)
 
     def _send_single(self, rec: dict[str, Any]) -> None:
         if rec["k"] == "status":

@@ -10,6 +10,11 @@
 Rerunning the same command (same ``name``) resumes the run from its newest valid checkpoint and continues
 the same MLflow run; a new ``name`` starts fresh. The last line printed is
 ``mean success: <percent>% over <N> episodes (MLflow run <id>, tracking URI <uri>)``.
+
+Before Ray starts, the driver checks the paths, ``eval.tasks`` and that no other live driver runs under the
+same ``name`` (``platform.preflight``); each problem is one line (exit status 2). Ctrl-C stops training
+(checkpoints are kept), marks the MLflow run KILLED, prints ``interrupted: rerun the same command to resume``
+and exits 130; an error marks it FAILED.
 """
 
 from __future__ import annotations
@@ -55,17 +60,51 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     if args.no_eval:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
     cfg = cfg.with_absolute_paths()
+    from platform.preflight import check_eval_tasks, check_paths, driver_lock
+
+    check_paths(cfg)  # before anything is created or started: one line naming the path
+    check_eval_tasks(cfg)
+    with driver_lock(cfg.run_dir, cfg.name):  # one driver per run, for the driver's whole life
+        return _run(cfg, t_start)
+
+
+def _run(cfg: ExperimentConfig, t_start: float) -> int:
     from platform.data import ensure_dataset
 
     dataset_dir = ensure_dataset(cfg)
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
-
+    cfg = _cap_actors(cfg, capacity=None)  # by the episodes to run, before the local cluster is sized
     from platform.session import connect_ray
 
     ray_s = connect_ray(cfg)
+    cfg = _cap_actors(cfg, capacity=_actor_capacity(cfg))
+    (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
     tracking = _open_run(cfg, run_dir)
+    try:
+        report = _train_and_evaluate(cfg, run_dir, tracking, dataset_dir, ray_s)
+    except KeyboardInterrupt:
+        _close(tracking, "KILLED", run_dir)
+        raise
+    except BaseException:
+        _close(tracking, "FAILED", run_dir)
+        raise
+    _close(tracking, "FINISHED", run_dir)
+    if report is None:
+        print(f"[train] done in {time.perf_counter() - t_start:.0f} s (evaluation disabled); checkpoints in "
+              f"{run_dir / 'checkpoints'}")
+        return 0
+    uri = tracking.tracking_uri if tracking else "disabled"
+    run_id = tracking.run_id if tracking else "none"
+    print(f"[train] finished in {time.perf_counter() - t_start:.0f} s. Open the dashboard: "
+          f"mlflow ui --backend-store-uri {uri}")
+    print(f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
+          f"(MLflow run {run_id}, tracking URI {uri})")
+    return 0
+
+
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path,
+                        ray_s: float) -> Any:
+    """Train (resuming), then evaluate the final checkpoint; the report, or None with evaluation disabled."""
     payload = {
         "config": cfg.model_dump(mode="json"),
         "run_dir": str(run_dir),
@@ -84,25 +123,74 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     t_fit = time.perf_counter()
     _fit(cfg, payload, run_dir)
     fit_s = time.perf_counter() - t_fit
-    if tracking is not None:
+    if tracking is not None:  # a rerun of a finished run keeps the first values (one value per step)
         tracking.log_metrics({"time/ray_start_s": ray_s, "time/fit_wall_s": fit_s}, step=cfg.train.steps)
-
     if not cfg.eval.enabled:
-        print(f"[train] done in {time.perf_counter() - t_start:.0f} s (evaluation disabled); checkpoints in "
-              f"{run_dir / 'checkpoints'}")
-        _close(tracking)
-        return 0
+        return None
     from platform.evaluate import final_evaluation
 
-    report = final_evaluation(cfg, run_dir, tracking)
-    _close(tracking)
-    uri = tracking.tracking_uri if tracking else "disabled"
-    run_id = tracking.run_id if tracking else "none"
-    print(f"[train] finished in {time.perf_counter() - t_start:.0f} s. Open the dashboard: "
-          f"mlflow ui --backend-store-uri {uri}")
-    print(f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
-          f"(MLflow run {run_id}, tracking URI {uri})")
-    return 0
+    return final_evaluation(cfg, run_dir, tracking)
+
+
+def _cap_actors(cfg: ExperimentConfig, capacity: int | None) -> ExperimentConfig:
+    """``eval.actors`` capped to the episodes of one evaluation and to what the cluster runs at once; one
+    printed line when capped."""
+    if not cfg.eval.enabled:
+        return cfg
+    from platform.evaluate import plan_actors
+    from platform.preflight import eval_task_count
+
+    tasks = eval_task_count(cfg)
+    if tasks is None:
+        return cfg
+    capped, note = plan_actors(cfg, tasks, capacity)
+    if note:
+        print(f"[eval] {note}", flush=True)
+    return capped
+
+
+def _actor_capacity(cfg: ExperimentConfig) -> int | None:
+    """Evaluation actors the connected cluster runs at once (the final evaluation has it to itself)."""
+    if not cfg.eval.enabled:
+        return None
+    from evaluation.run import cluster_actor_capacity
+
+    return cluster_actor_capacity()
+
+
+class _Interrupted:
+    """Set by Ctrl-C during ``trainer.fit()``: the first asks Ray Train's controller to abort the run (its
+    workers stop; written checkpoints stay), a second one stops waiting for that."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def handler(self, controller: Any) -> Any:
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.count += 1
+            if self.count > 1:
+                raise KeyboardInterrupt
+            print("[train] Ctrl-C: stopping training (checkpoints are kept; Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+            try:
+                controller.abort.remote()
+            except Exception:  # the controller is gone already: fit() returns or raises by itself
+                raise KeyboardInterrupt from None
+
+        return on_sigint
+
+
+def _trainer_class(interrupted: _Interrupted) -> type:
+    """``TorchTrainer`` whose Ctrl-C handler records the interrupt (Ray Train's own one calls sys.exit)."""
+    import signal
+
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTrainer(TorchTrainer):
+        def _register_sigint_handler(self, controller: Any) -> None:
+            signal.signal(signal.SIGINT, interrupted.handler(controller))
+
+    return InterruptibleTrainer
 
 
 def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
@@ -111,11 +199,14 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
         train_loop_per_worker(payload)
         return
+    import signal
+    import threading
+
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     use_gpu = _use_gpu(cfg)
-    trainer = TorchTrainer(
+    interrupted = _Interrupted()
+    trainer = _trainer_class(interrupted)(
         train_loop_per_worker,
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
@@ -124,14 +215,27 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface the root cause in one line
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # Ray wraps worker errors; surface the root cause in one line
+        if interrupted.count:
+            raise KeyboardInterrupt from None  # the aborted run's controller/worker errors are expected
+        if isinstance(exc, SystemExit):
+            raise
         cause = exc
         while getattr(cause, "__cause__", None) is not None:
             cause = cause.__cause__
         raise UserFacingError(f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
                               "same command to resume from the last valid checkpoint)") from exc
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.count:
+        raise KeyboardInterrupt
 
 
 def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
@@ -165,9 +269,19 @@ def _tags(cfg: ExperimentConfig) -> dict[str, str]:
             "platform.suite": cfg.data.suite}
 
 
-def _close(tracker: Any) -> None:
-    if tracker is not None:
-        tracker.close("FINISHED")
+def _close(tracker: Any, status: str, run_dir: Path) -> None:
+    """Mark the MLflow run ``status``; when MLflow could not take every record (of the driver or the train
+    worker), one line naming the command that uploads them all."""
+    if tracker is None:
+        return
+    tracker.close(status, timeout_s=30.0 if status == "FINISHED" else 10.0)  # Ctrl-C: do not linger
+    from platform.tracking import BUFFER_ROOT, buffer_backlog
+
+    root = run_dir / BUFFER_ROOT
+    waiting = sum(buffer_backlog(root, tracker.tracking_uri).values())
+    if waiting:
+        print(f"[train] MLflow ({tracker.tracking_uri}) has not received {waiting} records yet; they wait in {root}: "
+              f"upload them with python -m platform.tracking sync {root}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

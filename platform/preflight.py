@@ -1,0 +1,159 @@
+"""What ``python -m platform.train`` checks before it starts Ray or touches a run (one line each, no traceback).
+
+- ``check_paths``: ``output_dir`` can hold the run directory (created here, and writable), ``data.path`` is a
+  directory, or can be created for a dataset to be collected or imported into it.
+- ``driver_lock``: one driver per run. The driver holds ``<run dir>/.driver.lock`` (``platform.filelock``)
+  for its whole life, taken before anything else touches the run (its ``experiment.yaml``, Ray, MLflow), so a
+  second command with the same ``name`` is refused within seconds and changes nothing of the first. The
+  train worker's own ``.train.lock`` (``platform.worker``) stays: it covers a killed driver's worker that Ray
+  has not reaped yet.
+- ``check_eval_tasks``: ``eval.tasks`` are tasks the run trains on (the dataset's, or the suite's when it is
+  not collected yet), so a typo fails now and not after the whole training run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from platform.cli import UserFacingError
+from platform.filelock import FileLock, LockBusyError
+
+DRIVER_LOCK_FILE = ".driver.lock"
+MANIFEST_FILE = "manifest.json"
+
+
+class RunBusyError(UserFacingError):
+    """Another live driver runs an experiment under this name."""
+
+
+# ---------------------------------------------------------------- paths
+
+
+def check_paths(cfg: Any) -> None:
+    """``data.path`` is usable as a dataset; ``output_dir`` holds a writable run directory (created here)."""
+    check_data_path(cfg)
+    _writable_dir(cfg.run_dir, "output_dir", cfg.output_dir, create=True)
+
+
+def check_data_path(cfg: Any) -> None:
+    path = cfg.resolve_path(cfg.data.path)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise UserFacingError(f"data.path={cfg.data.path}: {blocker} is a file, not a directory: point data.path "
+                              "at a dataset folder (with a manifest.json) or at a new folder to collect into")
+    if (path / MANIFEST_FILE).is_file():
+        return  # an existing dataset is only read
+    if cfg.data.collect_if_missing and (cfg.data.suite != "rlbench" or cfg.data.rlbench_root is not None):
+        _writable_dir(path, "data.path", cfg.data.path, create=False)
+
+
+def _writable_dir(path: Path, key: str, value: str, create: bool) -> None:
+    """Raise a one-line ``UserFacingError`` unless ``path`` is (``create``: made) a directory we can write in;
+    without ``create``, its nearest existing ancestor must be one."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise UserFacingError(f"{key}={value}: {blocker} is a file, not a directory; choose another {key}")
+    target = path
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserFacingError(f"{key}={value}: cannot create {path}: {_reason(exc)}; choose a writable "
+                                  f"{key}") from None
+    else:
+        target = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        _probe_write(target)
+    except OSError as exc:
+        raise UserFacingError(f"{key}={value}: cannot write in {target}: {_reason(exc)}; choose a writable "
+                              f"{key}") from None
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing path among ``path`` and its ancestors, if it is not a directory."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def _probe_write(directory: Path) -> None:
+    fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(name)
+
+
+def _reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc} (errno {exc.errno})" if exc.errno else str(exc)
+
+
+# ---------------------------------------------------------------- one driver per run
+
+
+@contextlib.contextmanager
+def driver_lock(run_dir: Path, name: str) -> Iterator[FileLock]:
+    """Hold ``<run_dir>/.driver.lock`` for the ``with`` block; a live holder -> ``RunBusyError`` at once."""
+    lock = FileLock(run_dir / DRIVER_LOCK_FILE)
+    try:
+        lock.acquire(wait_s=0.0)
+    except LockBusyError as exc:
+        raise RunBusyError(f"run {name!r} is already running ({exc.holder} holds {exc.path}): wait for it to "
+                           "finish or stop it, or start this one under another name=") from None
+    except OSError as exc:
+        raise UserFacingError(f"cannot lock {lock.path}: {_reason(exc)}; choose a writable output_dir") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def trained_tasks(cfg: Any) -> tuple[list[str] | None, str]:
+    """The tasks this run trains on, and where that list comes from: ``data.tasks``, else the dataset's
+    manifest, else (not collected yet) the suite's tasks. (None, reason) when it cannot be known here."""
+    if cfg.data.tasks:
+        return list(cfg.data.tasks), "data.tasks"
+    path = cfg.resolve_path(cfg.data.path)
+    manifest = path / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            return [str(t) for t in json.loads(manifest.read_text())["tasks"]], f"the dataset at {path}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, f"unreadable {manifest}"  # the dataset check names the problem
+    if cfg.data.suite == "rlbench":
+        from evaluation.rlbench_tasks import resolve_tasks
+
+        return list(resolve_tasks(None)), "RLBench's PerAct-18 tasks (imported when data.tasks is unset)"
+    from evaluation.metaworld_backend import suite_task_names
+
+    return suite_task_names(cfg.data.suite), f"suite {cfg.data.suite}"
+
+
+def check_eval_tasks(cfg: Any) -> None:
+    """``eval.tasks`` must be tasks the run trains on (its checkpoints hold their instructions only)."""
+    if not cfg.eval.enabled or not cfg.eval.tasks:
+        return
+    known, source = trained_tasks(cfg)
+    if known is None:
+        return
+    unknown = [t for t in cfg.eval.tasks if t not in known]
+    if unknown:
+        raise UserFacingError(f"eval.tasks {unknown} are not tasks this run trains on ({source} has "
+                              f"{', '.join(known)}): choose eval.tasks among them, or leave eval.tasks unset to "
+                              "evaluate every trained task")
+
+
+def eval_task_count(cfg: Any) -> int | None:
+    """How many tasks the final evaluation runs (None when unknown)."""
+    if cfg.eval.tasks:
+        return len(cfg.eval.tasks)
+    known, _ = trained_tasks(cfg)
+    return None if known is None else len(known)
