@@ -78,6 +78,7 @@ class TrainConfig(_Frozen):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.995, ge=0, lt=1)  # 0 disables EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) after n steps (platform.steps.EMA)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

@@ -56,7 +56,7 @@ class TrainingState:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps, t.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
-        self.ema = EMA(policy, t.ema_decay) if t.ema_decay > 0 else None
+        self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
         self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed)
         self.step = 0
         self.consecutive_nonfinite = 0

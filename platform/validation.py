@@ -112,3 +112,73 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
     return (f"[val] step {step}: position error {metrics['val/pos_err_cm']:.2f} cm, rotation "
             f"{metrics['val/rot_err_deg']:.1f} deg, gripper {100 * metrics['val/gripper_acc']:.0f} %, "
             f"within 2 cm {100 * metrics['val/within_2cm']:.0f} % ({metrics['val/time_s']:.1f} s)")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m platform.validation --checkpoint DIR [--set diffusion.sampler=ddpm ...] [--json PATH]``:
+    the validation keypose error of a checkpoint, optionally with other inference settings."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from platform.cli import UserFacingError
+    from platform.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m platform.validation", description=main.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (runs/<name>/checkpoints/step_*)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="policy inference settings to change, e.g. diffusion.sampler=ddpm diffusion.inference_steps=100")
+    parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA weights (what evaluation uses) or raw")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from platform.config import load_config, parse_override, set_dotted
+        from platform.data import open_split
+        from policies.base import CheckpointError, Policy
+
+        ckpt = Path(args.checkpoint)
+        exp = ckpt / "experiment.yaml"
+        if not exp.is_file():
+            raise UserFacingError(f"{exp} is missing: --checkpoint must be a checkpoint directory of platform.train")
+        cfg = load_config(exp)
+        updates: dict[str, Any] = {}
+        for item in args.set:
+            key, value = parse_override(item)
+            updates = set_dotted(updates, key, value)
+        try:
+            policy = Policy.from_checkpoint(ckpt, prefer_ema=args.weights == "ema", config_updates=updates)
+        except (CheckpointError, ValueError) as exc:
+            raise UserFacingError(str(exc)) from None
+        _, val_dataset = open_split(cfg)
+        if val_dataset is None:
+            raise UserFacingError(f"{cfg.data.path} has no episodes beyond the {cfg.data.episodes_per_task} training "
+                                  "episodes per task: nothing to validate on")
+        val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points)
+        metrics = validate(policy, val, torch.device("cpu"), seed=cfg.train.seed)
+        print(f"{val.size} validation keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]
+              f"{policy.config.diffusion.inference_steps} steps")  # type: ignore[attr-defined]
+        for task in val.task_names:
+            if f"val/{task}/pos_err_cm" in metrics:
+                print(f"  {task:<28} " + "  ".join(f"{k} {metrics[f'val/{task}/{k}']:.3f}" for k in METRICS))
+        print(format_line(int(ckpt.name.split("_")[-1]) if ckpt.name.startswith("step_") else 0, metrics))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"checkpoint": str(ckpt), "set": args.set, **metrics}, indent=1))
+        return 0
+
+    try:
+        return run()
+    except (UserFacingError, ConfigError) as exc:
+        import sys
+
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -12,6 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +61,14 @@ class Policy(nn.Module, ABC):
         torch.save(self.state_dict(), directory / WEIGHTS_FILE)
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, prefer_ema: bool = True, map_location: str = "cpu") -> Policy:
-        """Rebuild a policy from a checkpoint directory's config alone, then load its weights."""
+    def from_checkpoint(cls, directory: str | Path, prefer_ema: bool = True, map_location: str = "cpu",
+                        config_updates: dict[str, Any] | None = None) -> Policy:
+        """Rebuild a policy from a checkpoint directory's config alone, then load its weights.
+
+        ``config_updates``: nested values laid over the saved config, for inference settings such as
+        ``{"diffusion": {"sampler": "ddpm", "inference_steps": 100}}`` (an architecture change fails to load).
+        """
+        from policies.config import _deep_merge
         from policies.registry import build_policy, parse_policy_config
 
         directory = Path(directory)
@@ -69,7 +76,7 @@ class Policy(nn.Module, ABC):
         if not cfg_path.is_file():
             raise CheckpointError(f"{cfg_path} is missing: {directory} is not a policy checkpoint directory")
         try:
-            cfg = parse_policy_config(json.loads(cfg_path.read_text()))
+            cfg = parse_policy_config(_deep_merge(json.loads(cfg_path.read_text()), config_updates or {}))
         except (ValueError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{cfg_path} is not a valid policy config: {exc}") from exc
         weights = directory / (EMA_WEIGHTS_FILE if prefer_ema and (directory / EMA_WEIGHTS_FILE).is_file() else WEIGHTS_FILE)

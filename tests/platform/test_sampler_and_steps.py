@@ -98,3 +98,18 @@ def test_non_finite_step_changes_nothing(poison):
     assert all(torch.equal(ema_before[k], v) for k, v in ema.state_dict().items())
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt_before)
     assert sched.last_epoch == 1
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """With warmup, the average after a few hundred steps holds (almost) none of the random initial weights."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 0.0)
+    plain, warm = EMA(model, 0.995, warmup=False), EMA(model, 0.995, warmup=True)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # trained weights, constant from the first step
+    for n in range(1, 201):
+        plain.update(model, updates=n)
+        warm.update(model, updates=n)
+    assert abs(float(plain.shadow.weight[0, 0]) - (1 - 0.995 ** 200)) < 1e-4  # 37 % initial weights left
+    assert float(warm.shadow.weight[0, 0]) > 0.999
+    assert warm.decay_at(10_000) == 0.995 and warm.decay_at(1) < 0.2
