@@ -90,6 +90,10 @@ class TrainConfig(_Frozen):
     # torch intra-op threads of a CPU training worker. None: the node's cores divided among the workers when
     # nothing evaluates beside the training (eval.every_steps=0), else ray.cpus_per_worker (Ray's default).
     cpu_threads: int | None = Field(None, ge=1, le=1024)
+    # Training-time marks (seconds of training steps, validation and checkpointing excluded): at each, a
+    # checkpoint is kept under runs/<name>/marks/ and validated (platform.marks); training stops at the last
+    # one. What platform.quality evaluates to draw success against training time.
+    time_marks_s: tuple[float, ...] = ()
     # keypose error on the validation episodes (data.val_episodes_per_task) every N steps and at the end; 0: never
     val_every: int = Field(100, ge=0)
 
@@ -99,6 +103,9 @@ class TrainConfig(_Frozen):
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below train.steps ({self.steps})")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas {self.betas} must be in [0, 1)")
+        marks = self.time_marks_s
+        if any(m <= 0 for m in marks) or any(b <= a for a, b in zip(marks, marks[1:], strict=False)):
+            raise ValueError(f"train.time_marks_s {list(marks)} must be positive and increasing (seconds)")
         return self
 
 

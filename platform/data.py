@@ -221,7 +221,7 @@ class DatasetSubset:
 
     def variation_instructions(self) -> dict[str, Any]:
         """The per-text embeddings of the kept samples (see ``KeyframeDataset``)."""
-        texts = self._dataset.variation_instructions()
+        texts = getattr(self._dataset, "variation_instructions", dict)()
         kept = {self._dataset.sample_instructions[i] for i in self._index} if texts else set()
         return {k: v for k, v in texts.items() if k in kept}
 

@@ -132,9 +132,17 @@ def time_is_up(deadline: float | None, device: torch.device) -> bool:
     return not all_ranks_agree(time.monotonic() < deadline, device)
 
 
+def training_time_reached(state: TrainingState, until_time_s: float | None) -> bool:
+    """Whether ``state.train_time_s`` reached ``until_time_s`` (a time mark); agreed by every DDP rank."""
+    if until_time_s is None:
+        return False
+    return not all_ranks_agree(state.train_time_s < until_time_s, state.device)
+
+
 def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any = None,
-              deadline: float | None = None) -> list[StepMetrics]:
-    """Train from ``state.step`` to ``until_step`` (exclusive) or the deadline; returns per-step metrics.
+              deadline: float | None = None, until_time_s: float | None = None) -> list[StepMetrics]:
+    """Train from ``state.step`` to ``until_step`` (exclusive), the deadline, or until the summed training
+    time reaches ``until_time_s``; returns per-step metrics.
 
     ``on_log(state, metrics_window)`` is called every ``train.log_every`` steps.
     """
@@ -142,7 +150,8 @@ def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any =
     max_points = cfg.policy.max_points
     history: list[StepMetrics] = []
     window: list[StepMetrics] = []
-    while state.step < until_step and not time_is_up(deadline, state.device):
+    while (state.step < until_step and not time_is_up(deadline, state.device)
+           and not training_time_reached(state, until_time_s)):
         t0 = time.perf_counter()
         indices = state.sampler.next_indices()[state.rank :: state.world]  # this worker's share of the B conditions
         np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0, rank=state.rank))

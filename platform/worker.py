@@ -28,6 +28,7 @@ from platform.loop import (
     time_is_up,
     write_json,
 )
+from platform.marks import TimeMarks
 
 PROGRESS_FILE = "progress.json"
 
@@ -158,21 +159,31 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
     log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")), val=val)
+    marks = TimeMarks(cfg.train.time_marks_s, run_dir)
     try:
-        while state.step < cfg.train.steps and not time_is_up(deadline, state.device):
+        while state.step < cfg.train.steps and not time_is_up(deadline, state.device) and not marks.all_reached:
             target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
-            run_steps(state, dataset, target, on_log=log.window, deadline=deadline)
+            run_steps(state, dataset, target, on_log=log.window, deadline=deadline, until_time_s=marks.next_s())
+            at_mark = marks.due(state.train_time_s)
+            val_metrics = log.validate_step(state) if at_mark and rank == 0 else {}
             if rank == 0:
                 ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json)
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s})
+                if at_mark:
+                    rec = marks.record(ckpt, state.step, state.train_time_s, val_metrics)
+                    print(f"[train] time mark {rec.index} ({rec.mark_s:g} s of training) at step {state.step}: "
+                          f"kept {run_dir / rec.checkpoint}", flush=True)
+            elif at_mark:
+                marks.advance()
             log.commit(state.step)  # metrics of checkpointed steps only: a restart never logs a step twice
             if evals is not None:
                 evals.maybe_submit(ckpt, state.step)
                 evals.poll()
         if evals is not None:
             evals.wait_all()
-        if tracker is not None and payload.get("close_run") and state.step >= cfg.train.steps:
+        done = state.step >= cfg.train.steps or marks.all_reached or time_is_up(deadline, state.device)
+        if tracker is not None and payload.get("close_run") and done:
             tracker.close("FINISHED")  # sweep trials: nobody else owns their MLflow run
             tracker = None
     finally:
@@ -204,15 +215,31 @@ class _MetricLog:
             print(f"[train] step {st.step:>6}/{self.cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
                   f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
         if self.val is not None and self._validate_now(st.step, len(window)):
-            from platform.validation import format_line, validate
-
-            model = st.ema.shadow if st.ema is not None else getattr(st.policy, "module", st.policy)
-            val_metrics = validate(model, self.val, st.device, seed=self.cfg.train.seed)
-            metrics.update(val_metrics)
-            print(format_line(st.step, val_metrics), flush=True)
-            self.last = time.perf_counter()  # validation time is not training throughput
+            metrics.update(self._validate(st))
         if self.fault[1] is not None:
             _maybe_inject_fault(self.fault[0], st.step, self.fault[1])
+
+    def validate_step(self, st: TrainingState) -> dict[str, float]:
+        """Validate now (a time mark) and log the metrics at this step with its window's (if any)."""
+        if self.val is None:
+            return {}
+        if self.pending and self.pending[-1][0] == st.step and "val/pos_err_cm" in self.pending[-1][1]:
+            return {k: v for k, v in self.pending[-1][1].items() if k.startswith("val/")}
+        metrics = self._validate(st)
+        if self.pending and self.pending[-1][0] == st.step:
+            self.pending[-1][1].update(metrics)
+        else:
+            self.pending.append((st.step, {**metrics, "time/elapsed_s": st.train_time_s}))
+        return metrics
+
+    def _validate(self, st: TrainingState) -> dict[str, float]:
+        from platform.validation import format_line, validate
+
+        model = st.ema.shadow if st.ema is not None else getattr(st.policy, "module", st.policy)
+        metrics = validate(model, self.val, st.device, seed=self.cfg.train.seed)
+        print(format_line(st.step, metrics), flush=True)
+        self.last = time.perf_counter()  # validation time is not training throughput
+        return metrics
 
     def _validate_now(self, step: int, window_len: int) -> bool:
         """At the window that crosses a multiple of ``train.val_every``, and at the last step."""
