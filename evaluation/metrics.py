@@ -34,6 +34,33 @@ class EpisodeRecord(_Frozen):
     wall_s: float
 
 
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, episodes: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (sensible at 0 and 1 successes, unlike the normal one)."""
+    if episodes <= 0:
+        return 0.0, 1.0
+    p = successes / episodes
+    denom = 1 + z * z / episodes
+    centre = (p + z * z / (2 * episodes)) / denom
+    half = z * ((p * (1 - p) + z * z / (4 * episodes)) / episodes) ** 0.5 / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(counts: Sequence[tuple[int, int]], z: float = Z95) -> tuple[float, float]:
+    """95 % interval of the mean over tasks of per-task success rates, ``counts``: (successes, episodes) per
+    task. Each task's variance uses the Agresti-Coull estimate (k + 2) / (n + 4), so tasks at 0 or 100 %
+    still add uncertainty; the tasks are independent, so variances add."""
+    counts = [(k, n) for k, n in counts if n > 0]
+    if not counts:
+        return 0.0, 1.0
+    mean = sum(k / n for k, n in counts) / len(counts)
+    var = sum(((k + 2) / (n + 4)) * (1 - (k + 2) / (n + 4)) / (n + 4) for k, n in counts) / len(counts) ** 2
+    half = z * var**0.5
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
 class TaskSummary(_Frozen):
     task: str
     episodes: int
@@ -83,10 +110,21 @@ class EvalReport(_Frozen):
     def from_json(cls, text: str) -> EvalReport:
         return cls.model_validate(json.loads(text))
 
+    @property
+    def mean_ci(self) -> tuple[float, float]:
+        """95 % interval of ``mean_success`` (``mean_interval``)."""
+        return mean_interval([(s.successes, s.episodes) for s in self.tasks.values()])
+
+    def task_ci(self, task: str) -> tuple[float, float]:
+        """95 % Wilson interval of one task's success rate."""
+        s = self.tasks[task]
+        return wilson_interval(s.successes, s.episodes)
+
     def mlflow_metrics(self, prefix: str = "eval") -> dict[str, float]:
         """``{prefix}/<task>/success``, ``{prefix}/success``, ``{prefix}/<status>`` counts, throughput."""
         out = {f"{prefix}/{t}/success": s.success_rate for t, s in self.tasks.items()}
         out[f"{prefix}/success"] = self.mean_success
+        out[f"{prefix}/success_ci_low"], out[f"{prefix}/success_ci_high"] = self.mean_ci
         out.update({f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"})
         out[f"{prefix}/episodes"] = float(self.episodes)
         out[f"{prefix}/episodes_per_s"] = self.episodes_per_s
@@ -99,14 +137,17 @@ class EvalReport(_Frozen):
     def table(self) -> str:
         """Per-task success table for the terminal."""
         err_cols = [s for s in STATUSES if s != "ok"]
-        head = f"{'task':<28} {'success':>8} {'n':>5} " + " ".join(f"{c:>13}" for c in err_cols)
+        head = (f"{'task':<28} {'success':>8} {'95% interval':>14} {'n':>5} "
+                + " ".join(f"{c:>13}" for c in err_cols))
         lines = [head, "-" * len(head)]
+        ci = lambda lo_hi: f"{100 * lo_hi[0]:5.1f}-{100 * lo_hi[1]:5.1f}%"  # noqa: E731
         for task, s in self.tasks.items():
             errs = " ".join(f"{s.status_counts.get(c, 0):>13}" for c in err_cols)
-            lines.append(f"{task:<28} {100 * s.success_rate:>7.1f}% {s.episodes:>5} {errs}")
+            lines.append(f"{task:<28} {100 * s.success_rate:>7.1f}% {ci(self.task_ci(task)):>14} {s.episodes:>5} {errs}")
         lines.append("-" * len(head))
         errs = " ".join(f"{self.status_counts.get(c, 0):>13}" for c in err_cols)
-        lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {self.episodes:>5} {errs}")
+        lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {ci(self.mean_ci):>14} "
+                     f"{self.episodes:>5} {errs}")
         if len(self.seed_success) > 1:
             per_seed = ", ".join(f"seed {k}: {100 * v:.1f}%" for k, v in self.seed_success.items())
             lines.append(f"{len(self.seed_success)} seeds ({per_seed}); std over seeds {100 * (self.seed_std or 0):.1f} points")

@@ -29,7 +29,14 @@ from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import ConfigError, ExperimentConfig, parse_override, set_dotted
 
 _DIST = re.compile(r"^(uniform|loguniform|randint|choice)\((.*)\)$")
-METRIC = "train_loss"
+VAL_METRIC = "val_pos_err_cm"  # validation keypose position error (platform.validation), reported by trials
+LOSS_METRIC = "train_loss"
+
+
+def ranking_metric(cfg: ExperimentConfig) -> str:
+    """Trials are ranked (and ASHA stops them) by the validation position error, or by the training loss
+    when validation is off (``train.val_every=0`` or ``data.val_episodes_per_task=0``)."""
+    return VAL_METRIC if cfg.train.val_every > 0 and cfg.data.val_episodes_per_task > 0 else LOSS_METRIC
 
 
 def parse_param(text: str, search: str) -> tuple[str, Any, list[Any]]:
@@ -138,36 +145,51 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg)
     connect_ray(cfg)
-    import ray
-
     parent = _parent_run(cfg, sweep, sweep_dir, args)
-    use_gpu = cfg.ray.use_gpu if cfg.ray.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    meta = {"base": base, "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
-            "tracking_uri": parent.tracking_uri if parent else None,
-            "parent_run_id": parent.run_id if parent else None}
-    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta), {"cpu": 0.05})
-    storage = str(sweep_dir / "tune")
-    path = str(Path(storage) / sweep)
+    meta = trial_meta(cfg, sweep, sweep_dir, parent)
+    metric = ranking_metric(cfg)
     scheduler = None
     if args.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(time_attr="step", max_t=cfg.train.steps * 10,
                                                   grace_period=max(1, cfg.train.steps // 4))
+    results = run_tuner(meta, space, metric, scheduler, args.num_samples, args.max_concurrent)
+    print(_summary(results, list(candidates), metric))
+    if parent is not None:
+        _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)
+        parent.close("FINISHED")
+    return 0 if not results.errors else 1
+
+
+def trial_meta(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, parent: Any) -> dict[str, Any]:
+    """The fixed settings every trial of sweep ``sweep`` gets (``cfg``: absolute paths; Ray connected)."""
+    import ray
+
+    use_gpu = cfg.ray.use_gpu if cfg.ray.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    return {"base": cfg.model_dump(mode="json"), "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
+            "tracking_uri": parent.tracking_uri if parent else None,
+            "parent_run_id": parent.run_id if parent else None}
+
+
+def run_tuner(meta: dict[str, Any], space: dict[str, Any], metric: str, scheduler: Any = None,
+              num_samples: int = 1, max_concurrent: int = 1) -> Any:
+    """Run (or resume, when the sweep's Tune state exists) the trials of ``space``; returns Tune's results."""
+    from ray import tune
+
+    sweep = meta["sweep"]
+    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta), {"cpu": 0.05})
+    storage = str(Path(meta["sweep_dir"]) / "tune")
+    path = str(Path(storage) / sweep)
     if tune.Tuner.can_restore(path):
         print(f"[sweep] resuming {sweep} from {path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=METRIC, mode="min", num_samples=args.num_samples,
-                                        scheduler=scheduler, max_concurrent_trials=args.max_concurrent),
+            tune_config=tune.TuneConfig(metric=metric, mode="min", num_samples=num_samples,
+                                        scheduler=scheduler, max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(name=sweep, storage_path=storage, verbose=1),
         )
-    results = tuner.fit()
-    print(_summary(results, list(candidates)))
-    if parent is not None:
-        _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)
-        parent.close("FINISHED")
-    return 0 if not results.errors else 1
+    return tuner.fit()
 
 
 def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argparse.Namespace) -> Any:
@@ -201,16 +223,18 @@ def _end_unfinished_trial_runs(uri: str, experiment: str, sweep: str) -> None:
         print(f"[sweep] could not mark unfinished trial runs: {exc}", flush=True)
 
 
-def _summary(results: Any, keys: list[str]) -> str:
-    lines = ["[sweep] results (lower train loss is better):", f"  {'trial':<14}" + "".join(f"{k:>22}" for k in keys)
-             + f"{'steps':>8}{'train loss':>12}"]
-    for r in results:
+def _summary(results: Any, keys: list[str], metric: str = LOSS_METRIC) -> str:
+    """The trials, best first by ``metric`` (lower is better)."""
+    label = "val pos err cm" if metric == VAL_METRIC else "train loss"
+    lines = [f"[sweep] results, best first (lower {label} is better):",
+             f"  {'trial':<14}" + "".join(f"{k:>22}" for k in keys) + f"{'steps':>8}{label:>16}"]
+    rows = sorted(results, key=lambda r: (r.metrics or {}).get(metric, math.inf))
+    for r in rows:
         cfg = r.config or {}
         m = r.metrics or {}
-        loss = m.get(METRIC, math.nan)
         status = "error" if r.error else ""
         lines.append(f"  {m.get('trial_id', '?'):<14}" + "".join(f"{str(cfg.get(k)):>22}" for k in keys)
-                     + f"{m.get('step', 0):>8}{loss:>12.4f} {status}")
+                     + f"{m.get('step', 0):>8}{m.get(metric, math.nan):>16.4f} {status}")
     return "\n".join(lines)
 
 

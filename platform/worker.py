@@ -176,7 +176,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
                           f"kept {run_dir / rec.checkpoint}", flush=True)
             elif at_mark:
                 marks.advance()
-            log.commit(state.step)  # metrics of checkpointed steps only: a restart never logs a step twice
+            log.commit(state.step, state)  # metrics of checkpointed steps only: a restart never logs a step twice
             if evals is not None:
                 evals.maybe_submit(ckpt, state.step)
                 evals.poll()
@@ -203,6 +203,7 @@ class _MetricLog:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
         self.fault = fault
         self.val = val  # platform.validation.ValidationSet (rank 0) or None
+        self.last_val: dict[str, float] = {}  # the newest mean validation metrics, carried into every report
         self.pending: list[tuple[int, dict[str, float]]] = []
         self.last = time.perf_counter()
 
@@ -246,15 +247,23 @@ class _MetricLog:
         every = self.cfg.train.val_every
         return every > 0 and (step // every > (step - window_len) // every or step == self.cfg.train.steps)
 
-    def commit(self, checkpoint_step: int) -> None:
+    def commit(self, checkpoint_step: int, st: TrainingState | None = None) -> None:
+        if (st is not None and self.val is not None and not self.last_val and self.pending
+                and not any("val/pos_err_cm" in m for _, m in self.pending)):
+            self.validate_step(st)  # the first report carries a validation (sweeps rank trials by it)
         if self.tracker is not None:
             for step, metrics in self.pending:
                 self.tracker.log_metrics(metrics, step=step)
+        for _, metrics in self.pending:
+            if "val/pos_err_cm" in metrics:
+                self.last_val = {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
         if self.train_mod is not None and self.pending:
             # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll (2 s),
-            # so reporting every window would stall training. Tune (ASHA) sees the newest window.
+            # so reporting every window would stall training. Tune (ASHA) sees the newest window, and the
+            # newest validation (sweeps rank trials by it).
             step, metrics = self.pending[-1]
-            self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}})
+            report = {**self.last_val, **metrics}
+            self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in report.items()}})
         self.pending = []
         self.last = time.perf_counter()  # checkpoint/report time is not training throughput
 

@@ -90,3 +90,20 @@ def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="not a readable"):
         load_instructions(tmp_path / "junk.npz")
+
+
+def test_success_intervals():
+    from evaluation.metrics import mean_interval, wilson_interval
+
+    lo, hi = wilson_interval(0, 25)
+    assert lo == 0.0 and 0.10 < hi < 0.15  # zero successes still leave room up to ~13 %
+    lo, hi = wilson_interval(25, 25)
+    assert hi == 1.0 and 0.85 < lo < 0.9
+    lo, hi = wilson_interval(10, 20)
+    assert abs((lo + hi) / 2 - 0.5) < 1e-9 and 0.29 < lo < 0.31
+    # ten tasks x 25 episodes at 60 %: the mean's interval is much narrower than one task's
+    lo, hi = mean_interval([(15, 25)] * 10)
+    assert lo < 0.6 < hi and hi - lo < 0.15
+    tlo, thi = wilson_interval(15, 25)
+    assert thi - tlo > 2 * (hi - lo)
+    assert mean_interval([(25, 25)] * 10)[0] < 1.0  # perfect tasks still carry uncertainty
