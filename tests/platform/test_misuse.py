@@ -1,0 +1,322 @@
+"""Reliability under misuse (issue 13): what the driver refuses before Ray starts, in one line; actors capped
+to what can run; every (metric, step) once in MLflow; a run's buffers synced with one command; Ctrl-C."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from platform.cli import INTERRUPTED_LINE, run_cli
+from platform.config import load_config
+from platform.train import build_parser, main
+from tests.platform.conftest import (
+    kill_tree,
+    metric_steps,
+    mlflow_runs,
+    run_platform,
+    start_platform,
+    tiny_overrides,
+    wait_for,
+)
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: connection refused at once
+
+
+def refused(capsys, args: list[str], *needles: str, within_s: float = 10.0) -> str:
+    """``python -m platform.train args`` in this process: exit status 2 and one error line naming ``needles``."""
+    start = time.monotonic()
+    assert run_cli(main, build_parser(), args) == 2
+    assert time.monotonic() - start < within_s
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def base(tmp_path: Path, *extra: str) -> list[str]:
+    """A run whose dataset is absent and never collected: should a check let it through, it stops at once."""
+    return ["name=misuse", f"output_dir={tmp_path / 'runs'}", f"data.path={tmp_path / 'no-data'}",
+            "data.collect_if_missing=false", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+# ---------------------------------------------------------------- 1. two drivers, one name
+
+HOLDER = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on test\\n"); f.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_driver_under_the_same_name_is_refused_at_once(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "misuse"
+    run_dir.mkdir(parents=True)
+    (run_dir / "experiment.yaml").write_text("first run's\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir / ".driver.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = refused(capsys, base(tmp_path), "'misuse' is already running", f"pid {holder.pid}", "name=",
+                       within_s=5)
+        assert str(run_dir / ".driver.lock") in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / "experiment.yaml").read_text() == "first run's\n"
+    assert not (tmp_path / "mlflow.db").exists()
+    # the holder is gone: the lock is free again and the run goes on to its next check (the missing dataset)
+    refused(capsys, base(tmp_path), "no dataset at")
+
+
+# ---------------------------------------------------------------- 3. unusable paths
+
+
+def test_output_dir_that_cannot_be_created(tmp_path, capsys):
+    refused(capsys, base(tmp_path, "output_dir=/proc/minidiffuser-runs"), "output_dir=/proc/minidiffuser-runs",
+            "cannot create")
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    refused(capsys, base(tmp_path, f"output_dir={blocker}"), f"output_dir={blocker}", "is a file")
+
+
+def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "read-only"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes through permission bits: stand in for a read-only file system
+        def read_only(directory):
+            raise OSError(errno.EROFS, "Read-only file system", str(directory))
+
+        monkeypatch.setattr("platform.preflight._probe_write", read_only)
+    else:
+        out.chmod(0o555)
+    try:
+        refused(capsys, base(tmp_path, f"output_dir={out}"), f"output_dir={out}", "cannot write in",
+                "errno 30" if os.geteuid() == 0 else "errno 13")
+    finally:
+        out.chmod(0o755)
+
+
+def test_data_path_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "data.parquet"
+    blocker.write_text("x")
+    refused(capsys, base(tmp_path, f"data.path={blocker}", "data.collect_if_missing=true"),
+            f"data.path={blocker}", "is a file")
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
+
+
+# ---------------------------------------------------------------- 4. eval.tasks
+
+
+def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
+    refused(capsys, base(tmp_path, "eval.tasks=[reach-v3,no-such-task-v3]"), "eval.tasks ['no-such-task-v3']",
+            "suite mt10", "reach-v3")  # not collected yet: the suite's tasks
+    data = tmp_path / "no-data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"tasks": ["reach-v3", "push-v3"]}))
+    refused(capsys, base(tmp_path, "eval.tasks=[door-open-v3]"), "['door-open-v3']", f"the dataset at {data}",
+            "push-v3")
+    refused(capsys, base(tmp_path, "data.tasks=[reach-v3]", "eval.tasks=[push-v3]"), "data.tasks has reach-v3")
+    assert not (tmp_path / "runs" / "misuse" / "experiment.yaml").exists()
+
+
+def test_known_eval_tasks_pass():
+    from platform.preflight import check_eval_tasks
+
+    check_eval_tasks(load_config(None, ["eval.tasks=[reach-v3,push-v3]"]).with_absolute_paths())
+    check_eval_tasks(load_config(None, ["eval.tasks=[nope]", "eval.enabled=false"]))  # not evaluated: not checked
+
+
+# ---------------------------------------------------------------- 2. actors
+
+
+def test_actors_never_exceed_episodes_or_the_cluster():
+    from evaluation.run import cap_actors
+    from platform.evaluate import plan_actors
+    from platform.session import local_cluster_cpus
+
+    assert cap_actors(2, 10, 4) == (2, None)
+    n, line = cap_actors(500, 2, None, what="eval.actors")
+    assert n == 2 and line == "eval.actors=500 capped to 2 simulator actors: 2 episodes to run"
+    n, line = cap_actors(500, 50, 3)
+    assert n == 3 and "the Ray cluster runs 3 at once" in line
+    cfg = load_config(None, ["eval.actors=500", "eval.episodes_per_task=1", "eval.num_seeds=3"])
+    capped, line = plan_actors(cfg, num_tasks=2)
+    assert capped.eval.actors == 6 and "6 episodes to run" in line
+    assert plan_actors(cfg, num_tasks=2, capacity=3)[0].eval.actors == 3
+    # a private cluster is sized by the machine: 2 cores -> the train worker + at most 2 actors
+    assert local_cluster_cpus(cfg, cores=2) == 3
+    assert local_cluster_cpus(load_config(None, ["eval.enabled=false"]), cores=2) == 2
+    assert local_cluster_cpus(load_config(None, ["ray.num_cpus=7", "eval.actors=500"]), cores=2) == 7
+
+
+# ---------------------------------------------------------------- 5. every (metric, step) once
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # migrations once per module
+    return uri
+
+
+def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def test_replayed_steps_are_not_logged_twice(sqlite_uri, tmp_path):
+    from platform.tracking import RunTracker
+
+    first = RunTracker.open(sqlite_uri, "dups", "resumed", tmp_path / "worker")
+    for step in range(1, 5):
+        first.log_metrics({"train/loss": float(step)}, step)
+    first.log_metrics({"train/loss": 99.0}, 4)  # the same step twice in one session
+    assert first.close("KILLED")
+    # resumed past a corrupt checkpoint: steps 3 and 4 are trained and logged again by a new process
+    again = RunTracker.open(sqlite_uri, "dups", "resumed", tmp_path / "worker.2")
+    assert again.run_id == first.run_id
+    assert again.has_metric("train/loss", 4) and not again.has_metric("train/loss", 5)
+    for step in range(3, 7):
+        again.log_metrics({"train/loss": 10.0 * step}, step)
+    assert again.close()
+    assert _history(sqlite_uri, first.run_id, "train/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
+                                                                (5, 50.0), (6, 60.0)]
+
+
+def _fake_report(success: float) -> str:
+    from evaluation.metrics import EvalReport, TaskSummary
+
+    task = TaskSummary(task="reach-v3", episodes=2, successes=int(2 * success), success_rate=success,
+                       status_counts={"ok": 2}, mean_steps=3.0)
+    return EvalReport(tasks={"reach-v3": task}, episodes=2, successes=task.successes, mean_success=success,
+                      status_counts={"ok": 2}, wall_s=1.0, episodes_per_s=2.0, time_shares={}).to_json()
+
+
+def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, monkeypatch, capsys):
+    """The final evaluation of an already evaluated checkpoint is neither run nor logged again; with other
+    settings it runs, and MLflow keeps the first values of that step."""
+    import platform.evaluate as pe
+    from platform.checkpoint import write_checkpoint
+    from platform.tracking import RunTracker
+
+    run_dir = tmp_path / "runs" / "finished"
+    write_checkpoint(run_dir, 20, {"model.pt": lambda p: p.write_bytes(b"weights")})
+    calls: list[str] = []
+
+    def fake_evaluate(cfg_json, checkpoint):
+        calls.append(checkpoint)
+        return {"report": _fake_report(0.5 if len(calls) == 1 else 1.0)}
+
+    monkeypatch.setattr(pe, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(pe, "_log_plots", lambda *a: None)
+    cfg = load_config(None, ["name=finished", f"output_dir={tmp_path / 'runs'}"])
+    for _ in range(2):  # the run, then the same command again
+        tracker = RunTracker.open(sqlite_uri, "rerun", "finished", run_dir / "mlflow_buffer" / "driver")
+        report = pe.final_evaluation(cfg, run_dir, tracker)
+        assert tracker.close() and report.mean_success == 0.5
+    assert len(calls) == 1 and "reusing" in capsys.readouterr().out
+    tracker = RunTracker.open(sqlite_uri, "rerun", "finished", run_dir / "mlflow_buffer" / "driver")
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"episodes_per_task": 7})})
+    assert pe.final_evaluation(other, run_dir, tracker).mean_success == 1.0
+    assert tracker.close() and len(calls) == 2
+    assert "already holds eval/* at step 20" in capsys.readouterr().out
+    assert _history(sqlite_uri, tracker.run_id, "eval/success") == [(20, 0.5)]
+
+
+# ---------------------------------------------------------------- 6. one command syncs a run's buffers
+
+
+def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
+    from platform.tracking import RunTracker, buffer_backlog
+    from platform.tracking import main as tracking_main
+
+    root = tmp_path / "runs" / "outage" / "mlflow_buffer"
+    for writer, key in (("driver", "time/fit_wall_s"), ("worker", "train/loss")):
+        down = RunTracker.open(UNREACHABLE, "outage", "outage", root / writer, connect_timeout_s=1)
+        down.log_metrics({key: 1.0}, step=10)
+        assert down.close("FINISHED", timeout_s=1) is False
+    assert set(buffer_backlog(root, UNREACHABLE)) == {root / "driver", root / "worker"}
+    assert tracking_main(["sync", str(root), "--tracking-uri", sqlite_uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count("uploaded everything") == 2
+    (run,) = mlflow_runs(sqlite_uri, "outage")
+    assert run.info.status == "FINISHED"
+    assert metric_steps(sqlite_uri, run.info.run_id, "train/loss") == [10]
+    assert metric_steps(sqlite_uri, run.info.run_id, "time/fit_wall_s") == [10]
+    assert tracking_main(["sync", str(tmp_path / "runs" / "outage" / "nothing-here")]) == 2
+
+
+# ---------------------------------------------------------------- 1 + 7 end to end
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers,steps,resume", [(0, 5000, False), pytest.param(1, 300, True, marks=pytest.mark.slow)])
+def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, ray_cluster, workers, steps, resume):
+    """A live run refuses a second driver under its name; Ctrl-C stops it with exit status 130, its checkpoints
+    kept and the MLflow run KILLED. workers=0 trains in the driver (default suite); workers=1 goes through Ray
+    Train's controller and resumes the run to FINISHED with the same command (slow)."""
+    args = tiny_overrides(tmp_path, tiny_dataset, "ctrlc", f"train.steps={steps}", "train.checkpoint_every=5",
+                          "eval.enabled=false", f"ray.num_workers={workers}")
+    env = {"RAY_ADDRESS": ray_cluster.address}
+    log = tmp_path / "first.log"
+    proc = start_platform("platform.train", args, log, env=env)
+    run_dir = tmp_path / "runs" / "ctrlc"
+    progress = run_dir / "progress.json"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        # the first driver holds the run from before Ray and MLflow start: a second one is refused at once
+        wait_for(lambda: f"pid {proc.pid} " in _read(run_dir / ".driver.lock"), 60, "the first driver's lock")
+        second = run_platform("platform.train", args, env=env, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "'ctrlc' is already running" in second.stderr and "Traceback" not in second.stderr
+        wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 5, 300,
+                 "the first checkpoint", poll=0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+        start = time.monotonic()
+        rc = proc.wait(timeout=60)
+        stopped_s = time.monotonic() - start
+    finally:
+        kill_tree(proc)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert stopped_s < 20, stopped_s
+    assert [ln for ln in text.splitlines() if ln.strip()][-1] == INTERRUPTED_LINE
+    (run,) = mlflow_runs(uri, "ctrlc")
+    assert run.info.status == "KILLED"
+    assert 5 <= json.loads(progress.read_text())["step"] < steps
+    if not resume:
+        return
+    out = run_platform("platform.train", args, env=env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "resumed from step_" in text and f"MLflow run {run.info.run_id} at" in text
+    (after,) = mlflow_runs(uri, "ctrlc")
+    assert after.info.status == "FINISHED"
+    steps_logged = metric_steps(uri, run.info.run_id, "train/loss")
+    assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == steps
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
