@@ -135,16 +135,23 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
     return tasks, factory, variations
 
 
-def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, step: int, name: str) -> None:
-    """Log the report's metrics at ``step`` and the JSON as an artifact of an existing MLflow run."""
+def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, step: int, name: str) -> bool:
+    """Log the report's metrics at ``step`` and the JSON as an artifact of an existing MLflow run. Metrics the
+    run already holds at ``step`` are not logged again (one value per metric and step); False when none was
+    new."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     client = MlflowClient(tracking_uri=tracking_uri)
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, step) for key, value in report.mlflow_metrics("eval").items()]
+    held = set(client.get_run(run_id).data.metrics)
+    metrics = [Metric(key, float(value), now, step) for key, value in report.mlflow_metrics("eval").items()
+               if key not in held or all(m.step != step for m in client.get_metric_history(run_id, key))]
+    if not metrics:
+        return False
     client.log_batch(run_id, metrics=metrics)
     client.log_text(run_id, report.to_json(), f"eval/{name}.json")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(report.to_json())
         print(f"report written to {args.json}")
     if args.mlflow_run_id:
-        log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,
-                      f"{args.suite}_seed{args.seed}")
-        print(f"logged to MLflow run {args.mlflow_run_id}")
+        if log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,
+                         f"{args.suite}_seed{args.seed}"):
+            print(f"logged to MLflow run {args.mlflow_run_id}")
+        else:
+            print(f"MLflow run {args.mlflow_run_id} already holds these eval/* metrics at step {args.mlflow_step}: "
+                  "not logged again (pass another --mlflow-step)")
     return 1 if report.episodes and report.errors == report.episodes else 0
 
 
