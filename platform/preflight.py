@@ -1,7 +1,7 @@
 """What ``python -m platform.train`` checks before it starts Ray or touches a run (one line each, no traceback).
 
-- ``check_paths``: ``output_dir`` can hold the run directory (created here, and writable), ``data.path`` is a
-  directory, or can be created for a dataset to be collected or imported into it.
+- ``check_data_path``, ``check_output_dir``: ``data.path`` is a directory, or can be created for a dataset to be
+  collected or imported into it; ``output_dir`` can hold the run directory (created, and writable).
 - ``driver_lock``: one driver per run. The driver holds ``<run dir>/.driver.lock`` (``platform.filelock``)
   for its whole life, taken before anything else touches the run (its ``experiment.yaml``, Ray, MLflow), so a
   second command with the same ``name`` is refused within seconds and changes nothing of the first. The
@@ -38,6 +38,11 @@ class RunBusyError(UserFacingError):
 def check_paths(cfg: Any) -> None:
     """``data.path`` is usable as a dataset; ``output_dir`` holds a writable run directory (created here)."""
     check_data_path(cfg)
+    check_output_dir(cfg)
+
+
+def check_output_dir(cfg: Any) -> None:
+    """Create the run directory ``<output_dir>/<name>`` and make sure it is writable."""
     _writable_dir(cfg.run_dir, "output_dir", cfg.output_dir, create=True)
 
 

@@ -39,7 +39,7 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
         return 0.0
     t0 = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    in_job = _in_job()
     log_level = "ERROR" if quiet else "WARNING"
     if in_job:
         ray.init(address=address or "auto", logging_level=log_level)
@@ -50,6 +50,16 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
         ray.init(address="local", num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
                  runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
     return time.perf_counter() - t0
+
+
+def _in_job() -> bool:
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def joins_cluster(cfg: ExperimentConfig) -> bool:
+    """Whether ``connect_ray`` joins an existing cluster (job, ``ray.address``, ``$RAY_ADDRESS``), which may
+    grow or shrink, rather than starting a private local one whose size it chose."""
+    return bool(_in_job() or cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
 def local_cluster_cpus(cfg: ExperimentConfig, cores: int) -> int:

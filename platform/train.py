@@ -60,10 +60,11 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     if args.no_eval:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
     cfg = cfg.with_absolute_paths()
-    from platform.preflight import check_eval_tasks, check_paths, driver_lock
+    from platform.preflight import check_data_path, check_eval_tasks, check_output_dir, driver_lock
 
-    check_paths(cfg)  # before anything is created or started: one line naming the path
+    check_data_path(cfg)  # before anything is created or started: one line naming the path or key
     check_eval_tasks(cfg)
+    check_output_dir(cfg)  # creates the run directory, where the driver lock lives
     with driver_lock(cfg.run_dir, cfg.name):  # one driver per run, for the driver's whole life
         return _run(cfg, t_start)
 
@@ -77,7 +78,7 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
     from platform.session import connect_ray
 
     ray_s = connect_ray(cfg)
-    cfg = _cap_actors(cfg, capacity=_actor_capacity(cfg))
+    cfg = _cap_actors(cfg, capacity=_actor_capacity(cfg))  # a private cluster: what it runs at once
     (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
     tracking = _open_run(cfg, run_dir)
     try:
@@ -150,12 +151,22 @@ def _cap_actors(cfg: ExperimentConfig, capacity: int | None) -> ExperimentConfig
 
 
 def _actor_capacity(cfg: ExperimentConfig) -> int | None:
-    """Evaluation actors the connected cluster runs at once (the final evaluation has it to itself)."""
+    """Evaluation actors a private local cluster runs at once (the final evaluation has it to itself). None
+    for a joined cluster, which an autoscaler may grow by evaluation time (its size now is only noted; the
+    evaluation pool refuses what the cluster cannot place then)."""
     if not cfg.eval.enabled:
         return None
     from evaluation.run import cluster_actor_capacity
+    from platform.session import joins_cluster
 
-    return cluster_actor_capacity()
+    capacity = cluster_actor_capacity()
+    if not joins_cluster(cfg):
+        return capacity
+    if capacity is not None and cfg.eval.actors > capacity:
+        print(f"[eval] note: eval.actors={cfg.eval.actors} is more than the Ray cluster runs at once now "
+              f"({capacity}); the final evaluation fails unless the cluster grows by then: lower eval.actors",
+              flush=True)
+    return None
 
 
 class _Interrupted:

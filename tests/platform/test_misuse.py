@@ -132,7 +132,7 @@ def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
     refused(capsys, base(tmp_path, "eval.tasks=[door-open-v3]"), "['door-open-v3']", f"the dataset at {data}",
             "push-v3")
     refused(capsys, base(tmp_path, "data.tasks=[reach-v3]", "eval.tasks=[push-v3]"), "data.tasks has reach-v3")
-    assert not (tmp_path / "runs" / "misuse" / "experiment.yaml").exists()
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
 def test_known_eval_tasks_pass():
@@ -145,10 +145,10 @@ def test_known_eval_tasks_pass():
 # ---------------------------------------------------------------- 2. actors
 
 
-def test_actors_never_exceed_episodes_or_the_cluster():
+def test_actors_never_exceed_episodes_or_the_cluster(monkeypatch):
     from evaluation.run import cap_actors
     from platform.evaluate import plan_actors
-    from platform.session import local_cluster_cpus
+    from platform.session import joins_cluster, local_cluster_cpus
 
     assert cap_actors(2, 10, 4) == (2, None)
     n, line = cap_actors(500, 2, None, what="eval.actors")
@@ -163,6 +163,12 @@ def test_actors_never_exceed_episodes_or_the_cluster():
     assert local_cluster_cpus(cfg, cores=2) == 3
     assert local_cluster_cpus(load_config(None, ["eval.enabled=false"]), cores=2) == 2
     assert local_cluster_cpus(load_config(None, ["ray.num_cpus=7", "eval.actors=500"]), cores=2) == 7
+    # only a private cluster's size caps the actors: a joined one may be grown by an autoscaler
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert not joins_cluster(cfg) and joins_cluster(load_config(None, ["ray.address=auto"]))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert joins_cluster(cfg)
 
 
 # ---------------------------------------------------------------- 5. every (metric, step) once
