@@ -267,12 +267,19 @@ def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri):
 def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
     from platform.tracking import RunTracker, buffer_backlog
     from platform.tracking import main as tracking_main
+    from platform.train import _close
 
-    root = tmp_path / "runs" / "outage" / "mlflow_buffer"
-    for writer, key in (("driver", "time/fit_wall_s"), ("worker", "train/loss")):
-        down = RunTracker.open(UNREACHABLE, "outage", "outage", root / writer, connect_timeout_s=1)
-        down.log_metrics({key: 1.0}, step=10)
-        assert down.close("FINISHED", timeout_s=1) is False
+    run_dir = tmp_path / "runs" / "outage"
+    root = run_dir / "mlflow_buffer"
+    worker = RunTracker.open(UNREACHABLE, "outage", "outage", root / "worker", connect_timeout_s=1)
+    worker.log_metrics({"train/loss": 1.0}, step=10)
+    worker.flush(timeout_s=1)  # a train worker flushes, it does not close
+    driver = RunTracker.open(UNREACHABLE, "outage", "outage", root / "driver", connect_timeout_s=1)
+    driver.log_metrics({"time/fit_wall_s": 1.0}, step=10)
+    _close(driver, "FINISHED", run_dir)  # the end of platform.train's run
+    worker.close("FINISHED", timeout_s=1)
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    assert hint.endswith(f"upload them with python -m platform.tracking sync {root}"), hint
     assert set(buffer_backlog(root, UNREACHABLE)) == {root / "driver", root / "worker"}
     assert tracking_main(["sync", str(root), "--tracking-uri", sqlite_uri]) == 0
     out = capsys.readouterr().out
