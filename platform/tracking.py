@@ -70,7 +70,13 @@ from platform.tracking_buffer import (
 )
 from platform.tracking_params import flatten_config, param_str, run_environment_params
 from platform.tracking_plots import plot_loss_curves, plot_success_per_task
-from platform.tracking_upload import UPLOAD_THREAD_PREFIX, MlflowSink, describe_error, install_log_filter
+from platform.tracking_upload import (
+    UPLOAD_THREAD_PREFIX,
+    MlflowSink,
+    describe_error,
+    install_log_filter,
+    probe_http,
+)
 
 __all__ = [
     "RunTracker", "TrackingBufferError", "default_tracking_uri", "default_artifact_location", "buffer_backlog",
@@ -213,9 +219,24 @@ class RunTracker:
         return self._buffer.dir
 
     def has_metric(self, key: str, step: int) -> bool | None:
-        """Whether the MLflow run holds metric ``key`` at ``step`` (logged by anyone, in any session); None
-        while MLflow has not been reached. Such a pair is never sent again."""
-        return self._sink.has_metric(sanitize_key(key), step)
+        """Whether the MLflow run holds metric ``key`` at ``step``, logged by anyone (another writer of the run
+        included) in any session: asked of MLflow now, or None when MLflow cannot be reached. A pair the run
+        holds is never sent again by this tracker."""
+        key = sanitize_key(key)
+        run_id = self.run_id
+        if run_id is None:
+            return None
+        try:
+            from mlflow.tracking import MlflowClient
+
+            probe_http(self.tracking_uri)  # MLflow's own client retries a dead server for minutes
+            history = MlflowClient(tracking_uri=self.tracking_uri).get_metric_history(run_id, key)
+        except Exception:  # an outage: what this tracker knows
+            return self._sink.has_metric(key, step)
+        if any(int(m.step) == int(step) for m in history):
+            self._sink.note_logged(key, step)
+            return True
+        return bool(self._sink.has_metric(key, step))
 
     @property
     def pending_count(self) -> int:

@@ -159,9 +159,14 @@ class MlflowSink:
         return pairs
 
     def has_metric(self, key: str, step: int) -> bool | None:
-        """Whether the run holds ``key`` at ``step`` (None while the run's history is not known yet)."""
+        """Whether the run holds ``key`` at ``step`` as far as this sink knows (None before it connected)."""
         known = self.logged_steps
         return None if known is None else (key, int(step)) in known
+
+    def note_logged(self, key: str, step: int) -> None:
+        """Another writer logged ``key`` at ``step`` since this sink read the history: never send it."""
+        if self.logged_steps is not None:
+            self.logged_steps.add((key, int(step)))  # atomic under the GIL; the upload thread only tests
 
     def _create_run(self) -> Any:
         """Create the run; if another process created one with the same name concurrently, both keep the

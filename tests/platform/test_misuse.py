@@ -203,7 +203,13 @@ def test_replayed_steps_are_not_logged_twice(sqlite_uri, tmp_path):
     assert again.has_metric("train/loss", 4) and not again.has_metric("train/loss", 5)
     for step in range(3, 7):
         again.log_metrics({"train/loss": 10.0 * step}, step)
+    assert again.flush()
+    other = RunTracker.open(sqlite_uri, "dups", "resumed", tmp_path / "driver")  # another writer of the run
+    other.log_metrics({"eval/success": 0.25}, 6)
+    assert other.close() and again.has_metric("eval/success", 6)  # asked of MLflow, not of a stale cache
+    again.log_metrics({"eval/success": 0.75}, 6)
     assert again.close()
+    assert _history(sqlite_uri, first.run_id, "eval/success") == [(6, 0.25)]
     assert _history(sqlite_uri, first.run_id, "train/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
                                                                 (5, 50.0), (6, 60.0)]
 
