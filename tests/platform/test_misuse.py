@@ -297,6 +297,42 @@ def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
     assert tracking_main(["sync", str(tmp_path / "runs" / "outage" / "nothing-here")]) == 2
 
 
+# ---------------------------------------------------------------- 7. the MLflow run's status on the way out
+
+
+@pytest.mark.parametrize("failure,code,status", [(KeyboardInterrupt, 130, "KILLED"), ("final-eval", 2, "FAILED")])
+def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, capsys, monkeypatch, failure, code,
+                                                          status):
+    """Ctrl-C -> KILLED, the interrupted line, 130; a failed final evaluation -> FAILED, one error line, 2."""
+    import platform.data
+    import platform.evaluate
+    import platform.session
+    import platform.train as train
+    from platform.cli import UserFacingError
+
+    def fit(cfg, payload, run_dir):
+        if failure is KeyboardInterrupt:
+            raise KeyboardInterrupt
+
+    def final_evaluation(cfg, run_dir, tracker):
+        raise UserFacingError("final evaluation of step_00000010 failed: ValueError: no simulator")
+
+    monkeypatch.setattr(platform.data, "ensure_dataset", lambda cfg: tmp_path / "data")
+    monkeypatch.setattr(platform.session, "connect_ray", lambda cfg: 0.0)
+    monkeypatch.setattr(train, "_actor_capacity", lambda cfg: None)
+    monkeypatch.setattr(train, "_fit", fit)
+    monkeypatch.setattr(platform.evaluate, "final_evaluation", final_evaluation)
+    name = f"exit-{status.lower()}"
+    args = [f"name={name}", f"output_dir={tmp_path / 'runs'}", f"data.path={tmp_path / 'data'}",
+            "data.tasks=[reach-v3]", f"tracking.uri={sqlite_uri}", "tracking.experiment=exits"]
+    assert run_cli(main, build_parser(), args) == code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1] == (INTERRUPTED_LINE if code == 130 else
+                       "error: final evaluation of step_00000010 failed: ValueError: no simulator")
+    (run,) = mlflow_runs(sqlite_uri, name)
+    assert run.info.status == status
+
+
 # ---------------------------------------------------------------- 1 + 7 end to end
 
 
