@@ -338,24 +338,27 @@ def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("workers,steps,resume", [(0, 5000, False), pytest.param(1, 300, True, marks=pytest.mark.slow)])
-def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, ray_cluster, workers, steps, resume):
+def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, ray_cluster, sqlite_uri, workers,
+                                                       steps, resume):
     """A live run refuses a second driver under its name; Ctrl-C stops it with exit status 130, its checkpoints
     kept and the MLflow run KILLED. workers=0 trains in the driver (default suite); workers=1 goes through Ray
     Train's controller and resumes the run to FINISHED with the same command (slow)."""
-    args = tiny_overrides(tmp_path, tiny_dataset, "ctrlc", f"train.steps={steps}", "train.checkpoint_every=5",
-                          "eval.enabled=false", f"ray.num_workers={workers}")
+    name = f"ctrlc{workers}"
+    args = tiny_overrides(tmp_path, tiny_dataset, name, f"train.steps={steps}", "train.checkpoint_every=5",
+                          "eval.enabled=false", f"ray.num_workers={workers}",
+                          f"tracking.uri={sqlite_uri}")  # the module's database: migrated once
     env = {"RAY_ADDRESS": ray_cluster.address}
     log = tmp_path / "first.log"
     proc = start_platform("platform.train", args, log, env=env)
-    run_dir = tmp_path / "runs" / "ctrlc"
+    run_dir = tmp_path / "runs" / name
     progress = run_dir / "progress.json"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_uri
     try:
         # the first driver holds the run from before Ray and MLflow start: a second one is refused at once
         wait_for(lambda: f"pid {proc.pid} " in _read(run_dir / ".driver.lock"), 60, "the first driver's lock")
         second = run_platform("platform.train", args, env=env, timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr
-        assert "'ctrlc' is already running" in second.stderr and "Traceback" not in second.stderr
+        assert f"'{name}' is already running" in second.stderr and "Traceback" not in second.stderr
         wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 5, 300,
                  "the first checkpoint", poll=0.1)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
@@ -368,7 +371,7 @@ def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, 
     assert rc == 130, text[-3000:]
     assert stopped_s < 20, stopped_s
     assert [ln for ln in text.splitlines() if ln.strip()][-1] == INTERRUPTED_LINE
-    (run,) = mlflow_runs(uri, "ctrlc")
+    (run,) = mlflow_runs(uri, name)
     assert run.info.status == "KILLED"
     assert 5 <= json.loads(progress.read_text())["step"] < steps
     if not resume:
@@ -377,7 +380,7 @@ def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, 
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "resumed from step_" in text and f"MLflow run {run.info.run_id} at" in text
-    (after,) = mlflow_runs(uri, "ctrlc")
+    (after,) = mlflow_runs(uri, name)
     assert after.info.status == "FINISHED"
     steps_logged = metric_steps(uri, run.info.run_id, "train/loss")
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == steps
