@@ -74,11 +74,11 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
 
     dataset_dir = ensure_dataset(cfg)
     run_dir = cfg.run_dir
-    cfg = _cap_actors(cfg, capacity=None)  # by the episodes to run, before the local cluster is sized
     from platform.session import connect_ray
 
-    ray_s = connect_ray(cfg)
-    cfg = _cap_actors(cfg, capacity=_actor_capacity(cfg))  # a private cluster: what it runs at once
+    sized = _cap_actors(cfg, capacity=None, announce=False)  # the episodes to run size a local cluster
+    ray_s = connect_ray(sized)
+    cfg = _cap_actors(cfg, capacity=_actor_capacity(sized))  # and what a private cluster runs at once
     (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
     tracking = _open_run(cfg, run_dir)
     try:
@@ -133,9 +133,9 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dat
     return final_evaluation(cfg, run_dir, tracking)
 
 
-def _cap_actors(cfg: ExperimentConfig, capacity: int | None) -> ExperimentConfig:
-    """``eval.actors`` capped to the episodes of one evaluation and to what the cluster runs at once; one
-    printed line when capped."""
+def _cap_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = True) -> ExperimentConfig:
+    """``eval.actors`` capped to the episodes of one evaluation and to ``capacity`` (actors the cluster runs at
+    once; None: unknown); one printed line when capped and ``announce``."""
     if not cfg.eval.enabled:
         return cfg
     from platform.evaluate import plan_actors
@@ -145,7 +145,7 @@ def _cap_actors(cfg: ExperimentConfig, capacity: int | None) -> ExperimentConfig
     if tasks is None:
         return cfg
     capped, note = plan_actors(cfg, tasks, capacity)
-    if note:
+    if note and announce:
         print(f"[eval] {note}", flush=True)
     return capped
 
