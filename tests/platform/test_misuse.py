@@ -254,14 +254,15 @@ def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, mon
     assert _history(sqlite_uri, tracker.run_id, "eval/success") == [(20, 0.5)]
 
 
-def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri):
+def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from evaluation.metrics import EvalReport
     from evaluation.run import log_to_mlflow
 
     client = MlflowClient(tracking_uri=sqlite_uri)
-    run_id = client.create_run(client.create_experiment("standalone")).info.run_id
+    experiment = client.create_experiment(f"standalone-{tmp_path.name}", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     assert log_to_mlflow(EvalReport.from_json(_fake_report(0.5)), run_id, sqlite_uri, 7, "mt10_seed0")
     assert not log_to_mlflow(EvalReport.from_json(_fake_report(1.0)), run_id, sqlite_uri, 7, "mt10_seed0")
     assert _history(sqlite_uri, run_id, "eval/success") == [(7, 0.5)]
