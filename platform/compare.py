@@ -26,7 +26,13 @@ from platform.compare_report import (
     render_markdown,
     write_csv,
 )
-from platform.compare_runs import RunSummary, best_per_policy_type, find_our_runs, summarize_run
+from platform.compare_runs import (
+    RunSummary,
+    best_per_policy_type,
+    find_our_runs,
+    find_quality_rows,
+    summarize_run,
+)
 from platform.config import data_root
 from platform.tracking import DEFAULT_EXPERIMENT, RunTracker, default_artifact_location, default_tracking_uri
 from platform.tracking_buffer import sanitize_key
@@ -138,6 +144,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
             log_reference_runs(client, exp_id)
         runs = find_our_runs(client, exp_id, args.runs)
         summaries = [summarize_run(client, run, levels) for run in runs]
+        quality = find_quality_rows(client, exp_id)
         if getattr(args, "suite", None):
             summaries = [s for s in summaries if s.suite == args.suite]
     except Exception as e:
@@ -149,7 +156,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Success in %; wall-clock = training time "
                f"(`time/elapsed_s`); GPU-h = wall-clock h x GPUs (0 on CPU); memory = max `train/peak_mem_bytes`; "
                f"throughput = median `train/samples_per_s` (noised actions) and `train/conditions_per_s`.")  # fmt: skip
-    report = render_markdown(summaries, best, published, metaworld, levels, context)
+    report = render_markdown(summaries, best, published, metaworld, levels, context, quality)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(report, encoding="utf-8")

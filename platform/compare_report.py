@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from platform.compare_reference import PublishedMethod
-from platform.compare_runs import RunSummary
+from platform.compare_runs import QualityRow, RunSummary
 
 MAIN_POLICY = "mini_diffuser"
 PLOTTED_PUBLISHED = "diffuser_actor_3dda"
@@ -51,14 +51,16 @@ def _level_name(level: float) -> str:
 
 
 def runs_table(summaries: list[RunSummary], levels: tuple[float, ...]) -> str:
-    headers = ["policy type", "run", "suite", "status", "steps", "success % final / best", "episodes",
-               "wall-clock h", "GPUs", "GPU-h"]  # fmt: skip
+    headers = ["policy type", "run", "suite", "status", "steps", "demos/task", "success % final / best",
+               "final 95% interval", "episodes", "wall-clock h", "GPUs", "GPU-h"]  # fmt: skip
     headers += [f"to {_level_name(lv)}: h / GPU-h" for lv in levels]
     headers += ["peak mem GiB", "samples/s", "conditions/s"]
     rows = []
     for s in sorted(summaries, key=lambda s: (s.policy_type, s.run_name)):
+        ci = _DASH if s.success_ci is None else f"{_pct(s.success_ci[0])}-{_pct(s.success_ci[1])}"
         row = [s.policy_type, f"{s.run_name} (`{s.run_id[:8]}`)", s.suite, s.status, _num(s.steps, "d"),
-               f"{_pct(s.final_success)} / {_pct(s.best_success)}", _num(s.episodes, ".0f"),
+               _num(s.demos_per_task, "d"), f"{_pct(s.final_success)} / {_pct(s.best_success)}", ci,
+               _num(s.episodes, ".0f"),
                _hours(s.wall_s), str(s.num_gpus), _num(s.gpu_hours)]  # fmt: skip
         row += [f"{_hours(s.time_to_level[lv])} / {_num(s.gpu_hours_to(lv))}" for lv in levels]
         row += [_gib(s.peak_mem_bytes), _num(s.samples_per_s, ".1f"), _num(s.conditions_per_s, ".1f")]
@@ -143,6 +145,12 @@ def metaworld_table(metaworld: dict[str, dict[str, float]]) -> str:
     )
 
 
+def quality_table(rows: list[QualityRow]) -> str:
+    """``platform.quality`` sweeps: training time each M needs to reach M = 1's final success."""
+    body = [[r.sweep, str(r.m), _num(r.time_to_target_s, ".0f"), _num(r.ratio_to_m1, ".3f")] for r in rows]
+    return md_table(["sweep", "M", "training s to M = 1's final success", "ratio to M = 1"], body)
+
+
 def render_markdown(
     summaries: list[RunSummary],
     best: dict[str, RunSummary],
@@ -150,8 +158,11 @@ def render_markdown(
     metaworld: dict[str, dict[str, float]],
     levels: tuple[float, ...],
     context: str,
+    quality: list[QualityRow] | None = None,
 ) -> str:
     parts = ["# Mini-Diffuser vs baselines: comparison", "", context, ""]
+    if quality:
+        parts += ["## Time to quality (`python -m platform.quality` sweeps)", "", quality_table(quality), ""]
     parts += ["## Our runs", ""]
     if not summaries:
         parts += [no_runs_message(context), ""]
@@ -191,13 +202,15 @@ def write_csv(
     )
     tasks = sorted(set(ours) | set(pub_tasks))
     level_cols = [c for lv in levels for c in (f"h_to_{_level_name(lv)}", f"gpu_h_to_{_level_name(lv)}")]
-    headers = ["source", "name", "policy_type", "suite", "run_id", "status", "steps", "mean_success", "best_success",
-               "wall_clock_h", "num_gpus", "gpu_h", *level_cols, "peak_mem_gib", "samples_per_s",
+    headers = ["source", "name", "policy_type", "suite", "run_id", "status", "steps", "demos_per_task",
+               "mean_success", "success_ci_low", "success_ci_high", "best_success", "wall_clock_h", "num_gpus", "gpu_h", *level_cols, "peak_mem_gib", "samples_per_s",
                "conditions_per_s", "train_gpu_hours_published"] + [f"success/{t}" for t in tasks]  # fmt: skip
     rows = []
     for s in summaries:
         row = {"source": "ours", "name": s.run_name, "policy_type": s.policy_type, "suite": s.suite, "run_id": s.run_id,
-               "status": s.status, "steps": s.steps, "mean_success": s.final_success, "best_success": s.best_success,
+               "status": s.status, "steps": s.steps, "demos_per_task": s.demos_per_task,
+               "mean_success": s.final_success, "success_ci_low": s.success_ci[0] if s.success_ci else None,
+               "success_ci_high": s.success_ci[1] if s.success_ci else None, "best_success": s.best_success,
                "wall_clock_h": None if s.wall_s is None else s.wall_s / 3600, "num_gpus": s.num_gpus,
                "gpu_h": s.gpu_hours, "peak_mem_gib": None if s.peak_mem_bytes is None else s.peak_mem_bytes / 2**30,
                "samples_per_s": s.samples_per_s, "conditions_per_s": s.conditions_per_s}  # fmt: skip

@@ -34,6 +34,8 @@ class RunSummary:
     samples_per_s: float | None
     conditions_per_s: float | None
     success_curve: list[tuple[float, float]] = field(default_factory=list)  # (elapsed s, success)
+    success_ci: tuple[float, float] | None = None  # 95 % interval of final_success (eval/success_ci_low/high)
+    demos_per_task: int | None = None  # training episodes per task (param data.episodes_per_task)
 
     @property
     def gpu_hours(self) -> float | None:
@@ -130,7 +132,51 @@ def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummar
         samples_per_s=statistics.median(v for _, v in samples) if samples else None,
         conditions_per_s=statistics.median(v for _, v in conditions) if conditions else None,
         success_curve=curve,
+        success_ci=_ci(data.metrics),
+        demos_per_task=_int_param(data.params, "data.episodes_per_task"),
     )
+
+
+def _ci(metrics: dict[str, float]) -> tuple[float, float] | None:
+    lo, hi = metrics.get("eval/success_ci_low"), metrics.get("eval/success_ci_high")
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _int_param(params: dict[str, str], key: str) -> int | None:
+    try:
+        return int(float(params[key]))
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass
+class QualityRow:
+    """One row of a ``platform.quality`` sweep's time-to-quality table (from its parent run's metrics)."""
+
+    sweep: str
+    m: int
+    time_to_target_s: float | None
+    ratio_to_m1: float | None
+
+
+_QUALITY = re.compile(r"^quality/m(?P<m>\d+)/(?P<what>time_to_target_s|ratio_to_m1)$")
+
+
+def find_quality_rows(client: Any, experiment_id: str | None) -> list[QualityRow]:
+    """Time-to-quality rows of every ``platform.quality`` sweep of the experiment (tag platform.quality)."""
+    if experiment_id is None:
+        return []
+    rows = []
+    for run in client.search_runs([experiment_id], filter_string="tags.`platform.quality` = 'true'",
+                                  max_results=100):
+        values: dict[int, dict[str, float]] = {}
+        for key, value in run.data.metrics.items():
+            match = _QUALITY.match(key)
+            if match:
+                values.setdefault(int(match["m"]), {})[match["what"]] = value
+        name = run.info.run_name or run.info.run_id
+        rows += [QualityRow(name, m, v.get("time_to_target_s"), v.get("ratio_to_m1")) for m, v in sorted(values.items())]
+    return rows
 
 
 def find_our_runs(client: Any, experiment_id: str | None, run_ids: list[str] | None) -> list[Any]:

@@ -47,8 +47,10 @@ def _log_fake_run(client, exp_id: str, name: str, policy_type: str, success: lis
             Metric("train/samples_per_s", samples_per_s, ts, step),
             Metric("train/conditions_per_s", samples_per_s / 64, ts, step),
             Metric("train/peak_mem_bytes", peak_gib * 2**30, ts, step),
+            Metric("eval/success_ci_low", success[i] - 0.05, ts, step),
+            Metric("eval/success_ci_high", success[i] + 0.05, ts, step),
         ]
-    params = [Param("ray.use_gpu", "true"), Param("ray.num_workers", "2")]
+    params = [Param("ray.use_gpu", "true"), Param("ray.num_workers", "2"), Param("data.episodes_per_task", "18")]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -74,10 +76,21 @@ def _run(uri: str, out: Path, *extra: str) -> int:
 
 def test_compare_table_from_fake_runs(fake_runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri, ids = fake_runs
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    sweep = client.create_run(exp_id, run_name="ttq", tags={"platform.kind": "sweep_parent", "platform.quality": "true"})
+    ts = int(time.time() * 1000)
+    client.log_batch(sweep.info.run_id, metrics=[
+        Metric("quality/m1/time_to_target_s", 800.0, ts, 0), Metric("quality/m1/ratio_to_m1", 1.0, ts, 0),
+        Metric("quality/m64/time_to_target_s", 100.0, ts, 0), Metric("quality/m64/ratio_to_m1", 0.125, ts, 0)])
     out = tmp_path / "cmp"
     assert _run(uri, out) == 0
     printed = capsys.readouterr().out
     assert "| mini_diffuser | fake-md" in printed and "| one_to_one | fake-o2o" in printed
+    assert "| 18 | 80.0 / 80.0 | 75.0-85.0 |" in printed  # demonstrations per task, success and its interval
+    assert "| ttq | 64 | 100 | 0.125 |" in printed and "| ttq | 1 | 800 | 1.000 |" in printed
     # per task: best run per policy type beside 3DDA's published numbers (close_jar 96.0, open_drawer 89.6)
     assert "| close_jar | 90.0 | 60.0 |" in printed and "96.0" in printed and "89.6" in printed
     # Mini-Diffuser vs one-to-one: +30 points, 16x samples/s, 0.25x memory, 25 % in 1 h vs 6 h, 50 % in 2 h vs 9 h
