@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=1800.0, help="training time of every trial, seconds")
     p.add_argument("--marks", type=int, default=7, help="checkpoints kept per trial, geometric up to the budget")
     p.add_argument("--name", help="sweep name (default: <config name>-quality); the same name resumes")
+    p.add_argument("--max-concurrent", type=int, default=1,
+                   help="trials training at once (on a small CPU machine, with train.cpu_threads=1 each)")
     p.add_argument("--report-only", action="store_true", help="no training or evaluation: tables and figure only")
     add_config_arguments(p)
     return p
@@ -219,7 +221,9 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     sweep = args.name or f"{cfg.name}-quality"
     sweep_dir = cfg.resolve_path(cfg.output_dir) / sweep
     if not args.report_only:
-        _train_and_evaluate(cfg, sweep, sweep_dir, ms, geometric_marks(args.budget_s, args.marks))
+        if args.max_concurrent < 1:
+            raise UserFacingError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+        _train_and_evaluate(cfg, sweep, sweep_dir, ms, geometric_marks(args.budget_s, args.marks), args.max_concurrent)
     points = collect_points(sweep_dir)
     if not points:
         raise UserFacingError(f"no kept checkpoints under {sweep_dir / 'trials'}: run without --report-only first")
@@ -231,7 +235,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, ms: list[int],
-                        marks: tuple[float, ...]) -> None:
+                        marks: tuple[float, ...], max_concurrent: int = 1) -> None:
     from ray import tune
 
     from platform.data import ensure_dataset
@@ -251,7 +255,7 @@ def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, ms: 
     print(f"[quality] {len(ms)} trials (M = {ms}), {marks[-1]:g} s of training each, marks at "
           f"{[round(m) for m in marks]} s", flush=True)
     results = run_tuner(trial_meta(trial_cfg, sweep, sweep_dir, parent), {"policy.m": tune.grid_search(ms)},
-                        ranking_metric(trial_cfg))
+                        ranking_metric(trial_cfg), max_concurrent=max_concurrent)
     if parent is not None:
         _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)
         parent.close("FINISHED")
