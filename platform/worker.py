@@ -307,6 +307,9 @@ class _PeriodicEval:
         every = self.cfg.eval.every_steps
         if every <= 0 or step >= self.cfg.train.steps or step - self.last_submitted < every:
             return  # the final checkpoint is evaluated by the driver once training has finished
+        if self.tracker is not None and self.tracker.has_metric("eval/success", step) is True:
+            self.last_submitted = step  # a step replayed after a resume, already evaluated
+            return
         from platform.evaluate import submit_evaluation
 
         self.pending.append((step, ckpt, submit_evaluation(self.cfg, ckpt, self.payload)))
