@@ -98,27 +98,32 @@ def collect_points(sweep_dir: Path) -> list[Point]:
     return sorted(points, key=lambda p: (p.m, p.train_time_s))
 
 
-def time_to_quality(points: list[Point]) -> tuple[float | None, list[TimeToQuality]]:
-    """(M = 1's final success, per-M rows). A row's time is the training time of its first evaluated mark
-    whose success reaches M = 1's final success; the ratio divides it by M = 1's own such time."""
+def time_to_quality(points: list[Point], metric: str = "success") -> tuple[float | None, list[TimeToQuality]]:
+    """(M = 1's final value, per-M rows). A row's time is the training time of its first mark whose
+    ``metric`` reaches M = 1's final value (``success``: at least it; ``val_pos_err_cm``: at most it); the
+    ratio divides it by M = 1's own such time. The rows' ``final_success`` holds the metric's final value."""
+    higher_is_better = metric == "success"
     by_m: dict[int, list[Point]] = {}
     for p in points:
-        if p.success is not None:
+        if getattr(p, metric) is not None:
             by_m.setdefault(p.m, []).append(p)
     if 1 not in by_m:
-        return None, [TimeToQuality(m, curve[-1].success, None, None) for m, curve in sorted(by_m.items())]
-    target = by_m[1][-1].success
+        return None, [TimeToQuality(m, getattr(curve[-1], metric), None, None) for m, curve in sorted(by_m.items())]
+    target = getattr(by_m[1][-1], metric)
     assert target is not None
 
+    def reached(value: float) -> bool:
+        return value >= target - 1e-9 if higher_is_better else value <= target + 1e-9
+
     def first_reaching(curve: list[Point]) -> float | None:
-        return next((p.train_time_s for p in curve if (p.success or 0.0) >= target - 1e-9), None)
+        return next((p.train_time_s for p in curve if reached(getattr(p, metric))), None)
 
     base = first_reaching(by_m[1])
     rows = []
     for m, curve in sorted(by_m.items()):
         t = first_reaching(curve)
         ratio = None if t is None or not base else t / base
-        rows.append(TimeToQuality(m, curve[-1].success, t, ratio))
+        rows.append(TimeToQuality(m, getattr(curve[-1], metric), t, ratio))
     return target, rows
 
 
@@ -140,13 +145,20 @@ def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
         print(f"[quality]   success {100 * report.mean_success:.1f}% over {report.episodes} episodes", flush=True)
 
 
-def table_markdown(target: float | None, rows: list[TimeToQuality]) -> str:
+def table_markdown(target: float | None, rows: list[TimeToQuality], val_target: float | None = None,
+                   val_rows: list[TimeToQuality] | None = None) -> str:
     fmt = lambda v, f: "–" if v is None else f.format(v)  # noqa: E731
     lines = [f"Target: M = 1's final success, {fmt(None if target is None else 100 * target, '{:.1f} %')}", "",
              "| M | final success % | training time to target s | ratio to M = 1 |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.m} | {fmt(None if r.final_success is None else 100 * r.final_success, '{:.1f}')} | "
                      f"{fmt(r.time_to_target_s, '{:.0f}')} | {fmt(r.ratio_to_m1, '{:.3f}')} |")
+    if val_rows:
+        lines += ["", f"Target: M = 1's final validation position error, {fmt(val_target, '{:.2f} cm')}", "",
+                  "| M | final validation error cm | training time to target s | ratio to M = 1 |", "|---|---|---|---|"]
+        for r in val_rows:
+            lines.append(f"| {r.m} | {fmt(r.final_success, '{:.2f}')} | {fmt(r.time_to_target_s, '{:.0f}')} | "
+                         f"{fmt(r.ratio_to_m1, '{:.3f}')} |")
     return "\n".join(lines)
 
 
@@ -179,17 +191,20 @@ def plot(points: list[Point], path: Path) -> Path:
 
 def write_outputs(sweep_dir: Path, points: list[Point]) -> tuple[Path, str]:
     target, rows = time_to_quality(points)
+    val_target, val_rows = time_to_quality(points, "val_pos_err_cm")
     out = sweep_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / "points.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    (out / "time_to_quality.json").write_text(json.dumps({"target": target, "rows": [asdict(r) for r in rows]}, indent=1))
+    (out / "time_to_quality.json").write_text(json.dumps(
+        {"target": target, "rows": [asdict(r) for r in rows],
+         "val_target_cm": val_target, "val_rows": [asdict(r) for r in val_rows]}, indent=1))
     with (out / "points.csv").open("w") as f:
         f.write("m,mark,train_time_s,step,success,ci_low,ci_high,episodes,val_pos_err_cm,val_within_2cm\n")
         for p in points:
             lo, hi = p.success_ci or (math.nan, math.nan)
             f.write(f"{p.m},{p.mark},{p.train_time_s:.2f},{p.step},{p.success},{lo},{hi},{p.episodes},"
                     f"{p.val_pos_err_cm},{p.val_within_2cm}\n")
-    text = table_markdown(target, rows)
+    text = table_markdown(target, rows, val_target, val_rows)
     (out / "time_to_quality.md").write_text(text + "\n")
     if points:
         plot(points, out / "time_to_quality.png")
@@ -280,6 +295,8 @@ def _log_to_parent(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, out: Path
     metrics = {f"quality/m{r['m']}/time_to_target_s": r["time_to_target_s"] for r in data["rows"]
                if r["time_to_target_s"] is not None}
     metrics.update({f"quality/m{r['m']}/ratio_to_m1": r["ratio_to_m1"] for r in data["rows"]
+                    if r["ratio_to_m1"] is not None})
+    metrics.update({f"quality/m{r['m']}/val_ratio_to_m1": r["ratio_to_m1"] for r in data["val_rows"]
                     if r["ratio_to_m1"] is not None})
     if metrics:
         run.log_metrics(metrics, step=0)

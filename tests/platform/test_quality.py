@@ -36,6 +36,11 @@ def test_time_to_quality_reads_the_first_mark_reaching_m1s_final_success():
     assert by_m[64].ratio_to_m1 == pytest.approx(0.125) and by_m[16].ratio_to_m1 == 1.0
     assert by_m[4].time_to_target_s is None and by_m[4].ratio_to_m1 is None
     assert time_to_quality([_point(4, 10, 0.5)])[0] is None  # no M = 1 trial: no target
+    val = [Point(m=m, mark=0, train_time_s=t, step=1, success=None, success_ci=None, episodes=0,
+                 val_pos_err_cm=err, val_within_2cm=None, checkpoint="x")
+           for m, t, err in [(1, 100, 9.0), (1, 400, 6.0), (64, 50, 7.0), (64, 100, 5.0)]]
+    target, rows = time_to_quality(val, "val_pos_err_cm")  # lower is better
+    assert target == 6.0 and {r.m: r.time_to_target_s for r in rows} == {1: 400, 64: 100}
 
 
 def _report(success: float, episodes: int = 20) -> EvalReport:
