@@ -220,9 +220,16 @@ class DatasetSubset:
         return self._dataset.instruction_embedding(task)
 
     def variation_instructions(self) -> dict[str, Any]:
-        """The per-text embeddings of the kept samples (see ``KeyframeDataset``)."""
+        """The per-text embeddings of the kept tasks (see ``KeyframeDataset``): every text any of their
+        episodes was recorded with (training or not: evaluation may meet any variation), and every other
+        description of those variations (manifest ``text_variations.alternatives``)."""
         texts = getattr(self._dataset, "variation_instructions", dict)()
-        kept = {self._dataset.sample_instructions[i] for i in self._index} if texts else set()
+        if not texts:
+            return {}
+        tasks = np.unique(self._dataset.task_index[self._index])
+        kept = {self._dataset.sample_instructions[i] for i in np.flatnonzero(np.isin(self._dataset.task_index, tasks))}
+        alternatives = (self.manifest.get("text_variations") or {}).get("alternatives") or {}
+        kept |= {a for k in list(kept) for a in alternatives.get(k, [])}
         return {k: v for k, v in texts.items() if k in kept}
 
     def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> Any:
@@ -261,6 +268,25 @@ def episode_counts(dataset: Any) -> dict[str, int]:
     for i, task in enumerate(dataset.task_names):
         out[task] = len(np.unique(dataset.sample_episode[dataset.task_index == i]))
     return out
+
+
+def has_validation(cfg: Any) -> bool:
+    """Whether training will validate: ``train.val_every`` and ``data.val_episodes_per_task`` are set and the
+    dataset's manifest holds more episodes of every task than ``data.episodes_per_task`` (read without
+    loading the dataset; False when it is missing or unreadable)."""
+    import json
+
+    if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
+        return False
+    try:
+        manifest = json.loads((cfg.resolve_path(cfg.data.path) / "manifest.json").read_text())
+        counts: dict[str, int] = {}
+        for shard in manifest["shards"]:
+            counts[shard["task"]] = counts.get(shard["task"], 0) + 1
+        tasks = cfg.data.tasks or manifest["tasks"]
+        return any(counts.get(t, 0) > cfg.data.episodes_per_task for t in tasks)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def open_training_dataset(cfg: Any) -> Any:

@@ -35,8 +35,11 @@ LOSS_METRIC = "train_loss"
 
 def ranking_metric(cfg: ExperimentConfig) -> str:
     """Trials are ranked (and ASHA stops them) by the validation position error, or by the training loss
-    when validation is off (``train.val_every=0`` or ``data.val_episodes_per_task=0``)."""
-    return VAL_METRIC if cfg.train.val_every > 0 and cfg.data.val_episodes_per_task > 0 else LOSS_METRIC
+    when there is no validation (``train.val_every=0``, ``data.val_episodes_per_task=0``, or a dataset with
+    no episode beyond the training ones). Call it once the dataset exists."""
+    from platform.data import has_validation
+
+    return VAL_METRIC if has_validation(cfg) else LOSS_METRIC
 
 
 def parse_param(text: str, search: str) -> tuple[str, Any, list[Any]]:

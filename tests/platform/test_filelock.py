@@ -75,10 +75,10 @@ def _fake_training(tmp_path, monkeypatch):
 
 
 def test_worker_waits_for_a_previous_worker_then_refuses_a_live_one(tmp_path, monkeypatch, capsys):
+    import ray.train  # noqa: F401  # imported by the worker before its lock: seconds on a loaded machine
+
     import platform.worker as worker
     from platform.checkpoint import latest_checkpoint
-
-    import ray.train  # noqa: F401  # imported by the worker before its lock: seconds on a loaded machine
 
     cfg, payload = _fake_training(tmp_path, monkeypatch)
     lock_path = cfg.run_dir / worker.RUN_LOCK_FILE

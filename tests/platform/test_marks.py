@@ -41,7 +41,8 @@ def test_marks_keep_validated_checkpoints_and_stop_training(tmp_path, monkeypatc
         assert rec.train_time_s >= rec.mark_s
         assert (cfg.run_dir / rec.checkpoint / "model.pt").is_file()
         assert rec.val["val/pos_err_cm"] > 0 and "val/fake-task-a/gripper_acc" in rec.val
-    assert records[0].step < records[1].step < 500  # stopped at the last mark, long before train.steps
+    # stopped at the last mark, long before train.steps (one slow step may pass both marks at once)
+    assert records[0].step <= records[1].step < 500 and records[1].train_time_s >= 0.5
     progress = json.loads((cfg.run_dir / "progress.json").read_text())
     assert progress["step"] == records[1].step
     out = capsys.readouterr().out

@@ -95,3 +95,19 @@ def test_validation_schedule(every, log_every, expected):
     log = _MetricLog(cfg, 0, None, None)
     windows = [(s, log_every) for s in range(log_every, 41, log_every)]
     assert [s for s, n in windows if log._validate_now(s, n)] == expected
+
+
+def test_has_validation_reads_the_manifest(tmp_path):
+    """Sweeps rank trials by validation only when training will validate (else Tune misses the metric)."""
+    import json
+
+    from platform.data import has_validation
+    from platform.sweep import LOSS_METRIC, VAL_METRIC, ranking_metric
+
+    shards = [{"task": t} for t in ("a", "a", "a", "b", "b")]
+    (tmp_path / "manifest.json").write_text(json.dumps({"tasks": ["a", "b"], "shards": shards}))
+    cfg = _cfg(f"data.path={tmp_path}", "data.episodes_per_task=2")
+    assert has_validation(cfg) and ranking_metric(cfg) == VAL_METRIC
+    assert not has_validation(_cfg(f"data.path={tmp_path}", "data.episodes_per_task=3"))
+    assert not has_validation(_cfg(f"data.path={tmp_path}", "data.episodes_per_task=2", "train.val_every=0"))
+    assert ranking_metric(_cfg(f"data.path={tmp_path / 'missing'}")) == LOSS_METRIC
