@@ -30,7 +30,7 @@ bench-eval: setup
 bench: bench-policy bench-eval
 
 collect: setup
-	$(PY) -m evaluation.collect --suite mt10 --episodes-per-task 10 --out data/metaworld_mt10 $(ARGS)
+	$(PY) -m evaluation.collect --suite mt10 --episodes-per-task 20 --out data/metaworld_mt10 $(ARGS)
 
 mlflow-ui: setup
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
