@@ -5,7 +5,7 @@
 torch, ray, mlflow and pyarrow call ``platform.system()`` and friends at import time, so this package
 loads the stdlib ``platform.py`` source and executes it in its own namespace: every stdlib function
 and constant is defined here, and the package's submodules (``platform.train``, ``platform.config``...)
-sit beside them. See design.md section 5.1; ``tests/platform/test_hybrid.py`` checks the stdlib API and
+sit beside them. ``tests/platform/test_hybrid.py`` checks the stdlib API and
 that no submodule name collides with a stdlib attribute.
 """
 

@@ -1,4 +1,4 @@
-"""Atomic, self-describing checkpoints (design.md section 3, stage 5; reliability test R4).
+"""Atomic, self-describing checkpoints (tested by tests/platform: atomic under SIGKILL, corruption detected).
 
 Layout: ``<run_dir>/checkpoints/step_<00000123>/`` holding
   policy.json, model.pt, ema.pt      what ``Policy.from_checkpoint`` needs (evaluation rebuilds from these alone)

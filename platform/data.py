@@ -1,4 +1,4 @@
-"""Level-1 sampling: which B conditions a training step sees (design.md section 3, stage 2).
+"""Level-1 sampling: which B conditions a training step sees (the data-flow stage after collection).
 
 The sampler walks epoch-wise permutations seeded from ``(seed, epoch)``; its whole state is
 ``(epoch, position)``, so ``state_dict()`` / ``load_state_dict()`` give an exact resume. Per-step

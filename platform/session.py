@@ -1,4 +1,4 @@
-"""Starting or joining Ray, the way every platform command does it (design.md section 5.2).
+"""Starting or joining Ray, the way every platform command does it (README "Running on a cluster").
 
 - Inside ``ray job submit --working-dir . -- python -m platform.train``: join the job's cluster; the job's
   runtime env already ships the repo.

@@ -1,4 +1,4 @@
-"""One optimisation step, the learning-rate schedule and the EMA (design.md section 3, stage 4).
+"""One optimisation step, the learning-rate schedule and the EMA (the step stage of training).
 
 ``train_step`` is the only place gradients are taken, for every policy type: forward
 (``policy.compute_loss``), non-finite guard, backward, clip, optimizer step, scheduler step, EMA update.
