@@ -46,6 +46,21 @@ def geometric_marks(budget_s: float, count: int) -> tuple[float, ...]:
     return tuple(round(budget_s / 2 ** (count - 1 - k), 3) for k in range(count))
 
 
+def marks_per_m(ms: list[int], marks: tuple[float, ...], others_budget_s: float | None) -> dict[int, tuple[float, ...]]:
+    """Each trial's marks: M = 1 (the reference) keeps all of them; with ``others_budget_s`` the other trials
+    stop at the last mark within it (the same time axis, so their points line up with M = 1's). The figure
+    they exist for is the time each needs to reach M = 1's final success, so they need not train longer."""
+    if others_budget_s is None:
+        return {m: marks for m in ms}
+    if others_budget_s <= 0 or others_budget_s > marks[-1] + 1e-9:
+        raise UserFacingError(f"--others-budget-s must be in (0, --budget-s = {marks[-1]:g}], got {others_budget_s:g}")
+    short = tuple(t for t in marks if t <= others_budget_s + 1e-9)
+    if not short:
+        raise UserFacingError(f"--others-budget-s {others_budget_s:g} is below the first mark ({marks[0]:g} s): "
+                              "raise it or use more --marks")
+    return {m: marks if m == 1 else short for m in ms}
+
+
 @dataclass(frozen=True)
 class Point:
     """One kept checkpoint of one trial: where it is on the time axis and how good it is."""
@@ -217,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ms", default="1,4,16,64", help="values of policy.m, one trial each (1 = one-to-one)")
     p.add_argument("--budget-s", type=float, default=1800.0, help="training time of every trial, seconds")
     p.add_argument("--marks", type=int, default=7, help="checkpoints kept per trial, geometric up to the budget")
+    p.add_argument("--others-budget-s", type=float, default=None,
+                   help="training time of the M > 1 trials (default: --budget-s); they keep the marks within it. "
+                        "M = 1 needs the long budget to reach a meaningful success, the others only need to reach it")
     p.add_argument("--name", help="sweep name (default: <config name>-quality); the same name resumes")
     p.add_argument("--max-concurrent", type=int, default=1,
                    help="trials training at once (on a small CPU machine, with train.cpu_threads=1 each)")
@@ -238,7 +256,8 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     if not args.report_only:
         if args.max_concurrent < 1:
             raise UserFacingError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-        _train_and_evaluate(cfg, sweep, sweep_dir, ms, geometric_marks(args.budget_s, args.marks), args.max_concurrent)
+        marks = marks_per_m(ms, geometric_marks(args.budget_s, args.marks), args.others_budget_s)
+        _train_and_evaluate(cfg, sweep, sweep_dir, marks, args.max_concurrent)
     points = collect_points(sweep_dir)
     if not points:
         raise UserFacingError(f"no kept checkpoints under {sweep_dir / 'trials'}: run without --report-only first")
@@ -249,8 +268,8 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     return 0
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, ms: list[int],
-                        marks: tuple[float, ...], max_concurrent: int = 1) -> None:
+def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, marks: dict[int, tuple[float, ...]],
+                        max_concurrent: int = 1) -> None:
     from ray import tune
 
     from platform.data import ensure_dataset
@@ -258,18 +277,22 @@ def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, ms: 
     from platform.sweep import _end_unfinished_trial_runs, _parent_run, ranking_metric, run_tuner, trial_meta
 
     trial_cfg = cfg.model_copy(update={
-        "train": cfg.train.model_copy(update={"time_marks_s": marks, "steps": 10_000_000, "time_budget_s": None,
+        "train": cfg.train.model_copy(update={"time_marks_s": (), "steps": 10_000_000, "time_budget_s": None,
                                               "min_lr_ratio": 1.0}),
         "eval": cfg.eval.model_copy(update={"every_steps": 0}),
     })
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg)
     connect_ray(cfg)
+    ms = sorted(marks)
     params = argparse.Namespace(param=[f"policy.m={','.join(map(str, ms))}"], search="grid", scheduler="none")
     parent = _parent_run(trial_cfg, sweep, sweep_dir, params)
-    print(f"[quality] {len(ms)} trials (M = {ms}), {marks[-1]:g} s of training each, marks at "
-          f"{[round(m) for m in marks]} s", flush=True)
-    results = run_tuner(trial_meta(trial_cfg, sweep, sweep_dir, parent), {"policy.m": tune.grid_search(ms)},
+    for m, ts in marks.items():
+        print(f"[quality] M = {m}: {ts[-1]:g} s of training, marks at {[round(t) for t in ts]} s", flush=True)
+    # One grid variant per M; its marks follow from its M (a dict lookup Tune resolves per variant).
+    space = {"policy.m": tune.grid_search(ms),
+             "train.time_marks_s": tune.sample_from(lambda spec: list(marks[spec.config["policy.m"]]))}
+    results = run_tuner(trial_meta(trial_cfg, sweep, sweep_dir, parent), space,
                         ranking_metric(trial_cfg), max_concurrent=max_concurrent)
     if parent is not None:
         _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)

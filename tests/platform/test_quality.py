@@ -79,3 +79,15 @@ def test_report_only_without_runs_is_a_clear_error(tmp_path):
     args = build_parser().parse_args(["--report-only", "--name", "none", f"output_dir={tmp_path}"])
     with pytest.raises(UserFacingError, match="no kept checkpoints"):
         main(args, load_config(None, list(args.overrides)))
+
+
+def test_others_budget_keeps_m1s_marks_and_cuts_the_others_on_the_same_axis():
+    from platform.quality import marks_per_m
+
+    marks = geometric_marks(800, 5)  # 50, 100, 200, 400, 800
+    per = marks_per_m([1, 16, 64], marks, 200)
+    assert per[1] == marks and per[16] == per[64] == (50.0, 100.0, 200.0)
+    assert marks_per_m([1, 4], marks, None) == {1: marks, 4: marks}
+    for bad in (0, 10, 900):  # not positive, below the first mark, beyond the budget
+        with pytest.raises(UserFacingError):
+            marks_per_m([1, 4], marks, bad)
