@@ -202,6 +202,13 @@ class MlflowSink:
         return run
 
     def _experiment_id(self) -> str:
+        from platform.dashboard import ensure_experiment_view
+
+        experiment_id = self._find_or_create_experiment()
+        ensure_experiment_view(self.client, experiment_id)  # opens as a training dashboard (platform.dashboard)
+        return experiment_id
+
+    def _find_or_create_experiment(self) -> str:
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(self.experiment)

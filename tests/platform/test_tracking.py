@@ -356,3 +356,33 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="empty history"):
         plot_loss_curves([], tmp_path / "x.png")
+
+
+def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqlite_uri: str, tmp_path: Path) -> None:
+    """MLflow 3 shows an untagged experiment as a GenAI project; ours carry the training kind and a saved view."""
+    from platform.dashboard import (
+        EXPERIMENT_KIND_TAG,
+        TRAINING_KIND,
+        VIEW_KEY,
+        VIEW_TAG,
+        experiment_url,
+        run_url,
+    )
+
+    tracker = RunTracker.open(sqlite_uri, "dash", "run-a", tmp_path / "buf")
+    assert tracker.close("FINISHED")
+    exp = _client(sqlite_uri).get_experiment_by_name("dash")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    view = json.loads(exp.tags[VIEW_TAG])
+    assert "metrics.`eval/success`" in view["selectedColumns"] and "params.`policy.m`" in view["selectedColumns"]
+    assert "metrics.`val/pos_err_cm`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
+    # A user's own choice of kind survives the next run; the saved view is brought up to date.
+    _client(sqlite_uri).set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
+    _client(sqlite_uri).set_experiment_tag(exp.experiment_id, VIEW_TAG, "{}")
+    assert RunTracker.open(sqlite_uri, "dash", "run-b", tmp_path / "buf2").close("FINISHED")
+    tags = _client(sqlite_uri).get_experiment(exp.experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "finetuning" and json.loads(tags[VIEW_TAG]) == view
+    url = experiment_url(sqlite_uri, exp.experiment_id)
+    assert url.startswith("http://127.0.0.1:5000/#/experiments/") and f"viewStateShareKey={VIEW_KEY}" in url
+    assert run_url("http://mlflow.lab:5000/", "3", "abc") == (
+        "http://mlflow.lab:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
