@@ -83,6 +83,10 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     cfg = ExperimentConfig.model_validate(payload["config"])
     rank, world, train_mod = _ray_context()
+    if train_mod is not None:
+        from platform.console import quiet_train_logger
+
+        quiet_train_logger()
     device = _device(cfg, train_mod is not None)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg, world))
@@ -158,7 +162,8 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")), val=val)
+    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")), val=val,
+                     start_step=state.step)
     marks = TimeMarks(cfg.train.time_marks_s, run_dir)
     try:
         while state.step < cfg.train.steps and not time_is_up(deadline, state.device) and not marks.all_reached:
@@ -191,6 +196,14 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
             tracker.flush()
 
 
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m07s``, ``42s``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 class _MetricLog:
     """Per-window metrics, printed at once but logged (MLflow, Ray report) when their steps are checkpointed.
 
@@ -199,13 +212,26 @@ class _MetricLog:
     """
 
     def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any,
-                 fault: tuple[Path, str | None] = (Path("."), None), val: Any = None) -> None:
+                 fault: tuple[Path, str | None] = (Path("."), None), val: Any = None, start_step: int = 0) -> None:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
         self.fault = fault
         self.val = val  # platform.validation.ValidationSet (rank 0) or None
         self.last_val: dict[str, float] = {}  # the newest mean validation metrics, carried into every report
         self.pending: list[tuple[int, dict[str, float]]] = []
-        self.last = time.perf_counter()
+        self.last = self.t0 = time.perf_counter()
+        self.start_step = start_step
+
+    def eta_s(self, st: TrainingState) -> float | None:
+        """Seconds to the end of the run at this process's pace so far (validation and checkpoints included);
+        with training-time marks or a time budget, the training time left (validation excluded)."""
+        t = self.cfg.train
+        if t.time_marks_s or t.time_budget_s is not None:
+            ends = [x for x in (t.time_marks_s[-1] if t.time_marks_s else None, t.time_budget_s) if x is not None]
+            return max(0.0, min(ends) - st.train_time_s)
+        done = st.step - self.start_step
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self.t0) / done * max(0, t.steps - st.step)
 
     def window(self, st: TrainingState, window: list) -> None:
         now = time.perf_counter()
@@ -213,8 +239,11 @@ class _MetricLog:
         self.last = now
         self.pending.append((st.step, metrics))
         if self.rank == 0:
-            print(f"[train] step {st.step:>6}/{self.cfg.train.steps}  loss {metrics['train/loss']:.4f}  "
-                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s", flush=True)
+            eta = self.eta_s(st)
+            total = "" if self.cfg.train.time_marks_s or self.cfg.train.time_budget_s else f"/{self.cfg.train.steps}"
+            print(f"[train] step {st.step:>6}{total}  loss {metrics['train/loss']:.4f}  "
+                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s"
+                  + ("" if eta is None else f"  ETA {format_duration(eta)}"), flush=True)
         if self.val is not None and self._validate_now(st.step, len(window)):
             metrics.update(self._validate(st))
         if self.fault[1] is not None:

@@ -1,0 +1,88 @@
+"""A quiet console: the platform's own lines and real warnings, not Ray's internal chatter.
+
+Ray forwards every line its workers and internal actors print to the driver. On a normal run that includes
+lines that look like crashes but are not (verified against Ray 2.60):
+
+- Ray Train's ``PlacementGroupCleaner`` prints a traceback ("Found multiple active Ray instances") when
+  another Ray cluster runs on the machine: its monitor thread cannot pick a cluster to poll;
+- Ray Train's ``TrainController`` logs a traceback when an autoscaling resource request times out on a
+  loaded machine ("Failed to send resource request ... safe to ignore this error");
+- the controller's C++ core logs an ``E`` line for its own ``PreemptionWatcher`` actor;
+- every ``ray.train.report`` logs ``Reporting training result N: TrainingReport(...)`` at INFO;
+- driver-side notices that change nothing for the user (token authentication enabled by default on a local
+  cluster, ``.git``/``.venv`` left out of the working directory, which the platform excludes anyway).
+
+:func:`quiet_ray_console` filters exactly those (everything else Ray prints still reaches the console) and
+turns Ray's coloured log prefix off when stdout is not a terminal, so log files hold no ANSI codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# Whole batches (one flush of one process, e.g. a full traceback) to drop: (actor name, text in the batch).
+_BENIGN_BATCHES: tuple[tuple[str, str], ...] = (
+    ("PlacementGroupCleaner", "Found multiple active Ray instances"),
+    ("TrainController", "Failed to send resource request"),
+)
+# Single lines to drop wherever they come from.
+_BENIGN_LINES = re.compile(
+    r"Reporting training result \d+: TrainingReport\("
+    r"|Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+)
+# Driver-side Ray loggers whose warnings are notices, not problems.
+_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.runtime_env.working_dir")
+
+
+def keep_lines(data: Mapping[str, Any]) -> list[str]:
+    """The lines of one forwarded log batch (Ray's ``{"lines": [...], "actor_name": ...}``) worth showing."""
+    lines = list(data.get("lines") or [])
+    actor = str(data.get("actor_name") or "")
+    text = "\n".join(lines)
+    if any(actor == name and needle in text for name, needle in _BENIGN_BATCHES):
+        return []
+    return [ln for ln in lines if not _BENIGN_LINES.search(ln)]
+
+
+def colour_prefix(stream: Any = None) -> bool:
+    """Whether Ray may colour its log prefix: only on a terminal (``RAY_COLOR_PREFIX`` set by the user wins)."""
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def quiet_ray_console() -> bool:
+    """Install the filter on this driver's Ray log forwarding (after ``ray.init``). Returns whether it
+    could (Ray's forwarding hook is internal; without it everything is printed as before)."""
+    if "RAY_COLOR_PREFIX" not in os.environ and not colour_prefix():
+        os.environ["RAY_COLOR_PREFIX"] = "0"  # read by Ray at each printed line
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    print_batch: Callable[..., None] | None = getattr(ray_worker, "print_to_stdstream", None)
+    names = [pair[0] for pair in getattr(dispatcher, "handlers", [])]
+    if print_batch is None or "ray_print_logs" not in names:
+        return False  # log_to_driver=False or another Ray version: leave it alone
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+    def handler(data: dict[str, Any]) -> None:
+        lines = keep_lines(data)
+        if lines:
+            print_batch({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", handler)
+    return True
+
+
+def quiet_train_logger() -> None:
+    """In a train worker: Ray Train's own INFO lines (one per ``report``) off the console."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)

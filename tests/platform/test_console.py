@@ -1,0 +1,40 @@
+"""The console filter: Ray's benign internal tracebacks and per-report lines go, everything else stays."""
+
+from __future__ import annotations
+
+import pytest
+
+from platform.console import colour_prefix, keep_lines
+from platform.worker import format_duration
+
+pytestmark = pytest.mark.unit
+
+
+def test_benign_ray_internal_tracebacks_are_dropped_whole():
+    multiple = ["Exception in thread PlacementGroupCleanerMonitor:", "Traceback (most recent call last):",
+                "ConnectionError: Found multiple active Ray instances: {'a', 'b'}."]
+    assert keep_lines({"actor_name": "PlacementGroupCleaner", "lines": multiple}) == []
+    request = ["Failed to send resource request for x. ... it's safe to ignore this error.",
+               "Traceback (most recent call last):", "ray.exceptions.GetTimeoutError: ..."]
+    assert keep_lines({"actor_name": "TrainController", "lines": request}) == []
+
+
+def test_real_errors_and_platform_lines_are_kept():
+    crash = ["Traceback (most recent call last):", "RuntimeError: CUDA out of memory"]
+    assert keep_lines({"actor_name": "TrainController", "lines": crash}) == crash
+    assert keep_lines({"actor_name": "RayTrainWorker", "lines": crash}) == crash
+    mixed = ["[train] step 10/20  loss 1.0", "Reporting training result 3: TrainingReport(checkpoint=None, "
+             "metrics={}) from rank 0", "[core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
+             "ID: 'ab' has constructor arguments in the object store and max_restarts > 0"]
+    assert keep_lines({"actor_name": "RayTrainWorker", "lines": mixed}) == mixed[:1]
+    # The same text from a user's actor is not Ray's: only the named internal actors' batches are dropped.
+    assert keep_lines({"actor_name": "MyActor", "lines": ["Found multiple active Ray instances"]})
+
+
+def test_colour_only_on_a_terminal_and_durations_read_well():
+    class Tty:
+        def isatty(self):
+            return True
+
+    assert colour_prefix(Tty()) and not colour_prefix(object())
+    assert [format_duration(s) for s in (42, 187, 3720)] == ["42s", "3m07s", "1h02m"]
