@@ -115,10 +115,10 @@ class EvaluationActor:
         """Called once by the coordinator: the actor is constructed (simulator and policy built)."""
         return {"pid": os.getpid(), "tasks": self.sim.task_names()}
 
-    def run_episode(self, spec: EpisodeSpec) -> EpisodeOutput:
+    def run_episode(self, spec: EpisodeSpec, record_camera: str | None = None) -> EpisodeOutput:
         cpu = time.process_time()
         output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes,
-                             self.on_planner_error)
+                             self.on_planner_error, record_camera)
         output.actor_pid = os.getpid()
         output.cpu_s = time.process_time() - cpu
         return output

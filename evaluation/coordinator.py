@@ -62,6 +62,9 @@ class PoolConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     progress: bool = True
     poll_s: float = Field(0.5, gt=0)
+    # Rollout videos (evaluation.video): per task, the first success and the first failure, from this camera.
+    videos: bool = False
+    video_camera: str = "front"
 
 
 @dataclass
@@ -78,6 +81,7 @@ class _Work:
     deadline: float
     index: int = -1
     started: float = field(default_factory=time.monotonic)
+    recording: bool = False  # this episode records video frames
 
 
 @dataclass
@@ -123,6 +127,9 @@ class Coordinator:
         self._attempt_limit = config.max_attempts
         self._successes = self._errors = 0
         self._server_device = self._resolve_server()
+        # Rollout videos of the last run(): (task, success) -> (spec, frames); at most one per outcome.
+        self.videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = {}
+        self._recording: collections.Counter[str] = collections.Counter()  # recording episodes in flight
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _resolve_server(self) -> str | None:
@@ -229,6 +236,7 @@ class Coordinator:
             self.start()
         outputs: dict[int, EpisodeOutput] = {}
         self._successes = self._errors = 0
+        self.videos, self._recording = {}, collections.Counter()
         attempts = collections.Counter()
         queue: collections.deque[int] = collections.deque(range(len(specs)))
         inflight: dict[Any, _Work] = {}
@@ -263,9 +271,29 @@ class Coordinator:
             if slot.state == "idle" and queue:
                 index = queue.popleft()
                 attempts[index] += 1
-                ref = slot.actor.run_episode.remote(specs[index])
-                inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index)
+                record = self._wants_video(specs[index].task)
+                ref = slot.actor.run_episode.remote(specs[index], self.cfg.video_camera if record else None)
+                inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index,
+                                      recording=record)
+                self._recording[specs[index].task] += record
                 slot.state = "busy"
+
+    def _wants_video(self, task: str) -> bool:
+        """Record this episode: videos are on, the task still lacks a success or a failure video, and fewer
+        than two of its recording episodes are running (recording costs one extra render per episode)."""
+        if not self.cfg.videos:
+            return False
+        missing = sum((task, outcome) not in self.videos for outcome in (True, False))
+        return missing > 0 and self._recording[task] < 2
+
+    def _keep_video(self, work: _Work, spec: EpisodeSpec, output: EpisodeOutput | None) -> None:
+        if not work.recording:
+            return
+        self._recording[spec.task] -= 1
+        if output is not None and output.frames:
+            key = (spec.task, bool(output.result.success))
+            if key not in self.videos:
+                self.videos[key] = (spec, output.frames)
 
     def _on_ready(self, ref: Any, work: _Work) -> None:
         try:
@@ -295,6 +323,8 @@ class Coordinator:
             self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", specs, queue, attempts, outputs, bar)
             return
         self.slots[work.slot].state = "idle"
+        self._keep_video(work, specs[work.index], output)
+        output.frames = None  # kept in self.videos (or not needed): the outputs stay small
         self._record(work.index, output, outputs, bar)
 
     def wait_ready(self) -> Coordinator:
@@ -330,6 +360,7 @@ class Coordinator:
     def _fault(self, work, status: EpisodeStatus, message, specs, queue, attempts, outputs, bar) -> None:
         """Kill and replace the actor; retry the episode or record its final status."""
         spec = specs[work.index]
+        self._keep_video(work, spec, None)
         pid = self.slots[work.slot].pid
         self.stats.failures.append(f"{spec.task} v{spec.variation} seed {spec.seed} (pid {pid}): {message}")
         self._kill(work.slot)

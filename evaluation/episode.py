@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from evaluation.sim import EpisodeResult, Observation, PlannerError, Simulator
+from evaluation.sim import EpisodeResult, Observation, PlannerError, Simulator, SimulatorError
 from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
 
@@ -114,6 +114,7 @@ class EpisodeOutput:
     times: StageTimes = field(default_factory=StageTimes)
     actor_pid: int = 0
     cpu_s: float = 0.0  # CPU seconds of the actor process (all its threads) during the episode
+    frames: list[np.ndarray] | None = None  # rollout video frames (evaluation.video), when recorded
 
 
 class ConditionFn(Protocol):
@@ -174,8 +175,11 @@ def run_episode(
     spec: EpisodeSpec,
     max_keyposes: int = DEFAULT_MAX_KEYPOSES,
     on_planner_error: PlannerErrorRule = "end",
+    record_camera: str | None = None,
 ) -> EpisodeOutput:
-    """Run one episode to success, failure or the keypose limit. ``SimulatorError`` propagates."""
+    """Run one episode to success, failure or the keypose limit. ``SimulatorError`` propagates.
+
+    ``record_camera``: also return the rollout's video frames from that camera (``evaluation.video``)."""
     table = Instructions.of(instructions)
     if spec.task not in table.tasks:  # fail before paying for a reset
         table.for_episode(spec.task, "")
@@ -186,6 +190,11 @@ def run_episode(
     times.render += time.perf_counter() - t
     text = table.for_episode(spec.task, obs.instruction)
     success, status, message, steps, planner_errors = False, "ok", "", 0, 0
+    recorder = None
+    if record_camera is not None:
+        from evaluation.video import Recorder
+
+        recorder = Recorder(spec.task, record_camera)
     for k in range(max_keyposes):
         t = time.perf_counter()
         condition = condition_fn(obs, text)
@@ -194,6 +203,8 @@ def run_episode(
         t3 = time.perf_counter()
         times.preprocess += t2 - t
         times.policy += t3 - t2
+        if recorder is not None:
+            recorder.keypose(k, obs, pose)
         try:
             outcome = sim.step_keypose(pose)
         except PlannerError as exc:
@@ -222,6 +233,11 @@ def run_episode(
     else:
         limit = f"keypose limit {max_keyposes} reached"
         message = f"{limit} after {planner_errors} planner error(s); last: {message}" if planner_errors else limit
+    if recorder is not None:
+        try:
+            recorder.end(sim.observe(), success, steps)
+        except SimulatorError:  # the video ends without its last frame; the episode's result stands
+            pass
     result = EpisodeResult(
         task=spec.task,
         variation=spec.variation,
@@ -232,4 +248,4 @@ def run_episode(
         message=message,
         wall_s=time.perf_counter() - start,
     )
-    return EpisodeOutput(result=result, times=times)
+    return EpisodeOutput(result=result, times=times, frames=None if recorder is None else recorder.frames)

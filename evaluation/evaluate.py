@@ -150,8 +150,12 @@ def evaluate(
     condition_fn: ConditionFn,
     pool: PoolConfig,
     meta: dict[str, Any] | None = None,
+    video_dir: Path | None = None,
 ) -> EvalReport:
-    """Run ``specs`` on a fresh pool (needs a Ray session) and summarise; the pool is always shut down."""
+    """Run ``specs`` on a fresh pool (needs a Ray session) and summarise; the pool is always shut down.
+
+    With ``pool.videos``, the rollout videos (``evaluation.video``) go to ``video_dir`` and their file names
+    to the report's ``info["videos"]``."""
     instructions = Instructions.of(instructions)
     missing = sorted({s.task for s in specs} - set(instructions.tasks))
     if missing:
@@ -164,11 +168,18 @@ def evaluate(
         server = coordinator.server_stats()
     finally:
         coordinator.shutdown()
+    videos: list[str] = []
+    if pool.videos and video_dir is not None and coordinator.videos:
+        from evaluation.video import write_videos
+
+        videos = write_videos(coordinator.videos, video_dir)
     stats = coordinator.stats
     info = {**(meta or {}), "num_actors": pool.num_actors, "policy_server": server is not None,
             "max_keyposes": pool.max_keyposes, "on_planner_error": pool.on_planner_error}
     if server is not None:
         info["server"] = server
+    if videos:
+        info["video_dir"], info["videos"] = str(video_dir), videos
     return summarize(outputs, time.monotonic() - start, stats.retries, stats.actor_restarts, stats.failures, info)
 
 
@@ -209,6 +220,7 @@ def evaluate_checkpoint(
     instructions: Instructions | Mapping[str, Instruction] | None = None,
     pool: PoolConfig | None = None,
     policy_factory: Callable[[], Any] | None = None,
+    video_dir: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint directory on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
 
@@ -217,7 +229,7 @@ def evaluate_checkpoint(
     the same checkpoint give the same numbers. ``seed`` may be a list (RLBench's protocol: 3 seeds): every
     seed plans its own ``episodes_per_task`` episodes per task, all run on one pool, and the report's
     ``seed_success`` holds each seed's mean. ``pool`` overrides the pool settings (its ``num_actors``
-    is replaced by ``num_actors``).
+    is replaced by ``num_actors``). With ``pool.videos``, rollout videos are written to ``video_dir``.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if sim_factory is None:
@@ -245,7 +257,8 @@ def evaluate_checkpoint(
     condition_fn = checkpoint_condition_fn(checkpoint_dir)
     factory = policy_factory or CheckpointPolicy(str(checkpoint_dir.resolve()))
     with ray_session():
-        report = evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta)
+        report = evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta,
+                          None if video_dir is None else Path(video_dir))
     if len(seeds) == 1:
         return report
     return report.model_copy(update={"seed_success": seed_success(report, spec_seeds)})

@@ -130,6 +130,10 @@ class EvalConfig(_Frozen):
     # data.suite=rlbench: whose evaluation rules (evaluation.rlbench_tasks.protocol_kwargs): peract (a planner
     # error ends the episode) or 3dda (3D Diffuser Actor's script: retry, separate gripper step, go on)
     rlbench_protocol: Literal["peract", "3dda"] = "peract"
+    # Rollout videos (evaluation.video): per task, a success and a failure where both exist, one frame per
+    # keypose with the predicted keypose drawn; <run>/eval/videos/<checkpoint>/ and MLflow artifacts videos/.
+    videos: bool = True
+    video_camera: str = Field("front", min_length=1)  # a camera of the simulator's rig (else its first)
 
 
 class TrackingConfig(_Frozen):

@@ -24,7 +24,9 @@ from platform.config import ExperimentConfig
 EVAL_DIR = "eval"
 SETTINGS_SUFFIX = ".settings.json"  # beside step_<N>.json: what the final evaluation was run with
 # Settings that change how fast an evaluation runs, not its episodes or their outcome.
-_NOT_RESULT_SETTINGS = {"enabled", "every_steps", "actors", "policy_server", "checkpoint", "episode_timeout_s"}
+_NOT_RESULT_SETTINGS = {"enabled", "every_steps", "actors", "policy_server", "checkpoint", "episode_timeout_s",
+                        "videos", "video_camera"}
+VIDEO_DIR = "videos"  # under EVAL_DIR: one folder per evaluated checkpoint
 
 
 def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
@@ -80,9 +82,10 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE).tasks)
     actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
     pool = PoolConfig(num_actors=actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
-                      max_attempts=e.retries + 1, policy_server=e.policy_server)
+                      max_attempts=e.retries + 1, policy_server=e.policy_server, videos=e.videos,
+                      video_camera=e.video_camera)
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
-            "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool}
+            "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool, "video_dir": video_dir(checkpoint)}
     if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
         from evaluation.rlbench_backend import RLBenchConfig
         from evaluation.rlbench_tasks import protocol_kwargs
@@ -94,6 +97,11 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
                                 episodes_per_task=e.episodes_per_task, protocol=e.rlbench_protocol)
         args.update(proto, pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}))
     return args
+
+
+def video_dir(checkpoint: Path) -> Path:
+    """Where the rollout videos of ``checkpoint`` (``<run>/checkpoints/step_N``) go: ``<run>/eval/videos/step_N``."""
+    return checkpoint.parent.parent / EVAL_DIR / VIDEO_DIR / checkpoint.name
 
 
 def _evaluate(cfg_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
@@ -136,6 +144,7 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str,
     if tracker is not None:
         tracker.log_metrics(report.mlflow_metrics("eval"), step=step)
         tracker.log_dict(json.loads(result["report"]), f"eval/step_{step:08d}.json")
+        _log_videos(tracker, report, checkpoint)
     print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes",
           flush=True)
     return report
@@ -210,6 +219,15 @@ def _previous_report(report_path: Path, settings: dict[str, Any]) -> str | None:
     except (OSError, ValueError):
         return None
     return text if saved == json.loads(json.dumps(settings)) and settings["files"] else None
+
+
+def _log_videos(tracker: Any, report: Any, checkpoint: Path) -> None:
+    """The evaluation's rollout videos as MLflow artifacts ``videos/<checkpoint>/<task>_<outcome>.gif``."""
+    folder = report.meta.get("video_dir")
+    for name in report.meta.get("videos", []):
+        path = Path(folder) / name
+        if path.is_file():  # written on this machine (a remote evaluation's files stay on its node)
+            tracker.log_artifact(path, f"{VIDEO_DIR}/{checkpoint.name}", copy=False)
 
 
 def _log_plots(tracker: Any, report: Any, run_dir: Path) -> None:

@@ -164,3 +164,21 @@ def test_no_actor_processes_left_after_shutdown(pool):
     assert len(pids) == 4
     pool.shutdown()
     assert wait_gone(pids) == [], "actor processes left after shutdown"
+
+
+def test_videos_record_a_success_and_a_failure_per_task_without_changing_results(pool):
+    specs = plan_episodes(TASKS, 3, seed=0, variations=range(4))
+    plain, _ = _run(pool, specs)
+    assert pool.videos == {}  # videos off: nothing recorded
+    cfg = pool.cfg
+    pool.cfg = cfg.model_copy(update={"videos": True, "video_camera": "cam1"})
+    try:
+        recorded, _ = _run(pool, specs)
+    finally:
+        pool.cfg = cfg
+    assert [_key(o) for o in recorded] == [_key(o) for o in plain]  # recording changes no outcome
+    assert all(o.frames is None for o in recorded)  # frames travel only in pool.videos
+    outcomes = {(o.result.task, o.result.success) for o in recorded}
+    assert set(pool.videos) <= outcomes and {t for t, _ in pool.videos} == set(TASKS)
+    for (task, _), (spec, frames) in pool.videos.items():
+        assert spec.task == task and len(frames) >= 2 and frames[0].ndim == 3
