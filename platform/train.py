@@ -96,11 +96,30 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
         return 0
     uri = tracking.tracking_uri if tracking else "disabled"
     run_id = tracking.run_id if tracking else "none"
-    print(f"[train] finished in {time.perf_counter() - t_start:.0f} s. Open the dashboard: "
-          f"mlflow ui --backend-store-uri {uri}")
+    print(f"[train] finished in {time.perf_counter() - t_start:.0f} s")
+    _print_where_to_look(cfg, run_dir, tracking, report)
     print(f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
           f"(MLflow run {run_id}, tracking URI {uri})")
     return 0
+
+
+def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, report: Any) -> None:
+    """Where the results are: the run's dashboard page, the videos and plots on disk."""
+    from platform.evaluate import EVAL_DIR
+
+    eval_dir = run_dir / EVAL_DIR
+    videos = report.meta.get("video_dir")
+    print(f"[train] results: reports and plots in {eval_dir}"
+          + (f", rollout videos in {videos}" if videos else ""))
+    if tracking is None:
+        return
+    from platform.dashboard import run_url, ui_command
+
+    experiment_id = tracking.experiment_id
+    start = ui_command(tracking.tracking_uri)
+    if experiment_id is not None:
+        print(f"[train] dashboard: {run_url(tracking.tracking_uri, experiment_id, tracking.run_id)}"
+              + (f"  (start it with: {start})" if start else ""))
 
 
 def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path,
