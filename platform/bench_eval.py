@@ -40,6 +40,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
+    p.add_argument("--videos", default="off", choices=["off", "on", "compare"],
+                   help="record rollout videos (eval.videos; GIF writing timed too); compare: each actor count "
+                        "without then with videos, and the throughput ratio")
     return p.parse_args(argv)
 
 
@@ -112,8 +115,9 @@ def _mt10() -> set[str]:
     return set(suite_task_names("mt10"))
 
 
-def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]) -> dict[str, Any]:
-    """Throughput of a warm pool of ``n`` actors on ``episodes_per_actor * n`` episodes."""
+def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str], videos: bool = False) -> dict[str, Any]:
+    """Throughput of a warm pool of ``n`` actors on ``episodes_per_actor * n`` episodes (``videos``: recording
+    rollout videos, their GIF files written inside the timed span)."""
     import ray
 
     from evaluation.actors import CheckpointPolicy
@@ -128,7 +132,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
 
     sim_factory, variations = _backend(args, tasks)
     pool = PoolConfig(num_actors=n, cpus_per_actor=args.cpus_per_actor, max_keyposes=args.max_keyposes,
-                      policy_server=args.policy_server, progress=False, episode_timeout_s=1800.0)
+                      policy_server=args.policy_server, progress=False, episode_timeout_s=1800.0, videos=videos)
     per_task = -(-args.episodes_per_actor * n // len(tasks))  # ceil
     specs = plan_episodes(tasks, per_task, args.seed, variations)[: args.episodes_per_actor * n]
     warmup = plan_episodes(tasks, n, args.seed + 1, variations)[:n]
@@ -145,6 +149,12 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         load_before = os.getloadavg()[0]
         start = time.monotonic()
         outputs = coord.run(specs)
+        written = 0
+        if videos:
+            from evaluation.video import write_videos
+
+            with tempfile.TemporaryDirectory(prefix="bench_videos_") as out:
+                written = len(write_videos(coord.videos, Path(out)))
         elapsed = time.monotonic() - start
         load_after = os.getloadavg()[0]
         server = coord.server_stats()
@@ -161,6 +171,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
         "actor_cpu_s_per_episode": sum(o.cpu_s for o in outputs) / len(outputs),
         "policy_server": server is not None,
         "load_avg_1min": [round(load_before, 2), round(load_after, 2)],  # other work on a shared machine
+        "videos": written if videos else None,  # GIFs written (None: videos off)
     }
     if server is not None:
         row["server_mean_batch"] = server["mean_batch"]
@@ -170,7 +181,7 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'actors':>6} {'episodes/s':>11} {'efficiency':>10} {'cpu s/ep':>9} {'sim':>5} {'render':>6} {'prep':>5} "
-            f"{'policy':>6} {'errors':>6} {'load':>10}")
+            f"{'policy':>6} {'errors':>6} {'load':>10} {'videos':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r["time_shares"]
@@ -179,7 +190,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['actors']:>6} {r['episodes_per_s']:>11.3f} {r['efficiency']:>10.2f} "
             f"{r.get('actor_cpu_s_per_episode', 0.0):>9.2f} {100 * s['sim']:>4.0f}% "
             f"{100 * s['render']:>5.0f}% {100 * s['preprocess']:>4.0f}% {100 * s['policy']:>5.0f}% {r['errors']:>6} "
-            f"{f'{lo:.1f}-{hi:.1f}':>10}"
+            f"{f'{lo:.1f}-{hi:.1f}':>10} {'-' if r.get('videos') is None else r['videos']:>6}"
         )
     return "\n".join(lines)
 
@@ -202,14 +213,21 @@ def main(argv: list[str]) -> int:
         checkpoint = args.checkpoint or _random_checkpoint(Path(tmp) / "policy", args.preset, tasks, args.seed)
         num_cpus = max(cores, int(np.ceil(max(counts) * args.cpus_per_actor)))
         with ray_session(num_cpus=num_cpus):
+            modes = {"off": [False], "on": [True], "compare": [False, True]}[args.videos]
             for n in counts:
-                row = measure(n, args, checkpoint, tasks)
-                base = rows[0]["episodes_per_s"] / rows[0]["actors"] if rows else row["episodes_per_s"] / n
-                row["efficiency"] = row["episodes_per_s"] / (n * base)
-                rows.append(row)
-                print(f"[bench eval] {n} actors: {row['episodes_per_s']:.3f} episodes/s, "
-                      f"efficiency {row['efficiency']:.2f}", flush=True)
+                for videos in modes:
+                    row = measure(n, args, checkpoint, tasks, videos)
+                    base = rows[0]["episodes_per_s"] / rows[0]["actors"] if rows else row["episodes_per_s"] / n
+                    row["efficiency"] = row["episodes_per_s"] / (n * base)
+                    rows.append(row)
+                    print(f"[bench eval] {n} actors{', videos' if videos else ''}: {row['episodes_per_s']:.3f} "
+                          f"episodes/s, efficiency {row['efficiency']:.2f}", flush=True)
     print(format_table(rows))
+    for off, on in zip(rows, rows[1:], strict=False):
+        if args.videos == "compare" and off["videos"] is None and on["videos"] is not None and off["actors"] == on["actors"]:
+            ratio = on["episodes_per_s"] / off["episodes_per_s"]
+            print(f"[bench eval] {on['actors']} actors: with videos ({on['videos']} GIFs) {100 * ratio:.1f}% of the "
+                  f"throughput without ({100 * (1 - ratio):+.1f}% slower)")
     if args.json is not None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -35,15 +35,18 @@ def local_ray():
 def test_bench_eval_fake_backend_writes_rows(tmp_path, capsys, local_ray):
     out = tmp_path / "bench.json"
     rc = main(["--backend", "fake", "--actors", "1,2", "--episodes-per-actor", "2", "--max-keyposes", "2",
-               "--json", str(out)])
+               "--json", str(out), "--videos", "compare"])
     assert rc == 0
     data = json.loads(out.read_text())
     assert isinstance(data["device"], str) and data["device"].startswith("cpu")
-    assert [r["actors"] for r in data["rows"]] == [1, 2]
+    assert [(r["actors"], r["videos"] is not None) for r in data["rows"]] == [(1, False), (1, True), (2, False),
+                                                                             (2, True)]
+    assert all(r["videos"] >= 1 for r in data["rows"] if r["videos"] is not None)  # a GIF of the one task
     for row in data["rows"]:
         assert row["episodes_per_s"] > 0 and row["efficiency"] > 0 and row["errors"] == 0
         assert row["episodes"] == 2 * row["actors"]
         assert abs(sum(row["time_shares"].values()) - 1.0) < 1e-6
     assert data["rows"][0]["efficiency"] == 1.0
-    assert "episodes/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "episodes/s" in printed and "with videos" in printed
     assert "efficiency" in format_table(data["rows"])

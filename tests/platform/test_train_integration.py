@@ -50,6 +50,8 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
         verify_checkpoint(c.path)
     report = json.loads((tmp_path / "runs" / "crash" / "eval" / "step_00000020.json").read_text())
     assert report["episodes"] == 2 and set(report["tasks"]) == {"reach-v3", "button-press-topdown-v3"}
+    _assert_videos(tmp_path / "runs" / "crash", "step_00000020", uri, run_id)
+    assert re.search(r"\[train\] dashboard: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/" + run_id, text)
 
     # platform.compare builds its side-by-side table from this tiny run
     cmp = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp")])
@@ -97,6 +99,7 @@ def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_data
     runs = mlflow_runs(uri, "relaunch")
     assert [r.info.run_id for r in runs] == [first_id]
     assert runs[0].info.status == "FINISHED"
+    assert "Traceback" not in text and "\x1b[" not in text, text[-4000:]  # a normal run: no crash-like noise
     steps = metric_steps(uri, first_id, "train/loss")
     assert steps == sorted(set(steps)) and steps[-1] == 40
 
@@ -130,3 +133,18 @@ def test_periodic_evaluation_runs_while_training_goes_on(tmp_path, tiny_dataset,
     assert m, text[-2000:]
     assert metric_steps(m.group(4), m.group(3), "eval/success") == [5, 10]
     assert (tmp_path / "runs" / "periodic" / "eval" / "step_00000005.json").is_file()
+    _assert_videos(tmp_path / "runs" / "periodic", "step_00000005", m.group(4), m.group(3))
+    assert "Traceback" not in text, text[-4000:]
+
+
+def _assert_videos(run_dir: Path, checkpoint: str, uri: str, run_id: str) -> None:
+    """One rollout video per evaluated task (1 episode each here), bounded in size, also in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from evaluation.video import MAX_VIDEO_BYTES
+
+    videos = sorted((run_dir / "eval" / "videos" / checkpoint).glob("*.gif"))
+    assert {v.name.rsplit("_", 1)[0] for v in videos} == {"reach-v3", "button-press-topdown-v3"}, videos
+    assert all(0 < v.stat().st_size <= MAX_VIDEO_BYTES for v in videos)
+    logged = [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, f"videos/{checkpoint}")]
+    assert sorted(p.rsplit("/", 1)[-1] for p in logged) == [v.name for v in videos]
