@@ -2,19 +2,19 @@
 
 The simulator is built inside the actor from a picklable zero-argument factory (``FakeSimConfig.build``,
 ``functools.partial(MetaWorldSimulator, config)``...), so any backend behind ``evaluation.sim.Simulator``
-works. The policy either runs in the actor (``LocalPolicy``: rebuilt from a checkpoint directory or a
-picklable factory) or in a shared ``PolicyServer`` (``ServerPolicy``: the actor fuses the point cloud and
+works. The policy either runs in the actor (``LocalPolicy``: built by a picklable factory, normally
+``evaluation.bundle.BundlePolicy``, which brings the checkpoint through the object store) or in a shared ``PolicyServer`` (``ServerPolicy``: the actor fuses the point cloud and
 sends the condition). Resources: ``num_cpus`` plus one unit of the custom ``sim`` resource of
 ``cluster.yaml`` when the cluster has it, so evaluation actors land on the simulation nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -38,17 +38,6 @@ from policies.base import Policy
 
 SimFactory = Callable[[], Simulator]
 SIM_RESOURCE = "sim"
-
-
-@dataclass(frozen=True)
-class CheckpointPolicy:
-    """Picklable policy factory: ``Policy.from_checkpoint(directory)`` (EMA weights when present)."""
-
-    directory: str
-    prefer_ema: bool = True
-
-    def __call__(self) -> Policy:
-        return Policy.from_checkpoint(Path(self.directory), prefer_ema=self.prefer_ema)
 
 
 @dataclass(frozen=True)
@@ -120,6 +109,7 @@ class EvaluationActor:
         output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes,
                              self.on_planner_error, record_camera)
         output.actor_pid = os.getpid()
+        output.result = dataclasses.replace(output.result, node=ray.get_runtime_context().get_node_id())
         output.cpu_s = time.process_time() - cpu
         return output
 

@@ -12,29 +12,29 @@ variations differ by language also ``__texts__/strings`` (K,) str, ``__texts__/t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 import os
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
-from evaluation.actors import CheckpointPolicy, SimFactory
+from evaluation.actors import SimFactory
+from evaluation.bundle import INSTRUCTIONS_FILE, POINTCLOUD_FILE, BundlePolicy, CheckpointBundle
 from evaluation.coordinator import Coordinator, PoolConfig
-from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, Instructions, PointCloudConditioner
+from evaluation.episode import ConditionFn, EpisodeSpec, Instruction, Instructions
 from evaluation.metrics import EvalReport, seed_success, summarize
 from evaluation.policy_server import PolicyFactory
-from policies.base import POLICY_CONFIG_FILE, CheckpointError
+from policies.base import CheckpointError
 
-INSTRUCTIONS_FILE = "instructions.npz"
+__all__ = ["INSTRUCTIONS_FILE", "POINTCLOUD_FILE", "CheckpointBundle", "evaluate", "evaluate_checkpoint"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-POINTCLOUD_FILE = "pointcloud.json"
 
 
 TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no task name starts with it)
@@ -195,21 +195,8 @@ def metaworld_test_variations() -> tuple[int, ...]:
     return variations("test")
 
 
-def checkpoint_condition_fn(checkpoint_dir: Path) -> ConditionFn:
-    """Point-cloud conditioner with the checkpoint's ``max_points`` and (when stored) its point-cloud config."""
-    from evaluation.pointcloud import PointCloudConfig
-
-    cfg_path = checkpoint_dir / POLICY_CONFIG_FILE
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{cfg_path} is missing: {checkpoint_dir} is not a policy checkpoint directory")
-    max_points = int(json.loads(cfg_path.read_text()).get("max_points", 2048))
-    pc_path = checkpoint_dir / POINTCLOUD_FILE
-    pc_cfg = PointCloudConfig.model_validate_json(pc_path.read_text()) if pc_path.is_file() else PointCloudConfig()
-    return PointCloudConditioner(max_points=max_points, config=pc_cfg)
-
-
 def evaluate_checkpoint(
-    checkpoint_dir: str | Path,
+    checkpoint: str | Path | CheckpointBundle,
     tasks: Sequence[str] | None = None,
     episodes_per_task: int = 25,
     num_actors: int = 2,
@@ -219,10 +206,9 @@ def evaluate_checkpoint(
     variations: Sequence[int] | None = None,
     instructions: Instructions | Mapping[str, Instruction] | None = None,
     pool: PoolConfig | None = None,
-    policy_factory: Callable[[], Any] | None = None,
     video_dir: str | Path | None = None,
 ) -> EvalReport:
-    """Evaluate a checkpoint directory on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
+    """Evaluate a checkpoint (a directory, read here, or a ``CheckpointBundle`` read elsewhere) on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
 
     Defaults to the Meta-World backend and its test variations (disjoint from the training variations).
     The episode plan depends only on (tasks, episodes_per_task, seed, variations), so two evaluations of
@@ -230,8 +216,16 @@ def evaluate_checkpoint(
     seed plans its own ``episodes_per_task`` episodes per task, all run on one pool, and the report's
     ``seed_success`` holds each seed's mean. ``pool`` overrides the pool settings (its ``num_actors``
     is replaced by ``num_actors``). With ``pool.videos``, rollout videos are written to ``video_dir``.
+    ``instructions`` replace the checkpoint's own. The actors and the policy server get the checkpoint through
+    Ray's object store (``evaluation.bundle``): they never open its directory.
     """
-    checkpoint_dir = Path(checkpoint_dir)
+    if isinstance(checkpoint, CheckpointBundle):
+        bundle = checkpoint
+        if instructions is not None:
+            bundle = dataclasses.replace(bundle, instructions=Instructions.of(instructions))
+    else:
+        bundle = CheckpointBundle.read(checkpoint, instructions=None if instructions is None
+                                       else Instructions.of(instructions))
     if sim_factory is None:
         sim_factory = metaworld_factory(suite)
     if tasks is None:
@@ -240,8 +234,6 @@ def evaluate_checkpoint(
         tasks = suite_task_names(suite)  # type: ignore[arg-type]
     if variations is None:
         variations = metaworld_test_variations()
-    if instructions is None:
-        instructions = load_instructions(checkpoint_dir / INSTRUCTIONS_FILE)
     pool = (pool or PoolConfig()).model_copy(update={"num_actors": num_actors})
     PoolConfig.model_validate(pool.model_dump())  # re-check the updated fields
     seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
@@ -252,12 +244,11 @@ def evaluate_checkpoint(
         planned = plan_episodes(list(tasks), episodes_per_task, s, variations)
         specs += planned
         spec_seeds += [s] * len(planned)
-    meta = {"checkpoint": str(checkpoint_dir), "suite": suite, "seed": seeds[0] if len(seeds) == 1 else seeds,
+    meta = {"checkpoint": bundle.source, "suite": suite, "seed": seeds[0] if len(seeds) == 1 else seeds,
             "episodes_per_task": episodes_per_task}
-    condition_fn = checkpoint_condition_fn(checkpoint_dir)
-    factory = policy_factory or CheckpointPolicy(str(checkpoint_dir.resolve()))
     with ray_session():
-        report = evaluate(sim_factory, factory, instructions, specs, condition_fn, pool, meta,
+        factory = BundlePolicy(ray.put(bundle))  # once: every actor (or the server) reads the same object
+        report = evaluate(sim_factory, factory, bundle.instructions, specs, bundle.condition_fn(), pool, meta,
                           None if video_dir is None else Path(video_dir))
     if len(seeds) == 1:
         return report

@@ -157,18 +157,12 @@ def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, ste
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from evaluation.evaluate import (
-        INSTRUCTIONS_FILE,
-        checkpoint_condition_fn,
-        evaluate_checkpoint,
-        load_instructions,
-        ray_session,
-    )
+    from evaluation.bundle import CheckpointBundle
+    from evaluation.evaluate import evaluate_checkpoint, ray_session
 
     try:
         tasks, factory, variations = _suite(args)
-        checkpoint_condition_fn(args.checkpoint)  # fail on a bad checkpoint before starting Ray
-        instructions = load_instructions(args.checkpoint / INSTRUCTIONS_FILE)
+        bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
         seeds = seeds_of(args)
         episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
         actors, note = cap_actors(args.actors, episodes)  # the cluster's capacity is checked by the pool
@@ -187,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         with ray_session(address=args.ray_address):
             report = evaluate_checkpoint(
-                args.checkpoint, tasks=tasks, episodes_per_task=args.episodes, num_actors=actors,
+                bundle, tasks=tasks, episodes_per_task=args.episodes, num_actors=actors,
                 seed=seeds, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
-                instructions=instructions,
             )
     except (CheckpointError, EvaluationStartupError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

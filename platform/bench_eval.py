@@ -120,14 +120,9 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
     rollout videos, their GIF files written inside the timed span)."""
     import ray
 
-    from evaluation.actors import CheckpointPolicy
+    from evaluation.bundle import BundlePolicy, CheckpointBundle
     from evaluation.coordinator import Coordinator, PoolConfig
-    from evaluation.evaluate import (
-        INSTRUCTIONS_FILE,
-        checkpoint_condition_fn,
-        load_instructions,
-        plan_episodes,
-    )
+    from evaluation.evaluate import plan_episodes
     from evaluation.metrics import summarize
 
     sim_factory, variations = _backend(args, tasks)
@@ -139,8 +134,8 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
     deadline = time.monotonic() + 30.0  # the previous pool's CPUs are released a moment after its shutdown
     while ray.available_resources().get("CPU", 0) < n * args.cpus_per_actor and time.monotonic() < deadline:
         time.sleep(0.2)
-    coord = Coordinator(sim_factory, CheckpointPolicy(str(checkpoint.resolve())),
-                        load_instructions(checkpoint / INSTRUCTIONS_FILE), checkpoint_condition_fn(checkpoint), pool)
+    bundle = CheckpointBundle.read(checkpoint)
+    coord = Coordinator(sim_factory, BundlePolicy(ray.put(bundle)), bundle.instructions, bundle.condition_fn(), pool)
     try:
         coord.start().wait_ready()
         coord.run(warmup)

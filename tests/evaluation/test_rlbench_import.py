@@ -285,7 +285,7 @@ def test_samples_are_conditioned_on_their_own_variation_instruction(peract_split
 def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(peract_split, tmp_path, monkeypatch):
     """Import -> train (2 steps, in process) -> checkpoint -> an RLBench episode restored from a demo: the
     policy is conditioned on the variation's own instruction, exactly as its training samples were."""
-    from evaluation.actors import CheckpointPolicy
+    from evaluation.bundle import CheckpointBundle
     from evaluation.episode import EpisodeSpec, LocalInference, PointCloudConditioner, run_episode
     from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
     from evaluation.rlbench_backend import RLBenchConfig, RLBenchSimulator
@@ -333,7 +333,7 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
         seen.append(text[0])
         return conditioner(obs, text)
 
-    infer = LocalInference(CheckpointPolicy(str(ckpt))())
+    infer = LocalInference(CheckpointBundle.read(ckpt).build_policy())
     for variation, text in ((0, "close jar with the red block"), (1, "close jar with the maroon block")):
         seen.clear()
         out_ep = run_episode(sim, infer, recording_condition_fn, stored, EpisodeSpec("close_jar", variation, 0), 2)
