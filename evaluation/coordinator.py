@@ -23,7 +23,14 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from evaluation.actors import EvaluationActor, LocalPolicy, ServerPolicy, SimFactory, actor_resources
+from evaluation.actors import (
+    SIM_RESOURCE,
+    EvaluationActor,
+    LocalPolicy,
+    ServerPolicy,
+    SimFactory,
+    actor_resources,
+)
 from evaluation.episode import (
     DEFAULT_MAX_KEYPOSES,
     ConditionFn,
@@ -130,6 +137,8 @@ class Coordinator:
         # Rollout videos of the last run(): (task, success) -> (spec, frames); at most one per outcome.
         self.videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = {}
         self._recording: collections.Counter[str] = collections.Counter()  # recording episodes in flight
+        self._uses_sim = False  # the actors need the cluster's "sim" resource (simulation nodes)
+        self._sim_decided: bool | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _resolve_server(self) -> str | None:
@@ -197,7 +206,11 @@ class Coordinator:
         return LocalPolicy(self.policy_factory)
 
     def _launch(self, i: int) -> _Work:
-        opts = actor_resources(self.cfg.cpus_per_actor, self.cfg.use_sim_resource)
+        # Decided once per pool: a replacement actor never moves off the simulation nodes (onto the head)
+        # because they are gone; it waits for one, and _check_sim_nodes fails the run if none is left.
+        opts = actor_resources(self.cfg.cpus_per_actor, self.cfg.use_sim_resource if self._sim_decided is None
+                               else self._sim_decided)
+        self._uses_sim = self._sim_decided = "resources" in opts
         actor = EvaluationActor.options(**opts).remote(
             self.sim_factory,
             self._policy_source(),
@@ -257,12 +270,26 @@ class Coordinator:
                     else:
                         self._on_episode(ref, inflight.pop(ref), specs, queue, attempts, outputs, bar)
                 self._expire(specs, queue, inflight, attempts, outputs, bar)
+                self._check_sim_nodes()
         finally:
             bar.close()
             for work in inflight.values():  # only on an exception: leave no episode running
                 self._kill(work.slot)
         self.stats.wall_s += time.monotonic() - start
         return [outputs[i] for i in range(len(specs))]
+
+    def _check_sim_nodes(self) -> None:
+        """No actor alive and no simulation node left (they were removed or died): fail now with a clear
+        error instead of waiting for replacement actors that can never be placed. An autoscaled pool
+        (``use_sim_resource=True``) waits: the autoscaler may bring simulation nodes back."""
+        if not self._uses_sim or self.cfg.use_sim_resource is True:
+            return
+        if any(s.state in ("idle", "busy") for s in self.slots):
+            return
+        if ray.cluster_resources().get(SIM_RESOURCE, 0) < 1:
+            raise EvaluationStartupError(
+                f"no simulation node is left in the Ray cluster (no '{SIM_RESOURCE}' resource): every evaluation "
+                "actor is gone and none can be placed; add simulation nodes (cluster.yaml) and evaluate again")
 
     def _dispatch(self, specs, queue, inflight, attempts) -> None:
         for i, slot in enumerate(self.slots):

@@ -32,6 +32,7 @@ class EpisodeRecord(_Frozen):
     status: str
     message: str
     wall_s: float
+    node: str = ""  # Ray node id of the actor that ran the episode
 
 
 Z95 = 1.959964  # two-sided 95 % normal quantile

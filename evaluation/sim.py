@@ -63,6 +63,7 @@ class EpisodeResult:
     status: EpisodeStatus
     message: str = ""
     wall_s: float = 0.0
+    node: str = ""  # Ray node id of the actor that ran it ("" outside Ray)
 
 
 class Simulator(ABC):

@@ -149,6 +149,9 @@ class RayConfig(_Frozen):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0)  # Ray Train fault tolerance: restarts from the last checkpoint
     num_cpus: int | None = Field(None, ge=1)  # local cluster size; None = all cores
+    # Pin the train worker(s) to the head node. None: when the cluster has simulation nodes (a "sim" resource,
+    # cluster.yaml's layout: the head trains, the simulation nodes evaluate).
+    train_on_head: bool | None = None
 
 
 DEFAULT_POLICY: dict[str, Any] = {"type": "mini_diffuser", "preset": "laptop"}

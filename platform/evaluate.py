@@ -13,6 +13,7 @@ already holds is not logged again.
 from __future__ import annotations
 
 import json
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -73,13 +74,17 @@ def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = No
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"actors": n})}), note
 
 
-def eval_arguments(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
-    """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment."""
+def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> dict[str, Any]:
+    """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment (``bundle``: the
+    checkpoint already read, ``evaluation.bundle.CheckpointBundle``; else its instructions are read here)."""
     from evaluation.coordinator import PoolConfig
     from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
 
     e = cfg.eval
-    tasks = list(e.tasks) if e.tasks else sorted(load_instructions(checkpoint / INSTRUCTIONS_FILE).tasks)
+    if e.tasks:
+        tasks = list(e.tasks)
+    else:
+        tasks = sorted((bundle.instructions if bundle is not None else load_instructions(checkpoint / INSTRUCTIONS_FILE)).tasks)
     actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
     pool = PoolConfig(num_actors=actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server, videos=e.videos,
@@ -104,24 +109,38 @@ def video_dir(checkpoint: Path) -> Path:
     return checkpoint.parent.parent / EVAL_DIR / VIDEO_DIR / checkpoint.name
 
 
-def _evaluate(cfg_json: dict[str, Any], checkpoint: str) -> dict[str, Any]:
-    """Run one evaluation; returns ``{"report": json}`` or ``{"error": text}`` (never raises)."""
+def _evaluate(cfg_json: dict[str, Any], checkpoint: str, bundle: Any = None) -> dict[str, Any]:
+    """Run one evaluation; returns ``{"report": json}`` or ``{"error": text}`` (never raises).
+
+    Without ``bundle`` it reads the checkpoint here and writes its videos beside it. With a ``bundle`` (read
+    by the submitter, where the checkpoint lives) it may run on any node: it opens no checkpoint path and
+    returns the videos as ``{"videos": {name: bytes}}`` for ``log_eval_report`` to write."""
     try:
+        from evaluation.bundle import CheckpointBundle
         from evaluation.evaluate import evaluate_checkpoint
 
         cfg = ExperimentConfig.model_validate(cfg_json)
-        report = evaluate_checkpoint(checkpoint, **eval_arguments(cfg, Path(checkpoint)))
-        return {"report": report.to_json()}
+        ckpt = Path(checkpoint)
+        if bundle is None:
+            bundle = CheckpointBundle.read(ckpt)
+            return {"report": evaluate_checkpoint(bundle, **eval_arguments(cfg, ckpt, bundle)).to_json()}
+        with tempfile.TemporaryDirectory(prefix="eval_videos_") as tmp:
+            report = evaluate_checkpoint(bundle, **{**eval_arguments(cfg, ckpt, bundle), "video_dir": tmp})
+            videos = {name: (Path(tmp) / name).read_bytes() for name in report.meta.get("videos", [])}
+        return {"report": report.to_json(), "videos": videos}
     except Exception as exc:  # reported to the caller, which logs it
         return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
 
 
 def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path, payload: dict[str, Any]) -> Any:
-    """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool)."""
+    """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool). The
+    checkpoint is read here (where it was written) and travels by value: the task may run on any node."""
     import ray
 
+    from evaluation.bundle import CheckpointBundle
+
     remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
-    return remote.remote(cfg.model_dump(mode="json"), str(checkpoint))
+    return remote.remote(cfg.model_dump(mode="json"), str(checkpoint), ray.put(CheckpointBundle.read(checkpoint)))
 
 
 def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str, Any]) -> Any:
@@ -138,6 +157,13 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str,
             tracker.log_metrics({"eval/failed": 1.0}, step=step)
         return None
     report = EvalReport.from_json(result["report"])
+    if result.get("videos"):  # evaluated elsewhere: its videos came back as bytes
+        folder = video_dir(checkpoint)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in result["videos"].items():
+            (folder / name).write_bytes(data)
+        report = report.model_copy(update={"meta": {**report.meta, "video_dir": str(folder)}})
+        result = {**result, "report": report.to_json()}
     (out_dir / f"step_{step:08d}.json").write_text(result["report"])
     if checkpoint.is_dir():
         set_checkpoint_metric(checkpoint, report.mean_success)

@@ -55,6 +55,23 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
     return time.perf_counter() - t0
 
 
+HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker resource of the head node (1 unit)
+
+
+def train_worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """``resources_per_worker`` of the Ray Train workers: their CPUs, plus a sliver of the head's marker
+    resource when they must run on the head (``ray.train_on_head``; needs a connected Ray)."""
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    on_head = cfg.ray.train_on_head
+    if on_head is None:
+        import ray
+
+        on_head = ray.is_initialized() and ray.cluster_resources().get("sim", 0) >= 1
+    if on_head:
+        resources[HEAD_RESOURCE] = 0.001
+    return resources
+
+
 def _in_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 

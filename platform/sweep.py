@@ -82,6 +82,7 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from platform.session import train_worker_resources
     from platform.worker import train_loop_per_worker
 
     overrides = dict(tune_cfg)
@@ -102,7 +103,7 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=max(1, cfg.ray.num_workers), use_gpu=bool(meta["use_gpu"]),
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+                                     resources_per_worker=train_worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"), callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines

@@ -234,13 +234,15 @@ def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
 
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
+    from platform.session import train_worker_resources
+
     use_gpu = _use_gpu(cfg)
     interrupted = _Interrupted()
     trainer = _trainer_class(interrupted)(
         train_loop_per_worker,
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+                                     resources_per_worker=train_worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines

@@ -174,7 +174,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
             if rank == 0:
                 ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json)
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
-                                                      "train_time_s": state.train_time_s})
+                                                      "train_time_s": state.train_time_s, "node": _node_id()})
                 if at_mark:
                     rec = marks.record(ckpt, state.step, state.train_time_s, val_metrics)
                     print(f"[train] time mark {rec.index} ({rec.mark_s:g} s of training) at step {state.step}: "
@@ -194,6 +194,16 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
     finally:
         if tracker is not None:
             tracker.flush()
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray): where the checkpoints are written."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
 
 
 def format_duration(seconds: float) -> str:
