@@ -14,7 +14,7 @@ language (RLBench). Each episode is conditioned on the instruction its simulator
   planner error ends as ``planner_error``.
 
 A ``SimulatorError`` (or any crash) is *not* turned into a result here: it propagates so that the
-coordinator replaces the actor and retries the episode (design.md section 7, R5).
+coordinator replaces the actor and retries the episode (docs/design.md, R5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-camera RGB-D -> the policy's point cloud (design.md section 3, Mini-Diffuser's condition).
+"""Multi-camera RGB-D -> the policy's point cloud (Mini-Diffuser's condition; docs/design.md, stage 7).
 
 Stages (each a plain function of numpy arrays, shared by collection and evaluation):
 ``frame_to_world`` (depth -> world points + colours per camera) -> ``fuse_and_crop`` (concatenate,

@@ -6,7 +6,7 @@ picks EGL when ``libEGL`` loads, OSMesa when ``libOSMesa`` loads, and raises ``G
 the Debian packages to install when neither does.
 
 ``FastRenderer`` owns one ``MjrContext`` per MuJoCo model, with the settings that make software
-rendering about 10x faster than the defaults (design.md 4.1): no shadows, reflections, skybox or MSAA.
+rendering about 10x faster than the defaults: no shadows, reflections, skybox or MSAA.
 Each camera is one ``mjr_render`` + one ``mjr_readPixels`` returning RGB and depth together.
 
 Camera conventions (``evaluation.sim``): intrinsics ``K`` with ``f = (H/2) / tan(fovy/2)``; extrinsics

@@ -1,4 +1,4 @@
-"""Instruction embeddings, computed once per instruction at collection time (design.md 5.4).
+"""Instruction embeddings, computed once per instruction at collection time (no hub access at run time).
 
 Token-level features are kept (the policy cross-attends to the instruction tokens): an instruction
 becomes ``(tokens (L, D) float32, mask (L,) bool)``; ``pooled`` (D,) is the mask-mean, L2-normalised.

@@ -5,8 +5,8 @@
         --search random --num-samples 6 --scheduler asha
     python -m platform.sweep --name m-sweep ...     # rerun after the driver died: resumes, finished trials kept
 
-Each trial is a Tune function trainable that builds a ``TorchTrainer`` (Ray Train V2 pattern, design.md
-5.2) running the same ``train_loop_per_worker`` as ``platform.train``, with its own run directory under
+Each trial is a Tune function trainable that builds a ``TorchTrainer`` (Ray Train V2 pattern, docs/design.md
+section 4) running the same ``train_loop_per_worker`` as ``platform.train``, with its own run directory under
 ``runs/<sweep>/trials/<trial id>`` and its own MLflow run (a child of the sweep's parent run). Give every
 trial the same ``train.time_budget_s`` to compare values of M at equal compute.
 """

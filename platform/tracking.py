@@ -1,4 +1,4 @@
-"""MLflow tracking: one buffered, outage-proof writer per run (design.md section 3 step 7, R3, R9).
+"""MLflow tracking: one buffered, outage-proof writer per run (docs/design.md: data flow stage 8, R3, R9).
 
 Usage (rank 0 of a training run, or one Tune trial)::
 

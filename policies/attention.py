@@ -1,6 +1,6 @@
 """Attention with 3D rotary positions, and the masked action -> condition attention paths.
 
-Masking rule (design.md section 1): a noisy-action row attends only to the tokens of its own condition
+Masking rule (docs/policies.md): a noisy-action row attends only to the tokens of its own condition
 ``parent_index[r]``; rows never attend to each other; condition tokens never attend to rows. Two exact
 implementations of that rule:
 

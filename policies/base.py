@@ -1,4 +1,4 @@
-"""The policy interface that training and evaluation depend on (design.md section 6).
+"""The policy interface that training and evaluation depend on (docs/design.md, section 3).
 
 Checkpoint files a policy reads (written by ``platform`` checkpoints, or by ``save_pretrained``):
   ``policy.json``  the policy config (``PolicyConfig`` as JSON, with ``type``)

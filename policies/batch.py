@@ -1,4 +1,4 @@
-"""The one batch type that crosses the data -> policy boundary (design.md section 3, stage 2).
+"""The one batch type that crosses the data -> policy boundary (docs/design.md, data flow stages 3-4).
 
 Pose layout everywhere (gripper and target): ``[x, y, z, qx, qy, qz, qw, open]`` (8 floats), world
 frame, metres, unit quaternion in xyzw order (as RLBench's ``gripper_pose``), ``open`` in {0, 1}.

@@ -1,7 +1,7 @@
 """Installed into the venv's site-packages by scripts/setup_env.sh (as ``_minidiffuser_platform_guard``
 plus a ``.pth`` line that imports it). It does not install the project: it only turns the confusing
 ``__path__ attribute not found on 'platform'`` (or a traceback from torch) into one actionable line
-when someone runs ``python -m platform.<cmd>`` outside the repository root. See design.md 5.1.
+when someone runs ``python -m platform.<cmd>`` outside the repository root. See platform/__init__.py.
 """
 
 import os

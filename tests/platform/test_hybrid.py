@@ -1,4 +1,4 @@
-"""The repo's ``platform`` package is also the complete stdlib ``platform`` module (design.md 5.1)."""
+"""The repo's ``platform`` package is also the complete stdlib ``platform`` module (platform/__init__.py explains it)."""
 
 import importlib.util
 import os

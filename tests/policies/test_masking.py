@@ -1,4 +1,4 @@
-"""Exactness of the two-level expansion and the masked denoiser (design.md R8)."""
+"""Exactness of the two-level expansion and the masked denoiser (docs/design.md, R8)."""
 
 import torch
 from hypothesis import given, settings
