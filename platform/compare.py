@@ -34,7 +34,13 @@ from platform.compare_runs import (
     summarize_run,
 )
 from platform.config import data_root
-from platform.tracking import DEFAULT_EXPERIMENT, RunTracker, default_artifact_location, default_tracking_uri
+from platform.tracking import (
+    DEFAULT_EXPERIMENT,
+    TAG_KIND,
+    RunTracker,
+    default_artifact_location,
+    default_tracking_uri,
+)
 from platform.tracking_buffer import sanitize_key
 from platform.tracking_upload import probe_http
 
@@ -174,7 +180,7 @@ def _log_comparison(
 ) -> None:
     buffer_dir = out / ".mlflow_buffer" / sanitize_key(experiment).replace("/", "_")
     tracker = RunTracker.open(
-        uri, experiment, COMPARISON_RUN, buffer_dir, tags={"platform.kind": "comparison"}
+        uri, experiment, COMPARISON_RUN, buffer_dir, tags={TAG_KIND: "comparison"}
     )
     tracker.set_tags({"platform.compared_runs": " ".join(s.run_id for s in summaries)[:8000] or "none"})
     for path in files:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from platform.tracking import TAG_KIND
+
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 RLBENCH_FILE = "rlbench18_published.csv"
 SUMMARY_FILE = "published_summary.csv"
@@ -124,7 +126,7 @@ def _reference_specs(
 
 def _tags(benchmark: str, method: str) -> dict[str, str]:
     return {
-        "platform.kind": "reference",
+        TAG_KIND: "reference",
         "platform.benchmark": benchmark,
         "platform.reference_method": method,
     }

@@ -7,6 +7,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
+
 OUR_KINDS = ("train", "sweep_trial")
 _TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
 _NOT_TASKS = {"difficulty"}
@@ -54,7 +56,7 @@ def gpu_count(run: Any) -> int:
     """GPUs a run trained on: tag ``platform.num_gpus``, else param ``resources.gpus``, else
     ``ray.num_workers`` when ``ray.use_gpu`` is true (or unset with a CUDA ``env.device``), else 0 (CPU)."""
     tags, params = run.data.tags, run.data.params
-    for text in (tags.get("platform.num_gpus"), params.get("resources.gpus")):
+    for text in (tags.get(TAG_NUM_GPUS), params.get("resources.gpus")):
         if text not in (None, "", "null"):
             return int(float(text))
     use_gpu = params.get("ray.use_gpu")
@@ -116,10 +118,10 @@ def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummar
     return RunSummary(
         run_id=rid,
         run_name=info.run_name or rid,
-        policy_type=data.tags.get("platform.policy_type", "unknown"),
-        kind=data.tags.get("platform.kind", "unknown"),
+        policy_type=data.tags.get(TAG_POLICY_TYPE, "unknown"),
+        kind=data.tags.get(TAG_KIND, "unknown"),
         status=info.status,
-        suite=data.tags.get("platform.suite", "unknown"),
+        suite=data.tags.get(TAG_SUITE, "unknown"),
         steps=max(steps) if steps else None,
         final_success=data.metrics.get("eval/success"),
         best_success=max(v for _, v in success) if success else None,
@@ -189,7 +191,7 @@ def find_our_runs(client: Any, experiment_id: str | None, run_ids: list[str] | N
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token,
                                   order_by=["attributes.start_time DESC"])  # fmt: skip
-        runs.extend(r for r in page if r.data.tags.get("platform.kind") in OUR_KINDS)
+        runs.extend(r for r in page if r.data.tags.get(TAG_KIND) in OUR_KINDS)
         token = page.token
         if not token:
             return runs

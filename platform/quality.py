@@ -307,11 +307,11 @@ def _log_to_parent(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, out: Path
     if not cfg.tracking.enabled:
         return
     from platform.config import data_root
-    from platform.tracking import RunTracker, default_tracking_uri
+    from platform.tracking import TAG_KIND, TAG_QUALITY, RunTracker, default_tracking_uri
 
     uri = cfg.tracking.uri or default_tracking_uri(data_root())
     run = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
-                          tags={"platform.kind": "sweep_parent", "platform.quality": "true"})
+                          tags={TAG_KIND: "sweep_parent", TAG_QUALITY: "true"})
     for path in sorted(out.iterdir()):
         run.log_artifact(path, artifact_path=OUT_DIR)
     data = json.loads((out / "time_to_quality.json").read_text())

@@ -83,6 +83,7 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from platform.session import train_worker_resources
+    from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, TAG_SUITE, TAG_SWEEP
     from platform.worker import train_loop_per_worker
 
     overrides = dict(tune_cfg)
@@ -93,9 +94,9 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     payload = {
         "config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "run_name": cfg.name,
         "experiment": cfg.tracking.experiment, "tracking_uri": meta["tracking_uri"],
-        "tags": {"platform.kind": "sweep_trial", "platform.policy_type": cfg.policy.type, "platform.suite": cfg.data.suite,
-                 "platform.sweep": meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
-                                                     if meta.get("parent_run_id") else {})},
+        "tags": {TAG_KIND: "sweep_trial", TAG_POLICY_TYPE: cfg.policy.type, TAG_SUITE: cfg.data.suite,
+                 TAG_SWEEP: meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
+                                             if meta.get("parent_run_id") else {})},
         "params": {f"sweep.{k}": str(v) for k, v in overrides.items()},
         "close_run": True,
         "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
@@ -200,11 +201,11 @@ def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argpar
     if not cfg.tracking.enabled:
         return None
     from platform.config import data_root
-    from platform.tracking import RunTracker, default_tracking_uri, flatten_config
+    from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, RunTracker, default_tracking_uri, flatten_config
 
     uri = cfg.tracking.uri or default_tracking_uri(data_root())
     parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
-                             tags={"platform.kind": "sweep_parent", "platform.policy_type": cfg.policy.type})
+                             tags={TAG_KIND: "sweep_parent", TAG_POLICY_TYPE: cfg.policy.type})
     parent.log_params({**flatten_config(cfg.model_dump(mode="json")),
                        "sweep.params": " ".join(args.param), "sweep.search": args.search,
                        "sweep.scheduler": args.scheduler})

@@ -297,8 +297,9 @@ def _use_gpu(cfg: ExperimentConfig) -> bool:
 
 def _tags(cfg: ExperimentConfig) -> dict[str, str]:
     gpus = max(1, cfg.ray.num_workers) if _use_gpu(cfg) else 0
-    return {"platform.kind": "train", "platform.policy_type": cfg.policy.type, "platform.num_gpus": str(gpus),
-            "platform.suite": cfg.data.suite}
+    from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
+
+    return {TAG_KIND: "train", TAG_POLICY_TYPE: cfg.policy.type, TAG_NUM_GPUS: str(gpus), TAG_SUITE: cfg.data.suite}
 
 
 def _close(tracker: Any, status: str, run_dir: Path) -> None:
