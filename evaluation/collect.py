@@ -35,7 +35,6 @@ from evaluation.collect_jobs import (
 from evaluation.dataset import (
     FORMAT,
     INSTRUCTIONS,
-    MANIFEST,
     SCHEMA_VERSION,
     STATS,
     atomic_write_bytes,
@@ -55,7 +54,6 @@ from evaluation.text import TextEncoderConfig, get_encoder
 
 SETTINGS = "collect_settings.json"
 LOCK = ".collect.lock"
-MANIFEST_NAME = MANIFEST
 DEFAULT_OUT = "data/metaworld_mt10"
 
 

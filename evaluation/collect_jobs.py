@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,3 @@ def replay_job(job: ReplayJob) -> dict[str, Any]:
         "sim_steps": steps,
         "wall_s": time.perf_counter() - start,
     }
-
-
-def job_result_dict(result: JobResult) -> dict[str, Any]:
-    return asdict(result)

@@ -2,8 +2,7 @@
 
 ``run_expert`` steps a ``metaworld.policies`` expert without rendering and keeps a full-physics state
 snapshot per step (cheap). ``episode_samples`` restores the snapshots at the observation frames,
-renders them once each, and builds the (observation -> next keypose) samples. ``replay_keyframes``
-drives a fresh episode through the keypose controller along the expert's keyframes (the replay check).
+renders them once each, and builds the (observation -> next keypose) samples.
 """
 
 from __future__ import annotations
@@ -172,29 +171,3 @@ def episode_samples(
             )
         )
     return samples
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    task: str
-    variation: int
-    success: bool
-    keyposes: int
-    reached: int
-    sim_steps: int
-
-
-def replay_keyframes(sim: MetaWorldSimulator, traj: Trajectory, kf_cfg: KeyframeConfig) -> ReplayResult:
-    """Reset the same episode and drive the controller through the expert's keyposes."""
-    keyframes = keyframes_of(traj, kf_cfg)
-    sim.reset_state(traj.task, traj.variation, traj.seed)
-    reached = steps = 0
-    success = False
-    for kf in keyframes:
-        outcome = sim.step_keypose(keypose(traj, kf))
-        reached += int(outcome.reached)
-        steps += outcome.sim_steps
-        success = outcome.success
-        if success:
-            break
-    return ReplayResult(traj.task, traj.variation, success, len(keyframes), reached, steps)

@@ -21,7 +21,7 @@ import ctypes
 import ctypes.util
 import os
 import weakref
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -273,8 +273,3 @@ class FastRenderer:
         if self._owns_context and self.gl is not None:
             self.gl.free()
             self.gl = None
-
-
-def camera_config_dict(cfg: RenderConfig) -> Mapping[str, Any]:
-    """JSON-able camera configuration for manifests."""
-    return cfg.model_dump(mode="json")

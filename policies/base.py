@@ -51,9 +51,6 @@ class Policy(nn.Module, ABC):
         """``forward`` is the training loss, so that DDP wrappers (which hook ``forward``) sync gradients."""
         return self.compute_loss(batch, generator=generator)
 
-    def reset(self) -> None:
-        """Clear per-episode state (none for keyframe policies; kept for the interface)."""
-
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.collect import MANIFEST_NAME, CollectError, collect_dataset, main
+from evaluation.collect import CollectError, collect_dataset, main
 from evaluation.collect_cli import verify_dataset
-from evaluation.dataset import DatasetError, KeyframeDataset
+from evaluation.dataset import MANIFEST, DatasetError, KeyframeDataset
 from evaluation.metaworld_backend import FIXED_QUAT_XYZW
 from evaluation.rendering import RenderConfig
 from evaluation.sim import UnknownTaskError
@@ -97,7 +97,7 @@ def test_live_observation_gives_the_same_condition_as_the_dataset(tiny):
 
 def test_same_arguments_give_the_same_bytes(tiny, tmp_path):
     _collect(tmp_path / "again")
-    assert (tmp_path / "again" / MANIFEST_NAME).read_bytes() == (tiny / MANIFEST_NAME).read_bytes()
+    assert (tmp_path / "again" / MANIFEST).read_bytes() == (tiny / MANIFEST).read_bytes()
 
 
 def test_resume_keeps_finished_shards_and_rebuilds_the_same_manifest(tiny, tmp_path):
@@ -107,11 +107,11 @@ def test_resume_keeps_finished_shards_and_rebuilds_the_same_manifest(tiny, tmp_p
     shutil.copytree(tiny, out)
     kept = out / "shards/reach-v3/var00.parquet"
     before = kept.stat().st_mtime_ns
-    (out / MANIFEST_NAME).unlink()
+    (out / MANIFEST).unlink()
     (out / "shards/pick-place-v3/var00.parquet").unlink()
     _collect(out)
     assert kept.stat().st_mtime_ns == before  # not re-collected
-    assert (out / MANIFEST_NAME).read_bytes() == (tiny / MANIFEST_NAME).read_bytes()
+    assert (out / MANIFEST).read_bytes() == (tiny / MANIFEST).read_bytes()
 
 
 def test_killed_collection_loses_no_finished_episode(tmp_path):
@@ -146,7 +146,7 @@ def test_killed_collection_loses_no_finished_episode(tmp_path):
         proc.wait()
     finished = {p: p.read_bytes() for p in out.glob("shards/*/*.parquet")}
     assert finished, "no shard was written before the kill"
-    assert not (out / MANIFEST_NAME).exists()
+    assert not (out / MANIFEST).exists()
     with pytest.raises(DatasetError, match="interrupted"):
         KeyframeDataset(out)
     manifest = _collect(out, episodes=2)
