@@ -37,13 +37,12 @@ from evaluation.dataset import (
     INSTRUCTIONS,
     SCHEMA_VERSION,
     STATS,
-    atomic_write_bytes,
     instructions_table,
     sample_fields,
-    sha256_file,
     write_manifest,
     write_table,
 )
+from evaluation.files import atomic_write_bytes, sha256_file
 from evaluation.instructions import instruction_for
 from evaluation.keyframes import KeyframeConfig
 from evaluation.metaworld_backend import TRAIN_VARIATIONS, MetaWorldConfig, check_task, suite_task_names

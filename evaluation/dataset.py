@@ -18,10 +18,8 @@ missing, truncated, corrupt or mismatched file raises ``DatasetError`` naming th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from evaluation.files import atomic_write_bytes, sha256_file
 from evaluation.pointcloud import PointCloudConfig, collate_points, select_points
 from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
 
@@ -70,28 +69,6 @@ INSTRUCTION_SCHEMA = pa.schema(
 
 class DatasetError(RuntimeError):
     """A dataset directory is missing, truncated, corrupt or does not match what was asked for."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600 files
-    os.replace(f.name, path)
 
 
 def write_table(table: pa.Table, path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.controller import ControllerConfig, KeyposeController
+from evaluation.files import atomic_write_bytes
 from evaluation.instructions import instruction_for
 from evaluation.rendering import FastRenderer, RenderConfig, make_gl_context, select_gl_backend
 from evaluation.sim import KeyposeOutcome, Observation, Simulator, SimulatorError, UnknownTaskError
@@ -78,10 +78,7 @@ def suite_tasks(suite: Suite, benchmark_seed: int = 0) -> dict[str, list[Any]]:
     tasks: dict[str, list[Any]] = {name: [] for name in bench.train_classes}
     for task in bench.train_tasks:
         tasks[task.env_name].append(task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-        pickle.dump(tasks, f)
-    os.replace(f.name, path)
+    atomic_write_bytes(path, pickle.dumps(tasks))
     return tasks
 
 

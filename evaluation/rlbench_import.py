@@ -44,14 +44,13 @@ from evaluation.dataset import (
     INSTRUCTIONS,
     SCHEMA_VERSION,
     STATS,
-    atomic_write_bytes,
     instructions_table,
     sample_fields,
     samples_table,
-    sha256_file,
     write_manifest,
     write_table,
 )
+from evaluation.files import atomic_write_bytes, sha256_file
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 from evaluation.rlbench_backend import EpisodeFiles, camera_frame, gripper_pose8, list_episodes
 from evaluation.rlbench_keyframes import PerActKeyframeConfig, demo_keyframes

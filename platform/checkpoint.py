@@ -14,7 +14,6 @@ match is reported and skipped; the newest valid one wins.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from evaluation.files import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -38,14 +39,6 @@ class CheckpointInfo:
     path: Path
     step: int
     metric: float | None  # e.g. eval success, for keep-best
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,7 +68,7 @@ def write_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path
             write(target)
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
-            files[name] = {"bytes": target.stat().st_size, "sha256": _sha256(target)}
+            files[name] = {"bytes": target.stat().st_size, "sha256": sha256_file(target)}
         manifest = {"step": step, "metric": metric, "created": time.time(), "files": files}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)
@@ -108,7 +101,7 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         f = path / name
         if not f.is_file():
             raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
-        if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
+        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
             raise CorruptCheckpointError(f"{path}: {name} does not match its manifest hash (corrupted)")
     return CheckpointInfo(path=path, step=step, metric=manifest.get("metric"))
 
@@ -134,9 +127,7 @@ def latest_checkpoint(run_dir: Path) -> CheckpointInfo | None:
 
 def set_checkpoint_metric(path: Path, metric: float) -> None:
     """Record an evaluation metric for keep-best (a side file: the manifest stays as written)."""
-    tmp = Path(path) / ".metric.json.tmp"
-    tmp.write_text(json.dumps({"metric": metric}))
-    os.replace(tmp, Path(path) / "metric.json")
+    atomic_write_json(Path(path) / "metric.json", {"metric": metric})
 
 
 def _metric(info: CheckpointInfo) -> float | None:

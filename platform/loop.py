@@ -10,7 +10,6 @@ rerunning the same command, R3), the loop starts from the newest valid checkpoin
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -224,6 +223,6 @@ def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: Inst
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    from evaluation.files import atomic_write_json
+
+    atomic_write_json(path, obj, indent=2)

@@ -14,7 +14,8 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from evaluation.files import atomic_write_json
 
 MARKS_FILE = "marks.json"
 MARKS_DIR = "marks"
@@ -75,7 +76,7 @@ class TimeMarks:
                          checkpoint=name, val={k: float(v) for k, v in val.items()})
         self.records.append(rec)
         self.reached = len(self.records)
-        _write_json(self.run_dir / MARKS_FILE, [asdict(r) for r in self.records])
+        atomic_write_json(self.run_dir / MARKS_FILE, [asdict(r) for r in self.records])
         return rec
 
 
@@ -88,9 +89,3 @@ def read_marks(run_dir: Path) -> list[MarkRecord]:
         return [MarkRecord(**row) for row in json.loads(path.read_text())]
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path} is not a valid marks file ({exc}); delete it to record the marks again") from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)

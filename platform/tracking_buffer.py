@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from evaluation.files import atomic_write_json
 from platform.filelock import FileLock, LockBusyError
 
 _log = logging.getLogger(__name__)
@@ -79,12 +80,7 @@ def sanitize_key(key: str) -> str:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 class RecordBuffer:

@@ -19,11 +19,11 @@ from evaluation.dataset import (
     KeyframeDataset,
     instructions_table,
     samples_table,
-    sha256_file,
     write_manifest,
     write_table,
 )
 from evaluation.demos import Sample
+from evaluation.files import sha256_file
 from evaluation.pointcloud import PointCloudConfig, select_points
 from evaluation.rendering import RenderConfig
 
