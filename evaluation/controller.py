@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evaluation.sim import KeyposeOutcome
+from policies.config import FrozenModel
 
 
-class ControllerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class ControllerConfig(FrozenModel):
     max_steps: int = Field(150, ge=1, le=10_000)  # low-level steps per keypose before "not reached"
     tolerance_m: float = Field(0.004, gt=0.0, le=0.1)
     max_step_m: float = Field(0.01, gt=0.0, le=0.05)  # rate limit of the mocap target per step

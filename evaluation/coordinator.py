@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm import tqdm
 
 from evaluation.actors import (
@@ -42,16 +42,15 @@ from evaluation.episode import (
 )
 from evaluation.policy_server import PolicyFactory, PolicyServer
 from evaluation.sim import EpisodeResult, EpisodeStatus
+from policies.config import FrozenModel
 
 
 class EvaluationStartupError(RuntimeError):
     """Evaluation actors (or the policy server) repeatedly failed to start."""
 
 
-class PoolConfig(BaseModel):
+class PoolConfig(FrozenModel):
     """How episodes are spread over actors and how faults are contained."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     num_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evaluation.sim import (
     CameraFrame,
@@ -37,6 +37,7 @@ from evaluation.sim import (
     SimulatorError,
     UnknownTaskError,
 )
+from policies.config import FrozenModel
 
 BLOCK_HEIGHT = 0.05  # metres above the table
 BLOCK_HALF = 0.05  # half side of the square goal block, metres
@@ -45,10 +46,8 @@ START_XYZ = (0.0, 0.55, 0.25)  # gripper start position
 GRID = 0.02  # table checker size, metres (gives the table some texture)
 
 
-class FakeSimConfig(BaseModel):
+class FakeSimConfig(FrozenModel):
     """Knobs of ``FakeSimulator`` (frozen, picklable: Ray actors build their simulator from it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     tasks: tuple[str, ...] = ("fake-reach", "fake-push", "fake-pick")
     cameras: int = Field(2, ge=1, le=4)

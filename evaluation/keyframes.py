@@ -24,12 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from policies.config import FrozenModel
 
 
-class KeyframeConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class KeyframeConfig(FrozenModel):
     still_speed_m: float = Field(0.0015, gt=0.0)
     still_frames: int = Field(3, ge=1)
     path_tolerance_m: float = Field(0.015, gt=0.0)

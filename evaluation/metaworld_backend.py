@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evaluation.controller import ControllerConfig, KeyposeController
 from evaluation.files import atomic_write_bytes
 from evaluation.instructions import instruction_for
 from evaluation.rendering import FastRenderer, RenderConfig, make_gl_context, select_gl_backend
 from evaluation.sim import KeyposeOutcome, Observation, Simulator, SimulatorError, UnknownTaskError
+from policies.config import FrozenModel
 
 Suite = Literal["mt10", "mt50"]
 N_VARIATIONS = 50
@@ -45,9 +46,7 @@ def variations(split: Literal["train", "test"]) -> tuple[int, ...]:
     raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
 
 
-class MetaWorldConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class MetaWorldConfig(FrozenModel):
     suite: Suite = "mt10"
     benchmark_seed: int = 0
     render: RenderConfig = RenderConfig()

@@ -11,19 +11,14 @@ import json
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict
-
 from evaluation.episode import EpisodeOutput, StageTimes
 from evaluation.sim import EpisodeStatus
+from policies.config import FrozenModel
 
 STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class EpisodeRecord(_Frozen):
+class EpisodeRecord(FrozenModel):
     task: str
     variation: int
     seed: int
@@ -62,7 +57,7 @@ def mean_interval(counts: Sequence[tuple[int, int]], z: float = Z95) -> tuple[fl
     return max(0.0, mean - half), min(1.0, mean + half)
 
 
-class TaskSummary(_Frozen):
+class TaskSummary(FrozenModel):
     task: str
     episodes: int
     successes: int
@@ -71,7 +66,7 @@ class TaskSummary(_Frozen):
     mean_steps: float
 
 
-class EvalReport(_Frozen):
+class EvalReport(FrozenModel):
     """Everything one evaluation produced. ``mean_success`` is the mean over tasks of per-task success."""
 
     tasks: dict[str, TaskSummary]

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from evaluation.sim import CameraFrame, Observation
 from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
+from policies.config import FrozenModel
 
 
-class PointCloudConfig(BaseModel):
+class PointCloudConfig(FrozenModel):
     """How camera frames become the policy's point cloud. Stored in every dataset manifest.
 
     Default workspace (Meta-World, measured): the table top is z = 0 (x in [-0.7, 0.7], y in [0.2, 1.0]),
@@ -31,8 +32,6 @@ class PointCloudConfig(BaseModel):
     lies in x [-0.32, 0.30], y [0.40, 0.90], z [0, 0.31]. The crop keeps x [-0.5, 0.5], y [0.3, 0.97],
     z [-0.05, 0.5]: all task objects and the gripper, not the walls, the robot's pedestal or upper arm.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     voxel_size: float = Field(0.01, gt=0.0, le=0.2)
     workspace_low: tuple[float, float, float] = (-0.5, 0.3, -0.05)

@@ -25,9 +25,10 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from evaluation.sim import CameraFrame
+from policies.config import FrozenModel
 
 GL_BACKENDS = ("egl", "osmesa")
 _GL_PACKAGES = {
@@ -110,10 +111,8 @@ def _free_at_exit(ref: weakref.ReferenceType) -> None:
             context.free()
 
 
-class CameraSpec(BaseModel):
+class CameraSpec(FrozenModel):
     """A fixed camera looking from ``eye`` at ``target`` (world frame, metres), vertical FOV in degrees."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     eye: tuple[float, float, float]
@@ -137,10 +136,8 @@ DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (
 )
 
 
-class RenderConfig(BaseModel):
+class RenderConfig(FrozenModel):
     """Image size and camera rig. Small images by default: the point cloud is voxelized at 1 cm anyway."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     width: int = Field(128, ge=16, le=2048)
     height: int = Field(128, ge=16, le=2048)

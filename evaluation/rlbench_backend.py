@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from evaluation.rlbench_tasks import ALL_CAMERAS, CAMERAS, IMAGE_SIZE, PERACT_TASK_NAMES, class_name_of
 from evaluation.sim import (
@@ -44,6 +44,7 @@ from evaluation.sim import (
     SimulatorError,
     UnknownTaskError,
 )
+from policies.config import FrozenModel
 
 INSTALL_HINT = (
     "RLBench needs CoppeliaSim 4.1 and PyRep, which are not on PyPI: see docs/rlbench.md. In short: "
@@ -213,10 +214,8 @@ def _episode_number(path: Path) -> int:
 
 
 # -- the simulator ----------------------------------------------------------------------------------------
-class RLBenchConfig(BaseModel):
+class RLBenchConfig(FrozenModel):
     """How the RLBench backend is set up (frozen, picklable: Ray actors build their simulator from it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     tasks: tuple[str, ...] = PERACT_TASK_NAMES
     cameras: tuple[str, ...] = CAMERAS

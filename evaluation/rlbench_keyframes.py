@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from policies.config import FrozenModel
 
 
-class PerActKeyframeConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class PerActKeyframeConfig(FrozenModel):
     stopping_delta: float = Field(0.1, gt=0.0)  # rad/s, per joint
     stop_buffer: int = Field(4, ge=0)
     boundary: Literal["clamp", "wrap"] = "clamp"

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from policies.config import FrozenModel
 
 CLIP_PATH_ENV = "MINIDIFFUSER_CLIP_PATH"
 
@@ -28,9 +30,7 @@ class TextEncoderError(RuntimeError):
     """The requested text encoder's files are missing or unreadable."""
 
 
-class TextEncoderConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class TextEncoderConfig(FrozenModel):
     kind: Literal["minilm", "clip", "auto"] = "minilm"
     path: str | None = None  # CLIP directory (for kind clip/auto); default $MINIDIFFUSER_CLIP_PATH
     max_tokens: int = Field(32, ge=4, le=512)

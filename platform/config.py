@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+from policies.config import DDAStyleConfig, FrozenModel, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Reliability tests only: the worker crashes once after the checkpoint at this step (platform.worker).
@@ -48,11 +48,7 @@ class ConfigError(ValueError):
     """A bad configuration file, key or value. ``str(err)`` is one actionable line."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class DataConfig(_Frozen):
+class DataConfig(FrozenModel):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
     suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with evaluation.rlbench_import
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
@@ -68,7 +64,7 @@ class DataConfig(_Frozen):
     seed: int = 0
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenModel):
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(16, ge=1, le=4096)  # B: conditions per step (level 1)
     # 2e-3 for the laptop default (B = 16, thousands of steps; docs/quality.md); the paper's 3e-4 is for
@@ -111,7 +107,7 @@ class TrainConfig(_Frozen):
         return self
 
 
-class EvalConfig(_Frozen):
+class EvalConfig(FrozenModel):
     enabled: bool = True
     every_steps: int = Field(0, ge=0)  # 0: evaluate only the final checkpoint
     episodes_per_task: int = Field(25, ge=1)
@@ -136,13 +132,13 @@ class EvalConfig(_Frozen):
     video_camera: str = Field("front", min_length=1)  # a camera of the simulator's rig (else its first)
 
 
-class TrackingConfig(_Frozen):
+class TrackingConfig(FrozenModel):
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:////<repo>/mlflow.db
     experiment: str = Field("minidiffuser", min_length=1)
 
 
-class RayConfig(_Frozen):
+class RayConfig(FrozenModel):
     address: str | None = None  # None: $RAY_ADDRESS when set, else a private local cluster
     num_workers: int = Field(1, ge=0, le=64)  # 0 runs the train loop in the driver (tests)
     use_gpu: bool | None = None  # None: use a GPU when the cluster has one
@@ -157,7 +153,7 @@ class RayConfig(_Frozen):
 DEFAULT_POLICY: dict[str, Any] = {"type": "mini_diffuser", "preset": "laptop"}
 
 
-class ExperimentConfig(_Frozen):
+class ExperimentConfig(FrozenModel):
     name: str = Field("mt10-minidiffuser", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     output_dir: str = "runs"  # checkpoints under <output_dir>/<name>/
     data: DataConfig = DataConfig()
