@@ -21,16 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from policies.config import DDAStyleConfig, FrozenModel, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+from policies.config import CONFIG_CLASSES, FrozenModel, MiniDiffuserConfig, PolicyConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Reliability tests only: the worker crashes once after the checkpoint at this step (platform.worker).
 FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
-_POLICY_CLASSES: dict[str, type[BaseModel]] = {
-    "mini_diffuser": MiniDiffuserConfig,
-    "one_to_one": OneToOneConfig,
-    "dda_style": DDAStyleConfig,
-}
+_POLICY_CLASSES: dict[str, type[BaseModel]] = dict(CONFIG_CLASSES)
 _POLICY_TYPES = tuple(_POLICY_CLASSES)
 
 

@@ -144,6 +144,12 @@ class DDAStyleConfig(_PolicyBase):
 
 
 PolicyConfig = Annotated[MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig, Field(discriminator="type")]
+# The policy types: ``type`` -> config class (policies.registry adds the policy classes).
+CONFIG_CLASSES: dict[str, type[FrozenModel]] = {
+    "mini_diffuser": MiniDiffuserConfig,
+    "one_to_one": OneToOneConfig,
+    "dda_style": DDAStyleConfig,
+}
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

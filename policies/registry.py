@@ -1,4 +1,5 @@
-"""Policy registry: config ``type`` -> (config class, policy class); the only place that maps them."""
+"""Policy registry: config ``type`` -> (config class, policy class). The types and their config classes are
+listed once, in ``policies.config.CONFIG_CLASSES``; this adds the policy class of each."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ from pydantic import TypeAdapter
 
 from policies.base import Policy
 from policies.baselines import DDAStylePolicy
-from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+from policies.config import CONFIG_CLASSES, DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
 from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
 
-REGISTRY: dict[str, tuple[type, type[Policy]]] = {
-    "mini_diffuser": (MiniDiffuserConfig, MiniDiffuserPolicy),
-    "one_to_one": (OneToOneConfig, OneToOnePolicy),
-    "dda_style": (DDAStyleConfig, DDAStylePolicy),
+_POLICY_CLASSES: dict[str, type[Policy]] = {
+    "mini_diffuser": MiniDiffuserPolicy,
+    "one_to_one": OneToOnePolicy,
+    "dda_style": DDAStylePolicy,
 }
+REGISTRY: dict[str, tuple[type, type[Policy]]] = {t: (CONFIG_CLASSES[t], _POLICY_CLASSES[t]) for t in CONFIG_CLASSES}
 
 _ADAPTER: TypeAdapter = TypeAdapter(PolicyConfig)
 
