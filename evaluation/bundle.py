@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.episode import ConditionFn, Instructions, PointCloudConditioner
-from policies.base import CheckpointError, Policy, read_policy_files
+from policies.base import CheckpointError, Policy
+from policies.registry import load_policy, read_policy_files
 
 INSTRUCTIONS_FILE = "instructions.npz"
 POINTCLOUD_FILE = "pointcloud.json"
@@ -65,8 +66,7 @@ class CheckpointBundle:
                    max_points=int(config.get("max_points", 2048)), pointcloud=pointcloud)
 
     def build_policy(self, map_location: str = "cpu") -> Policy:
-        return Policy.from_state(self.policy_config, self.weights, map_location,
-                                 source=f"{self.source}/{self.weights_file}")
+        return load_policy(self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}")
 
     def condition_fn(self) -> ConditionFn:
         """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""

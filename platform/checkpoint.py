@@ -1,7 +1,7 @@
 """Atomic, self-describing checkpoints (tested by tests/platform: atomic under SIGKILL, corruption detected).
 
 Layout: ``<run_dir>/checkpoints/step_<00000123>/`` holding
-  policy.json, model.pt, ema.pt      what ``Policy.from_checkpoint`` needs (evaluation rebuilds from these alone)
+  policy.json, model.pt, ema.pt      what ``policies.registry.load_checkpoint`` needs (evaluation rebuilds from these alone)
   train_state.pt                     optimizer, scheduler, scaler, sampler, RNG, counters: exact resume
   experiment.yaml                    the resolved experiment config
   instructions.npz                   instruction token features per task (evaluation needs no dataset)

@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         from platform.config import load_config, parse_override, set_dotted
         from platform.data import open_split
-        from policies.base import CheckpointError, Policy
+        from policies.base import CheckpointError
+        from policies.registry import load_checkpoint
 
         ckpt = Path(args.checkpoint)
         exp = ckpt / "experiment.yaml"
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             key, value = parse_override(item)
             updates = set_dotted(updates, key, value)
         try:
-            policy = Policy.from_checkpoint(ckpt, prefer_ema=args.weights == "ema", config_updates=updates)
+            policy = load_checkpoint(ckpt, prefer_ema=args.weights == "ema", config_updates=updates)
         except (CheckpointError, ValueError) as exc:
             raise UserFacingError(str(exc)) from None
         _, val_dataset = open_split(cfg)

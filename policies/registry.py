@@ -3,11 +3,15 @@ listed once, in ``policies.config.CONFIG_CLASSES``; this adds the policy class o
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import TypeAdapter
 
-from policies.base import Policy
+from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, CheckpointError, Policy
 from policies.baselines import DDAStylePolicy
 from policies.config import CONFIG_CLASSES, DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
 from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
@@ -42,3 +46,53 @@ def build_policy(cfg: MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig) -> P
     if not isinstance(cfg, config_cls):
         raise TypeError(f"policy type {cfg.type!r} needs a {config_cls.__name__}, got {type(cfg).__name__}")
     return policy_cls(cfg)
+
+
+def load_policy(config: dict[str, Any], weights: Path | bytes, map_location: str = "cpu",
+                config_updates: dict[str, Any] | None = None, source: str = "the weights") -> Policy:
+    """The policy of ``config`` (``policy.json`` as a dict) with ``weights`` loaded (a file, or its bytes:
+    what evaluation actors receive through the object store), in eval mode.
+
+    ``config_updates``: nested values laid over the saved config, for inference settings such as
+    ``{"diffusion": {"sampler": "ddpm", "inference_steps": 100}}`` (an architecture change fails to load).
+    """
+    from policies.config import _deep_merge
+
+    try:
+        cfg = parse_policy_config(_deep_merge(config, config_updates or {}))
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {POLICY_CONFIG_FILE} is not a valid policy config: {exc}") from exc
+    policy = build_policy(cfg)
+    try:
+        state = torch.load(io.BytesIO(weights) if isinstance(weights, bytes) else weights,
+                           map_location=map_location, weights_only=True)
+        policy.load_state_dict(state)
+    except Exception as exc:  # corrupt file or shape mismatch: name the file
+        name = weights if isinstance(weights, Path) else source
+        raise CheckpointError(f"cannot load weights {name}: {exc}") from exc
+    return policy.eval()
+
+
+def load_checkpoint(directory: str | Path, prefer_ema: bool = True, map_location: str = "cpu",
+                    config_updates: dict[str, Any] | None = None) -> Policy:
+    """Rebuild a policy from a checkpoint directory's config alone, then load its weights (EMA if preferred
+    and present)."""
+    config, weights = read_policy_files(directory, prefer_ema)
+    return load_policy(config, weights, map_location, config_updates, source=str(directory))
+
+
+def read_policy_files(directory: str | Path, prefer_ema: bool = True) -> tuple[dict[str, Any], Path]:
+    """A checkpoint directory's policy config (``policy.json``) and the weights file to load (``ema.pt``
+    when present and preferred, else ``model.pt``), checked to exist."""
+    directory = Path(directory)
+    cfg_path = directory / POLICY_CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing: {directory} is not a policy checkpoint directory")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path} is not a valid policy config: {exc}") from exc
+    weights = directory / (EMA_WEIGHTS_FILE if prefer_ema and (directory / EMA_WEIGHTS_FILE).is_file() else WEIGHTS_FILE)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing: the checkpoint {directory} is incomplete")
+    return config, weights

@@ -12,7 +12,7 @@ import torch
 from evaluation.bundle import NO_READS_ENV, BundlePolicy, CheckpointBundle
 from evaluation.evaluate import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
 from policies.base import CheckpointError, Policy
-from policies.registry import build_policy, parse_policy_config
+from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.synthetic import random_condition_batch
 
 pytestmark = pytest.mark.unit
@@ -38,7 +38,7 @@ def test_a_bundle_rebuilds_the_same_policy_without_its_directory(tmp_path):
     assert torch.equal(rebuilt.predict_action(batch, g1), original.eval().predict_action(batch, g2))
     assert set(bundle.instructions.tasks) == {"reach-v3"}
     assert bundle.condition_fn().config.voxel_size == 0.02 and bundle.max_points == original.config.max_points
-    assert isinstance(Policy.from_checkpoint(tmp_path / "moved"), Policy)
+    assert isinstance(load_checkpoint(tmp_path / "moved"), Policy)
 
 
 def test_reads_are_refused_where_forbidden_and_bad_checkpoints_name_the_file(tmp_path, monkeypatch):

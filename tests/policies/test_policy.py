@@ -3,12 +3,12 @@ import torch
 from pydantic import ValidationError
 
 from policies.augment import augment, limit_points
-from policies.base import CheckpointError, Policy
+from policies.base import CheckpointError
 from policies.baselines import DDAStylePolicy
 from policies.batch import ConditionBatch
 from policies.config import AugmentConfig
 from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
-from policies.registry import build_policy, parse_policy_config
+from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.rotation import quat_angle_deg
 from tests.policies.conftest import TEXT_DIM, tiny_batch, tiny_config, tiny_policy
 
@@ -102,7 +102,7 @@ def test_predict_action_is_batched_per_observation():
 def test_checkpoint_round_trip(tmp_path, policy_type):
     policy = tiny_policy(policy_type).eval()
     policy.save_pretrained(tmp_path)
-    loaded = Policy.from_checkpoint(tmp_path)
+    loaded = load_checkpoint(tmp_path)
     assert type(loaded) is type(policy) and loaded.config == policy.config
     obs = tiny_batch(2, 48, with_target=False)
     assert torch.equal(policy.predict_action(obs, torch.Generator().manual_seed(1)),
@@ -110,16 +110,16 @@ def test_checkpoint_round_trip(tmp_path, policy_type):
     # EMA weights are preferred when present
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in policy.state_dict().items()}
     torch.save(ema, tmp_path / "ema.pt")
-    assert torch.equal(next(iter(Policy.from_checkpoint(tmp_path).state_dict().values())), next(iter(ema.values())))
+    assert torch.equal(next(iter(load_checkpoint(tmp_path).state_dict().values())), next(iter(ema.values())))
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="policy.json"):
-        Policy.from_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
     tiny_policy().save_pretrained(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="model.pt"):
-        Policy.from_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 def test_augmentation_rotates_scene_and_poses_consistently():
