@@ -13,7 +13,6 @@ arguments -> same bytes (Meta-World is deterministic; nothing depends on worker 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -325,12 +324,7 @@ def _write_stats(
     return stats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from evaluation.collect_cli import build_parser, run_cli
+if __name__ == "__main__":  # python -m evaluation.collect: the command line lives in evaluation.collect_cli
+    from evaluation.collect_cli import main
 
-    parser: argparse.ArgumentParser = build_parser()
-    return run_cli(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.collect import DEFAULT_OUT, CollectError, collect_dataset
 from evaluation.rendering import RenderConfig
 from evaluation.sim import UnknownTaskError
 from evaluation.text import TextEncoderConfig
@@ -43,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m evaluation.collect``."""
+    return run_cli(build_parser().parse_args(argv))
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    from evaluation.collect import DEFAULT_OUT, CollectError, collect_dataset
     from evaluation.dataset import DatasetError
     from evaluation.rendering import GLBackendError
 

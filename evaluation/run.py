@@ -113,8 +113,8 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
         cfg = FakeSimConfig()
         tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
     elif args.suite == "rlbench":  # test episode i of each task restores demo i of the test split
-        from evaluation.rlbench_backend import RLBenchConfig
-        from evaluation.rlbench_tasks import protocol_kwargs, resolve_tasks
+        from evaluation.rlbench_backend import RLBenchConfig, protocol_kwargs
+        from evaluation.rlbench_tasks import resolve_tasks
 
         chosen = resolve_tasks(args.tasks or None)
         proto = protocol_kwargs(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)), args.episodes,

@@ -92,8 +92,7 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) 
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
             "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool, "video_dir": video_dir(checkpoint)}
     if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
-        from evaluation.rlbench_backend import RLBenchConfig
-        from evaluation.rlbench_tasks import protocol_kwargs
+        from evaluation.rlbench_backend import RLBenchConfig, protocol_kwargs
 
         if e.rlbench_demo_root is None:
             raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "

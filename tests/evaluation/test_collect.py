@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.collect import CollectError, collect_dataset, main
-from evaluation.collect_cli import verify_dataset
+from evaluation.collect import CollectError, collect_dataset
+from evaluation.collect_cli import main, verify_dataset
 from evaluation.dataset import MANIFEST, DatasetError, KeyframeDataset
 from evaluation.metaworld_backend import FIXED_QUAT_XYZW
 from evaluation.rendering import RenderConfig
