@@ -131,7 +131,7 @@ def _evaluate(cfg_json: dict[str, Any], checkpoint: str, bundle: Any = None) -> 
         return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
 
 
-def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path, payload: dict[str, Any]) -> Any:
+def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
     """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool). The
     checkpoint is read here (where it was written) and travels by value: the task may run on any node."""
     import ray

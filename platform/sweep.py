@@ -78,38 +78,22 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> ExperimentC
 def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     """The Tune function trainable: one Ray Train run per trial (``meta``: the sweep's fixed settings)."""
     from ray import tune
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from platform.session import train_worker_resources
     from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, TAG_SUITE, TAG_SWEEP
-    from platform.worker import train_loop_per_worker
+    from platform.trainer import WorkerPayload, build_trainer
 
     overrides = dict(tune_cfg)
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(meta["base"], {**overrides, "name": f"{meta['sweep']}-{trial_id}"})
     run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "run_name": cfg.name,
-        "experiment": cfg.tracking.experiment, "tracking_uri": meta["tracking_uri"],
-        "tags": {TAG_KIND: "sweep_trial", TAG_POLICY_TYPE: cfg.policy.type, TAG_SUITE: cfg.data.suite,
-                 TAG_SWEEP: meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]}
-                                             if meta.get("parent_run_id") else {})},
-        "params": {f"sweep.{k}": str(v) for k, v in overrides.items()},
-        "close_run": True,
-        "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=max(1, cfg.ray.num_workers), use_gpu=bool(meta["use_gpu"]),
-                                     resources_per_worker=train_worker_resources(cfg)),
-        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"), callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines
-    )
-    trainer.fit()
+    tags = {TAG_KIND: "sweep_trial", TAG_POLICY_TYPE: cfg.policy.type, TAG_SUITE: cfg.data.suite,
+            TAG_SWEEP: meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]} if meta.get("parent_run_id")
+                                         else {})}
+    payload = WorkerPayload.for_run(cfg, run_dir, meta["tracking_uri"], tags, close_run=True,
+                                    params={f"sweep.{k}": str(v) for k, v in overrides.items()})
+    build_trainer(cfg, payload, bool(meta["use_gpu"]), callbacks=[TuneReportCallback()]).fit()
 
 
 def build_parser() -> argparse.ArgumentParser:

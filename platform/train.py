@@ -125,16 +125,10 @@ def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, re
 def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path,
                         ray_s: float) -> Any:
     """Train (resuming), then evaluate the final checkpoint; the report, or None with evaluation disabled."""
-    payload = {
-        "config": cfg.model_dump(mode="json"),
-        "run_dir": str(run_dir),
-        "run_name": cfg.name,
-        "experiment": cfg.tracking.experiment,
-        "tracking_uri": tracking.tracking_uri if tracking else None,
-        "tags": _tags(cfg),
-        "periodic_eval": cfg.eval.enabled and cfg.eval.every_steps > 0,
-        "fault_crash_at_step": os.environ.get(FAULT_ENV),  # reliability tests only (R1), see platform.worker
-    }
+    from platform.trainer import WorkerPayload
+
+    payload = WorkerPayload.for_run(cfg, run_dir, tracking.tracking_uri if tracking else None, _tags(cfg),
+                                    fault_crash_at_step=os.environ.get(FAULT_ENV))  # FAULT_ENV: tests only (R1)
     print(f"[train] run {cfg.name!r}: dataset {dataset_dir}, checkpoints {run_dir / 'checkpoints'}, "
           f"Ray ready in {ray_s:.1f} s", flush=True)
     if tracking is not None:
@@ -223,30 +217,19 @@ def _trainer_class(interrupted: _Interrupted) -> type:
     return InterruptibleTrainer
 
 
-def _fit(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path) -> None:
+def _fit(cfg: ExperimentConfig, payload: Any, run_dir: Path) -> None:
     from platform.worker import train_loop_per_worker  # lazy: keeps --help fast
 
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
-        train_loop_per_worker(payload)
+        train_loop_per_worker(payload.to_dict())
         return
     import signal
     import threading
 
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from platform.trainer import build_trainer
 
-    from platform.session import train_worker_resources
-
-    use_gpu = _use_gpu(cfg)
     interrupted = _Interrupted()
-    trainer = _trainer_class(interrupted)(
-        train_loop_per_worker,
-        train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=train_worker_resources(cfg)),
-        run_config=RunConfig(name=cfg.name, storage_path=str(run_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             logging_config=LoggingConfig(log_level="WARNING")),  # no per-report INFO lines
-    )
+    trainer = build_trainer(cfg, payload, _use_gpu(cfg), trainer_class=_trainer_class(interrupted))
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:

@@ -77,11 +77,14 @@ class RunDirBusyError(UserFacingError):
     """Another live process is training in this run directory."""
 
 
-def train_loop_per_worker(payload: dict[str, Any]) -> None:
-    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``; ``payload`` is JSON-like."""
+def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
+    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: a ``platform.trainer.WorkerPayload`` as dict."""
+    from platform.trainer import WorkerPayload
+
+    payload = WorkerPayload.from_dict(payload_dict)
     from platform.data import open_split
 
-    cfg = ExperimentConfig.model_validate(payload["config"])
+    cfg = ExperimentConfig.model_validate(payload.config)
     rank, world, train_mod = _ray_context()
     if train_mod is not None:
         from platform.console import quiet_train_logger
@@ -90,7 +93,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     device = _device(cfg, train_mod is not None)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg, world))
-    run_dir = Path(payload["run_dir"])
+    run_dir = Path(payload.run_dir)
     run_lock = _lock_run_dir(run_dir, rank, world)
     try:
         dataset, val_dataset = open_split(cfg)
@@ -139,7 +142,7 @@ def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
     return lock
 
 
-def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, dataset: Any, state: TrainingState,
+def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, state: TrainingState,
            device: torch.device, rank: int, world: int, train_mod: Any, val: Any = None) -> None:
     instructions = Instructions(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
@@ -153,7 +156,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
 
         state.policy = prepare_model(state.policy)
     tracker = _open_tracker(payload, run_dir) if rank == 0 else None
-    evals = _PeriodicEval(cfg, payload, tracker) if rank == 0 and payload.get("periodic_eval") else None
+    evals = _PeriodicEval(cfg, tracker) if rank == 0 and payload.periodic_eval else None
     if rank == 0:
         print(f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
               f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
@@ -162,7 +165,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.get("fault_crash_at_step")), val=val,
+    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.fault_crash_at_step), val=val,
                      start_step=state.step)
     marks = TimeMarks(cfg.train.time_marks_s, run_dir)
     try:
@@ -188,7 +191,7 @@ def _train(cfg: ExperimentConfig, payload: dict[str, Any], run_dir: Path, datase
         if evals is not None:
             evals.wait_all()
         done = state.step >= cfg.train.steps or marks.all_reached or time_is_up(deadline, state.device)
-        if tracker is not None and payload.get("close_run") and done:
+        if tracker is not None and payload.close_run and done:
             tracker.close("FINISHED")  # sweep trials: nobody else owns their MLflow run
             tracker = None
     finally:
@@ -320,24 +323,23 @@ def _maybe_inject_fault(run_dir: Path, step: int, at: str | None) -> None:
         os._exit(17)
 
 
-def _open_tracker(payload: dict[str, Any], run_dir: Path) -> Any:
-    if not payload.get("tracking_uri"):
+def _open_tracker(payload: Any, run_dir: Path) -> Any:
+    if not payload.tracking_uri:
         return None
     from platform.tracking import RunTracker, flatten_config
 
-    tracker = RunTracker.open(payload["tracking_uri"], payload["experiment"], payload["run_name"],
-                              buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.get("tags"))
-    if payload.get("params"):  # sweep trials: the driver never sees their run, so the worker logs the config
-        tracker.log_params({**flatten_config(payload["config"]), **payload["params"]})
+    tracker = RunTracker.open(payload.tracking_uri, payload.experiment, payload.run_name,
+                              buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.tags)
+    if payload.params:  # sweep trials: the driver never sees their run, so the worker logs the config
+        tracker.log_params({**flatten_config(payload.config), **payload.params})
     return tracker
 
 
 class _PeriodicEval:
     """Submits checkpoint evaluations to the evaluation actors without blocking training."""
 
-    def __init__(self, cfg: ExperimentConfig, payload: dict[str, Any], tracker: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, tracker: Any) -> None:
         self.cfg = cfg
-        self.payload = payload
         self.tracker = tracker
         self.pending: list[tuple[int, Path, Any]] = []
         self.last_submitted = 0
@@ -351,7 +353,7 @@ class _PeriodicEval:
             return
         from platform.evaluate import submit_evaluation
 
-        self.pending.append((step, ckpt, submit_evaluation(self.cfg, ckpt, self.payload)))
+        self.pending.append((step, ckpt, submit_evaluation(self.cfg, ckpt)))
         self.last_submitted = step
 
     def poll(self, timeout: float = 0.0) -> None:
