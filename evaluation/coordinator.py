@@ -98,6 +98,27 @@ class RunStats:
     failures: list[str] = field(default_factory=list)  # one line per crash/timeout, in order
 
 
+@dataclass
+class _Run:
+    """The state of one ``Coordinator.run`` call: which episodes wait, run, are done, and their videos."""
+
+    specs: list[EpisodeSpec]
+    attempt_limit: int
+    bar: Any  # tqdm progress bar
+    queue: collections.deque[int] = field(default_factory=collections.deque)  # spec indices waiting for an actor
+    inflight: dict[Any, _Work] = field(default_factory=dict)  # episode ref -> work
+    attempts: collections.Counter[int] = field(default_factory=collections.Counter)
+    outputs: dict[int, EpisodeOutput] = field(default_factory=dict)
+    successes: int = 0
+    errors: int = 0
+    videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = field(default_factory=dict)
+    recording: collections.Counter[str] = field(default_factory=collections.Counter)  # recording episodes in flight
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) >= len(self.specs)
+
+
 def _failed(spec: EpisodeSpec, status: EpisodeStatus, message: str, wall_s: float) -> EpisodeOutput:
     result = EpisodeResult(spec.task, spec.variation, spec.seed, False, 0, status, message, wall_s)
     return EpisodeOutput(result=result)
@@ -130,12 +151,9 @@ class Coordinator:
         self.stats = RunStats()
         self._startup_failures = 0
         self._pending_ready: dict[Any, _Work] = {}
-        self._attempt_limit = config.max_attempts
-        self._successes = self._errors = 0
         self._server_device = self._resolve_server()
         # Rollout videos of the last run(): (task, success) -> (spec, frames); at most one per outcome.
         self.videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = {}
-        self._recording: collections.Counter[str] = collections.Counter()  # recording episodes in flight
         self._uses_sim = False  # the actors need the cluster's "sim" resource (simulation nodes)
         self._sim_decided: bool | None = None
 
@@ -240,25 +258,21 @@ class Coordinator:
     def run(self, specs: list[EpisodeSpec], max_attempts: int | None = None) -> list[EpisodeOutput]:
         """One ``EpisodeOutput`` per spec, in order; failures included (never dropped).
 
-        ``max_attempts`` overrides the pool's setting for this run.
+        ``max_attempts`` overrides the pool's setting for this run. With ``videos`` on, ``self.videos`` holds
+        the run's rollout videos afterwards.
         """
         start = time.monotonic()
-        self._attempt_limit = max_attempts or self.cfg.max_attempts
         if any(s.state == "dead" for s in self.slots):
             self.start()
-        outputs: dict[int, EpisodeOutput] = {}
-        self._successes = self._errors = 0
-        self.videos, self._recording = {}, collections.Counter()
-        attempts = collections.Counter()
-        queue: collections.deque[int] = collections.deque(range(len(specs)))
-        inflight: dict[Any, _Work] = {}
         bar = tqdm(total=len(specs), desc="eval", unit="ep", disable=None if self.cfg.progress else True, leave=False)
+        run = _Run(specs, max_attempts or self.cfg.max_attempts, bar, collections.deque(range(len(specs))))
+        self.videos = run.videos
         try:
-            while len(outputs) < len(specs):
-                self._dispatch(specs, queue, inflight, attempts)
-                refs = list(self._pending_ready) + list(inflight)
+            while not run.done:
+                self._dispatch(run)
+                refs = list(self._pending_ready) + list(run.inflight)
                 now = time.monotonic()
-                deadlines = [w.deadline for w in [*self._pending_ready.values(), *inflight.values()]]
+                deadlines = [w.deadline for w in [*self._pending_ready.values(), *run.inflight.values()]]
                 wait_s = min([self.cfg.poll_s, *[max(0.0, d - now) for d in deadlines]])
                 done, rest = ray.wait(refs, num_returns=1, timeout=wait_s) if refs else ([], [])
                 if done and rest:  # collect everything else that is already finished, without blocking
@@ -267,15 +281,15 @@ class Coordinator:
                     if ref in self._pending_ready:
                         self._on_ready(ref, self._pending_ready.pop(ref))
                     else:
-                        self._on_episode(ref, inflight.pop(ref), specs, queue, attempts, outputs, bar)
-                self._expire(specs, queue, inflight, attempts, outputs, bar)
+                        self._on_episode(ref, run.inflight.pop(ref), run)
+                self._expire(run)
                 self._check_sim_nodes()
         finally:
             bar.close()
-            for work in inflight.values():  # only on an exception: leave no episode running
+            for work in run.inflight.values():  # only on an exception: leave no episode running
                 self._kill(work.slot)
         self.stats.wall_s += time.monotonic() - start
-        return [outputs[i] for i in range(len(specs))]
+        return [run.outputs[i] for i in range(len(specs))]
 
     def _check_sim_nodes(self) -> None:
         """No actor alive and no simulation node left (they were removed or died): fail now with a clear
@@ -290,36 +304,38 @@ class Coordinator:
                 f"no simulation node is left in the Ray cluster (no '{SIM_RESOURCE}' resource): every evaluation "
                 "actor is gone and none can be placed; add simulation nodes (cluster.yaml) and evaluate again")
 
-    def _dispatch(self, specs, queue, inflight, attempts) -> None:
+    def _dispatch(self, run: _Run) -> None:
         for i, slot in enumerate(self.slots):
             if slot.state == "dead":
                 self._launch(i)
-            if slot.state == "idle" and queue:
-                index = queue.popleft()
-                attempts[index] += 1
-                record = self._wants_video(specs[index].task)
-                ref = slot.actor.run_episode.remote(specs[index], self.cfg.video_camera if record else None)
-                inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index,
-                                      recording=record)
-                self._recording[specs[index].task] += record
+            if slot.state == "idle" and run.queue:
+                index = run.queue.popleft()
+                run.attempts[index] += 1
+                spec = run.specs[index]
+                record = self._wants_video(run, spec.task)
+                ref = slot.actor.run_episode.remote(spec, self.cfg.video_camera if record else None)
+                run.inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index,
+                                          recording=record)
+                run.recording[spec.task] += record
                 slot.state = "busy"
 
-    def _wants_video(self, task: str) -> bool:
+    def _wants_video(self, run: _Run, task: str) -> bool:
         """Record this episode: videos are on, the task still lacks a success or a failure video, and fewer
         than two of its recording episodes are running (recording costs one extra render per episode)."""
         if not self.cfg.videos:
             return False
-        missing = sum((task, outcome) not in self.videos for outcome in (True, False))
-        return missing > 0 and self._recording[task] < 2
+        missing = sum((task, outcome) not in run.videos for outcome in (True, False))
+        return missing > 0 and run.recording[task] < 2
 
-    def _keep_video(self, work: _Work, spec: EpisodeSpec, output: EpisodeOutput | None) -> None:
+    def _keep_video(self, run: _Run, work: _Work, output: EpisodeOutput | None) -> None:
         if not work.recording:
             return
-        self._recording[spec.task] -= 1
+        spec = run.specs[work.index]
+        run.recording[spec.task] -= 1
         if output is not None and output.frames:
             key = (spec.task, bool(output.result.success))
-            if key not in self.videos:
-                self.videos[key] = (spec, output.frames)
+            if key not in run.videos:
+                run.videos[key] = (spec, output.frames)
 
     def _on_ready(self, ref: Any, work: _Work) -> None:
         try:
@@ -342,16 +358,16 @@ class Coordinator:
                 f"{self._startup_failures} evaluation actors in a row failed to start; last error: {message}"
             )
 
-    def _on_episode(self, ref, work, specs, queue, attempts, outputs, bar) -> None:
+    def _on_episode(self, ref: Any, work: _Work, run: _Run) -> None:
         try:
             output: EpisodeOutput = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", specs, queue, attempts, outputs, bar)
+            self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", run)
             return
         self.slots[work.slot].state = "idle"
-        self._keep_video(work, specs[work.index], output)
-        output.frames = None  # kept in self.videos (or not needed): the outputs stay small
-        self._record(work.index, output, outputs, bar)
+        self._keep_video(run, work, output)
+        output.frames = None  # kept in run.videos (or not needed): the outputs stay small
+        self._record(run, work.index, output)
 
     def wait_ready(self) -> Coordinator:
         """Block until every actor has started (replacing failed ones); benchmarks time ``run`` after this."""
@@ -374,32 +390,30 @@ class Coordinator:
                 del self._pending_ready[ref]
                 self._startup_failed(work.slot, f"actor did not start within {self.cfg.startup_timeout_s:.0f} s")
 
-    def _expire(self, specs, queue, inflight, attempts, outputs, bar) -> None:
+    def _expire(self, run: _Run) -> None:
         self._expire_ready()
         now = time.monotonic()
-        for ref, work in list(inflight.items()):
+        for ref, work in list(run.inflight.items()):
             if now >= work.deadline:
-                del inflight[ref]
-                message = f"episode exceeded {self.cfg.episode_timeout_s:.1f} s"
-                self._fault(work, "timeout", message, specs, queue, attempts, outputs, bar)
+                del run.inflight[ref]
+                self._fault(work, "timeout", f"episode exceeded {self.cfg.episode_timeout_s:.1f} s", run)
 
-    def _fault(self, work, status: EpisodeStatus, message, specs, queue, attempts, outputs, bar) -> None:
+    def _fault(self, work: _Work, status: EpisodeStatus, message: str, run: _Run) -> None:
         """Kill and replace the actor; retry the episode or record its final status."""
-        spec = specs[work.index]
-        self._keep_video(work, spec, None)
+        spec = run.specs[work.index]
+        self._keep_video(run, work, None)
         pid = self.slots[work.slot].pid
         self.stats.failures.append(f"{spec.task} v{spec.variation} seed {spec.seed} (pid {pid}): {message}")
         self._kill(work.slot)
         self.stats.actor_restarts += 1
         if self.server is not None:
             self._check_server()
-        if attempts[work.index] < self._attempt_limit:
+        if run.attempts[work.index] < run.attempt_limit:
             self.stats.retries += 1
-            queue.appendleft(work.index)
+            run.queue.appendleft(work.index)
         else:
-            note = f"{message} (attempt {attempts[work.index]} of {self._attempt_limit})"
-            failed = _failed(spec, status, note, time.monotonic() - work.started)
-            self._record(work.index, failed, outputs, bar)
+            note = f"{message} (attempt {run.attempts[work.index]} of {run.attempt_limit})"
+            self._record(run, work.index, _failed(spec, status, note, time.monotonic() - work.started))
         self._launch(work.slot)
 
     def _check_server(self) -> None:
@@ -413,14 +427,14 @@ class Coordinator:
         except ray.exceptions.RayError as exc:
             raise EvaluationStartupError(f"the policy server died: {_short(exc)}") from exc
 
-    def _record(self, index: int, output: EpisodeOutput, outputs: dict[int, EpisodeOutput], bar: tqdm) -> None:
-        if index in outputs:
+    def _record(self, run: _Run, index: int, output: EpisodeOutput) -> None:
+        if index in run.outputs:
             raise AssertionError(f"episode {index} recorded twice")  # the exactly-once invariant
-        outputs[index] = output
-        self._successes += int(output.result.success)
-        self._errors += int(output.result.status != "ok")
-        bar.set_postfix(success=self._successes, errors=self._errors, refresh=False)
-        bar.update(1)
+        run.outputs[index] = output
+        run.successes += int(output.result.success)
+        run.errors += int(output.result.status != "ok")
+        run.bar.set_postfix(success=run.successes, errors=run.errors, refresh=False)
+        run.bar.update(1)
 
     # -- teardown -------------------------------------------------------------------------------------
     def actor_pids(self) -> list[int]:
