@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from evaluation.sim import CameraFrame, Observation
+from evaluation.simulators.sim import CameraFrame, Observation
 from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
 from policies.config import FrozenModel
 
@@ -156,7 +156,7 @@ def observation_to_condition(
     """A live observation as a B = 1 ``ConditionBatch`` (target None), processed exactly as at collection.
 
     ``text`` is ``(tokens (L, D) float32, mask (L,) bool)`` from ``KeyframeDataset.instruction_embedding``
-    or ``evaluation.text``. The cloud is built with ``cfg`` (use the dataset manifest's config) and then
+    or ``evaluation.datasets.text``. The cloud is built with ``cfg`` (use the dataset manifest's config) and then
     reduced to ``max_points`` with the deterministic rule of ``KeyframeDataset.batch(generator=None)``.
     """
     cloud = frames_to_points(obs.cameras, cfg)  # (n, 7)

@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 class DataConfig(FrozenModel):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
-    suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with evaluation.rlbench_import
+    suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with python -m evaluation.rlbench_import
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
     episodes_per_task: int = Field(18, ge=1, le=1000)  # training episodes per task (Meta-World: train variations)
     # held-out validation episodes per task (the next ones after the training episodes, never test variations):
@@ -119,10 +119,10 @@ class EvalConfig(FrozenModel):
     # mean over 3 seeds). Every seed runs episodes_per_task episodes per task.
     num_seeds: int | None = Field(None, ge=1, le=20)
     rlbench_demo_root: str | None = None  # data.suite=rlbench: the PerAct test split (reset_to_demo episodes)
-    # data.suite=rlbench: whose evaluation rules (evaluation.rlbench_backend.protocol_kwargs): peract (a planner
+    # data.suite=rlbench: whose evaluation rules (evaluation.simulators.rlbench_backend.protocol_kwargs): peract (a planner
     # error ends the episode) or 3dda (3D Diffuser Actor's script: retry, separate gripper step, go on)
     rlbench_protocol: Literal["peract", "3dda"] = "peract"
-    # Rollout videos (evaluation.video): per task, a success and a failure where both exist, one frame per
+    # Rollout videos (evaluation.runtime.video): per task, a success and a failure where both exist, one frame per
     # keypose with the predicted keypose drawn; <run>/eval/videos/<checkpoint>/ and MLflow artifacts videos/.
     videos: bool = True
     video_camera: str = Field("front", min_length=1)  # a camera of the simulator's rig (else its first)

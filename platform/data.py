@@ -103,7 +103,7 @@ def _episodes_needed(cfg: Any) -> int:
 
 
 def _collect(cfg: Any, path: Any) -> None:
-    from evaluation.collect import CollectError, collect_dataset
+    from evaluation.datasets.collect import CollectError, collect_dataset
     from platform.cli import UserFacingError
 
     try:
@@ -141,8 +141,8 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
            "data.rlbench_root=<RLBench data> (docs/rlbench.md)")
     if root is None or not cfg.data.collect_if_missing:
         raise UserFacingError(f"no RLBench dataset at {path}: import demonstrations with {how}")
-    from evaluation.rlbench_import import RLBenchImportError, import_dataset
-    from evaluation.text import TextEncoderError
+    from evaluation.datasets.rlbench_import import RLBenchImportError, import_dataset
+    from evaluation.datasets.text import TextEncoderError
 
     src = cfg.resolve_path(root)
     tasks = list(cfg.data.tasks) if cfg.data.tasks else "peract18"
@@ -159,7 +159,7 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
 
 def _check_dataset(cfg: Any, path: Any) -> Any:
     """Open the dataset once to validate it against the config (text features, workspace, tasks)."""
-    from evaluation.dataset import DatasetError, KeyframeDataset
+    from evaluation.datasets.dataset import DatasetError, KeyframeDataset
     from platform.cli import UserFacingError
 
     try:
@@ -298,7 +298,7 @@ def open_training_dataset(cfg: Any) -> Any:
 def open_split(cfg: Any) -> tuple[Any, Any | None]:
     """(training subset, validation subset or None when ``data.val_episodes_per_task`` is 0 or the dataset
     holds no episode beyond the training ones); see ``split_episodes``."""
-    from evaluation.dataset import KeyframeDataset
+    from evaluation.datasets.dataset import KeyframeDataset
 
     dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
     train, val = split_episodes(dataset, cfg.data.tasks, cfg.data.episodes_per_task, cfg.data.val_episodes_per_task)

@@ -34,7 +34,7 @@ def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
     """``eval.seed``, or ``eval.num_seeds`` consecutive seeds from it (default 3 for RLBench's protocol)."""
     n = cfg.eval.num_seeds
     if n is None:
-        from evaluation.rlbench_tasks import EVAL_SEEDS
+        from evaluation.simulators.rlbench_tasks import EVAL_SEEDS
 
         n = len(EVAL_SEEDS) if cfg.data.suite == "rlbench" else 1
     return cfg.eval.seed if n == 1 else [cfg.eval.seed + k for k in range(n)]
@@ -44,7 +44,7 @@ def protocol_note(cfg: ExperimentConfig) -> str | None:
     """Why an RLBench evaluation is not the published protocol (None when it is, or for Meta-World)."""
     if cfg.data.suite != "rlbench":
         return None
-    from evaluation.rlbench_tasks import EPISODES_PER_TASK, EVAL_SEEDS, MAX_KEYPOSES
+    from evaluation.simulators.rlbench_tasks import EPISODES_PER_TASK, EVAL_SEEDS, MAX_KEYPOSES
 
     seeds = eval_seeds(cfg)
     n_seeds = len(seeds) if isinstance(seeds, list) else 1
@@ -66,7 +66,7 @@ def eval_episodes(cfg: ExperimentConfig, num_tasks: int) -> int:
 def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None) -> tuple[ExperimentConfig, str | None]:
     """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation and to ``capacity`` (actors the
     cluster runs at once; None: unknown), and the one line saying so when it was capped."""
-    from evaluation.run import cap_actors
+    from evaluation.runtime.run import cap_actors
 
     n, note = cap_actors(cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors")
     if n == cfg.eval.actors:
@@ -75,10 +75,10 @@ def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = No
 
 
 def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> dict[str, Any]:
-    """Keyword arguments of ``evaluation.evaluate.evaluate_checkpoint`` for this experiment (``bundle``: the
-    checkpoint already read, ``evaluation.bundle.CheckpointBundle``; else its instructions are read here)."""
-    from evaluation.coordinator import PoolConfig
-    from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
+    """Keyword arguments of ``evaluation.runtime.evaluate.evaluate_checkpoint`` for this experiment (``bundle``: the
+    checkpoint already read, ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here)."""
+    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, load_instructions
+    from evaluation.runtime.coordinator import PoolConfig
 
     e = cfg.eval
     if e.tasks:
@@ -92,7 +92,7 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) 
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
             "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool, "video_dir": video_dir(checkpoint)}
     if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
-        from evaluation.rlbench_backend import RLBenchConfig, protocol_kwargs
+        from evaluation.simulators.rlbench_backend import RLBenchConfig, protocol_kwargs
 
         if e.rlbench_demo_root is None:
             raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
@@ -115,8 +115,8 @@ def _evaluate(cfg_json: dict[str, Any], checkpoint: str, bundle: Any = None) -> 
     by the submitter, where the checkpoint lives) it may run on any node: it opens no checkpoint path and
     returns the videos as ``{"videos": {name: bytes}}`` for ``log_eval_report`` to write."""
     try:
-        from evaluation.bundle import CheckpointBundle
-        from evaluation.evaluate import evaluate_checkpoint
+        from evaluation.runtime.bundle import CheckpointBundle
+        from evaluation.runtime.evaluate import evaluate_checkpoint
 
         cfg = ExperimentConfig.model_validate(cfg_json)
         ckpt = Path(checkpoint)
@@ -136,7 +136,7 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
     checkpoint is read here (where it was written) and travels by value: the task may run on any node."""
     import ray
 
-    from evaluation.bundle import CheckpointBundle
+    from evaluation.runtime.bundle import CheckpointBundle
 
     remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
     return remote.remote(cfg.model_dump(mode="json"), str(checkpoint), ray.put(CheckpointBundle.read(checkpoint)))
@@ -144,7 +144,7 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
 
 def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str, Any]) -> Any:
     """Record an evaluation result: JSON beside the checkpoints, metrics at ``step``, keep-best metric."""
-    from evaluation.metrics import EvalReport
+    from evaluation.runtime.metrics import EvalReport
 
     run_dir = checkpoint.parent.parent
     out_dir = run_dir / EVAL_DIR
@@ -238,7 +238,7 @@ def _previous_report(report_path: Path, settings: dict[str, Any]) -> str | None:
     try:
         saved = json.loads(report_path.with_name(report_path.stem + SETTINGS_SUFFIX).read_text())
         text = report_path.read_text()
-        from evaluation.metrics import EvalReport
+        from evaluation.runtime.metrics import EvalReport
 
         EvalReport.from_json(text)
     except (OSError, ValueError):

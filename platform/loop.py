@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.episode import Instructions
-from evaluation.evaluate import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
+from evaluation.runtime.bundle import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
+from evaluation.runtime.episode import Instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
 from platform.data import Level1Sampler, step_seed

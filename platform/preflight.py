@@ -134,10 +134,10 @@ def trained_tasks(cfg: Any) -> tuple[list[str] | None, str]:
         except (OSError, ValueError, KeyError, TypeError):
             return None, f"unreadable {manifest}"  # the dataset check names the problem
     if cfg.data.suite == "rlbench":
-        from evaluation.rlbench_tasks import resolve_tasks
+        from evaluation.simulators.rlbench_tasks import resolve_tasks
 
         return list(resolve_tasks(None)), "RLBench's PerAct-18 tasks (imported when data.tasks is unset)"
-    from evaluation.metaworld_backend import suite_task_names
+    from evaluation.simulators.metaworld_backend import suite_task_names
 
     return suite_task_names(cfg.data.suite), f"suite {cfg.data.suite}"
 

@@ -93,7 +93,7 @@ def trial_dirs(sweep_dir: Path) -> list[Path]:
 
 def collect_points(sweep_dir: Path) -> list[Point]:
     """Every kept mark of every trial with its evaluation report (when evaluated)."""
-    from evaluation.metrics import EvalReport
+    from evaluation.runtime.metrics import EvalReport
 
     points = []
     for trial in trial_dirs(sweep_dir):
@@ -144,7 +144,7 @@ def time_to_quality(points: list[Point], metric: str = "success") -> tuple[float
 
 def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
     """Evaluate every kept mark checkpoint that has no report yet (with ``cfg.eval``), caching each report."""
-    from evaluation.evaluate import evaluate_checkpoint
+    from evaluation.runtime.evaluate import evaluate_checkpoint
     from platform.evaluate import eval_arguments
 
     todo = [p for p in collect_points(sweep_dir) if p.success is None]
@@ -179,7 +179,7 @@ def table_markdown(target: float | None, rows: list[TimeToQuality], val_target: 
 
 def plot(points: list[Point], path: Path) -> Path:
     """Success (with its 95 % interval) and validation position error against training time, one line per M."""
-    from platform.tracking_plots import pyplot, save_figure
+    from platform.tracking.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, (ax_s, ax_v) = plt.subplots(1, 2, figsize=(11, 4.2))

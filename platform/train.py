@@ -169,7 +169,7 @@ def _actor_capacity(cfg: ExperimentConfig) -> int | None:
     evaluation pool refuses what the cluster cannot place then)."""
     if not cfg.eval.enabled:
         return None
-    from evaluation.run import cluster_actor_capacity
+    from evaluation.runtime.run import cluster_actor_capacity
     from platform.session import joins_cluster
 
     capacity = cluster_actor_capacity()

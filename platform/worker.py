@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from evaluation.episode import Instructions
+from evaluation.runtime.episode import Instructions
 from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig
 from platform.filelock import FileLock, LockBusyError

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from evaluation.episode import PointCloudConditioner
 from evaluation.pointcloud import PointCloudConfig
+from evaluation.runtime.episode import PointCloudConditioner
 from policies.base import LossOutput, Policy
 from policies.batch import ConditionBatch
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.collect import CollectError, collect_dataset
-from evaluation.collect_cli import main, verify_dataset
-from evaluation.dataset import MANIFEST, DatasetError, KeyframeDataset
-from evaluation.metaworld_backend import FIXED_QUAT_XYZW
-from evaluation.rendering import RenderConfig
-from evaluation.sim import UnknownTaskError
+from evaluation.datasets.collect import CollectError, collect_dataset
+from evaluation.datasets.collect_cli import main, verify_dataset
+from evaluation.datasets.dataset import MANIFEST, DatasetError, KeyframeDataset
+from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW
+from evaluation.simulators.rendering import RenderConfig
+from evaluation.simulators.sim import UnknownTaskError
 
 pytestmark = pytest.mark.sim
 TASKS = ["reach-v3", "pick-place-v3"]
@@ -73,7 +73,7 @@ def test_tiny_collection_is_a_valid_dataset(tiny):
 
 
 def _reach_goal() -> np.ndarray:
-    from evaluation.metaworld_backend import MetaWorldSimulator
+    from evaluation.simulators.metaworld_backend import MetaWorldSimulator
 
     with MetaWorldSimulator() as sim:
         sim.reset_state("reach-v3", 0, 0)
@@ -81,8 +81,8 @@ def _reach_goal() -> np.ndarray:
 
 
 def test_live_observation_gives_the_same_condition_as_the_dataset(tiny):
-    from evaluation.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
     from evaluation.pointcloud import observation_to_condition
+    from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
 
     ds = KeyframeDataset(tiny)
     first = [i for i in range(len(ds)) if ds.task_index[i] == 1][0]  # pick-place, reset observation
@@ -202,7 +202,7 @@ def test_verify_replays_the_stored_keyposes(tiny):
 
 
 def test_preview_writes_pictures(tmp_path):
-    from evaluation.preview import write_preview
+    from evaluation.datasets.preview import write_preview
 
     paths = write_preview("reach-v3", tmp_path, render=SMALL)
     assert [p.name for p in paths] == ["reach-v3_cameras.png", "reach-v3_pointcloud.png"]
@@ -214,7 +214,7 @@ def test_a_second_collection_into_the_same_directory_waits_for_the_first(tiny, c
     import fcntl
     import threading
 
-    from evaluation.collect import LOCK
+    from evaluation.datasets.collect import LOCK
 
     done = threading.Event()
     with (tiny / LOCK).open("a") as held:

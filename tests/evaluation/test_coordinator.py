@@ -19,11 +19,11 @@ from eval_fakes import (
     wait_gone,
 )
 
-from evaluation.coordinator import Coordinator, EvaluationStartupError, PoolConfig, RunStats
-from evaluation.episode import EpisodeSpec, LocalInference, run_episode
-from evaluation.evaluate import evaluate, plan_episodes
-from evaluation.fake_sim import FakeSimConfig
-from evaluation.metrics import summarize
+from evaluation.runtime.coordinator import Coordinator, EvaluationStartupError, PoolConfig, RunStats
+from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
+from evaluation.runtime.evaluate import evaluate, plan_episodes
+from evaluation.runtime.metrics import summarize
+from evaluation.simulators.fake_sim import FakeSimConfig
 
 pytestmark = pytest.mark.integration
 
@@ -77,8 +77,8 @@ def test_results_complete_ordered_and_deterministic(pool):
 
 def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     """The RLBench protocol's 3 seeds: each seed plans its own episodes; per-task rates are the seed mean."""
-    from evaluation.evaluate import evaluate_checkpoint
-    from evaluation.metrics import EvalReport
+    from evaluation.runtime.evaluate import evaluate_checkpoint
+    from evaluation.runtime.metrics import EvalReport
 
     (tmp_path / "policy.json").write_text('{"max_points": 256}')
     (tmp_path / "pointcloud.json").write_text(conditioner().config.model_dump_json())
@@ -151,7 +151,7 @@ def test_actors_that_cannot_start_raise_a_typed_error(pool):
 
 
 def test_actor_resources_use_the_sim_resource_only_when_present(pool):
-    from evaluation.actors import actor_resources
+    from evaluation.runtime.actors import actor_resources
 
     assert "resources" not in actor_resources(1.0)  # this local cluster has no "sim" resource
     assert actor_resources(0.5, use_sim_resource=True) == {

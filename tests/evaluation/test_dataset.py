@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.dataset import (
+from evaluation.datasets.dataset import (
     FORMAT,
     INSTRUCTIONS,
     MANIFEST,
@@ -22,10 +22,10 @@ from evaluation.dataset import (
     write_manifest,
     write_table,
 )
-from evaluation.demos import Sample
+from evaluation.datasets.demos import Sample
 from evaluation.files import sha256_file
 from evaluation.pointcloud import PointCloudConfig, select_points
-from evaluation.rendering import RenderConfig
+from evaluation.simulators.rendering import RenderConfig
 
 TASKS = ["task-a", "task-b"]
 DIM = 6

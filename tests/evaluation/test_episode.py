@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 
-from evaluation.episode import (
+from evaluation.runtime.episode import (
     EpisodeSpec,
     InstructionError,
     LocalInference,
     row_seed,
     run_episode,
 )
-from evaluation.fake_sim import START_XYZ, FakeSimConfig, FakeSimulator
-from evaluation.sim import PlannerError, SimulatorError
+from evaluation.simulators.fake_sim import START_XYZ, FakeSimConfig, FakeSimulator
+from evaluation.simulators.sim import PlannerError, SimulatorError
 
 pytestmark = pytest.mark.unit
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from eval_fakes import start_local_ray
 
-from evaluation.evaluate import INSTRUCTIONS_FILE, plan_episodes, save_instructions
-from evaluation.metaworld_backend import TEST_VARIATIONS, TRAIN_VARIATIONS
-from evaluation.metrics import EvalReport
-from evaluation.run import main
+from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+from evaluation.runtime.evaluate import plan_episodes
+from evaluation.runtime.metrics import EvalReport
+from evaluation.runtime.run import main
+from evaluation.simulators.metaworld_backend import TEST_VARIATIONS, TRAIN_VARIATIONS
 from policies.registry import build_policy, parse_policy_config
 
 pytestmark = [pytest.mark.sim, pytest.mark.integration]

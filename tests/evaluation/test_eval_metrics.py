@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.episode import EpisodeOutput, StageTimes
-from evaluation.evaluate import load_instructions, plan_episodes, save_instructions
-from evaluation.metrics import EvalReport, summarize
-from evaluation.run import main as run_main
-from evaluation.sim import EpisodeResult
+from evaluation.runtime.bundle import load_instructions, save_instructions
+from evaluation.runtime.episode import EpisodeOutput, StageTimes
+from evaluation.runtime.evaluate import plan_episodes
+from evaluation.runtime.metrics import EvalReport, summarize
+from evaluation.runtime.run import main as run_main
+from evaluation.simulators.sim import EpisodeResult
 from policies.base import CheckpointError
 
 pytestmark = pytest.mark.unit
@@ -71,7 +72,7 @@ def test_cli_reports_a_bad_checkpoint_before_starting_ray(tmp_path, capsys):
 def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
     import numpy as np
 
-    from evaluation.episode import Instructions
+    from evaluation.runtime.episode import Instructions
 
     short, long = (np.full((2, 4), 1.0, np.float32), np.ones(2, bool)), (np.full((5, 4), 2.0, np.float32), np.ones(5, bool))
     table = Instructions(tasks={"close_jar": short}, texts={"close the red jar": short, "close the jar / lid": long})
@@ -93,7 +94,7 @@ def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
 
 
 def test_success_intervals():
-    from evaluation.metrics import mean_interval, wilson_interval
+    from evaluation.runtime.metrics import mean_interval, wilson_interval
 
     lo, hi = wilson_interval(0, 25)
     assert lo == 0.0 and 0.10 < hi < 0.15  # zero successes still leave room up to ~13 %

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from evaluation.fake_sim import BLOCK_HEIGHT, FakeSimConfig, FakeSimulator
 from evaluation.pointcloud import PointCloudConfig, frame_to_world, frames_to_points
-from evaluation.sim import SimulatorError, UnknownTaskError
+from evaluation.simulators.fake_sim import BLOCK_HEIGHT, FakeSimConfig, FakeSimulator
+from evaluation.simulators.sim import SimulatorError, UnknownTaskError
 
 pytestmark = pytest.mark.unit
 

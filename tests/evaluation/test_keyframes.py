@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.controller import ControllerConfig, KeyposeController
-from evaluation.keyframes import KeyframeConfig, detect_keyframes, gripper_events, path_corners, still_frames
+from evaluation.datasets.keyframes import (
+    KeyframeConfig,
+    detect_keyframes,
+    gripper_events,
+    path_corners,
+    still_frames,
+)
+from evaluation.simulators.controller import ControllerConfig, KeyposeController
 
 
 def _line(a, b, steps):

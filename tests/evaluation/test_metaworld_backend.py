@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.metaworld_backend import (
+from evaluation.simulators.metaworld_backend import (
     TEST_VARIATIONS,
     TRAIN_VARIATIONS,
     MetaWorldConfig,
@@ -13,8 +13,8 @@ from evaluation.metaworld_backend import (
     suite_task_names,
     variations,
 )
-from evaluation.rendering import GLBackendError, RenderConfig, select_gl_backend
-from evaluation.sim import Simulator, SimulatorError, UnknownTaskError
+from evaluation.simulators.rendering import GLBackendError, RenderConfig, select_gl_backend
+from evaluation.simulators.sim import Simulator, SimulatorError, UnknownTaskError
 
 
 def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():

@@ -16,8 +16,8 @@ from evaluation.pointcloud import (
     subsample,
     voxelize,
 )
-from evaluation.rendering import intrinsics_matrix, look_at_quat
-from evaluation.sim import CameraFrame, Observation
+from evaluation.simulators.rendering import intrinsics_matrix, look_at_quat
+from evaluation.simulators.sim import CameraFrame, Observation
 
 
 def _look_at_extrinsics(eye, target) -> np.ndarray:
@@ -126,8 +126,8 @@ def test_look_at_quaternion_points_the_camera_at_its_target():
 # --------------------------------------------------------------------------- real MuJoCo renders
 @pytest.fixture(scope="module")
 def mw_obs():
-    from evaluation.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
-    from evaluation.rendering import RenderConfig
+    from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
+    from evaluation.simulators.rendering import RenderConfig
 
     sim = MetaWorldSimulator(MetaWorldConfig(render=RenderConfig(width=96, height=96)))
     try:
@@ -164,7 +164,7 @@ def test_task_object_is_in_the_cloud_near_its_simulator_position(mw_obs):
 
 @pytest.mark.sim
 def test_camera_extrinsics_round_trip(mw_obs):
-    from evaluation.rendering import DEFAULT_CAMERAS
+    from evaluation.simulators.rendering import DEFAULT_CAMERAS
 
     _, obs = mw_obs
     for frame, spec in zip(obs.cameras, DEFAULT_CAMERAS, strict=True):

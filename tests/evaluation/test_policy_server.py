@@ -15,11 +15,11 @@ from eval_fakes import (
     wait_gone,
 )
 
-from evaluation.coordinator import Coordinator, PoolConfig
-from evaluation.episode import LocalInference, run_episode
-from evaluation.evaluate import plan_episodes
-from evaluation.fake_sim import FakeSimConfig, FakeSimulator
-from evaluation.policy_server import predict_rows, stack_conditions
+from evaluation.runtime.coordinator import Coordinator, PoolConfig
+from evaluation.runtime.episode import LocalInference, run_episode
+from evaluation.runtime.evaluate import plan_episodes
+from evaluation.runtime.policy_server import predict_rows, stack_conditions
+from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
 from policies.batch import ConditionBatch
 
 TASKS = FakeSimConfig().tasks

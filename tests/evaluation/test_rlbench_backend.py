@@ -16,9 +16,11 @@ import pytest
 import torch
 from rlbench_standin import standin as standin_helpers
 
-from evaluation.episode import EpisodeSpec, PointCloudConditioner, run_episode
+from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
+from evaluation.datasets.rlbench_keyframes import demo_keyframes
 from evaluation.pointcloud import frame_to_world
-from evaluation.rlbench_backend import (
+from evaluation.runtime.episode import EpisodeSpec, PointCloudConditioner, run_episode
+from evaluation.simulators.rlbench_backend import (
     RLBenchConfig,
     RLBenchSimulator,
     RLBenchUnavailableError,
@@ -27,9 +29,7 @@ from evaluation.rlbench_backend import (
     opencv_camera,
     rlbench_factory,
 )
-from evaluation.rlbench_import import rlbench_pointcloud_config
-from evaluation.rlbench_keyframes import demo_keyframes
-from evaluation.rlbench_tasks import (
+from evaluation.simulators.rlbench_tasks import (
     EPISODES_PER_TASK,
     EVAL_SEEDS,
     MAX_KEYPOSES,
@@ -38,9 +38,9 @@ from evaluation.rlbench_tasks import (
     TABLE_HEIGHT,
     class_name_of,
 )
-from evaluation.sim import PlannerError, SimulatorError, UnknownTaskError
+from evaluation.simulators.sim import PlannerError, SimulatorError, UnknownTaskError
 
-BLOCK_TOP = TABLE_HEIGHT + 0.05  # evaluation.fake_sim.BLOCK_HEIGHT above RLBench's table
+BLOCK_TOP = TABLE_HEIGHT + 0.05  # evaluation.simulators.fake_sim.BLOCK_HEIGHT above RLBench's table
 DOWN = [1.0, 0.0, 0.0, 0.0]  # gripper pointing down, xyzw
 
 
@@ -64,9 +64,9 @@ def small(**kw) -> RLBenchConfig:
 def test_module_imports_without_rlbench(monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")]:
         monkeypatch.delitem(sys.modules, name)
-    for name in ("evaluation.rlbench_backend", "evaluation.rlbench_import", "evaluation.rlbench_tasks"):
+    for name in ("evaluation.simulators.rlbench_backend", "evaluation.datasets.rlbench_import", "evaluation.simulators.rlbench_tasks"):
         monkeypatch.delitem(sys.modules, name)  # restored after the test
-    importlib.import_module("evaluation.rlbench_import")
+    importlib.import_module("evaluation.datasets.rlbench_import")
     assert [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")] == []
 
 
@@ -91,7 +91,7 @@ def test_missing_install_gives_a_clear_error(standin, monkeypatch, missing):
 
 
 def test_evaluation_cli_rlbench_suite(standin, tmp_path, monkeypatch, capsys):
-    from evaluation.run import _suite, main, parse_args, seeds_of
+    from evaluation.runtime.run import _suite, main, parse_args, seeds_of
 
     base = ["--checkpoint", str(tmp_path), "--suite", "rlbench"]
     with pytest.raises(SystemExit):
@@ -116,7 +116,7 @@ def test_pyrep_that_cannot_load_coppeliasim_is_not_called_missing(tmp_path, monk
     for name in [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    from evaluation.rlbench_backend import require_rlbench
+    from evaluation.simulators.rlbench_backend import require_rlbench
 
     with pytest.raises(RLBenchUnavailableError, match="installed but cannot load CoppeliaSim.*libcoppeliaSim"):
         require_rlbench()
@@ -416,8 +416,8 @@ def test_scene_depends_on_the_seed_without_demos(standin):
 
 # -- the protocol --------------------------------------------------------------------------------------------
 def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path, monkeypatch):
-    import evaluation.evaluate
-    from evaluation.rlbench_backend import evaluate_rlbench, protocol_kwargs
+    import evaluation.runtime.evaluate
+    from evaluation.simulators.rlbench_backend import evaluate_rlbench, protocol_kwargs
 
     with pytest.raises(ValueError, match="demo_root"):
         protocol_kwargs(small())
@@ -427,7 +427,7 @@ def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path,
         calls.append(kw)
         return "report"
 
-    monkeypatch.setattr(evaluation.evaluate, "evaluate_checkpoint", fake_evaluate_checkpoint)
+    monkeypatch.setattr(evaluation.runtime.evaluate, "evaluate_checkpoint", fake_evaluate_checkpoint)
     assert evaluate_rlbench("ckpt", small(demo_root=str(tmp_path))) == "report"
     assert len(calls) == 1  # one pool for all seeds
     kw = calls[0]
@@ -466,7 +466,7 @@ def test_3dda_gripper_step_moves_the_arm_first_then_changes_the_gripper(any_stan
 
 
 def test_3dda_protocol_settings(standin, tmp_path):
-    from evaluation.rlbench_backend import protocol_kwargs
+    from evaluation.simulators.rlbench_backend import protocol_kwargs
 
     dda = protocol_kwargs(small(demo_root=str(tmp_path)), protocol="3dda")
     cfg = dda["sim_factory"].args[0]
@@ -480,7 +480,7 @@ def test_3dda_protocol_settings(standin, tmp_path):
 
 
 def test_training_config_selects_the_protocol(standin, tmp_path):
-    from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
+    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
     from platform.config import load_config
     from platform.evaluate import eval_arguments
 

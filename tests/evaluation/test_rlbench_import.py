@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from rlbench_standin import standin as standin_helpers
 
-from evaluation.dataset import KeyframeDataset
-from evaluation.rlbench_backend import list_episodes
-from evaluation.rlbench_import import (
+from evaluation.datasets.dataset import KeyframeDataset
+from evaluation.datasets.rlbench_import import (
     VARIATION_INSTRUCTIONS,
     RLBenchImportError,
     decode_depth,
@@ -24,8 +23,9 @@ from evaluation.rlbench_import import (
     load_demo,
     main,
 )
-from evaluation.rlbench_keyframes import demo_keyframes
-from evaluation.rlbench_tasks import TABLE_HEIGHT
+from evaluation.datasets.rlbench_keyframes import demo_keyframes
+from evaluation.simulators.rlbench_backend import list_episodes
+from evaluation.simulators.rlbench_tasks import TABLE_HEIGHT
 
 BLOCK_TOP = TABLE_HEIGHT + 0.05
 
@@ -285,11 +285,10 @@ def test_samples_are_conditioned_on_their_own_variation_instruction(peract_split
 def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(peract_split, tmp_path, monkeypatch):
     """Import -> train (2 steps, in process) -> checkpoint -> an RLBench episode restored from a demo: the
     policy is conditioned on the variation's own instruction, exactly as its training samples were."""
-    from evaluation.bundle import CheckpointBundle
-    from evaluation.episode import EpisodeSpec, LocalInference, PointCloudConditioner, run_episode
-    from evaluation.evaluate import INSTRUCTIONS_FILE, load_instructions
-    from evaluation.rlbench_backend import RLBenchConfig, RLBenchSimulator
-    from evaluation.rlbench_import import rlbench_pointcloud_config
+    from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
+    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, CheckpointBundle, load_instructions
+    from evaluation.runtime.episode import EpisodeSpec, LocalInference, PointCloudConditioner, run_episode
+    from evaluation.simulators.rlbench_backend import RLBenchConfig, RLBenchSimulator
     from platform.checkpoint import latest_checkpoint
     from platform.cli import UserFacingError
     from platform.config import load_config

@@ -1,4 +1,4 @@
-"""PerAct's keyframe heuristic on synthetic RLBench-like trajectories (``evaluation.rlbench_keyframes``)."""
+"""PerAct's keyframe heuristic on synthetic RLBench-like trajectories (``evaluation.datasets.rlbench_keyframes``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evaluation.rlbench_keyframes import PerActKeyframeConfig, demo_keyframes, peract_keyframes
+from evaluation.datasets.rlbench_keyframes import PerActKeyframeConfig, demo_keyframes, peract_keyframes
 
 
 def trajectory(segments: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,7 @@ import string
 import numpy as np
 import pytest
 
-from evaluation.instructions import INSTRUCTIONS, instruction_for
-from evaluation.sim import UnknownTaskError
-from evaluation.text import (
+from evaluation.datasets.text import (
     TextEncoder,
     TextEncoderConfig,
     TextEncoderError,
@@ -18,6 +16,8 @@ from evaluation.text import (
     pad_tokens,
     resolve_kind,
 )
+from evaluation.simulators.instructions import INSTRUCTIONS, instruction_for
+from evaluation.simulators.sim import UnknownTaskError
 
 
 def test_every_metaworld_task_has_an_instruction():

@@ -7,10 +7,10 @@ import pytest
 from eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 from PIL import Image
 
-from evaluation.episode import EpisodeSpec, LocalInference, run_episode
-from evaluation.fake_sim import FakeSimConfig, FakeSimulator
-from evaluation.sim import CameraFrame
-from evaluation.video import RED, SCALE, annotate, project, video_name, write_gif, write_videos
+from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
+from evaluation.runtime.video import RED, SCALE, annotate, project, video_name, write_gif, write_videos
+from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
+from evaluation.simulators.sim import CameraFrame
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ TINY_TASKS = ["reach-v3", "button-press-topdown-v3"]
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """MT10 reach + button-press, one expert episode each: real MuJoCo rendering, real Parquet."""
-    from evaluation.collect import collect_dataset
+    from evaluation.datasets.collect import collect_dataset
 
     out = tmp_path_factory.mktemp("data") / "metaworld_tiny"
     collect_dataset(suite="mt10", tasks=TINY_TASKS, episodes_per_task=1, out=out, workers=1, seed=0, progress=False)

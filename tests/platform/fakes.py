@@ -12,7 +12,7 @@ from policies.synthetic import random_condition_batch
 
 
 class FakeKeyframeDataset:
-    """Quacks like ``evaluation.dataset.KeyframeDataset`` for the training loop: ``len``, ``batch``,
+    """Quacks like ``evaluation.datasets.dataset.KeyframeDataset`` for the training loop: ``len``, ``batch``,
     ``task_names``, ``instruction_embedding``. Samples are fixed synthetic scenes."""
 
     def __init__(self, policy_cfg, num_samples: int = 12, seed: int = 0, points: int = 96) -> None:

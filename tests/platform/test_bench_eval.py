@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from platform.bench_eval import actor_counts, format_table, main
+from platform.bench.evaluation import actor_counts, format_table, main
 
 pytestmark = pytest.mark.integration
 

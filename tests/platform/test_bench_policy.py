@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from platform import bench, bench_policy
+from platform.bench import cli as bench
+from platform.bench import policy as bench_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,23 +49,23 @@ def test_dispatcher_reports_unknown_and_missing_subcommands(capsys, monkeypatch)
     assert "unknown benchmark" in capsys.readouterr().err
     real_import = importlib.import_module
 
-    def fake_import(name, *args):  # pretend bench_eval is not written yet
-        if name == "platform.bench_eval":
+    def fake_import(name, *args):  # pretend the eval benchmark is not written yet
+        if name == "platform.bench.evaluation":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", fake_import)
     assert bench.main(["eval"]) == 2
-    assert "platform/bench_eval.py" in capsys.readouterr().err
+    assert "platform/bench/evaluation.py" in capsys.readouterr().err
 
 
 def test_bench_policy_imports_only_torch_numpy_pydantic_einops_and_policies():
     code = (
-        "import sys, platform.bench_policy\n"
+        "import sys, platform.bench.policy\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'ray', 'mlflow', 'pyarrow', 'transformers', 'metaworld', 'mujoco', 'evaluation', 'yaml'})\n"
         "bad += sorted(m for m in sys.modules if m.startswith('platform.') and m not in "
-        "{'platform.bench_policy'})\n"
+        "{'platform.bench', 'platform.bench.policy'})\n"
         "print(bad)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,7 +1,7 @@
 """cluster.yaml's layout on one machine: a head that trains (no ``sim`` resource) and two simulation nodes
 (``sim: 1`` each), as separate Ray nodes (``ray.cluster_utils.Cluster``, Ray's own multi-node test utility).
 
-The simulation nodes' processes may not read checkpoints (``evaluation.bundle.NO_READS_ENV``): everything an
+The simulation nodes' processes may not read checkpoints (``evaluation.runtime.bundle.NO_READS_ENV``): everything an
 evaluation actor needs must arrive through the object store. The cluster is shared by the module's tests.
 """
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from evaluation.bundle import NO_READS_ENV
+from evaluation.runtime.bundle import NO_READS_ENV
 from tests.platform.conftest import _free_port, run_platform, tiny_overrides
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_simulation_nodes_cannot_read_checkpoints(sim_cluster, tmp_path):
     import ray
 
     def read(path: str) -> str:
-        from evaluation.bundle import CheckpointBundle
+        from evaluation.runtime.bundle import CheckpointBundle
 
         try:
             CheckpointBundle.read(path)
@@ -91,9 +91,9 @@ def test_losing_simulation_nodes_mid_evaluation(sim_cluster):
     error within the episode timeout (a replacement actor never moves to the head)."""
     import ray
 
-    from evaluation.coordinator import Coordinator, EvaluationStartupError, PoolConfig
-    from evaluation.evaluate import plan_episodes
-    from evaluation.fake_sim import FakeSimConfig
+    from evaluation.runtime.coordinator import Coordinator, EvaluationStartupError, PoolConfig
+    from evaluation.runtime.evaluate import plan_episodes
+    from evaluation.simulators.fake_sim import FakeSimConfig
     from tests.evaluation.eval_fakes import FakePolicyFactory, conditioner, fake_instructions
 
     cluster, head, sims = sim_cluster

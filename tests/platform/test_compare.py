@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from platform.compare import main
-from platform.compare_reference import load_metaworld, load_published
-from platform.compare_runs import gpu_count, time_to_level
+from platform.compare.cli import main
+from platform.compare.published import load_metaworld, load_published
+from platform.compare.runs import gpu_count, time_to_level
 
 pytestmark = pytest.mark.unit
 

@@ -146,7 +146,7 @@ def test_known_eval_tasks_pass():
 
 
 def test_actors_never_exceed_episodes_or_the_cluster(monkeypatch):
-    from evaluation.run import cap_actors
+    from evaluation.runtime.run import cap_actors
     from platform.evaluate import plan_actors
     from platform.session import joins_cluster, local_cluster_cpus
 
@@ -215,7 +215,7 @@ def test_replayed_steps_are_not_logged_twice(sqlite_uri, tmp_path):
 
 
 def _fake_report(success: float) -> str:
-    from evaluation.metrics import EvalReport, TaskSummary
+    from evaluation.runtime.metrics import EvalReport, TaskSummary
 
     task = TaskSummary(task="reach-v3", episodes=2, successes=int(2 * success), success_rate=success,
                        status_counts={"ok": 2}, mean_steps=3.0)
@@ -257,8 +257,8 @@ def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, mon
 def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from evaluation.metrics import EvalReport
-    from evaluation.run import log_to_mlflow
+    from evaluation.runtime.metrics import EvalReport
+    from evaluation.runtime.run import log_to_mlflow
 
     client = MlflowClient(tracking_uri=sqlite_uri)
     experiment = client.create_experiment(f"standalone-{tmp_path.name}", artifact_location=(tmp_path / "art").as_uri())

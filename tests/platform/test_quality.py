@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from evaluation.metrics import EvalReport, TaskSummary
+from evaluation.runtime.metrics import EvalReport, TaskSummary
 from platform.cli import UserFacingError
 from platform.config import load_config, to_yaml
 from platform.marks import TimeMarks

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from evaluation.evaluate import INSTRUCTIONS_FILE, save_instructions
+from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
 from platform.cli import UserFacingError
 from platform.config import load_config
 from platform.data import ensure_dataset

@@ -141,7 +141,7 @@ def _assert_videos(run_dir: Path, checkpoint: str, uri: str, run_id: str) -> Non
     """One rollout video per evaluated task (1 episode each here), bounded in size, also in MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from evaluation.video import MAX_VIDEO_BYTES
+    from evaluation.runtime.video import MAX_VIDEO_BYTES
 
     videos = sorted((run_dir / "eval" / "videos" / checkpoint).glob("*.gif"))
     assert {v.name.rsplit("_", 1)[0] for v in videos} == {"reach-v3", "button-press-topdown-v3"}, videos

@@ -34,12 +34,12 @@ def activate(monkeypatch, flavour: str = "upstream") -> Iterator[Path]:
 
 
 class FakeTextEncoder:
-    """Test fake of ``evaluation.text.TextEncoder``: deterministic 4-d token features per word."""
+    """Test fake of ``evaluation.datasets.text.TextEncoder``: deterministic 4-d token features per word."""
 
     name = "fake-words"
 
     def encode(self, texts):
-        from evaluation.text import InstructionEmbedding
+        from evaluation.datasets.text import InstructionEmbedding
 
         out = []
         for text in texts:

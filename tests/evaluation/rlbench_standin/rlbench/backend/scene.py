@@ -1,7 +1,7 @@
 """Stand-in for ``rlbench.backend.scene.Scene`` with the fake simulator's physics.
 
 World: a table top at ``TABLE_Z`` (RLBench's height), one block whose top face is ``BLOCK_HEIGHT`` above
-it (sizes from ``evaluation.fake_sim``), placed with the *global* numpy RNG at ``init_episode`` (as
+it (sizes from ``evaluation.simulators.fake_sim``), placed with the *global* numpy RNG at ``init_episode`` (as
 RLBench places objects), so ``Demo.restore_state()`` reproduces a demo's scene. The gripper is a point
 with an orientation; planned paths move it in straight, eased steps and then settle for two steps with
 zero joint velocity (the arm coming to rest at a waypoint). Five cameras named as RLBench's are
@@ -14,7 +14,7 @@ import numpy as np
 from pyrep.errors import ConfigurationPathError
 from pyrep.objects.vision_sensor import VisionSensor
 
-from evaluation.fake_sim import BLOCK_HALF, BLOCK_HEIGHT, GRID
+from evaluation.simulators.fake_sim import BLOCK_HALF, BLOCK_HEIGHT, GRID
 from rlbench._flavour import FORK
 from rlbench.backend.observation import Observation
 from rlbench.demo import Demo

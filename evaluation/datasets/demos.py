@@ -1,0 +1,173 @@
+"""Scripted-expert demonstrations: roll out, find keyframes, render only the keyframe observations.
+
+``run_expert`` steps a ``metaworld.policies`` expert without rendering and keeps a full-physics state
+snapshot per step (cheap). ``episode_samples`` restores the snapshots at the observation frames,
+renders them once each, and builds the (observation -> next keypose) samples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evaluation.datasets.keyframes import Keyframe, KeyframeConfig, detect_keyframes
+from evaluation.pointcloud import PointCloudConfig, frames_to_points
+from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
+
+
+class ExpertError(RuntimeError):
+    """The scripted expert did not solve the episode (it is skipped, and counted, by collection)."""
+
+
+@dataclass
+class Trajectory:
+    task: str
+    variation: int
+    seed: int
+    tcp: np.ndarray  # (T+1, 3) TCP positions, index 0 = reset state
+    grip_open: np.ndarray  # (T+1,) bool, command applied at step t (index 0: open at reset)
+    quat: np.ndarray  # (T+1, 4) hand orientation xyzw
+    grip_dist: np.ndarray  # (T+1,) finger opening in [0, 1]
+    states: list[np.ndarray]  # T+1 full-physics snapshots
+    success: bool
+    physics_s: float = 0.0
+
+
+@dataclass
+class Sample:
+    """One training sample: the observation at a keyframe and the next keypose."""
+
+    task: str
+    variation: int
+    episode: int
+    frame: int  # keyframe number within the episode (0 = reset observation)
+    state_index: int  # trajectory state index that was rendered
+    points: np.ndarray  # (N, 7) float32
+    gripper_pose: np.ndarray  # (8,) float32
+    target_pose: np.ndarray  # (8,) float32
+
+
+@dataclass
+class EpisodeTimes:
+    physics_s: float = 0.0
+    render_s: float = 0.0
+    points_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def expert_for(task: str):
+    """A fresh ``metaworld.policies`` scripted expert of ``task``."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return ENV_POLICY_MAP[task]()
+
+
+def effort_is_open(effort: float) -> bool:
+    """Binary gripper state of an expert's grab effort (+1 closes; <= 0 is open)."""
+    return bool(effort <= 0.0)
+
+
+def run_expert(
+    sim: MetaWorldSimulator,
+    task: str,
+    variation: int,
+    seed: int,
+    max_steps: int = 500,
+    settle_steps: int = 30,
+) -> Trajectory:
+    """Roll the expert out, recording the TCP path, gripper commands and a state snapshot per step.
+
+    Runs until the first success, then up to ``settle_steps`` more steps while the task stays solved
+    (the expert keeps converging; the first success is often at the edge of the success radius), and
+    ends at the last solved step. ``max_steps`` bounds the steps before the first success.
+    """
+    start = time.perf_counter()
+    sim.reset_state(task, variation, seed)
+    expert = expert_for(task)
+    tcp, grip, quat, states = [sim.tcp_position()], [True], [sim.gripper_pose()[3:7]], [sim.get_state()]
+    dist = [float(sim.last_obs[3])]
+    solved_at: int | None = None
+    last_solved = 0
+    while len(tcp) <= max_steps + settle_steps:
+        if solved_at is None and len(tcp) > max_steps:
+            break
+        if solved_at is not None and len(tcp) > solved_at + settle_steps:
+            break
+        action = np.asarray(expert.get_action(sim.last_obs), np.float32)
+        solved_now = sim.apply_action(action, sticky=False)
+        tcp.append(sim.tcp_position())
+        grip.append(effort_is_open(float(action[3])))
+        quat.append(sim.gripper_pose()[3:7])
+        dist.append(float(sim.last_obs[3]))
+        states.append(sim.get_state())
+        if solved_now:
+            last_solved = len(tcp) - 1
+            solved_at = last_solved if solved_at is None else solved_at
+        elif solved_at is not None:
+            break
+    end = last_solved + 1 if solved_at is not None else len(tcp)
+    return Trajectory(
+        task=task,
+        variation=variation,
+        seed=seed,
+        tcp=np.array(tcp[:end]),
+        grip_open=np.array(grip[:end], bool),
+        quat=np.array(quat[:end]),
+        grip_dist=np.array(dist[:end]),
+        states=states[:end],
+        success=solved_at is not None,
+        physics_s=time.perf_counter() - start,
+    )
+
+
+def keyframes_of(traj: Trajectory, cfg: KeyframeConfig) -> list[Keyframe]:
+    return detect_keyframes(traj.tcp, traj.grip_open, cfg, grip_dist=traj.grip_dist)
+
+
+def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
+    """(8,) target pose of a keyframe: TCP xyz, orientation xyzw, gripper open.
+
+    The orientation is Meta-World's fixed commanded one (the measured hand orientation wobbles by a
+    few degrees under contact; the current gripper pose keeps the measured one, as at evaluation)."""
+    return np.array([*traj.tcp[kf.index], *FIXED_QUAT_XYZW, float(kf.gripper_open)], np.float32)
+
+
+def episode_samples(
+    sim: MetaWorldSimulator,
+    traj: Trajectory,
+    episode: int,
+    pc_cfg: PointCloudConfig,
+    kf_cfg: KeyframeConfig,
+    times: EpisodeTimes,
+) -> list[Sample]:
+    """Samples (observation at keyframe i-1 -> keypose i) of a successful trajectory."""
+    if not traj.success:
+        raise ExpertError(f"the expert failed {traj.task} variation {traj.variation}")
+    keyframes = keyframes_of(traj, kf_cfg)
+    samples = []
+    for i, kf in enumerate(keyframes):
+        obs_i = 0 if i == 0 else keyframes[i - 1].index
+        gripper_open = True if i == 0 else keyframes[i - 1].gripper_open
+        sim.set_state(traj.states[obs_i])
+        t0 = time.perf_counter()
+        frames = sim._renderer().render(sim.env.data)
+        t1 = time.perf_counter()
+        points = frames_to_points(frames, pc_cfg)
+        times.render_s += t1 - t0
+        times.points_s += time.perf_counter() - t1
+        gripper = np.array([*traj.tcp[obs_i], *traj.quat[obs_i], float(gripper_open)], np.float32)
+        samples.append(
+            Sample(
+                task=traj.task,
+                variation=traj.variation,
+                episode=episode,
+                frame=i,
+                state_index=obs_i,
+                points=points,
+                gripper_pose=gripper,
+                target_pose=keypose(traj, kf),
+            )
+        )
+    return samples

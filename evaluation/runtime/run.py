@@ -1,0 +1,208 @@
+"""Evaluate a checkpoint headlessly with parallel simulator actors.
+
+    python -m evaluation.run --checkpoint runs/x/checkpoints/step_00001000 --suite mt10 --episodes 25 --actors 4
+    xvfb-run -a python -m evaluation.run --checkpoint ... --suite rlbench --rlbench-demo-root data/peract/test
+
+Prints the per-task success table, writes the JSON report (``--json``) and logs to an MLflow run when
+``--mlflow-run-id`` is given. The episodes are the suite's *test* variations (disjoint from the
+training ones) with seeds derived from ``--seed``, so two runs of one checkpoint give the same numbers.
+``--suite rlbench`` is the PerAct / 3DDA protocol: the test split's episodes restored with
+``reset_to_demo``, 25 per task, 3 seeds, at most 25 keyposes (needs RLBench: docs/rlbench.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from evaluation.runtime.coordinator import EvaluationStartupError, PoolConfig
+from evaluation.runtime.metrics import EvalReport
+from policies.base import CheckpointError
+
+SUITES = ("mt10", "mt50", "rlbench", "fake")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (policy.json, model.pt, ...)")
+    p.add_argument("--suite", default="mt10", choices=SUITES, help="task suite (fake: the test simulator)")
+    p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks")
+    p.add_argument("--episodes", type=int, default=25, help="episodes per task (per seed)")
+    p.add_argument("--actors", type=int, default=2, help="simulator actors")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds derive from it)")
+    p.add_argument("--num-seeds", type=int, default=None,
+                   help="seeds --seed, --seed+1, ... on one pool, each with --episodes per task "
+                        "(default 3 for rlbench, as the papers report, else 1)")
+    p.add_argument("--rlbench-demo-root", type=Path, default=None,
+                   help="--suite rlbench: the PerAct test split (<task>/all_variations/episodes/episode<i>)")
+    p.add_argument("--rlbench-protocol", default="peract", choices=("peract", "3dda"),
+                   help="--suite rlbench: PerAct's evaluation rules (a planner error ends the episode) or 3D "
+                        "Diffuser Actor's (a second try, a separate gripper step, planner errors cost a step)")
+    p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced")
+    p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
+    p.add_argument("--policy-server", default="auto", choices=("auto", "on", "off"),
+                   help="batch inference in one policy server actor (auto: when the cluster has a GPU)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--sim-resource", default="auto", choices=("auto", "on", "off"),
+                   help="request the custom 'sim' resource of cluster.yaml (auto: when the cluster has it now; "
+                        "'on' for autoscaling clusters whose simulation nodes are not up yet)")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--mlflow-run-id", default=None, help="log eval/<task>/success etc. to this MLflow run")
+    p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="sqlite:////abs/path/mlflow.db (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--mlflow-step", type=int, default=0, help="step to log the metrics at")
+    p.add_argument("--ray-address", default="local", help="'local' starts a private Ray; 'auto' joins a cluster")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.actors < 1 or args.retries < 0 or args.max_keyposes < 1:
+        p.error("--episodes, --actors and --max-keyposes must be >= 1, --retries >= 0")
+    if args.num_seeds is not None and not 1 <= args.num_seeds <= 20:
+        p.error("--num-seeds must be in 1..20")
+    if args.suite == "rlbench" and args.rlbench_demo_root is None:
+        p.error("--suite rlbench restores the PerAct test split's episodes: pass --rlbench-demo-root <dir>")
+    return args
+
+
+def cluster_actor_capacity(cpus_per_actor: float = 1.0, use_sim_resource: bool | None = None) -> int | None:
+    """How many evaluation actors the connected Ray cluster can run at once (what the coordinator checks
+    before it starts them): its CPUs over ``cpus_per_actor``, and at most its ``sim`` slots when actors use
+    them. None when unknown (``use_sim_resource=True``: an autoscaler may still add simulation nodes)."""
+    import ray
+
+    from evaluation.runtime.actors import SIM_RESOURCE
+
+    if use_sim_resource is True:
+        return None
+    resources = ray.cluster_resources()
+    capacity = int(resources.get("CPU", 0) / cpus_per_actor + 1e-9)
+    if use_sim_resource is None and resources.get(SIM_RESOURCE, 0) >= 1:
+        capacity = min(capacity, int(resources[SIM_RESOURCE]))
+    return capacity
+
+
+def cap_actors(requested: int, episodes: int, capacity: int | None = None,
+               what: str = "--actors") -> tuple[int, str | None]:
+    """Never more simulator actors than episodes to run, nor than the cluster can run at once (``capacity``,
+    None: unknown). Returns the number to start and, when it is below ``requested``, one line saying why."""
+    n, why = requested, []
+    if episodes < n:
+        n = max(1, episodes)
+        why.append(f"{episodes} episode{'s' if episodes != 1 else ''} to run")
+    if capacity is not None and 1 <= capacity < n:
+        n = capacity
+        why.append(f"the Ray cluster runs {capacity} at once")
+    if n == requested:
+        return n, None
+    return n, f"{what}={requested} capped to {n} simulator actor{'s' if n != 1 else ''}: {' and '.join(why)}"
+
+
+def seeds_of(args: argparse.Namespace) -> int | list[int]:
+    n = args.num_seeds if args.num_seeds is not None else (3 if args.suite == "rlbench" else 1)
+    return args.seed if n == 1 else [args.seed + k for k in range(n)]
+
+
+def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
+    """(tasks, simulator factory, test variations) of the chosen suite."""
+    if args.suite == "fake":
+        from evaluation.simulators.fake_sim import FakeSimConfig
+
+        cfg = FakeSimConfig()
+        tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
+    elif args.suite == "rlbench":  # test episode i of each task restores demo i of the test split
+        from evaluation.simulators.rlbench_backend import RLBenchConfig, protocol_kwargs
+        from evaluation.simulators.rlbench_tasks import resolve_tasks
+
+        chosen = resolve_tasks(args.tasks or None)
+        proto = protocol_kwargs(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)), args.episodes,
+                                args.rlbench_protocol)
+        return list(chosen), proto["sim_factory"], list(proto["variations"])
+    else:
+        from evaluation.runtime.evaluate import metaworld_factory, metaworld_test_variations
+        from evaluation.simulators.metaworld_backend import suite_task_names
+
+        tasks = suite_task_names(args.suite)
+        factory, variations = metaworld_factory(args.suite), list(metaworld_test_variations())
+    if args.tasks:
+        chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = sorted(set(chosen) - set(tasks))
+        if unknown:
+            raise ValueError(f"--tasks {unknown} are not in suite {args.suite}; it has {', '.join(tasks)}")
+        tasks = chosen
+    return tasks, factory, variations
+
+
+def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, step: int, name: str) -> bool:
+    """Log the report's metrics at ``step`` and the JSON as an artifact of an existing MLflow run. Metrics the
+    run already holds at ``step`` are not logged again (one value per metric and step); False when none was
+    new."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    held = set(client.get_run(run_id).data.metrics)
+    metrics = [Metric(key, float(value), now, step) for key, value in report.mlflow_metrics("eval").items()
+               if key not in held or all(m.step != step for m in client.get_metric_history(run_id, key))]
+    if not metrics:
+        return False
+    client.log_batch(run_id, metrics=metrics)
+    client.log_text(run_id, report.to_json(), f"eval/{name}.json")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evaluation.runtime.bundle import CheckpointBundle
+    from evaluation.runtime.evaluate import evaluate_checkpoint, ray_session
+
+    try:
+        tasks, factory, variations = _suite(args)
+        bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
+        seeds = seeds_of(args)
+        episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
+        actors, note = cap_actors(args.actors, episodes)  # the cluster's capacity is checked by the pool
+        if note:
+            print(note, flush=True)
+        pool = PoolConfig(
+            num_actors=actors,
+            cpus_per_actor=args.cpus_per_actor,
+            max_keyposes=args.max_keyposes,
+            on_planner_error="continue" if args.suite == "rlbench" and args.rlbench_protocol == "3dda" else "end",
+            episode_timeout_s=args.timeout,
+            max_attempts=args.retries + 1,
+            policy_server=args.policy_server,
+            use_sim_resource={"auto": None, "on": True, "off": False}[args.sim_resource],
+            progress=not args.no_progress,
+        )
+        with ray_session(address=args.ray_address):
+            report = evaluate_checkpoint(
+                bundle, tasks=tasks, episodes_per_task=args.episodes, num_actors=actors,
+                seed=seeds, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+            )
+    except (CheckpointError, EvaluationStartupError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.table())
+    for line in report.failures:
+        print(f"  fault: {line}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json())
+        print(f"report written to {args.json}")
+    if args.mlflow_run_id:
+        if log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,
+                         f"{args.suite}_seed{args.seed}"):
+            print(f"logged to MLflow run {args.mlflow_run_id}")
+        else:
+            print(f"MLflow run {args.mlflow_run_id} already holds these eval/* metrics at step {args.mlflow_step}: "
+                  "not logged again (pass another --mlflow-step)")
+    return 1 if report.episodes and report.errors == report.episodes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

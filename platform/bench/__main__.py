@@ -1,0 +1,5 @@
+import sys
+
+from platform.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from platform.compare.cli import main
+
+sys.exit(main())
