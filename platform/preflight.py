@@ -2,7 +2,7 @@
 
 - ``check_data_path``, ``check_output_dir``: ``data.path`` is a directory, or can be created for a dataset to be
   collected or imported into it; ``output_dir`` can hold the run directory (created, and writable).
-- ``driver_lock``: one driver per run. The driver holds ``<run dir>/.driver.lock`` (``platform.filelock``)
+- ``driver_lock``: one driver per run. The driver holds ``<run dir>/.driver.lock`` (``evaluation.filelock``)
   for its whole life, taken before anything else touches the run (its ``experiment.yaml``, Ray, MLflow), so a
   second command with the same ``name`` is refused within seconds and changes nothing of the first. The
   train worker's own ``.train.lock`` (``platform.worker``) stays: it covers a killed driver's worker that Ray
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from evaluation.filelock import FileLock, LockBusyError
 from platform.cli import UserFacingError
-from platform.filelock import FileLock, LockBusyError
 
 DRIVER_LOCK_FILE = ".driver.lock"
 MANIFEST_FILE = "manifest.json"

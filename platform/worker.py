@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from evaluation.filelock import FileLock, LockBusyError
 from evaluation.runtime.episode import Instructions
 from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig
-from platform.filelock import FileLock, LockBusyError
 from platform.loop import (
     TrainingState,
     build_training,

@@ -14,8 +14,8 @@ arguments -> same bytes (Meta-World is deterministic; nothing depends on worker 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -44,6 +44,7 @@ from evaluation.datasets.dataset import (
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.parallel import run_pool
 from evaluation.datasets.text import TextEncoderConfig, get_encoder
+from evaluation.filelock import FileLock
 from evaluation.files import atomic_write_bytes, sha256_file
 from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.instructions import instruction_for
@@ -258,17 +259,12 @@ def collect_dataset(
 def _exclusive(out: Path, progress: bool):
     """One collection per directory at a time: a second one (e.g. parallel Tune trials) waits for the
     first, then finds its shards (and usually its manifest) and finishes at once."""
-    with (out / LOCK).open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print(f"[collect] another collection is writing {out}; waiting for it", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    def waiting(holder: str) -> None:
+        if progress:
+            print(f"[collect] another collection is writing {out} ({holder}); waiting for it", flush=True)
+
+    with FileLock(out / LOCK).acquire(wait_s=math.inf, on_wait=waiting):
+        yield
 
 
 def _collect_locked(

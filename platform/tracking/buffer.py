@@ -28,8 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from evaluation.filelock import FileLock, LockBusyError
 from evaluation.files import atomic_write_json
-from platform.filelock import FileLock, LockBusyError
 
 _log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One process per run directory / tracking buffer: ``platform.filelock`` and the train worker's run lock."""
+"""One process per run directory / tracking buffer: ``evaluation.filelock`` and the train worker's run lock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from platform.filelock import FileLock, LockBusyError
+from evaluation.filelock import FileLock, LockBusyError
 
 pytestmark = pytest.mark.unit
 
