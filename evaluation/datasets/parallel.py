@@ -8,17 +8,18 @@ workers' ``PYTHONPATH``). ``workers == 1`` runs in this process.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from evaluation.raysession import ray_session
+
 J = TypeVar("J")
 R = TypeVar("R")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _indexed(args: tuple[Callable[[Any], Any], int, Any]) -> tuple[int, Any]:
@@ -34,24 +35,6 @@ def _worker_init() -> None:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-
-
-def _ray_pool(workers: int) -> tuple[Any, bool]:
-    """A Ray actor pool, and whether this call started the Ray session (then the caller shuts it down)."""
-    import ray
-    from ray.util.multiprocessing import Pool
-
-    started = False
-    if not ray.is_initialized():
-        env = {"PYTHONPATH": str(REPO_ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS", "local"),
-            runtime_env={"env_vars": env},
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-        started = True
-    return Pool(processes=workers, initializer=_worker_init), started
 
 
 def run_pool(
@@ -74,24 +57,23 @@ def run_pool(
                 bar.update(1)
             return results
         n = min(workers, len(jobs))
-        started_ray = False
-        if executor == "ray":
-            pool, started_ray = _ray_pool(n)
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init)
-        try:
-            tasks = [(fn, i, job) for i, job in enumerate(jobs)]
-            chunk = max(1, len(jobs) // (n * 8))  # consecutive jobs (same task) share a worker's contexts
-            for index, result in pool.imap_unordered(_indexed, tasks, chunksize=chunk):
-                results[index] = result
-                bar.update(1)
-        finally:
-            pool.terminate()
-            pool.join()
-            if started_ray:
-                import ray
+        with contextlib.ExitStack() as stack:
+            if executor == "ray":
+                from ray.util.multiprocessing import Pool
 
-                ray.shutdown()
+                stack.enter_context(ray_session(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False))
+                pool = Pool(processes=n, initializer=_worker_init)
+            else:
+                pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init)
+            try:
+                tasks = [(fn, i, job) for i, job in enumerate(jobs)]
+                chunk = max(1, len(jobs) // (n * 8))  # consecutive jobs (same task) share a worker's contexts
+                for index, result in pool.imap_unordered(_indexed, tasks, chunksize=chunk):
+                    results[index] = result
+                    bar.update(1)
+            finally:
+                pool.terminate()
+                pool.join()
         return results
     finally:
         bar.close()

@@ -11,19 +11,18 @@ variations differ by language also ``__texts__/strings`` (K,) str, ``__texts__/t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import os
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from evaluation.raysession import ray_session
 from evaluation.runtime.actors import SimFactory
 from evaluation.runtime.bundle import BundlePolicy, CheckpointBundle
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
@@ -31,10 +30,6 @@ from evaluation.runtime.episode import ConditionFn, EpisodeSpec, Instruction, In
 from evaluation.runtime.metrics import EvalReport, seed_success, summarize
 from evaluation.runtime.policy_server import PolicyFactory
 from policies.base import CheckpointError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 
 
 def episode_seed(seed: int, task: str, index: int) -> int:
@@ -54,23 +49,6 @@ def plan_episodes(tasks: Sequence[str], episodes_per_task: int, seed: int, varia
         for task in tasks
         for i in range(episodes_per_task)
     ]
-
-
-@contextlib.contextmanager
-def ray_session(num_cpus: int | None = None, address: str | None = "local", **kwargs: Any) -> Iterator[bool]:
-    """Use the running Ray session, or start one and shut it down afterwards. Yields whether it started one."""
-    if ray.is_initialized():
-        yield False
-        return
-    if address == "local" and "runtime_env" not in kwargs:
-        # Workers import ``evaluation``/``policies`` from this checkout wherever the driver was started.
-        env = {"PYTHONPATH": str(REPO_ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-        kwargs["runtime_env"] = {"env_vars": env}
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
-    try:
-        yield True
-    finally:
-        ray.shutdown()
 
 
 def evaluate(

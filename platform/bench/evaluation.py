@@ -193,7 +193,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from evaluation.runtime.evaluate import ray_session
+    from evaluation.raysession import ray_session
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.backend == "fake" and args.tasks == "reach-v3":
