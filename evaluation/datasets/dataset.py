@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,23 @@ def write_table(table: pa.Table, path: Path) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def samples_table(samples: Sequence[Any], instruction: str) -> pa.Table:
-    """Rows of ``evaluation.datasets.demos.Sample`` objects as a table of ``SAMPLE_SCHEMA``."""
+@dataclass
+class KeyframeSample:
+    """One training sample, whoever made it (Meta-World collection, RLBench import): the observation at a
+    keyframe and the next keypose."""
+
+    task: str
+    variation: int
+    episode: int
+    frame: int  # keyframe number within the episode (0 = the first observation)
+    state_index: int  # the trajectory / demo frame that was observed
+    points: np.ndarray  # (N, 7) float32
+    gripper_pose: np.ndarray  # (8,) float32
+    target_pose: np.ndarray  # (8,) float32
+
+
+def samples_table(samples: Sequence[KeyframeSample], instruction: str) -> pa.Table:
+    """``KeyframeSample`` rows as a table of ``SAMPLE_SCHEMA`` (one episode's shard)."""
     return pa.Table.from_pydict(
         {
             "task": [s.task for s in samples],

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evaluation.datasets.dataset import KeyframeSample
 from evaluation.datasets.keyframes import Keyframe, KeyframeConfig, detect_keyframes
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
@@ -33,20 +34,6 @@ class Trajectory:
     states: list[np.ndarray]  # T+1 full-physics snapshots
     success: bool
     physics_s: float = 0.0
-
-
-@dataclass
-class Sample:
-    """One training sample: the observation at a keyframe and the next keypose."""
-
-    task: str
-    variation: int
-    episode: int
-    frame: int  # keyframe number within the episode (0 = reset observation)
-    state_index: int  # trajectory state index that was rendered
-    points: np.ndarray  # (N, 7) float32
-    gripper_pose: np.ndarray  # (8,) float32
-    target_pose: np.ndarray  # (8,) float32
 
 
 @dataclass
@@ -141,7 +128,7 @@ def episode_samples(
     pc_cfg: PointCloudConfig,
     kf_cfg: KeyframeConfig,
     times: EpisodeTimes,
-) -> list[Sample]:
+) -> list[KeyframeSample]:
     """Samples (observation at keyframe i-1 -> keypose i) of a successful trajectory."""
     if not traj.success:
         raise ExpertError(f"the expert failed {traj.task} variation {traj.variation}")
@@ -159,7 +146,7 @@ def episode_samples(
         times.points_s += time.perf_counter() - t1
         gripper = np.array([*traj.tcp[obs_i], *traj.quat[obs_i], float(gripper_open)], np.float32)
         samples.append(
-            Sample(
+            KeyframeSample(
                 task=traj.task,
                 variation=traj.variation,
                 episode=episode,

@@ -44,6 +44,7 @@ from evaluation.datasets.dataset import (
     INSTRUCTIONS,
     SCHEMA_VERSION,
     STATS,
+    KeyframeSample,
     instructions_table,
     sample_fields,
     samples_table,
@@ -180,18 +181,6 @@ def observation_frames(episode: Path, frame: int, obs: Any, cameras: Sequence[st
 
 
 # -- one episode -> one shard -----------------------------------------------------------------------------
-@dataclass
-class RLBenchSample:
-    task: str
-    variation: int
-    episode: int
-    frame: int  # keyframe number within the episode (0 = first observation)
-    state_index: int  # demo frame that was observed
-    points: np.ndarray  # (N, 7) float32
-    gripper_pose: np.ndarray  # (8,) float32
-    target_pose: np.ndarray  # (8,) float32
-
-
 @dataclass(frozen=True)
 class ImportJob:
     out: str
@@ -220,7 +209,7 @@ def shard_path(out: Path, task: str, episode: int) -> Path:
     return out / "shards" / task / f"ep{episode:04d}.parquet"
 
 
-def episode_samples(job: ImportJob) -> list[RLBenchSample]:
+def episode_samples(job: ImportJob) -> list[KeyframeSample]:
     """The (observation at keyframe j -> keypose j+1) samples of one episode."""
     src = Path(job.source)
     demo = load_demo(src / "low_dim_obs.pkl")
@@ -235,7 +224,7 @@ def episode_samples(job: ImportJob) -> list[RLBenchSample]:
         obs = demo[f]
         points = frames_to_points(observation_frames(src, f, obs, job.cameras), pc_cfg)
         samples.append(
-            RLBenchSample(
+            KeyframeSample(
                 task=job.task,
                 variation=job.variation,
                 episode=job.episode,

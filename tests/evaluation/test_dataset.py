@@ -17,12 +17,12 @@ from evaluation.datasets.dataset import (
     SCHEMA_VERSION,
     DatasetError,
     KeyframeDataset,
+    KeyframeSample,
     instructions_table,
     samples_table,
     write_manifest,
     write_table,
 )
-from evaluation.datasets.demos import Sample
 from evaluation.files import sha256_file
 from evaluation.pointcloud import PointCloudConfig, select_points
 from evaluation.simulators.rendering import RenderConfig
@@ -38,7 +38,7 @@ def _write_synthetic_dataset(root: Path, samples_per_shard: int = 3) -> Path:
     for t, task in enumerate(TASKS):
         for variation in range(2):
             samples = [
-                Sample(
+                KeyframeSample(
                     task,
                     variation,
                     variation,
