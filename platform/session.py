@@ -58,18 +58,20 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker resource of the head node (1 unit)
 
 
-def train_worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
-    """``resources_per_worker`` of the Ray Train workers: their CPUs, plus a sliver of the head's marker
-    resource when they must run on the head (``ray.train_on_head``; needs a connected Ray)."""
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    on_head = cfg.ray.train_on_head
-    if on_head is None:
+def on_head(cfg: ExperimentConfig) -> dict[str, float]:
+    """The resource that pins a task or actor to the head node (a sliver of Ray's head marker), when training
+    belongs on the head (``ray.train_on_head``; None: when the cluster has simulation nodes), else nothing."""
+    pinned = cfg.ray.train_on_head
+    if pinned is None:
         import ray
 
-        on_head = ray.is_initialized() and ray.cluster_resources().get("sim", 0) >= 1
-    if on_head:
-        resources[HEAD_RESOURCE] = 0.001
-    return resources
+        pinned = ray.is_initialized() and ray.cluster_resources().get("sim", 0) >= 1
+    return {HEAD_RESOURCE: 0.001} if pinned else {}
+
+
+def train_worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """``resources_per_worker`` of the Ray Train workers: their CPUs, pinned to the head when it trains."""
+    return {"CPU": cfg.ray.cpus_per_worker, **on_head(cfg)}
 
 
 def _in_job() -> bool:

@@ -165,7 +165,12 @@ def run_tuner(meta: dict[str, Any], space: dict[str, Any], metric: str, schedule
     from ray import tune
 
     sweep = meta["sweep"]
-    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta), {"cpu": 0.05})
+    from platform.session import on_head
+
+    # The trial's driver writes the run directory its train workers use: on the head with them.
+    head = on_head(ExperimentConfig.model_validate(meta["base"]))
+    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta),
+                                    tune.PlacementGroupFactory([{"CPU": 0.05, **head}]))
     storage = str(Path(meta["sweep_dir"]) / "tune")
     path = str(Path(storage) / sweep)
     if tune.Tuner.can_restore(path):
