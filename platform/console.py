@@ -55,13 +55,18 @@ def colour_prefix(stream: Any = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def quiet_ray_console() -> bool:
-    """Install the filter on this driver's Ray log forwarding (after ``ray.init``). Returns whether it
-    could (Ray's forwarding hook is internal; without it everything is printed as before)."""
+def quiet_ray_notices() -> None:
+    """Before ``ray.init``: the driver-side notices off, and no colour codes unless stdout is a terminal."""
     if "RAY_COLOR_PREFIX" not in os.environ and not colour_prefix():
         os.environ["RAY_COLOR_PREFIX"] = "0"  # read by Ray at each printed line
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_ray_console() -> bool:
+    """Install the filter on this driver's Ray log forwarding (after ``ray.init``). Returns whether it
+    could (Ray's forwarding hook is internal; without it everything is printed as before)."""
+    quiet_ray_notices()
     try:
         from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher

@@ -37,6 +37,9 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
 
     if ray.is_initialized():
         return 0.0
+    from platform.console import quiet_ray_console, quiet_ray_notices
+
+    quiet_ray_notices()  # before ray.init, which prints them
     t0 = time.perf_counter()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     in_job = _in_job()
@@ -49,8 +52,6 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
         # The dashboard serves the State API that Ray Train's controller polls (and the UI at :8265).
         ray.init(address="local", num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
                  runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
-    from platform.console import quiet_ray_console
-
     quiet_ray_console()
     return time.perf_counter() - t0
 
