@@ -116,6 +116,7 @@ def evaluate_checkpoint(
     instructions: Instructions | Mapping[str, Instruction] | None = None,
     pool: PoolConfig | None = None,
     video_dir: str | Path | None = None,
+    policy_factory: PolicyFactory | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint (a directory, read here, or a ``CheckpointBundle`` read elsewhere) on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
 
@@ -126,7 +127,8 @@ def evaluate_checkpoint(
     ``seed_success`` holds each seed's mean. ``pool`` overrides the pool settings (its ``num_actors``
     is replaced by ``num_actors``). With ``pool.videos``, rollout videos are written to ``video_dir``.
     ``instructions`` replace the checkpoint's own. The actors and the policy server get the checkpoint through
-    Ray's object store (``evaluation.runtime.bundle``): they never open its directory.
+    Ray's object store (``evaluation.runtime.bundle``): they never open its directory. ``policy_factory`` replaces the bundle's policy
+    (tests and benchmarks with fake policies).
     """
     if isinstance(checkpoint, CheckpointBundle):
         bundle = checkpoint
@@ -156,7 +158,8 @@ def evaluate_checkpoint(
     meta = {"checkpoint": bundle.source, "suite": suite, "seed": seeds[0] if len(seeds) == 1 else seeds,
             "episodes_per_task": episodes_per_task}
     with ray_session():
-        factory = BundlePolicy(ray.put(bundle))  # once: every actor (or the server) reads the same object
+        # Once: every actor (or the server) reads the same object.
+        factory = policy_factory or BundlePolicy(ray.put(bundle))
         report = evaluate(sim_factory, factory, bundle.instructions, specs, bundle.condition_fn(), pool, meta,
                           None if video_dir is None else Path(video_dir))
     if len(seeds) == 1:

@@ -77,14 +77,17 @@ def test_results_complete_ordered_and_deterministic(pool):
 
 def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     """The RLBench protocol's 3 seeds: each seed plans its own episodes; per-task rates are the seed mean."""
+    from evaluation.runtime.bundle import CheckpointBundle
+    from evaluation.runtime.episode import Instructions
     from evaluation.runtime.evaluate import evaluate_checkpoint
     from evaluation.runtime.metrics import EvalReport
 
-    (tmp_path / "policy.json").write_text('{"max_points": 256}')
-    (tmp_path / "pointcloud.json").write_text(conditioner().config.model_dump_json())
+    bundle = CheckpointBundle(source=str(tmp_path), policy_config={}, weights=b"", weights_file="-",
+                              instructions=Instructions.of(INSTR), max_points=256,
+                              pointcloud=conditioner().config.model_dump(mode="json"))
     kw = {"tasks": TASKS, "episodes_per_task": 2, "num_actors": 2, "sim_factory": SIM.build, "variations": range(4),
-          "instructions": INSTR, "policy_factory": POLICY, "pool": _pool()}
-    report = evaluate_checkpoint(tmp_path, seed=[0, 1, 2], **kw)
+          "policy_factory": POLICY, "pool": _pool()}
+    report = evaluate_checkpoint(bundle, seed=[0, 1, 2], **kw)
     singles = []  # each seed alone, on the module's warm pool (same simulator, policy and conditioner)
     for seed in (0, 1, 2):
         outputs, wall_s = _run(pool, plan_episodes(TASKS, 2, seed=seed, variations=range(4)))
@@ -98,7 +101,7 @@ def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     assert metrics["eval/success_seed1"] == report.seed_success[1] and "eval/success_seed_std" in metrics
     assert EvalReport.from_json(report.to_json()) == report and "3 seeds" in report.table()
     with pytest.raises(ValueError, match="distinct"):
-        evaluate_checkpoint(tmp_path, seed=[1, 1], **kw)
+        evaluate_checkpoint(bundle, seed=[1, 1], **kw)
 
 
 def test_r5_crash_is_replaced_retried_then_sim_error_with_full_denominator(pool):
