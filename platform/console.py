@@ -36,7 +36,15 @@ _BENIGN_LINES = re.compile(
     r"|Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
 )
 # Driver-side Ray loggers whose warnings are notices, not problems.
-_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.runtime_env.working_dir")
+_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+# Driver-side notices logged through general loggers (which also log real problems): dropped by text.
+_NOTICE_LOGGERS = ("ray._private.worker", "ray._private.runtime_env.working_dir")
+_NOTICES = ("is now ignored by default when packaging the working directory",)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in _NOTICES)
 
 
 def keep_lines(data: Mapping[str, Any]) -> list[str]:
@@ -61,6 +69,10 @@ def quiet_ray_notices() -> None:
         os.environ["RAY_COLOR_PREFIX"] = "0"  # read by Ray at each printed line
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in _NOTICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices())
 
 
 def quiet_ray_console() -> bool:

@@ -38,3 +38,16 @@ def test_colour_only_on_a_terminal_and_durations_read_well():
 
     assert colour_prefix(Tty()) and not colour_prefix(object())
     assert [format_duration(s) for s in (42, 187, 3720)] == ["42s", "3m07s", "1h02m"]
+
+
+def test_driver_notices_are_dropped_and_real_warnings_kept(caplog):
+    import logging
+
+    from platform.console import quiet_ray_notices
+
+    quiet_ray_notices()
+    log = logging.getLogger("ray._private.worker")
+    with caplog.at_level(logging.WARNING, logger="ray._private.worker"):
+        log.warning("Directory %r is now ignored by default when packaging the working directory. ...", ".git")
+        log.warning("Failed to connect to GCS")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to connect to GCS"]
