@@ -1,7 +1,7 @@
 """Rollout videos: one frame per keypose from one evaluation camera, with the predicted keypose drawn.
 
 A keyframe policy acts at keyposes, so its rollout is the sequence of observations it decided on: frame k
-is the camera image the policy saw before keypose k, with the gripper now (green dot) and the keypose the
+is the camera image the policy saw before keypose k, with the gripper now (yellow dot) and the keypose the
 policy predicted from it (red ring; filled when it closes the gripper), and a last frame after the final
 keypose, framed green on success and red on failure. The frames come from the cameras already rendered
 for the point cloud, so recording costs no extra rendering (one ``observe`` after the last keypose).
@@ -23,7 +23,7 @@ DEFAULT_CAMERA = "front"
 SCALE = 2  # 128 px cameras -> 256 px videos
 FRAME_MS = 600  # one keypose per 0.6 s
 MAX_VIDEO_BYTES = 1_500_000
-GREEN, RED, WHITE = (40, 200, 60), (230, 40, 40), (255, 255, 255)
+GREEN, RED, WHITE, YELLOW, BLACK = (40, 200, 60), (230, 40, 40), (255, 255, 255), (255, 220, 0), (0, 0, 0)
 
 
 def pick_camera(obs: Observation, name: str = DEFAULT_CAMERA) -> CameraFrame:
@@ -59,7 +59,7 @@ def annotate(cam: CameraFrame, caption: str, gripper_xyz: np.ndarray | None = No
     r = 3 * SCALE
     if gripper_xyz is not None and (uv := project(cam, gripper_xyz)) is not None:
         u, v = uv[0] * SCALE, uv[1] * SCALE
-        draw.ellipse((u - r / 2, v - r / 2, u + r / 2, v + r / 2), fill=GREEN)
+        draw.ellipse((u - r / 2, v - r / 2, u + r / 2, v + r / 2), fill=YELLOW, outline=BLACK)
     if target_pose is not None and (uv := project(cam, target_pose[:3])) is not None:
         u, v = uv[0] * SCALE, uv[1] * SCALE
         closes = len(target_pose) >= 8 and float(target_pose[7]) < 0.5
