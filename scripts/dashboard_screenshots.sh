@@ -41,13 +41,13 @@ print(exp.experiment_id, run.info.run_id, video)
 EOF
 )
 BASE="http://127.0.0.1:$PORT/#/experiments/$EXP"
-shot() {  # name url
-    chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1000 \
+shot() {  # name url [width,height]
+    chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size="${3:-1920,1100}" \
         --virtual-time-budget=25000 --screenshot="$OUT/$1" "$2" 2>/dev/null
     echo "[dashboard] $OUT/$1 <- $2"
 }
 shot dashboard_experiment.png "$BASE/runs?workflowType=machine_learning&viewStateShareKey=platform"
-shot dashboard_run.png "$BASE/runs/$RUN/model-metrics?workflowType=machine_learning"
+shot dashboard_run.png "$BASE/runs/$RUN/model-metrics?workflowType=machine_learning" 1920,2000
 if [ "$VIDEO" != "-" ]; then
     shot dashboard_video.png "$BASE/runs/$RUN/artifacts/$VIDEO?workflowType=machine_learning"
 fi
