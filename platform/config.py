@@ -119,7 +119,7 @@ class EvalConfig(FrozenModel):
     # mean over 3 seeds). Every seed runs episodes_per_task episodes per task.
     num_seeds: int | None = Field(None, ge=1, le=20)
     rlbench_demo_root: str | None = None  # data.suite=rlbench: the PerAct test split (reset_to_demo episodes)
-    # data.suite=rlbench: whose evaluation rules (evaluation.simulators.rlbench_backend.protocol_kwargs): peract (a planner
+    # data.suite=rlbench: whose evaluation rules (evaluation.simulators.rlbench_protocol.protocol_kwargs): peract (a planner
     # error ends the episode) or 3dda (3D Diffuser Actor's script: retry, separate gripper step, go on)
     rlbench_protocol: Literal["peract", "3dda"] = "peract"
     # Rollout videos (evaluation.runtime.video): per task, a success and a failure where both exist, one frame per

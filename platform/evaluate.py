@@ -92,7 +92,8 @@ def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) 
     args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
             "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool, "video_dir": video_dir(checkpoint)}
     if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
-        from evaluation.simulators.rlbench_backend import RLBenchConfig, protocol_kwargs
+        from evaluation.simulators.rlbench_backend import RLBenchConfig
+        from evaluation.simulators.rlbench_protocol import protocol_kwargs
 
         if e.rlbench_demo_root is None:
             raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "

@@ -113,7 +113,8 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
         cfg = FakeSimConfig()
         tasks, factory, variations = list(cfg.tasks), cfg.build, list(range(25, 50))
     elif args.suite == "rlbench":  # test episode i of each task restores demo i of the test split
-        from evaluation.simulators.rlbench_backend import RLBenchConfig, protocol_kwargs
+        from evaluation.simulators.rlbench_backend import RLBenchConfig
+        from evaluation.simulators.rlbench_protocol import protocol_kwargs
         from evaluation.simulators.rlbench_tasks import resolve_tasks
 
         chosen = resolve_tasks(args.tasks or None)

@@ -417,7 +417,7 @@ def test_scene_depends_on_the_seed_without_demos(standin):
 # -- the protocol --------------------------------------------------------------------------------------------
 def test_protocol_runs_25_test_episodes_per_task_over_3_seeds(standin, tmp_path, monkeypatch):
     import evaluation.runtime.evaluate
-    from evaluation.simulators.rlbench_backend import evaluate_rlbench, protocol_kwargs
+    from evaluation.simulators.rlbench_protocol import evaluate_rlbench, protocol_kwargs
 
     with pytest.raises(ValueError, match="demo_root"):
         protocol_kwargs(small())
@@ -466,7 +466,7 @@ def test_3dda_gripper_step_moves_the_arm_first_then_changes_the_gripper(any_stan
 
 
 def test_3dda_protocol_settings(standin, tmp_path):
-    from evaluation.simulators.rlbench_backend import protocol_kwargs
+    from evaluation.simulators.rlbench_protocol import protocol_kwargs
 
     dda = protocol_kwargs(small(demo_root=str(tmp_path)), protocol="3dda")
     cfg = dda["sim_factory"].args[0]
