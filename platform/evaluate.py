@@ -12,12 +12,15 @@ already holds is not logged again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.runtime.metrics import EvalReport
 from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
@@ -74,34 +77,78 @@ def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = No
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"actors": n})}), note
 
 
-def eval_arguments(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> dict[str, Any]:
-    """Keyword arguments of ``evaluation.runtime.evaluate.evaluate_checkpoint`` for this experiment (``bundle``: the
-    checkpoint already read, ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here)."""
+@dataclass(frozen=True)
+class EvalRequest:
+    """One evaluation of a checkpoint as the experiment asks for it: ``evaluate_checkpoint``'s arguments, typed.
+
+    Built from the config by ``eval_request``; ``run`` evaluates a checkpoint directory or a ``CheckpointBundle``."""
+
+    tasks: tuple[str, ...]
+    episodes_per_task: int
+    seed: int | tuple[int, ...]  # several seeds: RLBench's protocol, every seed runs episodes_per_task per task
+    suite: str
+    pool: Any  # evaluation.runtime.coordinator.PoolConfig (its num_actors is the number of simulator actors)
+    video_dir: Path | None
+    variations: tuple[int, ...] | None = None  # None: the suite's test variations
+    sim_factory: Any = None  # None: the Meta-World backend; RLBench: its protocol's factory
+
+    def run(self, checkpoint: Any, video_dir: Path | None = None) -> EvalReport:
+        """Evaluate ``checkpoint`` (a directory or a ``CheckpointBundle``); videos to ``video_dir`` if given."""
+        from evaluation.runtime.evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(
+            checkpoint, tasks=list(self.tasks), episodes_per_task=self.episodes_per_task,
+            num_actors=self.pool.num_actors, seed=list(self.seed) if isinstance(self.seed, tuple) else self.seed,
+            suite=self.suite, sim_factory=self.sim_factory, variations=self.variations, pool=self.pool,
+            video_dir=video_dir or self.video_dir)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """What one evaluation gives back to whoever submitted it: the report, or the error that stopped it.
+
+    ``videos`` holds the rollout videos as bytes when the evaluation ran on another node (``submit_evaluation``);
+    ``log_eval_report`` writes them beside the checkpoint."""
+
+    report: EvalReport | None = None
+    error: str | None = None
+    traceback: str = ""
+    videos: dict[str, bytes] = field(default_factory=dict)
+
+
+def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalRequest:
+    """The evaluation ``cfg.eval`` asks for of ``checkpoint`` (``bundle``: the checkpoint already read,
+    ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here for the task list)."""
     from evaluation.runtime.bundle import INSTRUCTIONS_FILE, load_instructions
     from evaluation.runtime.coordinator import PoolConfig
 
     e = cfg.eval
     if e.tasks:
-        tasks = list(e.tasks)
+        tasks = tuple(e.tasks)
     else:
-        tasks = sorted((bundle.instructions if bundle is not None else load_instructions(checkpoint / INSTRUCTIONS_FILE)).tasks)
+        tasks = tuple(sorted((bundle.instructions if bundle is not None
+                              else load_instructions(checkpoint / INSTRUCTIONS_FILE)).tasks))
     actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
     pool = PoolConfig(num_actors=actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
                       max_attempts=e.retries + 1, policy_server=e.policy_server, videos=e.videos,
                       video_camera=e.video_camera)
-    args = {"tasks": tasks, "episodes_per_task": e.episodes_per_task, "num_actors": actors,
-            "seed": eval_seeds(cfg), "suite": cfg.data.suite, "pool": pool, "video_dir": video_dir(checkpoint)}
-    if cfg.data.suite == "rlbench":  # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
-        from evaluation.simulators.rlbench_backend import RLBenchConfig
-        from evaluation.simulators.rlbench_protocol import protocol_kwargs
+    seeds = eval_seeds(cfg)
+    request = EvalRequest(tasks=tasks, episodes_per_task=e.episodes_per_task,
+                          seed=tuple(seeds) if isinstance(seeds, list) else seeds, suite=cfg.data.suite, pool=pool,
+                          video_dir=video_dir(checkpoint))
+    if cfg.data.suite != "rlbench":
+        return request
+    # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
+    from evaluation.simulators.rlbench_backend import RLBenchConfig
+    from evaluation.simulators.rlbench_protocol import protocol_kwargs
 
-        if e.rlbench_demo_root is None:
-            raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
-                                  "eval.rlbench_demo_root=<dir> (or eval.enabled=false)")
-        proto = protocol_kwargs(RLBenchConfig(tasks=tuple(tasks), demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
-                                episodes_per_task=e.episodes_per_task, protocol=e.rlbench_protocol)
-        args.update(proto, pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}))
-    return args
+    if e.rlbench_demo_root is None:
+        raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
+                              "eval.rlbench_demo_root=<dir> (or eval.enabled=false)")
+    proto = protocol_kwargs(RLBenchConfig(tasks=tasks, demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
+                            episodes_per_task=e.episodes_per_task, protocol=e.rlbench_protocol)
+    return dataclasses.replace(request, variations=proto["variations"], sim_factory=proto["sim_factory"],
+                               pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}))
 
 
 def video_dir(checkpoint: Path) -> Path:
@@ -109,67 +156,64 @@ def video_dir(checkpoint: Path) -> Path:
     return checkpoint.parent.parent / EVAL_DIR / VIDEO_DIR / checkpoint.name
 
 
-def _evaluate(cfg_json: dict[str, Any], checkpoint: str, bundle: Any = None) -> dict[str, Any]:
-    """Run one evaluation; returns ``{"report": json}`` or ``{"error": text}`` (never raises).
+def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalOutcome:
+    """Run one evaluation; the outcome holds its report or its error (never raises).
 
     Without ``bundle`` it reads the checkpoint here and writes its videos beside it. With a ``bundle`` (read
     by the submitter, where the checkpoint lives) it may run on any node: it opens no checkpoint path and
-    returns the videos as ``{"videos": {name: bytes}}`` for ``log_eval_report`` to write."""
+    returns the videos as bytes for ``log_eval_report`` to write."""
     try:
         from evaluation.runtime.bundle import CheckpointBundle
-        from evaluation.runtime.evaluate import evaluate_checkpoint
 
-        cfg = ExperimentConfig.model_validate(cfg_json)
-        ckpt = Path(checkpoint)
         if bundle is None:
-            bundle = CheckpointBundle.read(ckpt)
-            return {"report": evaluate_checkpoint(bundle, **eval_arguments(cfg, ckpt, bundle)).to_json()}
+            bundle = CheckpointBundle.read(checkpoint)
+            return EvalOutcome(report=eval_request(cfg, checkpoint, bundle).run(bundle))
         with tempfile.TemporaryDirectory(prefix="eval_videos_") as tmp:
-            report = evaluate_checkpoint(bundle, **{**eval_arguments(cfg, ckpt, bundle), "video_dir": tmp})
+            report = eval_request(cfg, checkpoint, bundle).run(bundle, video_dir=Path(tmp))
             videos = {name: (Path(tmp) / name).read_bytes() for name in report.meta.get("videos", [])}
-        return {"report": report.to_json(), "videos": videos}
+        return EvalOutcome(report=report, videos=videos)
     except Exception as exc:  # reported to the caller, which logs it
-        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+        return EvalOutcome(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
 
 
 def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
-    """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool). The
-    checkpoint is read here (where it was written) and travels by value: the task may run on any node."""
+    """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool; its
+    result is an ``EvalOutcome``). The checkpoint is read here (where it was written) and travels by value:
+    the task may run on any node."""
     import ray
 
     from evaluation.runtime.bundle import CheckpointBundle
 
     remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
-    return remote.remote(cfg.model_dump(mode="json"), str(checkpoint), ray.put(CheckpointBundle.read(checkpoint)))
+    return remote.remote(cfg, checkpoint, ray.put(CheckpointBundle.read(checkpoint)))
 
 
-def log_eval_report(tracker: Any, checkpoint: Path, step: int, result: dict[str, Any]) -> Any:
-    """Record an evaluation result: JSON beside the checkpoints, metrics at ``step``, keep-best metric."""
-    from evaluation.runtime.metrics import EvalReport
-
+def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutcome) -> EvalReport | None:
+    """Record an evaluation's outcome: its report as JSON beside the checkpoints (or its error), metrics at
+    ``step``, the keep-best metric; returns the report (None when the evaluation failed)."""
     run_dir = checkpoint.parent.parent
     out_dir = run_dir / EVAL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    if "error" in result:
-        (out_dir / f"step_{step:08d}.error.txt").write_text(result["error"] + "\n" + result.get("traceback", ""))
-        print(f"[eval] evaluation of step {step} failed: {result['error']}", flush=True)
+    report = outcome.report
+    if report is None:
+        (out_dir / f"step_{step:08d}.error.txt").write_text(f"{outcome.error}\n{outcome.traceback}")
+        print(f"[eval] evaluation of step {step} failed: {outcome.error}", flush=True)
         if tracker is not None:
             tracker.log_metrics({"eval/failed": 1.0}, step=step)
         return None
-    report = EvalReport.from_json(result["report"])
-    if result.get("videos"):  # evaluated elsewhere: its videos came back as bytes
+    if outcome.videos:  # evaluated elsewhere: its videos came back as bytes
         folder = video_dir(checkpoint)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, data in result["videos"].items():
+        for name, data in outcome.videos.items():
             (folder / name).write_bytes(data)
         report = report.model_copy(update={"meta": {**report.meta, "video_dir": str(folder)}})
-        result = {**result, "report": report.to_json()}
-    (out_dir / f"step_{step:08d}.json").write_text(result["report"])
+    text = report.to_json()
+    (out_dir / f"step_{step:08d}.json").write_text(text)
     if checkpoint.is_dir():
         set_checkpoint_metric(checkpoint, report.mean_success)
     if tracker is not None:
         tracker.log_metrics(report.mlflow_metrics("eval"), step=step)
-        tracker.log_dict(json.loads(result["report"]), f"eval/step_{step:08d}.json")
+        tracker.log_dict(json.loads(text), f"eval/step_{step:08d}.json")
         _log_videos(tracker, report, checkpoint)
     print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes",
           flush=True)
@@ -192,15 +236,15 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
     if previous is not None:
         print(f"[eval] {ckpt.path.name} was already evaluated with these settings: reusing {report_path}",
               flush=True)
-        result = {"report": previous}
+        outcome = EvalOutcome(report=previous)
     else:
         if logged:
             print(f"[eval] note: the MLflow run already holds eval/* at step {ckpt.step} from an evaluation with "
                   f"other settings; this one is kept in {report_path} only", flush=True)
-        result = _run_final(cfg, ckpt.path)
-    report = log_eval_report(None if logged else tracker, ckpt.path, ckpt.step, result)
+        outcome = _run_final(cfg, ckpt.path)
+    report = log_eval_report(None if logged else tracker, ckpt.path, ckpt.step, outcome)
     if report is None:
-        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {result['error']} "
+        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {outcome.error} "
                               f"(details in {run_dir / EVAL_DIR})")
     report_path.with_name(report_path.stem + SETTINGS_SUFFIX).write_text(json.dumps(settings, indent=1))
     print(report.table(), flush=True)
@@ -209,7 +253,7 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
     return report
 
 
-def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
+def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> EvalOutcome:
     seeds = eval_seeds(cfg)
     seeds_text = f" x {len(seeds)} seeds" if isinstance(seeds, list) else ""
     print(f"[eval] evaluating {checkpoint.name} with {cfg.eval.actors} simulator actors "
@@ -217,7 +261,7 @@ def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     note = protocol_note(cfg)
     if note:
         print(f"[eval] note: {note}", flush=True)
-    return _evaluate(cfg.model_dump(mode="json"), str(checkpoint))
+    return _evaluate(cfg, checkpoint)
 
 
 def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
@@ -234,17 +278,14 @@ def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
             "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_RESULT_SETTINGS)}
 
 
-def _previous_report(report_path: Path, settings: dict[str, Any]) -> str | None:
-    """The report text of an earlier final evaluation with exactly ``settings``, if there is one."""
+def _previous_report(report_path: Path, settings: dict[str, Any]) -> EvalReport | None:
+    """The report of an earlier final evaluation with exactly ``settings``, if there is one."""
     try:
         saved = json.loads(report_path.with_name(report_path.stem + SETTINGS_SUFFIX).read_text())
-        text = report_path.read_text()
-        from evaluation.runtime.metrics import EvalReport
-
-        EvalReport.from_json(text)
+        report = EvalReport.from_json(report_path.read_text())
     except (OSError, ValueError):
         return None
-    return text if saved == json.loads(json.dumps(settings)) and settings["files"] else None
+    return report if saved == json.loads(json.dumps(settings)) and settings["files"] else None
 
 
 def _log_videos(tracker: Any, report: Any, checkpoint: Path) -> None:

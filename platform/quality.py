@@ -144,8 +144,7 @@ def time_to_quality(points: list[Point], metric: str = "success") -> tuple[float
 
 def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
     """Evaluate every kept mark checkpoint that has no report yet (with ``cfg.eval``), caching each report."""
-    from evaluation.runtime.evaluate import evaluate_checkpoint
-    from platform.evaluate import eval_arguments
+    from platform.evaluate import eval_request
 
     todo = [p for p in collect_points(sweep_dir) if p.success is None]
     for i, p in enumerate(todo, 1):
@@ -153,7 +152,7 @@ def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
         print(f"[quality] evaluating {i}/{len(todo)}: M={p.m} mark {p.mark} ({p.train_time_s:.0f} s of training, "
               f"step {p.step}) with {cfg.eval.actors} actors, {cfg.eval.episodes_per_task} episodes per task",
               flush=True)
-        report = evaluate_checkpoint(str(ckpt), **eval_arguments(cfg, ckpt))
+        report = eval_request(cfg, ckpt).run(ckpt)
         tmp = ckpt / (REPORT_FILE + ".tmp")
         tmp.write_text(report.to_json())
         tmp.replace(ckpt / REPORT_FILE)

@@ -482,15 +482,15 @@ def test_3dda_protocol_settings(standin, tmp_path):
 def test_training_config_selects_the_protocol(standin, tmp_path):
     from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
     from platform.config import load_config
-    from platform.evaluate import eval_arguments
+    from platform.evaluate import eval_request
 
     save_instructions(tmp_path / INSTRUCTIONS_FILE, {"close_jar": fake_text()})
     base = ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}", "eval.max_keyposes=20"]
-    args = eval_arguments(load_config(None, [*base, "eval.rlbench_protocol=3dda"]), tmp_path)
-    assert args["tasks"] == ["close_jar"] and args["seed"] == [0, 1, 2]
-    assert (args["pool"].on_planner_error, args["pool"].max_keyposes) == ("continue", 20)
-    assert args["sim_factory"].args[0].gripper_step == "after_arm"
-    assert eval_arguments(load_config(None, base), tmp_path)["pool"].on_planner_error == "end"
+    request = eval_request(load_config(None, [*base, "eval.rlbench_protocol=3dda"]), tmp_path)
+    assert request.tasks == ("close_jar",) and request.seed == (0, 1, 2) and request.suite == "rlbench"
+    assert (request.pool.on_planner_error, request.pool.max_keyposes) == ("continue", 20)
+    assert request.sim_factory.args[0].gripper_step == "after_arm" and request.variations == tuple(range(request.episodes_per_task))
+    assert eval_request(load_config(None, base), tmp_path).pool.on_planner_error == "end"
 
 
 def test_random_instruction_is_one_of_the_descriptions_fixed_by_the_seed(standin):

@@ -234,9 +234,11 @@ def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, mon
     write_checkpoint(run_dir, 20, {"model.pt": lambda p: p.write_bytes(b"weights")})
     calls: list[str] = []
 
-    def fake_evaluate(cfg_json, checkpoint):
+    def fake_evaluate(cfg, checkpoint):
+        from evaluation.runtime.metrics import EvalReport
+
         calls.append(checkpoint)
-        return {"report": _fake_report(0.5 if len(calls) == 1 else 1.0)}
+        return pe.EvalOutcome(report=EvalReport.from_json(_fake_report(0.5 if len(calls) == 1 else 1.0)))
 
     monkeypatch.setattr(pe, "_evaluate", fake_evaluate)
     monkeypatch.setattr(pe, "_log_plots", lambda *a: None)

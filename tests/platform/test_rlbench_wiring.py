@@ -7,7 +7,7 @@ from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
 from platform.cli import UserFacingError
 from platform.config import load_config
 from platform.data import ensure_dataset
-from platform.evaluate import eval_arguments
+from platform.evaluate import eval_request
 
 
 def test_missing_rlbench_dataset_points_to_the_importer(tmp_path):
@@ -19,10 +19,10 @@ def test_missing_rlbench_dataset_points_to_the_importer(tmp_path):
 def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path):
     save_instructions(tmp_path / INSTRUCTIONS_FILE, {"close_jar": (np.zeros((3, 384), np.float32), np.ones(3, bool))})
     with pytest.raises(UserFacingError, match="rlbench_demo_root"):
-        eval_arguments(load_config(None, ["data.suite=rlbench"]), tmp_path)
+        eval_request(load_config(None, ["data.suite=rlbench"]), tmp_path)
     cfg = load_config(None, ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}"])
     with pytest.raises(ImportError, match="PyRep is not installed.*docs/rlbench.md"):
-        eval_arguments(cfg, tmp_path)
+        eval_request(cfg, tmp_path)
 
 
 def test_rlbench_evaluation_defaults_to_three_seeds_and_names_protocol_deviations():
