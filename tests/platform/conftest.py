@@ -4,6 +4,7 @@ session), the tiny experiment config pointing at it, and subprocess helpers."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_TASKS = ["reach-v3", "button-press-topdown-v3"]
+# The last line of every platform.train that evaluated (the README promises it).
+FINAL_LINE = re.compile(r"^mean success: (\d+\.\d)% over (\d+) episodes \(MLflow run (\w+), tracking URI (\S+)\)$")
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +84,19 @@ def metric_steps(uri: str, run_id: str, key: str) -> list[int]:
     from mlflow.tracking import MlflowClient
 
     return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def assert_videos(run_dir: Path, checkpoint: str, uri: str, run_id: str) -> None:
+    """Rollout videos of every evaluated task (TINY_TASKS), bounded in size, also as MLflow artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from evaluation.runtime.video import MAX_VIDEO_BYTES
+
+    videos = sorted((run_dir / "eval" / "videos" / checkpoint).glob("*.gif"))
+    assert {v.name.rsplit("_", 1)[0] for v in videos} == set(TINY_TASKS), videos
+    assert all(0 < v.stat().st_size <= MAX_VIDEO_BYTES for v in videos)
+    logged = [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, f"videos/{checkpoint}")]
+    assert sorted(p.rsplit("/", 1)[-1] for p in logged) == [v.name for v in videos]
 
 
 def _free_port() -> int:

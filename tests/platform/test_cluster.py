@@ -14,7 +14,14 @@ import time
 import pytest
 
 from evaluation.runtime.bundle import NO_READS_ENV
-from tests.platform.conftest import _free_port, run_platform, tiny_overrides
+from tests.platform.conftest import (
+    FINAL_LINE,
+    _free_port,
+    assert_videos,
+    metric_steps,
+    run_platform,
+    tiny_overrides,
+)
 
 pytestmark = pytest.mark.integration
 EPISODE_TIMEOUT_S = 20.0
@@ -68,13 +75,21 @@ def test_simulation_nodes_cannot_read_checkpoints(sim_cluster, tmp_path):
 
 def test_training_on_the_head_evaluation_on_the_simulation_nodes(sim_cluster, tmp_path, tiny_dataset):
     """A tiny platform.train joined to the cluster: the train worker on the head, every episode of the
-    periodic and the final evaluation on a simulation node, no checkpoint opened there."""
+    periodic and the final evaluation on a simulation node, no checkpoint opened there.
+
+    Also the periodic evaluation itself (``eval.every_steps``): checkpoints evaluated in the background while
+    training goes on, each logged at its training step, with its rollout videos, and no traceback printed."""
     cluster, head, sims = sim_cluster
     args = tiny_overrides(tmp_path, tiny_dataset, "multinode", "train.steps=10", "eval.every_steps=5",
                           "eval.actors=2", "eval.episodes_per_task=2")
     out = run_platform("platform.train", args, env={"RAY_ADDRESS": cluster.address})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
+    assert "Traceback" not in text, text[-5000:]
+    final = FINAL_LINE.match([ln for ln in out.stdout.splitlines() if ln.strip()][-1])
+    assert final, text[-2000:]
+    uri, run_id = final.group(4), final.group(3)
+    assert metric_steps(uri, run_id, "eval/success") == [5, 10]
     run_dir = tmp_path / "runs" / "multinode"
     assert json.loads((run_dir / "progress.json").read_text())["node"] == head
     sim_ids = {n.node_id for n in sims}
@@ -82,8 +97,9 @@ def test_training_on_the_head_evaluation_on_the_simulation_nodes(sim_cluster, tm
         report = json.loads((run_dir / "eval" / f"step_{step:08d}.json").read_text())
         assert report["episodes"] == 4 and report["status_counts"]["sim_error"] == 0, report["failures"]
         assert {r["node"] for r in report["results"]} <= sim_ids, (step, report["results"])
-    # the periodic evaluation ran off the head: its videos came back as bytes
-    assert list((run_dir / "eval" / "videos" / "step_00000005").glob("*.gif"))
+    # the periodic evaluation ran off the head: its videos came back as bytes, to disk and to MLflow
+    assert_videos(run_dir, "step_00000005", uri, run_id)
+    assert_videos(run_dir, "step_00000010", uri, run_id)
 
 
 def test_losing_simulation_nodes_mid_evaluation(sim_cluster):

@@ -1,5 +1,6 @@
 """The platform end to end on a tiny real Meta-World dataset with a local Ray cluster:
-python -m platform.train (collect -> train -> parallel eval -> MLflow), R1 worker crash, R3 driver kill."""
+python -m platform.train (collect -> train -> parallel eval -> MLflow), R1 worker crash, R3 driver kill,
+ray job submit (periodic evaluation: tests/platform/test_cluster.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.filelock import FileLock
 from platform.checkpoint import list_checkpoints, verify_checkpoint
+from platform.worker import RUN_LOCK_FILE
 from tests.platform.conftest import (
+    FINAL_LINE,
+    assert_videos,
     kill_tree,
     metric_steps,
     mlflow_runs,
@@ -24,7 +29,6 @@ from tests.platform.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-FINAL_LINE = re.compile(r"^mean success: (\d+\.\d)% over (\d+) episodes \(MLflow run (\w+), tracking URI (\S+)\)$")
 
 
 def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_dataset, ray_cluster):
@@ -50,23 +54,21 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
         verify_checkpoint(c.path)
     report = json.loads((tmp_path / "runs" / "crash" / "eval" / "step_00000020.json").read_text())
     assert report["episodes"] == 2 and set(report["tasks"]) == {"reach-v3", "button-press-topdown-v3"}
-    _assert_videos(tmp_path / "runs" / "crash", "step_00000020", uri, run_id)
+    assert_videos(tmp_path / "runs" / "crash", "step_00000020", uri, run_id)
     assert re.search(r"\[train\] dashboard: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/" + run_id, text)
 
-    # platform.compare builds its side-by-side table from this tiny run
+    # platform.compare builds its side-by-side table from this tiny run, under its suite (the --suite filter
+    # itself: test_compare.test_suite_filter_keeps_one_benchmark)
     cmp = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp")])
     assert cmp.returncode == 0, (cmp.stdout + cmp.stderr)[-3000:]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert f"crash (`{run_id[:8]}`) | mt10 |" in table and "diffuser_actor_3dda | 81.3" in table
-    rl = run_platform("platform.compare", ["--tracking-uri", uri, "--out", str(tmp_path / "cmp_rl"), "--no-log",
-                                           "--suite", "rlbench"])
-    assert rl.returncode == 0 and "crash (" not in (tmp_path / "cmp_rl" / "comparison.md").read_text()
 
 
 def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_dataset, ray_cluster):
     """R3: SIGKILL the whole driver process tree mid-training; the same command resumes from the newest
     valid checkpoint and continues the same MLflow run."""
-    args = tiny_overrides(tmp_path, tiny_dataset, "relaunch", "train.steps=40", "train.checkpoint_every=10",
+    args = tiny_overrides(tmp_path, tiny_dataset, "relaunch", "train.steps=100", "train.checkpoint_every=10",
                           "eval.enabled=false")
     log = tmp_path / "first.log"
     env = {"RAY_ADDRESS": ray_cluster.address}
@@ -79,17 +81,12 @@ def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_data
         kill_tree(proc)
     first_id = re.search(r"MLflow run (\w+) at", log.read_text()).group(1)
     # The cluster outlives the driver: it reaps the dead driver's train worker within seconds, which may
-    # still finish a checkpoint meanwhile. Wait until the checkpoints stop changing, then take the newest.
+    # still finish a checkpoint meanwhile. The worker holds the run directory's lock until it is gone (the
+    # relaunch waits for it the same way); then the checkpoints no longer change.
     run_dir = tmp_path / "runs" / "relaunch"
-    seen: list = []
-
-    def settled() -> bool:
-        seen.append([c.step for c in list_checkpoints(run_dir)])
-        return len(seen) >= 8 and all(x == seen[-1] for x in seen[-8:])
-
-    wait_for(settled, 180, "the killed run's worker to be reaped", poll=2.0)
-    killed_at = seen[-1][-1]
-    assert killed_at < 40
+    FileLock(run_dir / RUN_LOCK_FILE).acquire(wait_s=180).release()
+    killed_at = list_checkpoints(run_dir)[-1].step
+    assert killed_at < 100
     out = run_platform("platform.train", args, env=env)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
@@ -101,7 +98,7 @@ def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_data
     assert runs[0].info.status == "FINISHED"
     assert "Traceback" not in text and "\x1b[" not in text, text[-4000:]  # a normal run: no crash-like noise
     steps = metric_steps(uri, first_id, "train/loss")
-    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert steps == sorted(set(steps)) and steps[-1] == 100
 
 
 def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
@@ -120,31 +117,3 @@ def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
     assert out.returncode == 0, text[-4000:]
     assert "succeeded" in text and "[train] done" in text
     assert [c.step for c in list_checkpoints(tmp_path / "runs" / "job")][-1] == 10
-
-
-def test_periodic_evaluation_runs_while_training_goes_on(tmp_path, tiny_dataset, ray_cluster):
-    """eval.every_steps: checkpoints are evaluated in the background and logged at their training step."""
-    args = tiny_overrides(tmp_path, tiny_dataset, "periodic", "train.steps=10", "eval.every_steps=5",
-                          "ray.num_workers=0")  # the loop in the driver: no Ray Train start-up cost
-    out = run_platform("platform.train", args, env={"RAY_ADDRESS": ray_cluster.address})
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-4000:]
-    m = FINAL_LINE.match([ln for ln in out.stdout.splitlines() if ln.strip()][-1])
-    assert m, text[-2000:]
-    assert metric_steps(m.group(4), m.group(3), "eval/success") == [5, 10]
-    assert (tmp_path / "runs" / "periodic" / "eval" / "step_00000005.json").is_file()
-    _assert_videos(tmp_path / "runs" / "periodic", "step_00000005", m.group(4), m.group(3))
-    assert "Traceback" not in text, text[-4000:]
-
-
-def _assert_videos(run_dir: Path, checkpoint: str, uri: str, run_id: str) -> None:
-    """One rollout video per evaluated task (1 episode each here), bounded in size, also in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    from evaluation.runtime.video import MAX_VIDEO_BYTES
-
-    videos = sorted((run_dir / "eval" / "videos" / checkpoint).glob("*.gif"))
-    assert {v.name.rsplit("_", 1)[0] for v in videos} == {"reach-v3", "button-press-topdown-v3"}, videos
-    assert all(0 < v.stat().st_size <= MAX_VIDEO_BYTES for v in videos)
-    logged = [a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, f"videos/{checkpoint}")]
-    assert sorted(p.rsplit("/", 1)[-1] for p in logged) == [v.name for v in videos]
