@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
+
 TINY_TASKS = ["reach-v3", "button-press-topdown-v3"]
 # The last line of every platform.train that evaluated (the README promises it).
 FINAL_LINE = re.compile(r"^mean success: (\d+\.\d)% over (\d+) episodes \(MLflow run (\w+), tracking URI (\S+)\)$")
@@ -39,7 +40,7 @@ def tiny_overrides(tmp: Path, dataset: Path, name: str = "itest", *extra: str) -
 
 
 def run_platform(module: str, args: list[str], timeout: float = 600, env: dict | None = None,
-                 cwd: Path = ROOT) -> subprocess.CompletedProcess:
+                 cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` from the repo root; pass ``RAY_ADDRESS`` in ``env`` to join a cluster."""
     full_env = {**os.environ, "PYTHONPATH": "", "RAY_AUTH_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
@@ -49,7 +50,7 @@ def run_platform(module: str, args: list[str], timeout: float = 600, env: dict |
 def start_platform(module: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start a platform command in its own process group (so the whole tree, Ray included, can be killed)."""
     full_env = {**os.environ, "PYTHONPATH": "", "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=open(log, "w"),
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
 
 

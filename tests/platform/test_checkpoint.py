@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,7 @@ from platform.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
 
 
 def writers(payload: bytes):
@@ -72,7 +70,7 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     """A writer process is SIGKILLed mid-write, repeatedly; every surviving checkpoint verifies."""
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
+        sys.path.insert(0, {str(REPO_ROOT)!r})
         from platform.checkpoint import write_checkpoint
         def slow(p):
             with open(p, "wb") as f:
@@ -85,7 +83,7 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
             print(step, flush=True)
     """)
     for delay in (0.15, 0.4, 0.7):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO_ROOT)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
 
 
-def run(args, cwd=ROOT, timeout=120):
+def run(args, cwd=REPO_ROOT, timeout=120):
     env = {**os.environ, "PYTHONPATH": ""}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -54,21 +54,21 @@ def test_missing_config_file():
 
 
 def test_run_as_script_gives_one_line():
-    one_line_error(run([str(ROOT / "platform" / "train.py")]), "python -m platform.train", str(ROOT))
+    one_line_error(run([str(REPO_ROOT / "platform" / "train.py")]), "python -m platform.train", str(REPO_ROOT))
 
 
 def test_wrong_directory_gives_one_line(tmp_path):
     guard = Path(sys.prefix) / "lib"
     assert list(guard.glob("python3*/site-packages/minidiffuser_platform_guard.pth")), \
         "the venv lacks the guard: run `make setup`"
-    line = one_line_error(run(["-m", "platform.train", "--help"], cwd=tmp_path), "repository root", str(ROOT))
+    line = one_line_error(run(["-m", "platform.train", "--help"], cwd=tmp_path), "repository root", str(REPO_ROOT))
     assert "torch" not in line
 
 
 def test_example_configs_validate():
     from platform.config import load_config
 
-    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    configs = sorted((REPO_ROOT / "configs").glob("*.yaml"))
     assert configs
     for path in configs:
         load_config(path)

@@ -1,12 +1,12 @@
 """cluster.yaml files validate against Ray's own autoscaler schema, offline; a typo'd key fails."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
+
 FILES = ["cluster.yaml", "cluster-aws.yaml"]
 
 
@@ -18,23 +18,23 @@ def validate(cfg):
 
 @pytest.mark.parametrize("name", FILES)
 def test_cluster_file_is_valid(name):
-    cfg = yaml.safe_load((ROOT / name).read_text())
+    cfg = yaml.safe_load((REPO_ROOT / name).read_text())
     validate(cfg)
     commands = " ".join(cfg["setup_commands"])
     assert "make setup" in commands, "nodes must install the project"
 
 
 def test_gpu_head_has_no_sim_resource_and_workers_do():
-    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    cfg = yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
     assert '"sim": 0' in " ".join(cfg["head_start_ray_commands"]).replace('\\"', '"')
     assert '"sim": 16' in " ".join(cfg["worker_start_ray_commands"]).replace('\\"', '"')
-    aws = yaml.safe_load((ROOT / "cluster-aws.yaml").read_text())
+    aws = yaml.safe_load((REPO_ROOT / "cluster-aws.yaml").read_text())
     assert aws["available_node_types"][aws["head_node_type"]]["resources"]["sim"] == 0
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_typod_key_is_rejected(name):
-    cfg = yaml.safe_load((ROOT / name).read_text())
+    cfg = yaml.safe_load((REPO_ROOT / name).read_text())
     cfg["setup_comands"] = cfg.pop("setup_commands")
     with pytest.raises(Exception, match="setup_comands"):
         validate(cfg)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import platform
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 VENV_PY = sys.executable
 
 
@@ -22,7 +22,7 @@ def _stdlib_platform():
 
 def test_loaded_platform_is_the_hybrid_package():
     assert hasattr(platform, "__path__"), "the stdlib module was imported instead of the repo package"
-    assert Path(platform.__file__).resolve() == ROOT / "platform" / "__init__.py"
+    assert Path(platform.__file__).resolve() == REPO_ROOT / "platform" / "__init__.py"
 
 
 def test_stdlib_api_is_intact():
@@ -41,7 +41,7 @@ def test_stdlib_api_is_intact():
 def test_no_submodule_shadows_a_stdlib_attribute():
     ref = _stdlib_platform()
     stdlib_names = set(dir(ref))
-    submodules = {m.name for m in pkgutil.iter_modules([str(ROOT / "platform")])}
+    submodules = {m.name for m in pkgutil.iter_modules([str(REPO_ROOT / "platform")])}
     assert submodules, "found no submodules: the check would be vacuous"
     clashes = sorted(submodules & stdlib_names)
     assert not clashes, f"platform submodules shadow stdlib platform attributes: {clashes}"
@@ -49,7 +49,7 @@ def test_no_submodule_shadows_a_stdlib_attribute():
 
 def test_libraries_that_call_platform_import_fine():
     code = "import torch, pyarrow, pydantic, platform; print(platform.system(), hasattr(platform, '__path__'))"
-    out = subprocess.run([VENV_PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([VENV_PY, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [platform.system(), "True"]
 
@@ -65,5 +65,5 @@ def test_pytest_entry_points_see_the_hybrid():
     env = {**os.environ, "PYTHONPATH": ""}
     for cmd in cmds:
         # conftest.py at the root is picked up because the probe runs with rootdir = repo root
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert out.returncode == 0, (cmd, out.stdout[-2000:], out.stderr[-2000:])

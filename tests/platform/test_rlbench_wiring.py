@@ -8,6 +8,7 @@ from platform.cli import UserFacingError
 from platform.config import load_config
 from platform.data import ensure_dataset
 from platform.evaluate import eval_request
+from tests import REPO_ROOT
 
 
 def test_missing_rlbench_dataset_points_to_the_importer(tmp_path):
@@ -26,7 +27,6 @@ def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path):
 
 
 def test_rlbench_evaluation_defaults_to_three_seeds_and_names_protocol_deviations():
-    from pathlib import Path
 
     from platform.evaluate import eval_seeds, protocol_note
 
@@ -35,6 +35,6 @@ def test_rlbench_evaluation_defaults_to_three_seeds_and_names_protocol_deviation
     quick = load_config(None, ["data.suite=rlbench", "eval.episodes_per_task=5"])
     assert eval_seeds(quick) == [0, 1, 2]
     assert "5 episodes per task x 3 seeds" in protocol_note(quick) and "not directly comparable" in protocol_note(quick)
-    paper = load_config(Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml", [])
+    paper = load_config(REPO_ROOT / "configs" / "rlbench18.yaml", [])
     assert protocol_note(paper) is None and eval_seeds(paper) == [0, 1, 2]
     assert protocol_note(load_config(None, [])) is None

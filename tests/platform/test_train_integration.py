@@ -16,6 +16,7 @@ import pytest
 from evaluation.filelock import FileLock
 from platform.checkpoint import list_checkpoints, verify_checkpoint
 from platform.worker import RUN_LOCK_FILE
+from tests import REPO_ROOT
 from tests.platform.conftest import (
     FINAL_LINE,
     assert_videos,
@@ -108,7 +109,7 @@ def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
     for _ in range(30):  # the dashboard's job agent can take a while to come up on a busy machine
         out = subprocess.run([ray_bin, "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
                               "--", "python", "-m", "platform.train", *args],
-                             cwd=Path(__file__).resolve().parents[2], env=ray_cluster.env, capture_output=True,
+                             cwd=REPO_ROOT, env=ray_cluster.env, capture_output=True,
                              text=True, timeout=600)
         text = out.stdout + out.stderr
         if "No available agent to submit job" not in text:

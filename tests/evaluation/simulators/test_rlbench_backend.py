@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from rlbench_standin import standin as standin_helpers
 
 from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
 from evaluation.datasets.rlbench_keyframes import demo_keyframes
@@ -39,6 +38,7 @@ from evaluation.simulators.rlbench_tasks import (
     class_name_of,
 )
 from evaluation.simulators.sim import PlannerError, SimulatorError, UnknownTaskError
+from tests.evaluation.rlbench_standin import standin as standin_helpers
 
 BLOCK_TOP = TABLE_HEIGHT + 0.05  # evaluation.simulators.fake_sim.BLOCK_HEIGHT above RLBench's table
 DOWN = [1.0, 0.0, 0.0, 0.0]  # gripper pointing down, xyzw

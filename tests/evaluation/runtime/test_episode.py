@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 
 from evaluation.runtime.episode import (
     EpisodeSpec,
@@ -17,6 +16,7 @@ from evaluation.runtime.episode import (
 )
 from evaluation.simulators.fake_sim import START_XYZ, FakeSimConfig, FakeSimulator
 from evaluation.simulators.sim import PlannerError, SimulatorError
+from tests.evaluation.eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 
 pytestmark = pytest.mark.unit
 

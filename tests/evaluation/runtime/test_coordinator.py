@@ -10,7 +10,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from eval_fakes import (
+
+from evaluation.runtime.coordinator import Coordinator, EvaluationStartupError, PoolConfig, RunStats
+from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
+from evaluation.runtime.evaluate import evaluate, plan_episodes
+from evaluation.runtime.metrics import summarize
+from evaluation.simulators.fake_sim import FakeSimConfig
+from tests.evaluation.eval_fakes import (
     BrokenSimFactory,
     FakePolicyFactory,
     conditioner,
@@ -18,12 +24,6 @@ from eval_fakes import (
     start_local_ray,
     wait_gone,
 )
-
-from evaluation.runtime.coordinator import Coordinator, EvaluationStartupError, PoolConfig, RunStats
-from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
-from evaluation.runtime.evaluate import evaluate, plan_episodes
-from evaluation.runtime.metrics import summarize
-from evaluation.simulators.fake_sim import FakeSimConfig
 
 pytestmark = pytest.mark.integration
 

@@ -21,11 +21,11 @@ from evaluation.datasets.dataset import MANIFEST, DatasetError, KeyframeDataset
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW
 from evaluation.simulators.rendering import RenderConfig
 from evaluation.simulators.sim import UnknownTaskError
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.sim
 TASKS = ["reach-v3", "pick-place-v3"]
 SMALL = RenderConfig(width=48, height=48)
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _collect(out: Path, episodes: int = 1, **kw) -> dict:
@@ -133,7 +133,7 @@ def test_killed_collection_loses_no_finished_episode(tmp_path):
         "--no-progress",
     ]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 120

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rlbench_standin import standin as standin_helpers
 
 from evaluation.datasets.dataset import KeyframeDataset
 from evaluation.datasets.rlbench_import import (
@@ -26,6 +25,8 @@ from evaluation.datasets.rlbench_import import (
 from evaluation.datasets.rlbench_keyframes import demo_keyframes
 from evaluation.simulators.rlbench_backend import list_episodes
 from evaluation.simulators.rlbench_tasks import TABLE_HEIGHT
+from tests import REPO_ROOT
+from tests.evaluation.rlbench_standin import standin as standin_helpers
 
 BLOCK_TOP = TABLE_HEIGHT + 0.05
 
@@ -306,7 +307,7 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
                  f"output_dir={tmp_path / 'runs'}"]
     with pytest.raises(UserFacingError, match=r"outside the policy workspace.*policy.workspace_low=\[-0.3,-0.5,0.6\]"):
         ensure_dataset(load_config(None, overrides))  # Meta-World's default workspace would clip RLBench targets
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml", overrides)  # PerAct's bounds
+    cfg = load_config(REPO_ROOT / "configs" / "rlbench18.yaml", overrides)  # PerAct's bounds
     assert ensure_dataset(cfg) == out
     train_loop_per_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)})
     info = latest_checkpoint(cfg.run_dir)
@@ -350,7 +351,7 @@ def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path
 
     for name in ("rlbench", "pyrep"):
         monkeypatch.setitem(sys.modules, name, None)
-    config = Path(__file__).resolve().parents[2] / "configs" / "rlbench18.yaml"
+    config = REPO_ROOT / "configs" / "rlbench18.yaml"
     base = [f"data.path={tmp_path / 'ds'}", "data.tasks=[close_jar]", "data.episodes_per_task=2",
             "data.collect_workers=1"]
     with pytest.raises(UserFacingError, match="not a directory of RLBench data"):

@@ -4,12 +4,10 @@ import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from platform.bench import cli as bench
 from platform.bench import policy as bench_policy
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
 
 
 def test_bench_policy_writes_the_documented_json(tmp_path, capsys):
@@ -68,5 +66,5 @@ def test_bench_policy_imports_only_torch_numpy_pydantic_einops_and_policies():
         "{'platform.bench', 'platform.bench.policy'})\n"
         "print(bad)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout

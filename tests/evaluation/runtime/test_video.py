@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 from PIL import Image
 
 from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
 from evaluation.runtime.video import RED, SCALE, annotate, project, video_name, write_gif, write_videos
 from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
 from evaluation.simulators.sim import CameraFrame
+from tests.evaluation.eval_fakes import FakeGoalPolicy, conditioner, fake_instructions
 
 pytestmark = pytest.mark.unit
 

@@ -6,14 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from eval_fakes import (
-    FakeGoalPolicy,
-    FakePolicyFactory,
-    conditioner,
-    fake_instructions,
-    start_local_ray,
-    wait_gone,
-)
 
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
 from evaluation.runtime.episode import LocalInference, run_episode
@@ -21,6 +13,14 @@ from evaluation.runtime.evaluate import plan_episodes
 from evaluation.runtime.policy_server import predict_rows, stack_conditions
 from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
 from policies.batch import ConditionBatch
+from tests.evaluation.eval_fakes import (
+    FakeGoalPolicy,
+    FakePolicyFactory,
+    conditioner,
+    fake_instructions,
+    start_local_ray,
+    wait_gone,
+)
 
 TASKS = FakeSimConfig().tasks
 INSTR = fake_instructions(TASKS)

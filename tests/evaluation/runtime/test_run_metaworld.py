@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_fakes import start_local_ray
 
 from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
 from evaluation.runtime.evaluate import plan_episodes
@@ -13,6 +12,7 @@ from evaluation.runtime.metrics import EvalReport
 from evaluation.runtime.run import main
 from evaluation.simulators.metaworld_backend import TEST_VARIATIONS, TRAIN_VARIATIONS
 from policies.registry import build_policy, parse_policy_config
+from tests.evaluation.eval_fakes import start_local_ray
 
 pytestmark = [pytest.mark.sim, pytest.mark.integration]
 
