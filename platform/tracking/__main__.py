@@ -1,7 +1,7 @@
-"""``python -m platform.tracking``: upload left-over MLflow buffers (see ``platform.tracking.main``)."""
+"""``python -m platform.tracking``: upload left-over MLflow buffers (see ``platform.tracking.sync``)."""
 
 import sys
 
-from platform.tracking import main
+from platform.tracking.sync import main
 
 sys.exit(main())
