@@ -1,11 +1,33 @@
 """Using Ray from ``evaluation`` (standalone commands, collection pools): join the running session, or start
-a local one for the duration and shut it down after. ``platform.session`` starts Ray for platform commands."""
+a local one for the duration and shut it down after. ``platform.session`` starts Ray for platform commands;
+both keep the console quiet the same way (below).
+
+A quiet console: the platform's own lines and real warnings, not Ray's internal chatter.
+
+Ray forwards every line its workers and internal actors print to the driver. On a normal run that includes
+lines that look like crashes but are not (verified against Ray 2.60):
+
+- Ray Train's ``PlacementGroupCleaner`` prints a traceback ("Found multiple active Ray instances") when
+  another Ray cluster runs on the machine: its monitor thread cannot pick a cluster to poll;
+- Ray Train's ``TrainController`` logs a traceback when an autoscaling resource request times out on a
+  loaded machine ("Failed to send resource request ... safe to ignore this error");
+- the controller's C++ core logs an ``E`` line for its own ``PreemptionWatcher`` actor;
+- every ``ray.train.report`` logs ``Reporting training result N: TrainingReport(...)`` at INFO;
+- driver-side notices that change nothing for the user (token authentication enabled by default on a local
+  cluster, ``.git``/``.venv`` left out of the working directory, which the platform excludes anyway).
+
+:func:`quiet_ray_console` filters exactly those (everything else Ray prints still reaches the console) and
+turns Ray's coloured log prefix off when stdout is not a terminal, so log files hold no ANSI codes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +47,91 @@ def ray_session(num_cpus: int | None = None, address: str | None = "local", log_
         # Workers import ``evaluation``/``policies`` from this checkout wherever the driver was started.
         env = {"PYTHONPATH": str(REPO_ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         kwargs["runtime_env"] = {"env_vars": env}
+    quiet_ray_notices()  # before ray.init, which prints them
+    kwargs.setdefault("logging_level", "WARNING")  # no "Started a local Ray instance" line
     ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
+    quiet_ray_console()
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+# Whole batches (one flush of one process, e.g. a full traceback) to drop: (actor name, text in the batch).
+_BENIGN_BATCHES: tuple[tuple[str, str], ...] = (
+    ("PlacementGroupCleaner", "Found multiple active Ray instances"),
+    ("TrainController", "Failed to send resource request"),
+)
+# Single lines to drop wherever they come from.
+_BENIGN_LINES = re.compile(
+    r"Reporting training result \d+: TrainingReport\("
+    r"|Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+)
+# Driver-side Ray loggers whose warnings are notices, not problems.
+_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+# Driver-side notices logged through general loggers (which also log real problems): dropped by text.
+_NOTICE_LOGGERS = ("ray._private.worker", "ray._private.runtime_env.working_dir")
+_NOTICES = ("is now ignored by default when packaging the working directory",)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in _NOTICES)
+
+
+def keep_lines(data: Mapping[str, Any]) -> list[str]:
+    """The lines of one forwarded log batch (Ray's ``{"lines": [...], "actor_name": ...}``) worth showing."""
+    lines = list(data.get("lines") or [])
+    actor = str(data.get("actor_name") or "")
+    text = "\n".join(lines)
+    if any(actor == name and needle in text for name, needle in _BENIGN_BATCHES):
+        return []
+    return [ln for ln in lines if not _BENIGN_LINES.search(ln)]
+
+
+def colour_prefix(stream: Any = None) -> bool:
+    """Whether Ray may colour its log prefix: only on a terminal (``RAY_COLOR_PREFIX`` set by the user wins)."""
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def quiet_ray_notices() -> None:
+    """Before ``ray.init``: the driver-side notices off, and no colour codes unless stdout is a terminal."""
+    if "RAY_COLOR_PREFIX" not in os.environ and not colour_prefix():
+        os.environ["RAY_COLOR_PREFIX"] = "0"  # read by Ray at each printed line
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in _NOTICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices())
+
+
+def quiet_ray_console() -> bool:
+    """Install the filter on this driver's Ray log forwarding (after ``ray.init``). Returns whether it
+    could (Ray's forwarding hook is internal; without it everything is printed as before)."""
+    quiet_ray_notices()
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return False
+    print_batch: Callable[..., None] | None = getattr(ray_worker, "print_to_stdstream", None)
+    names = [pair[0] for pair in getattr(dispatcher, "handlers", [])]
+    if print_batch is None or "ray_print_logs" not in names:
+        return False  # log_to_driver=False or another Ray version: leave it alone
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+
+    def handler(data: dict[str, Any]) -> None:
+        lines = keep_lines(data)
+        if lines:
+            print_batch({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", handler)
+    return True
+
+
+def quiet_train_logger() -> None:
+    """In a train worker: Ray Train's own INFO lines (one per ``report``) off the console."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)

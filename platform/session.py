@@ -41,7 +41,7 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
 
     if ray.is_initialized():
         return 0.0
-    from platform.console import quiet_ray_console, quiet_ray_notices
+    from evaluation.raysession import quiet_ray_console, quiet_ray_notices
 
     quiet_ray_notices()  # before ray.init, which prints them
     t0 = time.perf_counter()

@@ -87,7 +87,7 @@ def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
     cfg = ExperimentConfig.model_validate(payload.config)
     rank, world, train_mod = _ray_context()
     if train_mod is not None:
-        from platform.console import quiet_train_logger
+        from evaluation.raysession import quiet_train_logger
 
         quiet_train_logger()
     device = _device(cfg, train_mod is not None)
