@@ -5,6 +5,11 @@ Used for one collection per dataset directory (``evaluation.datasets.collect``),
 refused at once) and one training process per run directory (``platform.worker``: a driver killed while
 joined to a cluster leaves its train worker alive until Ray reaps it, and a relaunch waits for it instead of
 training beside it).
+
+Not the ``filelock`` package (installed with torch, never asked for by this project): what a refused user needs
+is who holds the lock, so the holder writes ``pid <n> on <host>`` into the lock file and waiting is reported
+once through ``on_wait``; that takes 80 lines on ``fcntl.flock`` here, and would be a wrapper around filelock's
+private state there (its 4.x API changed from 3.x).
 """
 
 from __future__ import annotations

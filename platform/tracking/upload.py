@@ -25,6 +25,11 @@ _log = logging.getLogger("platform.tracking")
 
 UPLOAD_THREAD_PREFIX = "mlflow-tracking-upload"
 PARAM_CHANGED_TAG_PREFIX = "platform.param_changed."
+# One chunk is one log_batch request within every MLflow limit (mlflow.utils.validation's MAX_METRICS_PER_BATCH,
+# MAX_PARAMS_TAGS_PER_BATCH, MAX_ENTITIES_PER_BATCH; not imported, to keep mlflow out of import time), so
+# acknowledging a chunk is exact. MlflowClient.log_batch's own splitting is not used: it sends an oversized
+# batch as several requests, so a failure half-way leaves an unknown part logged, and it does not bound a
+# request's size.
 _MAX_METRICS, _MAX_PARAMS_OR_TAGS, _MAX_ENTITIES = 1000, 100, 1000
 _MAX_BATCH_CHARS = 500_000  # the REST API refuses log_batch requests above 1 MB
 # MLflow and urllib3 log a traceback or a retry line per failed call; during an outage the tracker
