@@ -113,7 +113,7 @@ def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, re
           + (f", rollout videos in {videos}" if videos else ""))
     if tracking is None:
         return
-    from platform.dashboard import run_url, ui_command
+    from platform.tracking.dashboard import run_url, ui_command
 
     experiment_id = tracking.experiment_id
     start = ui_command(tracking.tracking_uri)

@@ -52,15 +52,10 @@ from platform.tracking.buffer import TrackingBufferError, sanitize_key
 from platform.tracking.params import flatten_config, run_environment_params
 from platform.tracking.plots import plot_loss_curves, plot_success_per_task
 from platform.tracking.sync import buffer_backlog, find_buffers, main, sync_all, sync_buffer
+from platform.tracking.tags import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_QUALITY, TAG_SUITE, TAG_SWEEP
 from platform.tracking.tracker import (
     BUFFER_ROOT,
     DEFAULT_EXPERIMENT,
-    TAG_KIND,
-    TAG_NUM_GPUS,
-    TAG_POLICY_TYPE,
-    TAG_QUALITY,
-    TAG_SUITE,
-    TAG_SWEEP,
     TERMINAL_STATUSES,
     RunTracker,
     default_artifact_location,

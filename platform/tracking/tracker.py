@@ -1,5 +1,5 @@
-"""``RunTracker``: one buffered, outage-proof MLflow writer per run, and the tag names every run carries
-(the package docstring, ``platform.tracking``, describes the behaviour)."""
+"""``RunTracker``: one buffered, outage-proof MLflow writer per run (the package docstring,
+``platform.tracking``, describes the behaviour)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,6 @@ from platform.tracking.upload import (
 
 _log = logging.getLogger("platform.tracking")
 
-TAG_KIND = "platform.kind"
-TAG_POLICY_TYPE = "platform.policy_type"
-TAG_NUM_GPUS = "platform.num_gpus"
-TAG_SUITE = "platform.suite"
-TAG_SWEEP = "platform.sweep"
-TAG_QUALITY = "platform.quality"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 DEFAULT_EXPERIMENT = "minidiffuser"
 MAX_BACKOFF_S = 60.0

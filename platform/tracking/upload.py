@@ -207,10 +207,10 @@ class MlflowSink:
         return run
 
     def _experiment_id(self) -> str:
-        from platform.dashboard import ensure_experiment_view
+        from platform.tracking.dashboard import ensure_experiment_view
 
         experiment_id = self._find_or_create_experiment()
-        ensure_experiment_view(self.client, experiment_id)  # opens as a training dashboard (platform.dashboard)
+        ensure_experiment_view(self.client, experiment_id)  # opens as a training dashboard (platform.tracking.dashboard)
         return experiment_id
 
     def _find_or_create_experiment(self) -> str:

@@ -360,7 +360,7 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 
 def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqlite_uri: str, tmp_path: Path) -> None:
     """MLflow 3 shows an untagged experiment as a GenAI project; ours carry the training kind and a saved view."""
-    from platform.dashboard import (
+    from platform.tracking.dashboard import (
         EXPERIMENT_KIND_TAG,
         TRAINING_KIND,
         VIEW_KEY,

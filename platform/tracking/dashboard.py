@@ -21,6 +21,8 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
+from platform.tracking.tags import TAG_KIND
+
 _log = logging.getLogger(__name__)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -33,7 +35,7 @@ DEFAULT_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
 METRIC_COLUMNS = ("eval/success", "eval/success_ci_low", "eval/success_ci_high", "val/pos_err_cm",
                   "train/samples_per_s", "train/loss")
 PARAM_COLUMNS = ("policy.type", "policy.m", "data.episodes_per_task", "train.steps")
-TAG_COLUMNS = ("platform.kind",)
+TAG_COLUMNS = (TAG_KIND,)
 
 
 def column(kind: str, key: str) -> str:
