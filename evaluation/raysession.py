@@ -28,10 +28,9 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from evaluation import REPO_ROOT
 
 
 @contextlib.contextmanager

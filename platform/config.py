@@ -21,9 +21,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from evaluation import REPO_ROOT
 from policies.config import CONFIG_CLASSES, FrozenModel, MiniDiffuserConfig, PolicyConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Reliability tests only: the worker crashes once after the checkpoint at this step (platform.worker).
 FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
 _POLICY_CLASSES: dict[str, type[BaseModel]] = dict(CONFIG_CLASSES)

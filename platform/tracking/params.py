@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evaluation import REPO_ROOT
+
 
 def param_str(value: Any) -> str:
     if isinstance(value, str):
@@ -59,7 +61,7 @@ def run_environment_params(repo_root: Path | None = None) -> dict[str, str]:
             out[f"env.{dist}"] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[f"env.{dist}"] = "not installed"
-    root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parents[2]
+    root = Path(repo_root) if repo_root is not None else REPO_ROOT
     commit = _git(root, "rev-parse", "HEAD")
     out["env.git_commit"] = commit or "unknown (no git checkout, e.g. a Ray working_dir copy)"
     if commit:
