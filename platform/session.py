@@ -1,7 +1,7 @@
 """Starting or joining Ray, the way every platform command does it (README "Running on a cluster").
 
 - Inside ``ray job submit --working-dir . -- python -m platform.train``: join the job's cluster; the job's
-  runtime env already ships the repo.
+  runtime env already ships the repo, and gets the platform's environment variables added (``runtime_env``).
 - ``ray.address`` / ``$RAY_ADDRESS`` set: join that cluster, shipping the repo as ``working_dir``.
 - Otherwise: a private local cluster (``address="local"``) with the repo as ``working_dir``, so that
   workers import this repo's ``platform`` package and not the stdlib module.
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -48,8 +49,8 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     in_job = _in_job()
     log_level = "ERROR" if quiet else "WARNING"
-    if in_job:
-        ray.init(address=address or "auto", logging_level=log_level)
+    if in_job:  # the job already ships the repo; its workers still need the platform's variables
+        ray.init(address=address or "auto", runtime_env={"env_vars": _job_env_vars()}, logging_level=log_level)
     elif address:
         ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
     else:
@@ -81,6 +82,17 @@ def train_worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
 
 def _in_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _job_env_vars() -> dict[str, str]:
+    """``runtime_env()``'s variables for a job's workers, less those the job's own runtime env sets: Ray merges a
+    job driver's runtime env into the job's per variable and refuses a variable set by both (the job's wins)."""
+    try:
+        job = json.loads(os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"]).get("runtime_env") or {}
+        taken = set((job.get("env_vars") or {}) if isinstance(job, dict) else {})
+    except (KeyError, ValueError, AttributeError):
+        taken = set()
+    return {k: v for k, v in runtime_env()["env_vars"].items() if k not in taken}
 
 
 def joins_cluster(cfg: ExperimentConfig) -> bool:

@@ -117,4 +117,8 @@ def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
         time.sleep(2)
     assert out.returncode == 0, text[-4000:]
     assert "succeeded" in text and "[train] done" in text
+    # The platform's environment variables reach the job's workers too (Ray Train's print patch off): each
+    # line of the train worker once, not twice.
+    started = [ln for ln in text.splitlines() if "[train] starting at step 0/10" in ln]
+    assert len(started) == 1, started
     assert [c.step for c in list_checkpoints(tmp_path / "runs" / "job")][-1] == 10
