@@ -58,6 +58,9 @@ class DataConfig(FrozenModel):
     rlbench_root: str | None = None
     collect_workers: int = Field(2, ge=1, le=256)
     seed: int = 0
+    # What level 1 draws uniformly: keyframe samples (the papers' choice), or tasks (every task as often as the
+    # one with the most samples; a task with one keypose per episode, like reach, otherwise gets ~2 % of them)
+    balance: Literal["samples", "tasks"] = "samples"
 
 
 class TrainConfig(FrozenModel):

@@ -38,7 +38,7 @@ class TrainingState:
     """Everything the loop mutates, with save/restore."""
 
     def __init__(self, cfg: ExperimentConfig, policy: Policy, num_samples: int, device: torch.device,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, groups: np.ndarray | None = None) -> None:
         t = cfg.train
         if world > t.batch_size:
             raise ValueError(f"train.batch_size ({t.batch_size}) must be at least the number of workers ({world})")
@@ -56,7 +56,7 @@ class TrainingState:
             self.optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps, t.min_lr_ratio))
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
         self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
-        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed)
+        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups)  # groups: data.balance=tasks
         self.step = 0
         self.consecutive_nonfinite = 0
         self.skipped_total = 0
@@ -204,7 +204,8 @@ def build_training(cfg: ExperimentConfig, dataset: Any, device: torch.device, ra
     np.random.seed(cfg.train.seed & 0xFFFFFFFF)
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
-    return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world)
+    groups = np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None  # (S,) task of each sample
+    return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
 
 
 def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:

@@ -31,6 +31,43 @@ def test_sampler_refuses_another_dataset():
         Level1Sampler(11, 4, 0).load_state_dict(state)
 
 
+def test_task_balanced_sampler_draws_every_task_equally_and_resumes_exactly():
+    groups = np.array([0] * 12 + [1] * 3 + [2] * 1)  # one large task, one small, one with a single sample
+    s = Level1Sampler(len(groups), batch_size=6, seed=1, groups=groups)
+    draws = np.concatenate([s.next_indices() for _ in range(12)])  # 72 draws = 2 epochs of 3 tasks x 12
+    for epoch in (draws[:36], draws[36:]):
+        assert np.bincount(groups[epoch]).tolist() == [12, 12, 12]  # every task as often as the largest
+        assert sorted(epoch[groups[epoch] == 0]) == list(range(12))  # the largest: each sample once
+        assert np.bincount(epoch[groups[epoch] == 1], minlength=15)[12:].tolist() == [4, 4, 4]
+    assert not np.array_equal(draws[:36], draws[36:])  # a fresh shuffle each epoch
+    a = Level1Sampler(len(groups), 6, seed=1, groups=groups)
+    for _ in range(5):
+        a.next_indices()
+    b = Level1Sampler(len(groups), 6, seed=1, groups=groups)
+    b.load_state_dict(a.state_dict())
+    for _ in range(9):
+        assert np.array_equal(a.next_indices(), b.next_indices())
+    with pytest.raises(ValueError, match="data.balance"):  # resuming with the other sampling is refused
+        Level1Sampler(len(groups), 6, seed=1).load_state_dict(a.state_dict())
+
+
+def test_data_balance_reaches_the_training_sampler():
+    from platform.config import load_config
+    from platform.loop import build_training
+
+    class Data:
+        task_index = np.array([0, 0, 0, 1])
+
+        def __len__(self):
+            return 4
+
+    overrides = ["policy.preset=tiny", "train.batch_size=4"]
+    uniform = build_training(load_config(None, overrides), Data(), torch.device("cpu"))
+    balanced = build_training(load_config(None, [*overrides, "data.balance=tasks"]), Data(), torch.device("cpu"))
+    assert uniform.sampler.groups is None and balanced.sampler.groups.tolist() == [0, 0, 0, 1]
+    assert np.bincount(Data.task_index[np.concatenate([balanced.sampler.next_indices() for _ in range(3)])]).tolist() == [6, 6]
+
+
 def test_step_seeds_differ_by_step_and_stream():
     seeds = {step_seed(0, s, k) for s in range(50) for k in range(3)}
     assert len(seeds) == 150 and step_seed(1, 2, 0) == step_seed(1, 2, 0)
