@@ -300,8 +300,8 @@ class _MetricLog:
             if "val/pos_err_cm" in metrics:
                 self.last_val = {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
         if self.train_mod is not None and self.pending:
-            # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll (2 s),
-            # so reporting every window would stall training. Tune (ASHA) sees the newest window, and the
+            # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll
+            # (platform.session.TRAIN_POLL_S, 0.5 s), so reporting every window would stall training. Tune (ASHA) sees the newest window, and the
             # newest validation (sweeps rank trials by it).
             step, metrics = self.pending[-1]
             report = {**self.last_val, **metrics}
