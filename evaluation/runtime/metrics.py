@@ -3,6 +3,15 @@ status, throughput and where the time went. JSON, a terminal table and MLflow me
 
 A success rate is ``successes / episodes requested``: timeouts, simulator and planner errors count as
 failures and stay in the denominator; they are also counted separately so that they are visible.
+
+Three averages, because papers report different ones: ``mean_success`` (the mean over tasks of per-task
+success, ``eval/success``), ``per_episode_success`` (successes / episodes, ``eval/success/per_episode``)
+and, for Meta-World, the difficulty tiers (``evaluation/metaworld_tiers.py``): each tier's success over
+its tasks' episodes (``eval/success/<tier>``) and the **tier average**, the mean of the four tiers'
+rates as the VLA papers report MT50 (``eval/success/tier_average``), only when all four tiers were
+evaluated. With equal episodes per task (every evaluation here) a tier's rate is also the mean of its
+tasks' rates. The tiers are derived from ``tasks`` (properties, also written to the JSON), so reports
+written before they existed show them too.
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, get_args
 
+from pydantic import computed_field, model_validator
+
+from evaluation.metaworld_tiers import TIER_LABELS, TIER_TASKS, TIERS, group_by_tier
 from evaluation.runtime.episode import EpisodeOutput, StageTimes
 from evaluation.simulators.sim import EpisodeStatus
 from policies.config import FrozenModel
@@ -66,6 +78,20 @@ class TaskSummary(FrozenModel):
     mean_steps: float
 
 
+class TierSummary(FrozenModel):
+    """One Meta-World difficulty tier of a report: its evaluated tasks' episodes pooled."""
+
+    tier: str
+    tasks: list[str]  # the tier's tasks in this evaluation
+    tier_size: int  # tasks the tier has (easy 28, medium 11, hard 6, very hard 5)
+    episodes: int
+    successes: int
+    success_rate: float  # successes / episodes of the tier's tasks (full denominators)
+    ci_low: float  # 95 % Wilson interval of success_rate
+    ci_high: float
+    status_counts: dict[str, int]
+
+
 class EvalReport(FrozenModel):
     """Everything one evaluation produced. ``mean_success`` is the mean over tasks of per-task success."""
 
@@ -85,6 +111,15 @@ class EvalReport(FrozenModel):
     # Evaluations over several seeds (RLBench: 3): mean-over-tasks success of each seed's episodes. With
     # equal episodes per seed, each task's success_rate above is the mean of its per-seed rates.
     seed_success: dict[int, float] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        """A report's JSON holds its computed fields too (tiers, per-episode success); reading it back
+        recomputes them from ``tasks`` instead of refusing them as unknown keys."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in cls.model_computed_fields}
+        return data
 
     @property
     def seed_std(self) -> float | None:
@@ -116,11 +151,65 @@ class EvalReport(FrozenModel):
         s = self.tasks[task]
         return wilson_interval(s.successes, s.episodes)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def per_episode_success(self) -> float:
+        """Successes over all episodes (FabriVLA's "counted per episode"); equals ``mean_success`` when every
+        task has as many episodes."""
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def per_episode_ci(self) -> tuple[float, float]:
+        """95 % Wilson interval of ``per_episode_success``."""
+        return wilson_interval(self.successes, self.episodes)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tiers(self) -> dict[str, TierSummary]:
+        """The Meta-World tiers the evaluated tasks belong to, in tier order (empty for other benchmarks)."""
+        out = {}
+        for tier, names in group_by_tier(list(self.tasks)).items():
+            k, n = sum(self.tasks[t].successes for t in names), sum(self.tasks[t].episodes for t in names)
+            lo, hi = wilson_interval(k, n)
+            counts = {s: sum(self.tasks[t].status_counts.get(s, 0) for t in names) for s in STATUSES}
+            out[tier] = TierSummary(tier=tier, tasks=names, tier_size=len(TIER_TASKS[tier]), episodes=n,
+                                    successes=k, success_rate=k / n if n else 0.0, ci_low=lo, ci_high=hi,
+                                    status_counts=counts)
+        return out
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tier_average(self) -> float | None:
+        """Mean of the four tiers' success rates; None unless every tier has an evaluated task (an average of
+        the tiers present would not be the number papers report)."""
+        tiers = self.tiers
+        if len(tiers) < len(TIERS):
+            return None
+        return sum(t.success_rate for t in tiers.values()) / len(tiers)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tier_average_ci(self) -> tuple[float, float] | None:
+        """95 % interval of ``tier_average``: ``mean_interval`` over the four tiers' pooled counts."""
+        if self.tier_average is None:
+            return None
+        return mean_interval([(t.successes, t.episodes) for t in self.tiers.values()])
+
     def mlflow_metrics(self, prefix: str = "eval") -> dict[str, float]:
         """``{prefix}/<task>/success``, ``{prefix}/success``, ``{prefix}/<status>`` counts, throughput."""
         out = {f"{prefix}/{t}/success": s.success_rate for t, s in self.tasks.items()}
         out[f"{prefix}/success"] = self.mean_success
         out[f"{prefix}/success_ci_low"], out[f"{prefix}/success_ci_high"] = self.mean_ci
+        # Other averages under {prefix}/success/<name>, their intervals as <name>_ci_low / _ci_high (the
+        # style of {prefix}/success_ci_*); none of these names ends in /success, so they never read as a task.
+        averages = {"per_episode": (self.per_episode_success, self.per_episode_ci)}
+        averages.update({tier: (t.success_rate, (t.ci_low, t.ci_high)) for tier, t in self.tiers.items()})
+        if self.tier_average is not None and self.tier_average_ci is not None:
+            averages["tier_average"] = (self.tier_average, self.tier_average_ci)
+        for name, (value, (lo, hi)) in averages.items():
+            out[f"{prefix}/success/{name}"] = value
+            out[f"{prefix}/success/{name}_ci_low"], out[f"{prefix}/success/{name}_ci_high"] = lo, hi
         out.update({f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"})
         out[f"{prefix}/episodes"] = float(self.episodes)
         out[f"{prefix}/episodes_per_s"] = self.episodes_per_s
@@ -144,6 +233,9 @@ class EvalReport(FrozenModel):
         errs = " ".join(f"{self.status_counts.get(c, 0):>13}" for c in err_cols)
         lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {ci(self.mean_ci):>14} "
                      f"{self.episodes:>5} {errs}")
+        lines.append(f"{'per episode':<28} {100 * self.per_episode_success:>7.1f}% "
+                     f"{ci(self.per_episode_ci):>14} {self.episodes:>5}")
+        lines += self._tier_lines(ci, err_cols, len(head))
         if len(self.seed_success) > 1:
             per_seed = ", ".join(f"seed {k}: {100 * v:.1f}%" for k, v in self.seed_success.items())
             lines.append(f"{len(self.seed_success)} seeds ({per_seed}); std over seeds {100 * (self.seed_std or 0):.1f} points")
@@ -153,6 +245,25 @@ class EvalReport(FrozenModel):
             f"retries {self.retries}, actor restarts {self.actor_restarts}; time: {shares}"
         )
         return "\n".join(lines)
+
+    def _tier_lines(self, ci: Any, err_cols: list[str], width: int) -> list[str]:
+        """The table's tier rows and the tier average (or why there is none); nothing without tiers."""
+        tiers = self.tiers
+        if not tiers:
+            return []
+        lines = ["-" * width]
+        for tier, t in tiers.items():
+            label = f"{TIER_LABELS[tier]} ({len(t.tasks)} of {t.tier_size} tasks)"
+            errs = " ".join(f"{t.status_counts.get(c, 0):>13}" for c in err_cols)
+            lines.append(f"{label:<28} {100 * t.success_rate:>7.1f}% {ci((t.ci_low, t.ci_high)):>14} "
+                         f"{t.episodes:>5} {errs}")
+        if self.tier_average is not None:
+            lines.append(f"{'tier average (4 tiers)':<28} {100 * self.tier_average:>7.1f}% "
+                         f"{ci(self.tier_average_ci):>14}")
+        else:
+            missing = " or ".join(TIER_LABELS[t] for t in TIERS if t not in tiers)
+            lines.append(f"tier average: not shown, it needs all four tiers and no {missing} task was evaluated")
+        return lines
 
 
 def summarize(

@@ -108,3 +108,57 @@ def test_success_intervals():
     tlo, thi = wilson_interval(15, 25)
     assert thi - tlo > 2 * (hi - lo)
     assert mean_interval([(25, 25)] * 10)[0] < 1.0  # perfect tasks still carry uncertainty
+
+
+def _mt_outputs(counts: dict[str, tuple[int, int]]) -> list[EpisodeOutput]:
+    """Hand-built Meta-World episodes: ``{task: (successes, episodes)}``; one failure per task is a timeout."""
+    outs = []
+    for task, (k, n) in counts.items():
+        outs += [_out(task, True) for _ in range(k)]
+        outs += [_out(task, False, "timeout" if i == 0 else "ok") for i in range(n - k)]
+    return outs
+
+
+def test_tiers_pool_their_tasks_with_wilson_intervals_and_the_tier_average_needs_all_four():
+    import json
+
+    from evaluation.runtime.metrics import mean_interval, wilson_interval
+
+    counts = {"reach-v3": (8, 10), "door-open-v3": (6, 10),  # easy: 14 / 20
+              "hammer-v3": (5, 10),  # medium
+              "push-v3": (2, 10),  # hard
+              "shelf-place-v3": (0, 10), "stick-pull-v3": (1, 10)}  # very hard: 1 / 20
+    report = summarize(_mt_outputs(counts), wall_s=1.0)
+    tiers = report.tiers
+    assert list(tiers) == ["easy", "medium", "hard", "very_hard"]
+    easy = tiers["easy"]
+    assert (easy.successes, easy.episodes, easy.tier_size) == (14, 20, 28) and easy.success_rate == 0.7
+    assert (easy.ci_low, easy.ci_high) == wilson_interval(14, 20) and easy.status_counts["timeout"] == 2
+    assert tiers["very_hard"].tasks == ["shelf-place-v3", "stick-pull-v3"] and tiers["very_hard"].success_rate == 0.05
+    assert report.tier_average == pytest.approx((0.7 + 0.5 + 0.2 + 0.05) / 4)
+    assert report.tier_average_ci == mean_interval([(14, 20), (5, 10), (2, 10), (1, 20)])
+    assert report.per_episode_success == pytest.approx(22 / 60) and report.per_episode_ci == wilson_interval(22, 60)
+    assert report.mean_success == pytest.approx((0.8 + 0.6 + 0.5 + 0.2 + 0.0 + 0.1) / 6)  # per task: another number
+    m = report.mlflow_metrics("eval")
+    for name in ("easy", "medium", "hard", "very_hard", "tier_average", "per_episode"):
+        assert {f"eval/success/{name}", f"eval/success/{name}_ci_low", f"eval/success/{name}_ci_high"} <= set(m)
+    assert m["eval/success/hard"] == 0.2 and m["eval/success/tier_average"] == pytest.approx(report.tier_average)
+    assert (m["eval/success/easy_ci_low"], m["eval/success/easy_ci_high"]) == wilson_interval(14, 20)
+    table = report.table()
+    assert "easy (2 of 28 tasks)" in table and "very hard (2 of 5 tasks)" in table
+    assert "tier average (4 tiers)" in table and "36.2%" in table  # the tier average, 36.25 %
+    data = json.loads(report.to_json())  # the JSON report carries the tiers; reading it back recomputes them
+    assert data["tiers"]["medium"]["success_rate"] == 0.5 and data["tier_average"] == pytest.approx(0.3625)
+    assert EvalReport.from_json(report.to_json()) == report
+
+
+def test_a_subset_shows_its_tiers_and_no_tier_average_and_other_benchmarks_no_tiers():
+    subset = summarize(_mt_outputs({"reach-v3": (5, 5), "pick-place-v3": (1, 5)}), wall_s=1.0)
+    assert list(subset.tiers) == ["easy", "hard"] and subset.tier_average is None and subset.tier_average_ci is None
+    m = subset.mlflow_metrics("eval")
+    assert "eval/success/easy" in m and "eval/success/medium" not in m and "eval/success/tier_average" not in m
+    assert "needs all four tiers and no medium or very hard task was evaluated" in subset.table()
+    other = summarize([_out("a", True), _out("b", False)], wall_s=1.0)  # not Meta-World tasks
+    assert other.tiers == {} and other.tier_average is None
+    assert not [k for k in other.mlflow_metrics("eval") if k.startswith("eval/success/") and "per_episode" not in k]
+    assert "tier" not in other.table() and "per episode" in other.table()
