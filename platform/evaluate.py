@@ -190,7 +190,8 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
 
 def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutcome) -> EvalReport | None:
     """Record an evaluation's outcome: its report as JSON beside the checkpoints (or its error), metrics at
-    ``step``, the keep-best metric; returns the report (None when the evaluation failed)."""
+    ``step`` (``EvalReport.mlflow_metrics``: per task, the means, Meta-World's tiers and tier average), the
+    keep-best metric; returns the report (None when the evaluation failed)."""
     run_dir = checkpoint.parent.parent
     out_dir = run_dir / EVAL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +216,9 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
         tracker.log_metrics(report.mlflow_metrics("eval"), step=step)
         tracker.log_dict(json.loads(text), f"eval/step_{step:08d}.json")
         _log_videos(tracker, report, checkpoint)
-    print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes",
-          flush=True)
+    tiers = "" if report.tier_average is None else f" (tier average {100 * report.tier_average:.1f}%)"
+    print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes"
+          f"{tiers}", flush=True)
     return report
 
 
