@@ -36,8 +36,12 @@ resume from an older checkpoint, a re-evaluated last step) is not sent again: th
   ``train/samples_per_s`` (noised action samples per second, B*M per step), ``train/conditions_per_s``
   (encoded conditions per second, B per step), ``train/peak_mem_bytes``, ``time/elapsed_s`` (wall clock
   since the run first started, across resumes).
-- ``eval/success`` (mean over tasks, 0..1), ``eval/<task>/success`` (0..1), ``eval/episodes``,
-  ``eval/timeout``, ``eval/sim_error``, ``eval/planner_error`` (episode counts by status).
+- ``eval/success`` (mean over tasks, 0..1) with ``eval/success_ci_low`` / ``_ci_high`` (95 %),
+  ``eval/<task>/success`` (0..1), ``eval/success/per_episode`` (successes / episodes); Meta-World only:
+  ``eval/success/<tier>`` (easy, medium, hard, very_hard; the tier's episodes pooled) and
+  ``eval/success/tier_average`` (mean of the four tiers, only when all four were evaluated), each with
+  ``_ci_low`` / ``_ci_high``; ``eval/episodes``, ``eval/timeout``, ``eval/sim_error``,
+  ``eval/planner_error`` (episode counts by status). Names: ``EvalReport.mlflow_metrics``.
 
 **Tags**: ``platform.kind`` in {train, reference, sweep_parent, sweep_trial, comparison},
 ``platform.policy_type`` (mini_diffuser | one_to_one | dda_style), ``platform.suite`` (mt10 | mt50 |

@@ -5,8 +5,10 @@ experiment tags, set whenever the platform opens an experiment, make it a traini
 
 - ``mlflow.experimentKind = custom_model_development``: the UI's model-training view (runs table, charts);
 - ``mlflow.sharedViewState.platform``: a saved runs-table view (the state the UI's "Share" button stores)
-  whose columns are what a researcher compares first: mean success and its interval, validation error,
-  samples/s, the training loss, policy type, M, demonstrations per task. The printed URLs open it with
+  whose columns are what a researcher compares first: mean success and its interval, the per-episode
+  success, on Meta-World the tier average with its interval and each tier's success (empty for runs of
+  other benchmarks; each tier's interval is in the run's metrics), validation error, samples/s, the training
+  loss, policy type, M, demonstrations per task. The printed URLs open it with
   ``viewStateShareKey=platform`` (and ``workflowType=machine_learning``, the UI's own switch for the
   same view). The charts page needs no setup: MLflow draws one chart per logged metric, grouped by prefix
   (``train/``, ``val/``, ``eval/``), against step or, from the chart controls, wall-clock time.
@@ -21,6 +23,7 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
+from evaluation.metaworld_tiers import TIERS
 from platform.tracking.tags import TAG_KIND
 
 _log = logging.getLogger(__name__)
@@ -32,8 +35,11 @@ VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
 DEFAULT_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
 
 # Columns of the runs table, as the UI names them (kind.`key`).
-METRIC_COLUMNS = ("eval/success", "eval/success_ci_low", "eval/success_ci_high", "val/pos_err_cm",
-                  "train/samples_per_s", "train/loss")
+# Success and its averages first (names from evaluation.runtime.metrics.EvalReport.mlflow_metrics).
+METRIC_COLUMNS = ("eval/success", "eval/success_ci_low", "eval/success_ci_high", "eval/success/per_episode",
+                  "eval/success/tier_average", "eval/success/tier_average_ci_low",
+                  "eval/success/tier_average_ci_high", *(f"eval/success/{tier}" for tier in TIERS),
+                  "val/pos_err_cm", "train/samples_per_s", "train/loss")
 PARAM_COLUMNS = ("policy.type", "policy.m", "data.episodes_per_task", "train.steps")
 TAG_COLUMNS = (TAG_KIND,)
 

@@ -376,6 +376,8 @@ def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqli
     view = json.loads(exp.tags[VIEW_TAG])
     assert "metrics.`eval/success`" in view["selectedColumns"] and "params.`policy.m`" in view["selectedColumns"]
     assert "metrics.`val/pos_err_cm`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
+    for key in ("tier_average", "tier_average_ci_low", "easy", "medium", "hard", "very_hard", "per_episode"):
+        assert f"metrics.`eval/success/{key}`" in view["selectedColumns"]  # Meta-World tiers beside the mean
     # A user's own choice of kind survives the next run; the saved view is brought up to date.
     _client(sqlite_uri).set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, "finetuning")
     _client(sqlite_uri).set_experiment_tag(exp.experiment_id, VIEW_TAG, "{}")
