@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets.collect_jobs import (
+    KEYFRAME_RUNG,
     CollectJob,
     JobResult,
     close_simulators,
@@ -167,15 +168,26 @@ def _encode_instructions(out: Path, tasks: Sequence[str], text_cfg: TextEncoderC
     }
 
 
+def _rung(meta: Any) -> int:
+    """The keyframe refinement rung recorded in a shard's Parquet metadata (0 for older shards)."""
+    raw = (meta.metadata or {}).get(KEYFRAME_RUNG.encode(), b"0")
+    return int(raw)
+
+
 def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    shards, counts = [], {}
+    shards, counts, rungs = [], {}, {}
     for task, variations in chosen.items():
         samples = 0
+        rungs[task] = {}
         for variation in variations:
             path = shard_path(out, task, variation)
-            rows = pq.ParquetFile(path).metadata.num_rows
+            parquet = pq.ParquetFile(path)
+            rows = parquet.metadata.num_rows
+            rung = _rung(parquet.schema_arrow)
+            if rung:
+                rungs[task][str(variation)] = rung
             samples += rows
             shards.append(
                 {
@@ -199,6 +211,9 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
         "variation_pool": settings["variation_pool"],
         "episodes": chosen,
         "expert_failures": failures,
+        # per task, the variations whose keyframes needed a denser rung than the config's
+        # ({variation: rung}; -1: no rung replays, the config's own keyframes are kept)
+        "keyframe_rungs": rungs,
         **sample_fields(counts, settings["pointcloud"], "[x, y, z, qx, qy, qz, qw, open], TCP, world frame, metres"),
         "render": render_cfg.model_dump(mode="json"),
         "benchmark_seed": settings["sim"]["benchmark_seed"],
@@ -304,7 +319,7 @@ def _collect_locked(
 def _write_stats(
     out: Path, results: list[JobResult], collect_s: float, text_s: float, workers: int, total_s: float
 ):
-    keys = ("startup_s", "physics_s", "render_s", "points_s", "write_s", "job_s")
+    keys = ("startup_s", "physics_s", "replay_s", "render_s", "points_s", "write_s", "job_s")
     sums = {k: round(sum(r.times.get(k, 0.0) for r in results), 3) for k in keys}
     done = [r for r in results if r.ok]
     stats = {
@@ -312,6 +327,7 @@ def _write_stats(
         "jobs_run_this_time": len(results),
         "episodes_written_this_time": len(done),
         "expert_failures_this_time": len(results) - len(done),
+        "keyframe_rungs_this_time": {str(k): sum(1 for r in done if r.rung == k) for k in sorted({r.rung for r in done})},
         "samples_written_this_time": sum(r.samples for r in done),
         "collect_wall_s": round(collect_s, 3),
         "text_encoding_s": round(text_s, 3),

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets.dataset import samples_table, write_table
-from evaluation.datasets.demos import EpisodeTimes, episode_samples, run_expert
+from evaluation.datasets.demos import EpisodeTimes, episode_samples, plan_keyframes, run_expert
 from evaluation.datasets.keyframes import KeyframeConfig
+from evaluation.files import atomic_write_bytes
 from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.instructions import instruction_for
 from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
 
 _SIM: dict[str, Any] = {}
+EXPERT_FAILED = "expert failed"
+KEYFRAME_RUNG = "keyframe_rung"  # shard metadata key: the refinement rung its keyframes needed (0 = none)
 
 
 def shard_path(root: Path, task: str, variation: int) -> Path:
@@ -51,6 +54,7 @@ class JobResult:
     samples: int = 0
     keyframes: int = 0
     steps: int = 0
+    rung: int = 0
     message: str = ""
     times: dict[str, float] = field(default_factory=dict)
     pid: int = 0
@@ -74,11 +78,20 @@ def close_simulators() -> None:
     _SIM.clear()
 
 
-def collect_job(job: CollectJob) -> JobResult:
-    """Roll out the expert for (task, variation), render its keyframes, write the shard atomically.
+def _record_failure(job: CollectJob, reason: str, steps: int, times: dict[str, float]) -> JobResult:
+    """A ``.failed.json`` marker (so a resumed collection does not retry the variation) and the result."""
+    marker = {"task": job.task, "variation": job.variation, "reason": reason, "steps": steps}
+    path = failure_path(Path(job.root), job.task, job.variation)
+    atomic_write_bytes(path, (json.dumps(marker, sort_keys=True) + "\n").encode())
+    return JobResult(job.task, job.variation, False, steps=steps, message=reason, times=times, pid=os.getpid())
 
-    An expert failure writes a small ``.failed.json`` marker instead (so a resumed collection does not
-    retry it) and returns ``ok=False``.
+
+def collect_job(job: CollectJob) -> JobResult:
+    """Roll out the expert for (task, variation), choose keyframes that replay, render them, write the
+    shard atomically (its Parquet metadata records the refinement rung, ``KEYFRAME_RUNG``; -1 = none
+    replays).
+
+    An expert failure writes a small ``.failed.json`` marker instead and returns ``ok=False``.
     """
     root = Path(job.root)
     sim, startup_s = _simulator(job.sim)
@@ -86,34 +99,25 @@ def collect_job(job: CollectJob) -> JobResult:
     t0 = time.perf_counter()
     traj = run_expert(sim, job.task, job.variation, job.seed)
     times.physics_s = traj.physics_s
+    steps = len(traj.tcp) - 1
     first_render = job.task not in sim._renderers
     if not traj.success:
-        marker = {
-            "task": job.task,
-            "variation": job.variation,
-            "reason": "expert failed",
-            "steps": len(traj.tcp) - 1,
-        }
-        failure_path(root, job.task, job.variation).parent.mkdir(parents=True, exist_ok=True)
-        failure_path(root, job.task, job.variation).write_text(json.dumps(marker, sort_keys=True) + "\n")
-        return JobResult(
-            job.task,
-            job.variation,
-            False,
-            steps=len(traj.tcp) - 1,
-            message="expert failed",
-            times={"physics_s": times.physics_s, "startup_s": startup_s},
-            pid=os.getpid(),
+        return _record_failure(
+            job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s}
         )
+    t_replay = time.perf_counter()
+    keyframes, rung = plan_keyframes(sim, traj, KeyframeConfig.model_validate(job.keyframes))
+    replay_s = time.perf_counter() - t_replay
     pc_cfg = PointCloudConfig.model_validate(job.pointcloud)
-    kf_cfg = KeyframeConfig.model_validate(job.keyframes)
     t_ctx = time.perf_counter()
     if first_render:
         sim._renderer()  # render context of this task's model: start-up cost, not per-frame rendering
     context_s = time.perf_counter() - t_ctx
-    samples = episode_samples(sim, traj, job.variation, pc_cfg, kf_cfg, times)
+    samples = episode_samples(sim, traj, job.variation, pc_cfg, keyframes, times)
     t_write = time.perf_counter()
-    write_table(samples_table(samples, instruction_for(job.task)), shard_path(root, job.task, job.variation))
+    table = samples_table(samples, instruction_for(job.task))
+    table = table.replace_schema_metadata({KEYFRAME_RUNG: str(rung)})
+    write_table(table, shard_path(root, job.task, job.variation))
     write_s = time.perf_counter() - t_write
     return JobResult(
         task=job.task,
@@ -121,10 +125,12 @@ def collect_job(job: CollectJob) -> JobResult:
         ok=True,
         samples=len(samples),
         keyframes=len(samples),
-        steps=len(traj.tcp) - 1,
+        steps=steps,
+        rung=rung,
         times={
             "startup_s": startup_s + context_s,
             "physics_s": times.physics_s,
+            "replay_s": replay_s,
             "render_s": times.render_s,
             "points_s": times.points_s,
             "write_s": write_s,

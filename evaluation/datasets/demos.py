@@ -1,8 +1,12 @@
 """Scripted-expert demonstrations: roll out, find keyframes, render only the keyframe observations.
 
 ``run_expert`` steps a ``metaworld.policies`` expert without rendering and keeps a full-physics state
-snapshot per step (cheap). ``episode_samples`` restores the snapshots at the observation frames,
-renders them once each, and builds the (observation -> next keypose) samples.
+snapshot per step (cheap). ``plan_keyframes`` finds the keyframes and replays them through the keypose
+controller in a fresh episode; when they do not solve the task it tries the denser rungs of
+``keyframes.REFINEMENTS`` and keeps the first that does (when none does, the sparsest: a demonstration
+is never dropped for it, and the dataset's manifest lists it).
+``episode_samples`` restores the snapshots at the observation frames, renders them once each, and
+builds the (observation -> next keypose) samples.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.datasets.dataset import KeyframeSample
-from evaluation.datasets.keyframes import Keyframe, KeyframeConfig, detect_keyframes
+from evaluation.datasets.keyframes import Keyframe, KeyframeConfig, detect_keyframes, refinement_ladder
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
 
 
 class ExpertError(RuntimeError):
     """The scripted expert did not solve the episode (it is skipped, and counted, by collection)."""
+
+
+NO_RUNG = -1  # plan_keyframes: no rung replays (the config's own keyframes are kept)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Trajectory:
     grip_open: np.ndarray  # (T+1,) bool, command applied at step t (index 0: open at reset)
     quat: np.ndarray  # (T+1, 4) hand orientation xyzw
     grip_dist: np.ndarray  # (T+1,) finger opening in [0, 1]
+    objects: np.ndarray  # (T+1, K) the task's object positions (Meta-World's ``_get_pos_objects``)
     states: list[np.ndarray]  # T+1 full-physics snapshots
     success: bool
     physics_s: float = 0.0
@@ -56,6 +64,10 @@ def effort_is_open(effort: float) -> bool:
     return bool(effort <= 0.0)
 
 
+def _objects(sim: MetaWorldSimulator) -> np.ndarray:
+    return np.array(sim.env._get_pos_objects(), np.float64).reshape(-1)  # (K,)
+
+
 def run_expert(
     sim: MetaWorldSimulator,
     task: str,
@@ -75,6 +87,7 @@ def run_expert(
     expert = expert_for(task)
     tcp, grip, quat, states = [sim.tcp_position()], [True], [sim.gripper_pose()[3:7]], [sim.get_state()]
     dist = [float(sim.last_obs[3])]
+    objects = [_objects(sim)]
     solved_at: int | None = None
     last_solved = 0
     while len(tcp) <= max_steps + settle_steps:
@@ -88,6 +101,7 @@ def run_expert(
         grip.append(effort_is_open(float(action[3])))
         quat.append(sim.gripper_pose()[3:7])
         dist.append(float(sim.last_obs[3]))
+        objects.append(_objects(sim))
         states.append(sim.get_state())
         if solved_now:
             last_solved = len(tcp) - 1
@@ -103,6 +117,7 @@ def run_expert(
         grip_open=np.array(grip[:end], bool),
         quat=np.array(quat[:end]),
         grip_dist=np.array(dist[:end]),
+        objects=np.array(objects[:end]),
         states=states[:end],
         success=solved_at is not None,
         physics_s=time.perf_counter() - start,
@@ -110,7 +125,30 @@ def run_expert(
 
 
 def keyframes_of(traj: Trajectory, cfg: KeyframeConfig) -> list[Keyframe]:
-    return detect_keyframes(traj.tcp, traj.grip_open, cfg, grip_dist=traj.grip_dist)
+    return detect_keyframes(traj.tcp, traj.grip_open, cfg, grip_dist=traj.grip_dist, objects=traj.objects)
+
+
+def replays(sim: MetaWorldSimulator, traj: Trajectory, keyframes: list[Keyframe]) -> bool:
+    """Whether driving a fresh episode of ``traj``'s (task, variation) through ``keyframes`` with the
+    keypose controller solves the task (what ``collect --verify`` checks on the stored dataset)."""
+    sim.reset_state(traj.task, traj.variation, traj.seed)
+    for kf in keyframes:
+        if sim.step_keypose(keypose(traj, kf).astype(np.float64)).success:
+            return True
+    return False
+
+
+def plan_keyframes(
+    sim: MetaWorldSimulator, traj: Trajectory, cfg: KeyframeConfig
+) -> tuple[list[Keyframe], int]:
+    """The sparsest keyframes of ``refinement_ladder(cfg)`` that replay, and their rung (0 = ``cfg``
+    itself); ``cfg``'s own keyframes and ``NO_RUNG`` when no rung replays."""
+    ladder = refinement_ladder(cfg)
+    for rung, rung_cfg in enumerate(ladder):
+        keyframes = keyframes_of(traj, rung_cfg)
+        if replays(sim, traj, keyframes):
+            return keyframes, rung
+    return keyframes_of(traj, cfg), NO_RUNG
 
 
 def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
@@ -126,13 +164,12 @@ def episode_samples(
     traj: Trajectory,
     episode: int,
     pc_cfg: PointCloudConfig,
-    kf_cfg: KeyframeConfig,
+    keyframes: list[Keyframe],
     times: EpisodeTimes,
 ) -> list[KeyframeSample]:
     """Samples (observation at keyframe i-1 -> keypose i) of a successful trajectory."""
     if not traj.success:
         raise ExpertError(f"the expert failed {traj.task} variation {traj.variation}")
-    keyframes = keyframes_of(traj, kf_cfg)
     samples = []
     for i, kf in enumerate(keyframes):
         obs_i = 0 if i == 0 else keyframes[i - 1].index

@@ -13,6 +13,9 @@ path and the gripper commands of a rollout:
 - direction changes: between consecutive keyframes, the frame where the path strays furthest from
   the straight segment joining them is added while that distance exceeds ``path_tolerance_m``
   (Ramer-Douglas-Peucker), so that straight moves between keyframes follow the expert's path;
+- contact frames (``contact_stride`` > 0, off by default): every ``contact_stride`` steps while an
+  object moves faster than ``contact_speed_m`` per step, so that straight keypose moves reproduce a
+  contact the expert makes along a curved or sustained path (ratcheting a handle up, sweeping);
 - the final frame (the first frame with task success).
 
 Candidates closer than ``min_gap`` steps to a kept one are dropped (gripper events win ties).
@@ -36,13 +39,37 @@ class KeyframeConfig(FrozenModel):
     min_gap: int = Field(6, ge=1)
     settle_eps: float = Field(0.01, gt=0.0)  # finger opening change per step (normalised 0..1) = settled
     settle_max: int = Field(25, ge=0)
+    contact_stride: int = Field(0, ge=0)  # 0 = no contact frames
+    contact_speed_m: float = Field(0.0005, gt=0.0)  # object motion per step that counts as contact
+    # Collection replays each episode's keyframes through the keypose controller and, when they do not
+    # solve the task, retries with the next, denser rung of REFINEMENTS (collection.md: why per task).
+    refine: bool = True
+
+
+# Denser keyframe settings tried in order when an episode's keyframes do not replay (rung 0 is the
+# config itself). Measured on MT50 x 25 train variations (docs/metaworld.md): a 5 mm path tolerance
+# fixes handle-pull and basketball, whose experts move along curves while in contact; contact frames
+# every 4, 2 and 1 steps fix soccer, sweep-into and stick-pull, which push an object along the way.
+REFINEMENTS: tuple[dict[str, float | int], ...] = (
+    {"path_tolerance_m": 0.005},
+    {"path_tolerance_m": 0.005, "contact_stride": 4},
+    {"path_tolerance_m": 0.005, "contact_stride": 2},
+    {"path_tolerance_m": 0.003, "contact_stride": 1},
+)
+
+
+def refinement_ladder(cfg: KeyframeConfig) -> list[KeyframeConfig]:
+    """``cfg`` followed by its denser rungs (only ``cfg`` when ``cfg.refine`` is off)."""
+    if not cfg.refine:
+        return [cfg]
+    return [cfg, *(cfg.model_copy(update=dict(rung)) for rung in REFINEMENTS)]
 
 
 @dataclass(frozen=True)
 class Keyframe:
     index: int  # state index in the trajectory
     gripper_open: bool  # gripper state commanded at this keyframe (after the toggle, for events)
-    kind: str  # "gripper", "still", "turn" or "final"
+    kind: str  # "gripper", "still", "turn", "contact" or "final"
 
 
 def gripper_events(grip_open: np.ndarray) -> list[int]:
@@ -115,15 +142,32 @@ def path_corners(tcp: np.ndarray, anchors: list[int], tolerance: float) -> list[
     return sorted(out)
 
 
+def contact_frames(objects: np.ndarray, stride: int, speed_m: float, taken: set[int]) -> list[int]:
+    """Frames ``stride`` steps apart (counted from the last taken or added frame) while ``objects``
+    (T+1, K) moves faster than ``speed_m`` per step; frames 0 and T are left to the caller."""
+    moving = np.zeros(len(objects), bool)  # (T+1,), moving[t]: objects moved between t-1 and t
+    moving[1:] = np.linalg.norm(np.diff(objects, axis=0), axis=1) > speed_m
+    out, last = [], -(10**9)
+    for t in range(1, len(objects) - 1):
+        if t in taken:
+            last = t
+        elif moving[t] and t - last >= stride:
+            out.append(t)
+            last = t
+    return out
+
+
 def detect_keyframes(
     tcp: np.ndarray,
     grip_open: np.ndarray,
     cfg: KeyframeConfig | None = None,
     grip_dist: np.ndarray | None = None,
+    objects: np.ndarray | None = None,
 ) -> list[Keyframe]:
     """Keyframes of a trajectory: ``tcp`` (T+1, 3) TCP positions, ``grip_open`` (T+1,) bool commands
     (``grip_open[t]`` is the command applied at step t; ``grip_open[0]`` the reset state, open),
-    ``grip_dist`` (T+1,) optional finger opening in [0, 1] (settles gripper keyframes).
+    ``grip_dist`` (T+1,) optional finger opening in [0, 1] (settles gripper keyframes), ``objects``
+    (T+1, K) optional object positions (contact frames, when ``cfg.contact_stride`` > 0).
 
     Returns keyframes in time order; the last one is the final frame T. Frame 0 is never a keyframe
     (it is the first observation). Observations for the next keypose are taken at each keyframe.
@@ -134,6 +178,8 @@ def detect_keyframes(
         raise ValueError(f"tcp must be (T+1, 3) and grip_open (T+1,); got {tcp.shape}, {grip_open.shape}")
     if grip_dist is not None and len(grip_dist) != len(tcp):
         raise ValueError(f"grip_dist must be (T+1,) = ({len(tcp)},), got {np.shape(grip_dist)}")
+    if objects is not None and len(objects) != len(tcp):
+        raise ValueError(f"objects must be (T+1, K) with T+1 = {len(tcp)}, got {np.shape(objects)}")
     last = len(tcp) - 1
     if last < 1:
         return []
@@ -148,6 +194,11 @@ def detect_keyframes(
         if 1 <= t <= last - cfg.min_gap and all(abs(t - k) >= cfg.min_gap for k in kept):
             kept.append(t)
     kept += path_corners(tcp, sorted({0, *kept, last}), cfg.path_tolerance_m)
+    contacts: set[int] = set()
+    if cfg.contact_stride > 0 and objects is not None:
+        objects = np.asarray(objects, np.float64).reshape(len(tcp), -1)  # (T+1, K)
+        contacts = set(contact_frames(objects, cfg.contact_stride, cfg.contact_speed_m, set(kept)))
+        kept += sorted(contacts)
     kept = sorted(set(kept) - {0, last})
     # the gripper state a keypose commands changes at the settled event frame, not at the toggle
     effective = np.ones(len(tcp), bool)  # (T+1,) open at reset
@@ -155,7 +206,7 @@ def detect_keyframes(
         effective[t:] = events[t]
     frames = []
     for t in kept:
-        kind = "gripper" if t in events else ("still" if t in stills else "turn")
+        kind = "gripper" if t in events else "still" if t in stills else "contact" if t in contacts else "turn"
         frames.append(Keyframe(t, bool(effective[t]), kind))
     frames.append(Keyframe(last, bool(effective[last]), "final"))
     return frames

@@ -234,3 +234,50 @@ def test_a_second_collection_into_the_same_directory_waits_for_the_first(tiny, c
     worker.join(timeout=60)
     assert done.is_set()  # the dataset was already complete: nothing re-collected
     assert "another collection is writing" in capsys.readouterr().out
+
+
+def test_plan_keeps_the_sparsest_rung_that_replays(monkeypatch):
+    """The ladder logic, with the replay faked: rung 2 is the first that 'replays'; none -> NO_RUNG."""
+    from evaluation.datasets import demos
+    from evaluation.datasets.keyframes import KeyframeConfig
+
+    tcp = np.concatenate([np.zeros((1, 3)), np.linspace([0, 0, 0], [0.2, 0.1, 0.0], 40)[1:]])
+    objects = np.zeros((len(tcp), 3))
+    objects[10:30, 0] = np.arange(20) * 0.002
+    objects[30:, 0] = objects[29, 0]
+    traj = demos.Trajectory(
+        "reach-v3", 0, 0, tcp, np.ones(len(tcp), bool), np.zeros((len(tcp), 4)), np.ones(len(tcp)), objects,
+        [np.zeros(1)] * len(tcp), True,
+    )
+    tried: list[int] = []
+
+    def fake_replays(sim, traj, keyframes):
+        tried.append(len(keyframes))
+        return len(tried) == 3
+
+    monkeypatch.setattr(demos, "replays", fake_replays)
+    keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
+    assert rung == 2 and len(keyframes) == tried[-1] > tried[0]  # denser than the config's own keyframes
+    monkeypatch.setattr(demos, "replays", lambda *a: False)
+    keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
+    assert rung == demos.NO_RUNG and keyframes == demos.keyframes_of(traj, KeyframeConfig())
+
+
+@pytest.mark.slow  # builds Meta-World's MT50 task list (about 55 s on 2 cores) the first time
+def test_mt50_tasks_whose_sparse_keyframes_fail_replay_after_refinement(tmp_path):
+    """handle-pull-v3 variation 0 and basketball-v3 variation 0: the config's keyframes do not solve the
+    task when replayed; the collected (refined) ones do, and the manifest says which rung was needed."""
+    tasks = ["handle-pull-v3", "basketball-v3"]
+    m = collect_dataset(
+        suite="mt50", tasks=tasks, episodes_per_task=1, out=tmp_path / "ds", workers=1, render=SMALL,
+        progress=False,
+    )
+    assert all(m["keyframe_rungs"][t].get("0", 0) > 0 for t in tasks), m["keyframe_rungs"]
+    assert verify_dataset(tmp_path / "ds", workers=1, progress=False)["success_rate"] == 1.0
+    from evaluation.datasets.keyframes import KeyframeConfig
+
+    collect_dataset(
+        suite="mt50", tasks=tasks, episodes_per_task=1, out=tmp_path / "plain", workers=1, render=SMALL,
+        progress=False, keyframes=KeyframeConfig(refine=False),
+    )
+    assert verify_dataset(tmp_path / "plain", workers=1, progress=False)["success_rate"] == 0.0

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from evaluation.datasets.keyframes import (
+    REFINEMENTS,
     KeyframeConfig,
+    contact_frames,
     detect_keyframes,
     gripper_events,
     path_corners,
+    refinement_ladder,
     still_frames,
 )
 from evaluation.simulators.controller import ControllerConfig, KeyposeController
@@ -131,3 +134,26 @@ def test_controller_toggles_after_reaching_and_holds():
     again = ctrl.move_to(np.array([0.0, 0.6, 0.3]), gripper_open=False)  # no toggle: no hold
     assert again.success  # success is sticky within the episode
     assert arm.efforts[-1] == 1.0
+
+
+def test_contact_frames_are_added_only_while_an_object_moves():
+    tcp = np.concatenate([np.zeros((1, 3)), _line([0, 0, 0], [0.3, 0.0, 0.0], 30)])  # straight: no turns
+    objects = np.zeros((31, 3))
+    objects[11:21, 0] = np.arange(1, 11) * 0.002  # pushed 2 mm per step during steps 11..20, then still
+    objects[21:, 0] = objects[20, 0]
+    plain = detect_keyframes(tcp, np.ones(31, bool), KeyframeConfig(), objects=objects)
+    assert [f.index for f in plain] == [30]  # contact frames are off by default
+    dense = detect_keyframes(tcp, np.ones(31, bool), KeyframeConfig(contact_stride=4), objects=objects)
+    assert [(f.index, f.kind) for f in dense] == [(11, "contact"), (15, "contact"), (19, "contact"), (30, "final")]
+    assert contact_frames(objects, 4, 0.0005, taken={13}) == [11, 17]  # the stride restarts at a kept frame
+
+
+def test_refinement_ladder_starts_with_the_config_and_gets_denser():
+    base = KeyframeConfig()
+    ladder = refinement_ladder(base)
+    assert ladder[0] == base and len(ladder) == 1 + len(REFINEMENTS)
+    tolerances = [c.path_tolerance_m for c in ladder]
+    assert tolerances == sorted(tolerances, reverse=True)
+    strides = [c.contact_stride for c in ladder[2:]]
+    assert all(s > 0 for s in strides) and strides == sorted(strides, reverse=True)
+    assert refinement_ladder(KeyframeConfig(refine=False)) == [KeyframeConfig(refine=False)]
