@@ -25,6 +25,7 @@ Indices refer to states: 0 is the reset state, t the state after step t.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -39,6 +40,9 @@ class KeyframeConfig(FrozenModel):
     min_gap: int = Field(6, ge=1)
     settle_eps: float = Field(0.01, gt=0.0)  # finger opening change per step (normalised 0..1) = settled
     settle_max: int = Field(25, ge=0)
+    # where a gripper event's keyframe goes: the slowest frame between the toggle and the fingers settling,
+    # or the settled frame itself (experts that start closing while still descending onto an object)
+    gripper_at: Literal["slowest", "settled"] = "slowest"
     contact_stride: int = Field(0, ge=0)  # 0 = no contact frames
     contact_speed_m: float = Field(0.0005, gt=0.0)  # object motion per step that counts as contact
     # Collection replays each episode's keyframes through the keypose controller and, when they do not
@@ -46,15 +50,19 @@ class KeyframeConfig(FrozenModel):
     refine: bool = True
 
 
-# Denser keyframe settings tried in order when an episode's keyframes do not replay (rung 0 is the
-# config itself). Measured on MT50 x 25 train variations (docs/metaworld.md): a 5 mm path tolerance
-# fixes handle-pull and basketball, whose experts move along curves while in contact; contact frames
-# every 4, 2 and 1 steps fix soccer, sweep-into and stick-pull, which push an object along the way.
-REFINEMENTS: tuple[dict[str, float | int], ...] = (
+# Keyframe settings tried in order when an episode's keyframes do not replay (rung 0 is the config
+# itself), sparsest first. Measured on MT50 x 25 train variations (docs/metaworld.md): gripper keyframes
+# at the settled frame fix hand-insert, whose expert starts closing 5 cm above the puck; a 5 mm path
+# tolerance fixes handle-pull and basketball, whose experts move along curves while in contact; contact
+# frames every 4, 2 and 1 steps fix soccer, sweep-into and stick-pull, which push an object along the way.
+REFINEMENTS: tuple[dict[str, float | int | str], ...] = (
+    {"gripper_at": "settled"},
     {"path_tolerance_m": 0.005},
+    {"path_tolerance_m": 0.005, "gripper_at": "settled"},
     {"path_tolerance_m": 0.005, "contact_stride": 4},
     {"path_tolerance_m": 0.005, "contact_stride": 2},
     {"path_tolerance_m": 0.003, "contact_stride": 1},
+    {"path_tolerance_m": 0.003, "contact_stride": 1, "gripper_at": "settled"},
 )
 
 
@@ -97,10 +105,12 @@ def actuation_frame(
 ) -> int:
     """Where a keypose controller should actuate the gripper for a toggle at step ``toggle``: the
     slowest frame between the toggle and the fingers settling (the expert pauses to grasp, or turns
-    at the bottom of a reach), first one on ties."""
+    at the bottom of a reach), first one on ties; the settled frame with ``gripper_at="settled"``."""
     end = settle_frame(toggle, grip_dist, limit, cfg)
     if end <= toggle:
         return toggle
+    if cfg.gripper_at == "settled":
+        return end
     speed = np.linalg.norm(tcp[toggle : end + 1] - tcp[toggle - 1 : end], axis=1)  # (end - toggle + 1,)
     return toggle + int(np.argmin(np.round(speed, 4)))
 

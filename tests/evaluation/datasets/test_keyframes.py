@@ -154,6 +154,7 @@ def test_refinement_ladder_starts_with_the_config_and_gets_denser():
     assert ladder[0] == base and len(ladder) == 1 + len(REFINEMENTS)
     tolerances = [c.path_tolerance_m for c in ladder]
     assert tolerances == sorted(tolerances, reverse=True)
-    strides = [c.contact_stride for c in ladder[2:]]
-    assert all(s > 0 for s in strides) and strides == sorted(strides, reverse=True)
+    strides = [c.contact_stride for c in ladder if c.contact_stride]
+    assert len(strides) >= 3 and strides == sorted(strides, reverse=True)
+    assert any(c.gripper_at == "settled" for c in ladder)
     assert refinement_ladder(KeyframeConfig(refine=False)) == [KeyframeConfig(refine=False)]
