@@ -5,7 +5,10 @@
 2. Summarises our runs (``platform.kind`` train or sweep_trial, or the ``--runs`` given), grouped by
    ``platform.policy_type``: final / best ``eval/success``, per-task success, wall-clock and GPU-hours
    (elapsed hours x GPUs, 0 on CPU) to reach each ``--levels`` success, peak memory, throughput.
-3. Prints the tables, writes ``comparison.md``, ``comparison.csv``, ``comparison_success.png`` (and
+3. MT50 (``--suite mt50``, or no ``--suite``): our MT50 runs' success per Meta-World difficulty tier and
+   tier average (``eval/success/<tier>``, ``eval/success/tier_average``) beside the published MT50 rows,
+   each with demonstrations per task, policies trained, evaluation episodes and its source.
+4. Prints the tables, writes ``comparison.md``, ``comparison.csv``, ``comparison_success.png`` (and
    ``success_vs_time.png`` when runs have timed evaluations) to ``--out``, and logs them as artifacts of
    the run ``comparison`` (``platform.kind=comparison``).
 """
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from platform.compare.published import PublishedMethod, load_metaworld, load_published, log_reference_runs
+from platform.compare.published import PublishedMethod, load_mt50, load_published, log_reference_runs
 from platform.compare.report import (
     MAIN_POLICY,
     PLOTTED_PUBLISHED,
@@ -140,6 +143,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
     uri = args.tracking_uri or default_tracking_uri(data_root())
     levels = tuple(sorted(set(args.levels)))
+    suite = args.suite  # None: every benchmark
     if any(not 0.0 < lv <= 1.0 for lv in levels):
         raise CompareError(f"--levels must be success fractions in (0, 1], got {list(levels)}")
     try:
@@ -151,22 +155,23 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
         runs = find_our_runs(client, exp_id, args.runs)
         summaries = [summarize_run(client, run, levels) for run in runs]
         quality = find_quality_rows(client, exp_id)
-        if getattr(args, "suite", None):
-            summaries = [s for s in summaries if s.suite == args.suite]
+        if suite:
+            summaries = [s for s in summaries if s.suite == suite]
     except Exception as e:
         raise CompareError(f"cannot read MLflow at {uri} (experiment {args.experiment!r}): "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e  # fmt: skip
-    published, metaworld = load_published(), load_metaworld()
+    published, mt50 = load_published(), load_mt50()
     best = best_per_policy_type(summaries)
     context = (f"Experiment `{args.experiment}` at `{uri}`, {len(summaries)} run(s) of ours, generated "
                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Success in %; wall-clock = training time "
                f"(`time/elapsed_s`); GPU-h = wall-clock h x GPUs (0 on CPU); memory = max `train/peak_mem_bytes`; "
                f"throughput = median `train/samples_per_s` (noised actions) and `train/conditions_per_s`.")  # fmt: skip
-    report = render_markdown(summaries, best, published, metaworld, levels, context, quality)
+    report = render_markdown(summaries, best, published, mt50, levels, context, quality, suite=suite)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(report, encoding="utf-8")
-    files = [out / "comparison.md", write_csv(out / "comparison.csv", summaries, published, levels),
+    csv_mt50 = mt50 if suite in (None, "mt50") else []  # as the markdown: MT50 rows unless another benchmark
+    files = [out / "comparison.md", write_csv(out / "comparison.csv", summaries, published, levels, csv_mt50),
              plot_success_bars(best, published, out / "comparison_success.png")]  # fmt: skip
     curve = plot_success_vs_time(summaries, out / "success_vs_time.png")
     files += [curve] if curve else []

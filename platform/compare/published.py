@@ -1,10 +1,12 @@
 """Published numbers (``platform/reference/*.csv``) and their MLflow reference runs.
 
-Reference runs are named ``published/<benchmark>/<method>`` and tagged ``platform.kind=reference``;
-their metrics use our names, as fractions: ``eval/success`` (the published average),
-``eval/<task>/success`` (RLBench-18 per task), ``eval/difficulty/<level>/success`` (Meta-World, DP3
-paper), ``published/train_gpu_hours`` and ``published/peak_mem_gb`` where published. Logging is
-idempotent: an existing reference run only receives the metrics it lacks or that changed.
+Reference runs are named ``published/<benchmark>/<method>`` (benchmark ``rlbench18`` or ``mt50``) and
+tagged ``platform.kind=reference``; their metrics use our names, as fractions, so they line up with our
+runs in the dashboard: ``eval/success`` (the published average; for MT50 the per-task mean, where
+published), ``eval/<task>/success`` (RLBench-18 per task), ``eval/success/<tier>`` and
+``eval/success/tier_average`` (MT50), ``published/train_gpu_hours`` and ``published/peak_mem_gb`` where
+published. Logging is idempotent: an existing reference run only receives the metrics it lacks or that
+changed.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.metaworld_tiers import TIERS
 from platform.tracking import TAG_KIND
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 RLBENCH_FILE = "rlbench18_published.csv"
 SUMMARY_FILE = "published_summary.csv"
-METAWORLD_FILE = "metaworld_published.csv"
+MT50_FILE = "metaworld_mt50_published.csv"
 REFERENCE_PREFIX = "published/"
 
 
@@ -40,6 +43,26 @@ class PublishedMethod:
     @property
     def run_name(self) -> str:
         return f"{REFERENCE_PREFIX}{self.benchmark}/{self.method}"
+
+
+@dataclass(frozen=True)
+class MT50Published:
+    """One published MT50 result (all 50 Meta-World tasks) in its setting. Success values are fractions."""
+
+    method: str
+    policies_trained: str  # as published: "1" (one policy for all tasks) or "50 (one per task)"
+    demos_per_task: int
+    eval_episodes_per_task: str  # as published: "10", "20 x 3 seeds"
+    inputs: str
+    tiers: dict[str, float]  # every tier of evaluation.metaworld_tiers.TIERS
+    tier_average: float | None  # mean of the four tiers' rates, as the VLA papers report MT50
+    per_task_mean: float | None  # mean over the 50 tasks, where published or computable
+    source: str
+    note: str = ""
+
+    @property
+    def run_name(self) -> str:
+        return f"{REFERENCE_PREFIX}mt50/{self.method}"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -89,13 +112,32 @@ def load_published(reference_dir: Path = REFERENCE_DIR) -> list[PublishedMethod]
     return methods
 
 
-def load_metaworld(reference_dir: Path = REFERENCE_DIR) -> dict[str, dict[str, float]]:
-    """``{method: {difficulty: success fraction}}`` from the DP3 paper's Meta-World table."""
-    path = reference_dir / METAWORLD_FILE
-    return {
-        row["method"]: {k: round(_number(row, k, path) / 100.0, 6) for k in row if k != "method"}
-        for row in _read_csv(path)
-    }
+def _fraction(row: dict[str, str], key: str, path: Path) -> float | None:
+    """A percentage column as a fraction (None when empty)."""
+    value = _number(row, key, path)
+    return None if value is None else round(value / 100.0, 6)
+
+
+def load_mt50(reference_dir: Path = REFERENCE_DIR) -> list[MT50Published]:
+    """The published MT50 rows, each with its setting (policies trained, demonstrations, episodes) and source."""
+    path = reference_dir / MT50_FILE
+    rows = _read_csv(path)
+    missing = [c for c in (*TIERS, "tier_average", "demos_per_task", "source") if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} are missing (the tiers are {', '.join(TIERS)})")
+    out = []
+    for row in rows:
+        tiers = {tier: _fraction(row, tier, path) for tier in TIERS}
+        if any(v is None for v in tiers.values()):
+            raise ValueError(f"{path}: row {row['method']!r} lacks a tier's success ({tiers})")
+        out.append(MT50Published(
+            method=row["method"], policies_trained=row["policies_trained"],
+            demos_per_task=int(_number(row, "demos_per_task", path) or 0),
+            eval_episodes_per_task=row["eval_episodes_per_task"], inputs=row.get("inputs", ""),
+            tiers={tier: v for tier, v in tiers.items() if v is not None},
+            tier_average=_fraction(row, "tier_average", path), per_task_mean=_fraction(row, "per_task_mean", path),
+            source=row["source"], note=row.get("note", "")))  # fmt: skip
+    return out
 
 
 def _reference_specs(
@@ -117,10 +159,20 @@ def _reference_specs(
             "published.train_hardware": m.train_hardware or "not published",
         }
         specs.append((m.run_name, _tags(m.benchmark, m.method), metrics, params))
-    for method, levels in load_metaworld(reference_dir).items():
-        metrics = {f"eval/difficulty/{level}/success": v for level, v in levels.items()}
-        params = {"published.source": "DP3 paper (Ze et al. 2024), Meta-World v2, 10 demos per task"}
-        specs.append((f"{REFERENCE_PREFIX}metaworld/{method}", _tags("metaworld", method), metrics, params))
+    for r in load_mt50(reference_dir):
+        metrics = {f"eval/success/{tier}": v for tier, v in r.tiers.items()}
+        if r.tier_average is not None:
+            metrics["eval/success/tier_average"] = r.tier_average
+        if r.per_task_mean is not None:
+            metrics["eval/success"] = r.per_task_mean
+        params = {
+            "published.source": r.source,
+            "published.protocol": (f"MT50: {r.policies_trained} policies trained, {r.demos_per_task} demos/task, "
+                                   f"{r.eval_episodes_per_task} evaluation episodes/task"),
+            "published.inputs": r.inputs or "not stated",
+            "published.note": r.note or "none",
+        }
+        specs.append((r.run_name, _tags("mt50", r.method), metrics, params))
     return specs
 
 

@@ -6,11 +6,13 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from platform.compare.published import PublishedMethod
-from platform.compare.runs import QualityRow, RunSummary
+from evaluation.metaworld_tiers import TIER_LABELS, TIERS
+from platform.compare.published import MT50Published, PublishedMethod
+from platform.compare.runs import TIER_AVERAGES, QualityRow, RunSummary
 
 MAIN_POLICY = "mini_diffuser"
 PLOTTED_PUBLISHED = "diffuser_actor_3dda"
+OUR_INPUTS = "fused point cloud + language"  # what every policy of this platform sees (docs/policies.md)
 _DASH = "–"
 
 
@@ -136,13 +138,46 @@ def published_table(published: list[PublishedMethod]) -> str:
     return md_table(headers, rows)
 
 
-def metaworld_table(metaworld: dict[str, dict[str, float]]) -> str:
-    levels = sorted(
-        {lv for v in metaworld.values() for lv in v}, key=["easy", "medium", "hard", "very_hard"].index
-    )
-    return md_table(
-        ["method"] + levels, [[m] + [_pct(v.get(lv)) for lv in levels] for m, v in metaworld.items()]
-    )
+def _pct_ci(x: float | None, ci: tuple[float, float] | None) -> str:
+    return _pct(x) if ci is None or x is None else f"{_pct(x)} ({_pct(ci[0])}-{_pct(ci[1])})"
+
+
+def mt50_table(summaries: list[RunSummary], mt50: list[MT50Published]) -> str:
+    """Our MT50 runs (suite mt50) beside the published MT50 rows: success per tier, tier average, the
+    per-task and per-episode means, each row with its setting and source. Ours: 95 % intervals in brackets."""
+    headers = ["method", "policies trained", "demos/task", "eval episodes/task", "inputs",
+               *(TIER_LABELS[t] for t in TIERS), "tier average", "per-task mean", "per-episode", "source"]  # fmt: skip
+    rows = []
+    for s in sorted(summaries, key=lambda s: s.tier_success.get("tier_average", -1.0), reverse=True):
+        rows.append([f"**{s.policy_type}: {s.run_name}** (ours)", "1", _num(s.demos_per_task, "d"),
+                     _num(s.eval_episodes_per_task, "g"), OUR_INPUTS,
+                     *(_pct_ci(s.tier_success.get(n), s.tier_ci.get(n)) for n in TIER_AVERAGES),
+                     _pct_ci(s.final_success, s.success_ci), _pct(s.per_episode_success),
+                     f"this platform, MLflow run `{s.run_id[:8]}`"])  # fmt: skip
+    for m in mt50:
+        rows.append([m.method, m.policies_trained, str(m.demos_per_task), m.eval_episodes_per_task, m.inputs or _DASH,
+                     *(_pct(m.tiers.get(t)) for t in TIERS), _pct(m.tier_average), _pct(m.per_task_mean), _DASH,
+                     m.source])  # fmt: skip
+    return md_table(headers, rows)
+
+
+def mt50_notes(summaries: list[RunSummary], mt50: list[MT50Published]) -> list[str]:
+    """What the MT50 table's numbers are, and the caveats of each published row."""
+    notes = ["Tiers: Seo et al., Masked World Models (arXiv 2206.14244), as used by DP3 and LeRobot (easy 28, "
+             "medium 11, hard 6, very hard 5 tasks). A tier's success pools its tasks' episodes (with equal "
+             "episodes per task: the mean of its tasks); the tier average is the mean of the four tiers' rates, "
+             "the number VLA papers report for MT50; per-task mean = `eval/success`.",
+             "Two settings: one policy for all 50 tasks (policies trained 1, as ours) and 50 single-task "
+             "policies (DP3's table). Published numbers come from Meta-World v2 and v3 setups that differ in "
+             "details: compare, do not equate."]  # fmt: skip
+    if not summaries:
+        notes.append("No MT50 runs of ours yet (tag `platform.suite` = `mt50`): train one with "
+                     "`python -m platform.train data.suite=mt50`, then run `python -m platform.compare --suite mt50`.")
+    elif any("tier_average" not in s.tier_success for s in summaries):
+        notes.append("–: a run of ours without `eval/success/<tier>` metrics (evaluated before they were logged, "
+                     "or not on all four tiers: the tier average needs every tier).")
+    notes += [f"{m.method}: {m.note}." for m in mt50 if m.note]
+    return [f"- {n}" for n in notes]
 
 
 def quality_table(rows: list[QualityRow]) -> str:
@@ -155,11 +190,13 @@ def render_markdown(
     summaries: list[RunSummary],
     best: dict[str, RunSummary],
     published: list[PublishedMethod],
-    metaworld: dict[str, dict[str, float]],
+    mt50: list[MT50Published],
     levels: tuple[float, ...],
     context: str,
     quality: list[QualityRow] | None = None,
+    suite: str | None = None,
 ) -> str:
+    """The whole report; the MT50 section unless ``suite`` (``--suite``) names another benchmark."""
     parts = ["# Mini-Diffuser vs baselines: comparison", "", context, ""]
     if quality:
         parts += ["## Time to quality (`python -m platform.quality` sweeps)", "", quality_table(quality), ""]
@@ -177,10 +214,12 @@ def render_markdown(
             if not per_task_columns(best, published)[1]:
                 parts += ["Our tasks are not RLBench-18 tasks: published per-task numbers are not comparable "
                           "task by task; see the published averages below.", ""]  # fmt: skip
+    if suite in (None, "mt50"):
+        ours = [s for s in summaries if s.suite == "mt50"]
+        parts += ["## MT50: all 50 Meta-World tasks, success % per difficulty tier (reference runs "
+                  "`published/mt50/*` in MLflow)", "", mt50_table(ours, mt50), "", *mt50_notes(ours, mt50), ""]
     parts += ["## Published RLBench-18 (reference runs `published/rlbench18/*` in MLflow)", "",
-              published_table(published), "",
-              "## Published Meta-World, DP3 paper (success % per difficulty; context only)", "",
-              metaworld_table(metaworld), ""]  # fmt: skip
+              published_table(published), ""]  # fmt: skip
     return "\n".join(parts)
 
 
@@ -191,9 +230,12 @@ def no_runs_message(context: str) -> str:
 
 
 def write_csv(
-    path: Path, summaries: list[RunSummary], published: list[PublishedMethod], levels: tuple[float, ...]
+    path: Path, summaries: list[RunSummary], published: list[PublishedMethod], levels: tuple[float, ...],
+    mt50: Sequence[MT50Published] = (),
 ) -> Path:
-    """One row per run of ours and per published method; per-task success in ``success/<task>`` columns."""
+    """One row per run of ours and per published method (RLBench-18, MT50); per-task success in
+    ``success/<task>`` columns, Meta-World tiers in ``tier_<tier>`` / ``tier_average`` (with ``_ci_low`` /
+    ``_ci_high`` for ours), each published row's reference in ``citation``."""
     ours = sorted({t for s in summaries for t in s.per_task})
     pub_tasks = (
         sorted({t for m in published for t in m.per_task})
@@ -204,7 +246,11 @@ def write_csv(
     level_cols = [c for lv in levels for c in (f"h_to_{_level_name(lv)}", f"gpu_h_to_{_level_name(lv)}")]
     headers = ["source", "name", "policy_type", "suite", "run_id", "status", "steps", "demos_per_task",
                "mean_success", "success_ci_low", "success_ci_high", "best_success", "wall_clock_h", "num_gpus", "gpu_h", *level_cols, "peak_mem_gib", "samples_per_s",
-               "conditions_per_s", "train_gpu_hours_published"] + [f"success/{t}" for t in tasks]  # fmt: skip
+               "conditions_per_s", "train_gpu_hours_published"]  # fmt: skip
+    tier_cols = {n: n if n == "tier_average" else f"tier_{n}" for n in TIER_AVERAGES}
+    headers += ["policies_trained", "eval_episodes_per_task", "inputs", "per_episode_success"]
+    headers += [c + suffix for c in tier_cols.values() for suffix in ("", "_ci_low", "_ci_high")]
+    headers += ["citation", "note"] + [f"success/{t}" for t in tasks]
     rows = []
     for s in summaries:
         row = {"source": "ours", "name": s.run_name, "policy_type": s.policy_type, "suite": s.suite, "run_id": s.run_id,
@@ -219,11 +265,24 @@ def write_csv(
             row[f"h_to_{_level_name(lv)}"] = None if t is None else t / 3600
             row[f"gpu_h_to_{_level_name(lv)}"] = s.gpu_hours_to(lv)
         row.update({f"success/{t}": s.per_task.get(t) for t in tasks})
+        row.update({"policies_trained": 1, "eval_episodes_per_task": s.eval_episodes_per_task, "inputs": OUR_INPUTS,
+                    "per_episode_success": s.per_episode_success})  # fmt: skip
+        for name, col in tier_cols.items():
+            ci = s.tier_ci.get(name)
+            row.update({col: s.tier_success.get(name), f"{col}_ci_low": ci[0] if ci else None,
+                        f"{col}_ci_high": ci[1] if ci else None})  # fmt: skip
         rows.append(row)
     for m in published:
         row = {"source": "published", "name": m.method, "suite": m.benchmark, "mean_success": m.avg_success,
-               "train_gpu_hours_published": m.train_gpu_hours}  # fmt: skip
+               "train_gpu_hours_published": m.train_gpu_hours, "citation": m.source}  # fmt: skip
         row.update({f"success/{t}": m.per_task.get(t) for t in tasks})
+        rows.append(row)
+    for r in mt50:
+        row = {"source": "published", "name": r.method, "suite": "mt50", "demos_per_task": r.demos_per_task,
+               "mean_success": r.per_task_mean, "policies_trained": r.policies_trained,
+               "eval_episodes_per_task": r.eval_episodes_per_task, "inputs": r.inputs,
+               "tier_average": r.tier_average, "citation": r.source, "note": r.note}  # fmt: skip
+        row.update({tier_cols[t]: v for t, v in r.tiers.items()})
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:

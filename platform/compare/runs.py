@@ -7,9 +7,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from evaluation.metaworld_tiers import TIERS
 from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
 
 OUR_KINDS = ("train", "sweep_trial")
+TIER_AVERAGES = (*TIERS, "tier_average")  # eval/success/<name> of a Meta-World evaluation (EvalReport.mlflow_metrics)
 _TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
 _NOT_TASKS = {"difficulty"}
 
@@ -38,6 +40,15 @@ class RunSummary:
     success_curve: list[tuple[float, float]] = field(default_factory=list)  # (elapsed s, success)
     success_ci: tuple[float, float] | None = None  # 95 % interval of final_success (eval/success_ci_low/high)
     demos_per_task: int | None = None  # training episodes per task (param data.episodes_per_task)
+    # Meta-World: final eval/success/<tier> and eval/success/tier_average, with their 95 % intervals
+    tier_success: dict[str, float] = field(default_factory=dict)
+    tier_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    per_episode_success: float | None = None  # eval/success/per_episode
+
+    @property
+    def eval_episodes_per_task(self) -> float | None:
+        """Episodes of the final evaluation per evaluated task (every seed's episodes counted)."""
+        return None if self.episodes is None or not self.per_task else self.episodes / len(self.per_task)
 
     @property
     def gpu_hours(self) -> float | None:
@@ -136,11 +147,15 @@ def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummar
         success_curve=curve,
         success_ci=_ci(data.metrics),
         demos_per_task=_int_param(data.params, "data.episodes_per_task"),
+        tier_success={n: data.metrics[f"eval/success/{n}"] for n in TIER_AVERAGES if f"eval/success/{n}" in data.metrics},
+        tier_ci={n: ci for n in TIER_AVERAGES if (ci := _ci(data.metrics, f"eval/success/{n}")) is not None},
+        per_episode_success=data.metrics.get("eval/success/per_episode"),
     )
 
 
-def _ci(metrics: dict[str, float]) -> tuple[float, float] | None:
-    lo, hi = metrics.get("eval/success_ci_low"), metrics.get("eval/success_ci_high")
+def _ci(metrics: dict[str, float], key: str = "eval/success") -> tuple[float, float] | None:
+    """The 95 % interval logged beside metric ``key`` (``<key>_ci_low`` / ``<key>_ci_high``)."""
+    lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
     return None if lo is None or hi is None else (lo, hi)
 
 
