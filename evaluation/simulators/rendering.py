@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import weakref
 from collections.abc import Callable, MutableMapping
@@ -109,6 +110,25 @@ def _free_at_exit(ref: weakref.ReferenceType) -> None:
     if context is not None:
         with contextlib.suppress(Exception):
             context.free()
+
+
+def release_freed_memory() -> None:
+    """Give the heap freed so far back to the OS (glibc ``malloc_trim``; a no-op on other C libraries).
+
+    glibc keeps freed chunks in its arenas: freeing 5 Meta-World render contexts lowered RSS from 1073 to
+    721 MB, ``malloc_trim`` then to 545 MB. Called after evicting tasks, so an actor's RSS follows what it keeps.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's when it is the C library
+    except (OSError, AttributeError):
+        return None
 
 
 class CameraSpec(FrozenModel):
@@ -264,7 +284,11 @@ class FastRenderer:
         return frames
 
     def close(self) -> None:
+        """Free the MjrContext (its textures, meshes and framebuffers: 100-130 MB of a Meta-World task under
+        llvmpipe). The GL context is made current first: MuJoCo frees GL objects of the current context."""
         if self.context is not None:
+            if self.gl is not None:
+                self.gl.make_current()
             self.context.free()
             self.context = None
         if self._owns_context and self.gl is not None:

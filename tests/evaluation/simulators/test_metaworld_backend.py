@@ -126,3 +126,48 @@ def test_switching_tasks_renders_the_same_pictures(sim):
     for a, b in zip(first.cameras, again.cameras, strict=True):
         np.testing.assert_array_equal(a.rgb, b.rgb)
         np.testing.assert_array_equal(a.depth, b.depth)
+
+
+def _rendered(obs):
+    return [(c.rgb, c.depth) for c in obs.cameras]
+
+
+@pytest.mark.sim
+def test_evicted_task_is_rebuilt_and_renders_and_steps_the_same():
+    """With room for one task, switching evicts the other's env and render context (freed, not leaked);
+    the rebuilt task renders bit-identical pictures and its keyposes end at the same state."""
+    sim = MetaWorldSimulator(MetaWorldConfig(render=RenderConfig(width=64, height=48), max_cached_tasks=1))
+    try:
+        first = sim.reset("reach-v3", 0, seed=0)
+        target = first.gripper_pose.copy()
+        target[:3] += [0.05, 0.05, -0.03]
+        first_step = sim.step_keypose(target)
+        first_after = sim.observe()
+        assert list(sim._envs) == ["reach-v3"] and list(sim._renderers) == ["reach-v3"]
+        sim.reset("push-v3", 0, seed=0)
+        assert list(sim._envs) == ["push-v3"] and list(sim._renderers) == ["push-v3"] and sim.evictions == 1
+        again = sim.reset("reach-v3", 0, seed=0)
+        assert sim.evictions == 2
+        again_step = sim.step_keypose(target)
+        again_after = sim.observe()
+        for (rgb_a, depth_a), (rgb_b, depth_b) in zip(_rendered(first) + _rendered(first_after),
+                                                      _rendered(again) + _rendered(again_after), strict=True):
+            np.testing.assert_array_equal(rgb_a, rgb_b)
+            np.testing.assert_array_equal(depth_a, depth_b)
+        assert first_step == again_step
+        np.testing.assert_array_equal(first_after.gripper_pose, again_after.gripper_pose)
+    finally:
+        sim.close()
+    assert not sim._envs and not sim._renderers
+
+
+@pytest.mark.sim
+def test_the_cache_keeps_the_most_recently_reset_tasks():
+    sim = MetaWorldSimulator(MetaWorldConfig(render=RenderConfig(width=32, height=24), max_cached_tasks=2))
+    try:
+        for task in ("reach-v3", "push-v3", "reach-v3", "door-open-v3"):
+            sim.reset(task, 0, seed=0)
+        assert list(sim._envs) == ["reach-v3", "door-open-v3"] and set(sim._renderers) == set(sim._envs)
+        assert sim.evictions == 1 and sim.task == "door-open-v3"
+    finally:
+        sim.close()
