@@ -13,7 +13,7 @@ from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
 OUR_KINDS = ("train", "sweep_trial")
 TIER_AVERAGES = (*TIERS, "tier_average")  # eval/success/<name> of a Meta-World evaluation (EvalReport.mlflow_metrics)
 _TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
-_NOT_TASKS = {"difficulty"}
+_NOT_TASKS = {"difficulty"}  # eval/difficulty/<level>/success of reference runs logged before MT50 (published/metaworld/*)
 
 
 @dataclass
