@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from evaluation.datasets.collect_jobs import (
     KEYFRAME_RUNG,
     CollectJob,
@@ -42,6 +44,7 @@ from evaluation.datasets.dataset import (
     write_manifest,
     write_table,
 )
+from evaluation.datasets.demos import NO_RUNG
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.parallel import run_pool
 from evaluation.datasets.text import TextEncoderConfig, get_encoder
@@ -120,22 +123,30 @@ def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
 
 
-def _on_disk(out: Path, task: str, variation: int) -> bool | None:
-    """True: finished shard; False: expert failure recorded; None: not done yet."""
-    if shard_path(out, task, variation).is_file():
-        return True
+DONE, NO_REPLAY, FAILED = "done", "no_replay", "failed"
+
+
+def _on_disk(out: Path, task: str, variation: int) -> str | None:
+    """``DONE``: a shard whose keyframes replay; ``NO_REPLAY``: a shard whose keyframes replay at no
+    refinement rung; ``FAILED``: an expert failure recorded; None: not done yet."""
+    path = shard_path(out, task, variation)
+    if path.is_file():
+        return NO_REPLAY if _rung(pq.ParquetFile(path).schema_arrow) == NO_RUNG else DONE
     if failure_path(out, task, variation).is_file():
-        return False
+        return FAILED
     return None
 
 
 def _plan_round(
     out: Path, tasks: Sequence[str], n: int
 ) -> tuple[list[tuple[str, int]], dict[str, list[int]]]:
-    """Jobs still needed to reach ``n`` successful variations per task, assuming pending ones succeed."""
+    """Jobs still needed to reach ``n`` variations per task whose keyframes replay, assuming pending ones
+    do. A task with fewer than ``n`` such variations among all train variations is filled up, in variation
+    order, with demonstrations whose keyframes do not replay (the manifest lists them)."""
     jobs, chosen = [], {}
     for task in tasks:
         ok: list[int] = []
+        fallback: list[int] = []
         for variation in TRAIN_VARIATIONS:
             if len(ok) == n:
                 break
@@ -143,9 +154,11 @@ def _plan_round(
             if state is None:
                 jobs.append((task, variation))
                 ok.append(variation)
-            elif state:
+            elif state == DONE:
                 ok.append(variation)
-        chosen[task] = ok
+            elif state == NO_REPLAY:
+                fallback.append(variation)
+        chosen[task] = sorted(ok + fallback[: max(0, n - len(ok))])
     return jobs, chosen
 
 
@@ -157,8 +170,6 @@ def _encode_instructions(out: Path, tasks: Sequence[str], text_cfg: TextEncoderC
         embeddings = encoder.encode(texts)
         rows = [(t, e.text, encoder.name, e.tokens) for t, e in zip(tasks, embeddings, strict=True)]
         write_table(instructions_table(rows), path)
-    import pyarrow.parquet as pq
-
     meta = pq.read_table(path, columns=["encoder", "dim"]).to_pydict()
     return {
         "file": INSTRUCTIONS,
@@ -175,8 +186,6 @@ def _rung(meta: Any) -> int:
 
 
 def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
     shards, counts, rungs = [], {}, {}
     for task, variations in chosen.items():
         samples = 0
@@ -211,6 +220,8 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
         "variation_pool": settings["variation_pool"],
         "episodes": chosen,
         "expert_failures": failures,
+        # variations whose expert succeeded but whose keyframes replay at no refinement rung, chosen or not
+        "replay_failures": {t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) == NO_REPLAY] for t in chosen},
         # per task, the variations whose keyframes needed a denser rung than the config's
         # ({variation: rung}; -1: no rung replays, the config's own keyframes are kept)
         "keyframe_rungs": rungs,
@@ -305,7 +316,7 @@ def _collect_locked(
             f"the experts failed on too many train variations to get {episodes_per_task} episodes for {short}; "
             f"ask for fewer --episodes-per-task"
         )
-    failures = {t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) is False] for t in tasks}
+    failures = {t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) == FAILED] for t in tasks}
     collect_s = time.perf_counter() - start
     t_text = time.perf_counter()
     text_meta = _encode_instructions(out, tasks, text_cfg)

@@ -237,9 +237,10 @@ def test_a_second_collection_into_the_same_directory_waits_for_the_first(tiny, c
 
 
 def test_plan_keeps_the_sparsest_rung_that_replays(monkeypatch):
-    """The ladder logic, with the replay faked: rung 2 is the first that 'replays'; none -> NO_RUNG."""
+    """The ladder logic, with the replay faked: keyframes 'replay' once they follow the pushed object
+    (contact frames); the first such rung is kept; no rung replays -> NO_RUNG and the config's own."""
     from evaluation.datasets import demos
-    from evaluation.datasets.keyframes import KeyframeConfig
+    from evaluation.datasets.keyframes import KeyframeConfig, refinement_ladder
 
     tcp = np.concatenate([np.zeros((1, 3)), np.linspace([0, 0, 0], [0.2, 0.1, 0.0], 40)[1:]])
     objects = np.zeros((len(tcp), 3))
@@ -253,11 +254,13 @@ def test_plan_keeps_the_sparsest_rung_that_replays(monkeypatch):
 
     def fake_replays(sim, traj, keyframes):
         tried.append(len(keyframes))
-        return len(tried) == 3
+        return any(k.kind == "contact" for k in keyframes)
 
     monkeypatch.setattr(demos, "replays", fake_replays)
     keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
-    assert rung == 2 and len(keyframes) == tried[-1] > tried[0]  # denser than the config's own keyframes
+    first_contact = next(i for i, c in enumerate(refinement_ladder(KeyframeConfig())) if c.contact_stride)
+    assert rung == first_contact == len(tried) - 1
+    assert len(keyframes) == tried[-1] > tried[0]  # denser than the config's own keyframes
     monkeypatch.setattr(demos, "replays", lambda *a: False)
     keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
     assert rung == demos.NO_RUNG and keyframes == demos.keyframes_of(traj, KeyframeConfig())
