@@ -6,12 +6,15 @@ works. The policy either runs in the actor (``LocalPolicy``: built by a picklabl
 ``evaluation.runtime.bundle.BundlePolicy``, which brings the checkpoint through the object store) or in a shared ``PolicyServer`` (``ServerPolicy``: the actor fuses the point cloud and
 sends the condition). Resources: ``num_cpus`` plus one unit of the custom ``sim`` resource of
 ``cluster.yaml`` when the cluster has it, so evaluation actors land on the simulation nodes.
+``memory()`` reports the actor's RSS now and at its peak (``Coordinator.actor_memory``, ``platform.bench eval``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import resource
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -113,5 +116,22 @@ class EvaluationActor:
         output.cpu_s = time.process_time() - cpu
         return output
 
+    def memory(self) -> dict[str, float]:
+        """This actor's resident memory (MB) now and at its peak (``rss_mb``, ``peak_rss_mb``), and its pid."""
+        return {"pid": os.getpid(), **process_memory_mb()}
+
     def close(self) -> None:
         self.sim.close()
+
+
+def process_memory_mb() -> dict[str, float]:
+    """RSS of this process now (``VmRSS`` of ``/proc/self/status``; NaN off Linux) and its peak since it
+    started (``getrusage``), in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith("VmRSS:"))
+        rss = int(line.split()[1]) / 1024  # kB
+    except (OSError, StopIteration, ValueError):
+        rss = float("nan")
+    return {"rss_mb": rss, "peak_rss_mb": peak}

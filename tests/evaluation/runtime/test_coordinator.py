@@ -7,6 +7,7 @@ simulators crash on the seeds in ``CRASH`` and hang on those in ``HANG``, which 
 
 from __future__ import annotations
 
+import collections
 import time
 
 import pytest
@@ -185,3 +186,44 @@ def test_videos_record_a_success_and_a_failure_per_task_without_changing_results
     assert set(pool.videos) <= outcomes and {t for t, _ in pool.videos} == set(TASKS)
     for (task, _), (spec, frames) in pool.videos.items():
         assert spec.task == task and len(frames) >= 2 and frames[0].ndim == 3
+
+
+def test_task_affinity_changes_no_result(pool):
+    specs = plan_episodes(TASKS, 8, seed=4, variations=range(4))
+    cfg = pool.cfg
+    pool.cfg = cfg.model_copy(update={"task_affinity": False})
+    try:
+        fifo, _ = _run(pool, specs)
+    finally:
+        pool.cfg = cfg
+    affine, _ = _run(pool, specs)
+    assert [_key(o) for o in affine] == [_key(o) for o in fifo]
+
+
+def test_task_affinity_keeps_each_of_two_actors_on_two_of_three_tasks(pool):
+    """As an MT50 evaluation (more tasks than actors): each actor starts on its own task and keeps to it;
+    FIFO order hands both actors every task in turn (2 x 3 = 6 task envs to build, here 4)."""
+    specs = plan_episodes(TASKS, 6, seed=4, variations=range(4))
+    coord = Coordinator(SIM.build, POLICY, INSTR, conditioner(), _pool(num_actors=2)).start().wait_ready()
+    try:  # both actors up before the first episode (else the first one up could run every task alone)
+        outputs = coord.run(specs)
+    finally:
+        coord.shutdown()
+    assert all(o.result.status == "ok" for o in outputs)
+    tasks_per_actor = collections.Counter(pid for pid, _ in {(o.actor_pid, o.result.task) for o in outputs})
+    assert sorted(tasks_per_actor.values()) == [2, 2], tasks_per_actor
+
+
+def test_a_long_run_prints_progress_lines_with_eta(pool, capsys):
+    specs = plan_episodes(TASKS, 8, seed=5, variations=range(4))  # 24 episodes: about 2 s, ten 0.2 s intervals
+    cfg = pool.cfg
+    pool.cfg = cfg.model_copy(update={"progress": True, "progress_every_s": 0.2})
+    try:
+        outputs, _ = _run(pool, specs)
+    finally:
+        pool.cfg = cfg
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[eval] ")]
+    assert lines and "ETA" in lines[0] and "episodes/s" in lines[0], lines
+    successes = sum(o.result.success for o in outputs)
+    assert lines[-1].startswith(f"[eval] 24/24 episodes (100%)  success {100 * successes / 24:.1f}% so far")
+    assert "took" in lines[-1]
