@@ -61,6 +61,7 @@ from evaluation.simulators.metaworld_backend import (
 from evaluation.simulators.rendering import RenderConfig
 
 SETTINGS = "collect_settings.json"
+RUNTIME_SIM_KEYS = {"max_cached_tasks"}  # MetaWorldConfig keys that do not change the collected bytes
 LOCK = ".collect.lock"
 DEFAULT_OUT = "data/metaworld_mt10"
 
@@ -90,7 +91,8 @@ def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, te
         "episodes_per_task": episodes_per_task,
         "seed": seed,
         "variation_pool": list(TRAIN_VARIATIONS),
-        "sim": sim_cfg.model_dump(mode="json"),
+        # what shapes the data; how many task models a worker keeps in memory does not
+        "sim": sim_cfg.model_dump(mode="json", exclude=RUNTIME_SIM_KEYS),
         "pointcloud": pc_cfg.model_dump(mode="json"),
         "keyframes": kf_cfg.model_dump(mode="json"),
         "text_encoder": text_cfg.model_dump(mode="json"),
