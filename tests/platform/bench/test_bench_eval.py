@@ -50,3 +50,20 @@ def test_bench_eval_fake_backend_writes_rows(tmp_path, capsys, local_ray):
     printed = capsys.readouterr().out
     assert "episodes/s" in printed and "with videos" in printed
     assert "efficiency" in format_table(data["rows"])
+
+
+def test_bench_eval_suites_side_by_side_report_memory_and_cpu_per_keypose(tmp_path, capsys, local_ray):
+    """--suites mt10,mt50 (the fake simulator under the suites' task names): every task once, one row per
+    suite with the actors' peak RSS and CPU per keypose step, and the MT50-vs-MT10 line."""
+    out = tmp_path / "suites.json"
+    rc = main(["--backend", "fake", "--suites", "mt10,mt50", "--episodes-per-task", "1", "--actors", "1",
+               "--max-keyposes", "1", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["suite"], r["tasks"], r["episodes"]) for r in rows] == [("mt10", 10, 10), ("mt50", 50, 50)]
+    for row in rows:
+        assert row["keyposes"] == row["episodes"] and row["cpu_s_per_keypose"] > 0
+        assert len(row["actor_peak_rss_mb"]) == 1 and 50 < row["peak_rss_mb"] < 4000
+        assert row["efficiency"] == 1.0  # each suite against its own first row
+    printed = capsys.readouterr().out
+    assert "1 actors, mt50 vs mt10: CPU per keypose step" in printed and "peak RSS per actor" in printed
