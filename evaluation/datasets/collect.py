@@ -46,6 +46,7 @@ from evaluation.datasets.dataset import (
 )
 from evaluation.datasets.demos import NO_RUNG
 from evaluation.datasets.keyframes import KeyframeConfig
+from evaluation.datasets.keypose_experts import KEYPOSE_EXPERTS
 from evaluation.datasets.parallel import run_pool
 from evaluation.datasets.text import TextEncoderConfig, get_encoder
 from evaluation.filelock import FileLock
@@ -96,6 +97,8 @@ def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, te
         "pointcloud": pc_cfg.model_dump(mode="json"),
         "keyframes": kf_cfg.model_dump(mode="json"),
         "text_encoder": text_cfg.model_dump(mode="json"),
+        # tasks demonstrated by a keypose-level expert instead of Meta-World's (only present when any are)
+        **({"keypose_experts": experts} if (experts := [t for t in tasks if t in KEYPOSE_EXPERTS]) else {}),
     }
 
 
@@ -231,6 +234,7 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
         "render": render_cfg.model_dump(mode="json"),
         "benchmark_seed": settings["sim"]["benchmark_seed"],
         "keyframes": settings["keyframes"],
+        "keypose_experts": settings.get("keypose_experts", []),
         "controller": settings["sim"]["controller"],
         "text": text_meta,
         "shards": shards,

@@ -17,6 +17,7 @@ from typing import Any
 from evaluation.datasets.dataset import samples_table, write_table
 from evaluation.datasets.demos import EpisodeTimes, episode_samples, plan_keyframes, run_expert
 from evaluation.datasets.keyframes import KeyframeConfig
+from evaluation.datasets.keypose_experts import KEYPOSE_EXPERTS, keypose_samples, run_keypose_expert
 from evaluation.files import atomic_write_bytes
 from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.instructions import instruction_for
@@ -93,6 +94,8 @@ def collect_job(job: CollectJob) -> JobResult:
 
     An expert failure writes a small ``.failed.json`` marker instead and returns ``ok=False``.
     """
+    if job.task in KEYPOSE_EXPERTS:
+        return _collect_keypose_job(job)
     root = Path(job.root)
     sim, startup_s = _simulator(job.sim)
     times = EpisodeTimes()
@@ -131,6 +134,44 @@ def collect_job(job: CollectJob) -> JobResult:
             "startup_s": startup_s + context_s,
             "physics_s": times.physics_s,
             "replay_s": replay_s,
+            "render_s": times.render_s,
+            "points_s": times.points_s,
+            "write_s": write_s,
+            "job_s": time.perf_counter() - t0 + startup_s,
+        },
+        pid=os.getpid(),
+    )
+
+
+def _collect_keypose_job(job: CollectJob) -> JobResult:
+    """``collect_job`` for a task with a keypose-level expert (``keypose_experts.py``): rolled out through
+    the keypose controller, so there is nothing to detect or refine (rung 0)."""
+    sim, startup_s = _simulator(job.sim)
+    times = EpisodeTimes()
+    t0 = time.perf_counter()
+    rollout = run_keypose_expert(sim, job.task, job.variation, job.seed)
+    times.physics_s = rollout.physics_s
+    steps = sim.episode_steps
+    if not rollout.success:
+        return _record_failure(job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s})
+    t_ctx = time.perf_counter()
+    sim._renderer()  # the task's render context, if new: start-up cost, not per-frame rendering
+    context_s = time.perf_counter() - t_ctx
+    samples = keypose_samples(sim, rollout, job.variation, PointCloudConfig.model_validate(job.pointcloud), times)
+    t_write = time.perf_counter()
+    table = samples_table(samples, instruction_for(job.task)).replace_schema_metadata({KEYFRAME_RUNG: "0"})
+    write_table(table, shard_path(Path(job.root), job.task, job.variation))
+    write_s = time.perf_counter() - t_write
+    return JobResult(
+        task=job.task,
+        variation=job.variation,
+        ok=True,
+        samples=len(samples),
+        keyframes=len(samples),
+        steps=steps,
+        times={
+            "startup_s": startup_s + context_s,
+            "physics_s": times.physics_s,
             "render_s": times.render_s,
             "points_s": times.points_s,
             "write_s": write_s,

@@ -284,3 +284,15 @@ def test_mt50_tasks_whose_sparse_keyframes_fail_replay_after_refinement(tmp_path
         progress=False, keyframes=KeyframeConfig(refine=False),
     )
     assert verify_dataset(tmp_path / "plain", workers=1, progress=False)["success_rate"] == 0.0
+
+
+@pytest.mark.slow  # builds Meta-World's MT50 task list (about 55 s on 2 cores) the first time
+def test_a_keypose_expert_demonstrates_handle_pull_side(tmp_path):
+    """handle-pull-side-v3's Meta-World expert gives keyframes that rarely replay; its keypose expert's
+    demonstrations replay (they were made through the same controller) and are marked in the manifest."""
+    m = collect_dataset(
+        suite="mt50", tasks=["handle-pull-side-v3"], episodes_per_task=2, out=tmp_path / "ds", workers=1,
+        render=SMALL, progress=False,
+    )
+    assert m["keypose_experts"] == ["handle-pull-side-v3"] and m["counts"]["handle-pull-side-v3"]["samples"] >= 8
+    assert verify_dataset(tmp_path / "ds", workers=1, progress=False)["success_rate"] == 1.0
