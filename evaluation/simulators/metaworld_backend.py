@@ -66,8 +66,9 @@ class MetaWorldConfig(FrozenModel):
     max_episode_steps: int = Field(3000, ge=1)  # low-level steps per episode across all keyposes
     # Tasks whose env and render context a simulator keeps (least recently reset evicted first). Each costs
     # about 150 MB of RSS (its MjModel/MjData 20-60 MB, its MjrContext 100-130 MB under llvmpipe): an MT50
-    # evaluation actor that kept all 50 held 7.4 GB; 4 keep it under 2 GB, and the coordinator's task
-    # affinity keeps an actor on one task at a time, so a rebuild (0.7 s CPU) comes once per task it meets.
+    # evaluation actor that kept all 50 held 7.4 GB; with 4 one peaked at 1.2 GB (docs/evaluation.md). The
+    # coordinator's task affinity keeps an actor on one task at a time, so a rebuild (0.7 s CPU) comes
+    # about once per task the actor meets.
     max_cached_tasks: int = Field(4, ge=1)
 
 
@@ -266,7 +267,7 @@ class MetaWorldSimulator(Simulator):
             if renderer is not None:
                 renderer.close()
             env.close()
-            if task == self.task:  # only with max_cached_tasks=1: no episode is left to step or observe
+            if task == self.task:  # max_cached_tasks=1, or close(): no episode is left to step or observe
                 self.env, self.task, self.controller = None, None, None
             self.evictions += 1
         release_freed_memory()
