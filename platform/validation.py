@@ -46,15 +46,31 @@ class ValidationSet:
     size: int
 
     @classmethod
-    def from_dataset(cls, dataset: Any, max_points: int) -> ValidationSet:
-        """All samples of ``dataset`` (a validation subset), points chosen by the evaluation rule."""
-        n = len(dataset)
+    def from_dataset(cls, dataset: Any, max_points: int, per_task: int | None = None) -> ValidationSet:
+        """The samples of ``dataset`` (a validation subset), points chosen by the evaluation rule; with
+        ``per_task``, at most that many per task, evenly spaced over the task's samples (so every episode
+        and every stage of it stays represented) - the same ones at every validation."""
+        rows = cap_per_task(np.asarray(dataset.task_index), per_task)  # (N,) sample indices into dataset
+        n = len(rows)
         if n == 0:
             raise ValueError("the validation set is empty")
-        batches = tuple(dataset.batch(np.arange(i, min(n, i + CHUNK)), max_points=max_points, generator=None)
+        batches = tuple(dataset.batch(rows[i : i + CHUNK], max_points=max_points, generator=None)
                         for i in range(0, n, CHUNK))
         names = getattr(dataset, "full_task_names", None) or list(dataset.task_names)
         return cls(batches=batches, task_names=tuple(names), size=n)
+
+
+def cap_per_task(task_index: np.ndarray, per_task: int | None) -> np.ndarray:
+    """Indices of ``task_index`` (S,) keeping at most ``per_task`` per task, evenly spaced, in order."""
+    if per_task is None:
+        return np.arange(len(task_index))
+    kept = []
+    for task in np.unique(task_index):
+        rows = np.flatnonzero(task_index == task)
+        if len(rows) > per_task:
+            rows = rows[np.linspace(0, len(rows) - 1, per_task).round().astype(np.int64)]
+        kept.append(rows)
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
 
 
 def keypose_errors(pred: Tensor, target: Tensor) -> dict[str, Tensor]:

@@ -115,8 +115,9 @@ def _validation_set(cfg: ExperimentConfig, val_dataset: Any) -> Any:
         print(f"[val] no validation episodes in {cfg.data.path} beyond the {cfg.data.episodes_per_task} training "
               "episodes per task: validation is off (collect more, or set data.val_episodes_per_task=0)", flush=True)
         return None
-    val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points)
-    print(f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task) validated "
+    val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points, cfg.train.val_per_task)
+    cap = f", at most {cfg.train.val_per_task} per task" if cfg.train.val_per_task else ""
+    print(f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task{cap}) validated "
           f"every {cfg.train.val_every} steps", flush=True)
     return val
 

@@ -8,8 +8,8 @@ import torch
 
 from platform.config import load_config
 from platform.data import DatasetSubset, split_episodes
-from platform.validation import ValidationSet, keypose_errors, validate
-from platform.worker import _MetricLog
+from platform.validation import ValidationSet, cap_per_task, keypose_errors, validate
+from platform.worker import _MetricLog, _validation_set
 from policies.registry import build_policy
 from tests.platform.fakes import FakeKeyframeDataset
 
@@ -111,3 +111,19 @@ def test_has_validation_reads_the_manifest(tmp_path):
     assert not has_validation(_cfg(f"data.path={tmp_path}", "data.episodes_per_task=3"))
     assert not has_validation(_cfg(f"data.path={tmp_path}", "data.episodes_per_task=2", "train.val_every=0"))
     assert ranking_metric(_cfg(f"data.path={tmp_path / 'missing'}")) == LOSS_METRIC
+
+
+def test_cap_per_task_keeps_evenly_spaced_samples_of_every_task():
+    task_index = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    rows = cap_per_task(task_index, 4)
+    assert rows.tolist() == [0, 3, 6, 9, 10, 11, 12, 13, 15, 17, 19]  # 4 of task 0, all 3 of task 1, 4 of task 2
+    assert cap_per_task(task_index, None).tolist() == list(range(20))
+
+
+def test_train_val_per_task_caps_the_validation_set_the_worker_builds(capsys):
+    cfg = _cfg("train.val_per_task=2")
+    ds = FakeKeyframeDataset(cfg.policy, num_samples=10)
+    val = _validation_set(cfg, DatasetSubset(ds, np.arange(10)))
+    tasks = torch.cat([b.task_index for b in val.batches])
+    assert val.size == 4 and torch.bincount(tasks).tolist() == [2, 2]  # 2 of each of the fake's 2 tasks
+    assert "at most 2 per task" in capsys.readouterr().out
