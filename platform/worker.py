@@ -16,6 +16,7 @@ import torch
 
 from evaluation.filelock import FileLock, LockBusyError
 from evaluation.runtime.episode import Instructions
+from evaluation.runtime.progress import format_duration
 from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig
 from platform.loop import (
@@ -208,14 +209,6 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # noqa: BLE001 - informational only
         return ""
-
-
-def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m07s``, ``42s``."""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class _MetricLog:

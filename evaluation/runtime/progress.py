@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 
 def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m07s``, ``42s`` (as training's ``[train]`` lines)."""
+    """``1h02m``, ``3m07s``, ``42s``: the ETA of training's ``[train]`` and evaluation's ``[eval]`` lines."""
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"

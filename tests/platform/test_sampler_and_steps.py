@@ -150,10 +150,3 @@ def test_ema_warmup_forgets_the_initial_weights():
     assert abs(float(plain.shadow.weight[0, 0]) - (1 - 0.995 ** 200)) < 1e-4  # 37 % initial weights left
     assert float(warm.shadow.weight[0, 0]) > 0.999
     assert warm.decay_at(10_000) == 0.995 and warm.decay_at(1) < 0.2
-
-
-def test_progress_durations_read_well():
-    """The ETA on training progress lines."""
-    from platform.worker import format_duration
-
-    assert [format_duration(s) for s in (42, 187, 3720)] == ["42s", "3m07s", "1h02m"]
