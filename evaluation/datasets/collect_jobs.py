@@ -96,14 +96,12 @@ def collect_job(job: CollectJob) -> JobResult:
     """
     if job.task in KEYPOSE_EXPERTS:
         return _collect_keypose_job(job)
-    root = Path(job.root)
     sim, startup_s = _simulator(job.sim)
     times = EpisodeTimes()
     t0 = time.perf_counter()
     traj = run_expert(sim, job.task, job.variation, job.seed)
     times.physics_s = traj.physics_s
     steps = len(traj.tcp) - 1
-    first_render = job.task not in sim._renderers
     if not traj.success:
         return _record_failure(
             job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s}
@@ -111,36 +109,7 @@ def collect_job(job: CollectJob) -> JobResult:
     t_replay = time.perf_counter()
     keyframes, rung = plan_keyframes(sim, traj, KeyframeConfig.model_validate(job.keyframes))
     replay_s = time.perf_counter() - t_replay
-    pc_cfg = PointCloudConfig.model_validate(job.pointcloud)
-    t_ctx = time.perf_counter()
-    if first_render:
-        sim._renderer()  # render context of this task's model: start-up cost, not per-frame rendering
-    context_s = time.perf_counter() - t_ctx
-    samples = episode_samples(sim, traj, job.variation, pc_cfg, keyframes, times)
-    t_write = time.perf_counter()
-    table = samples_table(samples, instruction_for(job.task))
-    table = table.replace_schema_metadata({KEYFRAME_RUNG: str(rung)})
-    write_table(table, shard_path(root, job.task, job.variation))
-    write_s = time.perf_counter() - t_write
-    return JobResult(
-        task=job.task,
-        variation=job.variation,
-        ok=True,
-        samples=len(samples),
-        keyframes=len(samples),
-        steps=steps,
-        rung=rung,
-        times={
-            "startup_s": startup_s + context_s,
-            "physics_s": times.physics_s,
-            "replay_s": replay_s,
-            "render_s": times.render_s,
-            "points_s": times.points_s,
-            "write_s": write_s,
-            "job_s": time.perf_counter() - t0 + startup_s,
-        },
-        pid=os.getpid(),
-    )
+    return _write_shard(job, sim, keyframes, rung, steps, times, startup_s, replay_s, t0, traj=traj)
 
 
 def _collect_keypose_job(job: CollectJob) -> JobResult:
@@ -154,12 +123,33 @@ def _collect_keypose_job(job: CollectJob) -> JobResult:
     steps = sim.episode_steps
     if not rollout.success:
         return _record_failure(job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s})
+    return _write_shard(job, sim, rollout, 0, steps, times, startup_s, 0.0, t0)
+
+
+def _write_shard(
+    job: CollectJob,
+    sim: MetaWorldSimulator,
+    plan: Any,
+    rung: int,
+    steps: int,
+    times: EpisodeTimes,
+    startup_s: float,
+    replay_s: float,
+    t0: float,
+    traj: Any = None,
+) -> JobResult:
+    """Render the observations, write the shard (rung in its metadata) atomically, and time the job.
+    ``plan``: the keyframes of ``traj`` (a Meta-World expert), or a ``KeyposeRollout`` (a keypose expert)."""
     t_ctx = time.perf_counter()
     sim._renderer()  # the task's render context, if new: start-up cost, not per-frame rendering
     context_s = time.perf_counter() - t_ctx
-    samples = keypose_samples(sim, rollout, job.variation, PointCloudConfig.model_validate(job.pointcloud), times)
+    pc_cfg = PointCloudConfig.model_validate(job.pointcloud)
+    if traj is None:
+        samples = keypose_samples(sim, plan, job.variation, pc_cfg, times)
+    else:
+        samples = episode_samples(sim, traj, job.variation, pc_cfg, plan, times)
     t_write = time.perf_counter()
-    table = samples_table(samples, instruction_for(job.task)).replace_schema_metadata({KEYFRAME_RUNG: "0"})
+    table = samples_table(samples, instruction_for(job.task)).replace_schema_metadata({KEYFRAME_RUNG: str(rung)})
     write_table(table, shard_path(Path(job.root), job.task, job.variation))
     write_s = time.perf_counter() - t_write
     return JobResult(
@@ -169,9 +159,11 @@ def _collect_keypose_job(job: CollectJob) -> JobResult:
         samples=len(samples),
         keyframes=len(samples),
         steps=steps,
+        rung=rung,
         times={
             "startup_s": startup_s + context_s,
             "physics_s": times.physics_s,
+            "replay_s": replay_s,
             "render_s": times.render_s,
             "points_s": times.points_s,
             "write_s": write_s,

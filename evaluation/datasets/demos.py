@@ -159,6 +159,18 @@ def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
     return np.array([*traj.tcp[kf.index], *FIXED_QUAT_XYZW, float(kf.gripper_open)], np.float32)
 
 
+def render_points(sim: MetaWorldSimulator, state: np.ndarray, pc_cfg: PointCloudConfig, times: EpisodeTimes) -> np.ndarray:
+    """Restore ``state``, render the cameras once and fuse them into the (N, 7) point cloud; times added."""
+    sim.set_state(state)
+    t0 = time.perf_counter()
+    frames = sim._renderer().render(sim.env.data)
+    t1 = time.perf_counter()
+    points = frames_to_points(frames, pc_cfg)
+    times.render_s += t1 - t0
+    times.points_s += time.perf_counter() - t1
+    return points
+
+
 def episode_samples(
     sim: MetaWorldSimulator,
     traj: Trajectory,
@@ -174,13 +186,7 @@ def episode_samples(
     for i, kf in enumerate(keyframes):
         obs_i = 0 if i == 0 else keyframes[i - 1].index
         gripper_open = True if i == 0 else keyframes[i - 1].gripper_open
-        sim.set_state(traj.states[obs_i])
-        t0 = time.perf_counter()
-        frames = sim._renderer().render(sim.env.data)
-        t1 = time.perf_counter()
-        points = frames_to_points(frames, pc_cfg)
-        times.render_s += t1 - t0
-        times.points_s += time.perf_counter() - t1
+        points = render_points(sim, traj.states[obs_i], pc_cfg, times)
         gripper = np.array([*traj.tcp[obs_i], *traj.quat[obs_i], float(gripper_open)], np.float32)
         samples.append(
             KeyframeSample(

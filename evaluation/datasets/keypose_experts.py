@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.datasets.dataset import KeyframeSample
-from evaluation.datasets.demos import EpisodeTimes
-from evaluation.pointcloud import PointCloudConfig, frames_to_points
+from evaluation.datasets.demos import EpisodeTimes, render_points
+from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
 
 
@@ -93,13 +93,7 @@ def keypose_samples(
     """Samples (observation before keypose i -> keypose i) of a successful keypose rollout."""
     samples = []
     for i, (state, gripper, target) in enumerate(zip(rollout.states, rollout.grippers, rollout.targets, strict=True)):
-        sim.set_state(state)
-        t0 = time.perf_counter()
-        frames = sim._renderer().render(sim.env.data)
-        t1 = time.perf_counter()
-        points = frames_to_points(frames, pc_cfg)
-        times.render_s += t1 - t0
-        times.points_s += time.perf_counter() - t1
+        points = render_points(sim, state, pc_cfg, times)
         samples.append(
             KeyframeSample(
                 task=rollout.task,
