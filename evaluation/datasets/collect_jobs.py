@@ -122,7 +122,8 @@ def _collect_keypose_job(job: CollectJob) -> JobResult:
     times.physics_s = rollout.physics_s
     steps = sim.episode_steps
     if not rollout.success:
-        return _record_failure(job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s})
+        failed_times = {"physics_s": times.physics_s, "startup_s": startup_s}
+        return _record_failure(job, EXPERT_FAILED, steps, failed_times)
     return _write_shard(job, sim, rollout, 0, steps, times, startup_s, 0.0, t0)
 
 
@@ -149,7 +150,8 @@ def _write_shard(
     else:
         samples = episode_samples(sim, traj, job.variation, pc_cfg, plan, times)
     t_write = time.perf_counter()
-    table = samples_table(samples, instruction_for(job.task)).replace_schema_metadata({KEYFRAME_RUNG: str(rung)})
+    table = samples_table(samples, instruction_for(job.task))
+    table = table.replace_schema_metadata({KEYFRAME_RUNG: str(rung)})
     write_table(table, shard_path(Path(job.root), job.task, job.variation))
     write_s = time.perf_counter() - t_write
     return JobResult(

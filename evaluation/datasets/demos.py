@@ -159,7 +159,9 @@ def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
     return np.array([*traj.tcp[kf.index], *FIXED_QUAT_XYZW, float(kf.gripper_open)], np.float32)
 
 
-def render_points(sim: MetaWorldSimulator, state: np.ndarray, pc_cfg: PointCloudConfig, times: EpisodeTimes) -> np.ndarray:
+def render_points(
+    sim: MetaWorldSimulator, state: np.ndarray, pc_cfg: PointCloudConfig, times: EpisodeTimes
+) -> np.ndarray:
     """Restore ``state``, render the cameras once and fuse them into the (N, 7) point cloud; times added."""
     sim.set_state(state)
     t0 = time.perf_counter()

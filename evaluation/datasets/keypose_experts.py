@@ -88,11 +88,16 @@ def run_keypose_expert(
 
 
 def keypose_samples(
-    sim: MetaWorldSimulator, rollout: KeyposeRollout, episode: int, pc_cfg: PointCloudConfig, times: EpisodeTimes
+    sim: MetaWorldSimulator,
+    rollout: KeyposeRollout,
+    episode: int,
+    pc_cfg: PointCloudConfig,
+    times: EpisodeTimes,
 ) -> list[KeyframeSample]:
     """Samples (observation before keypose i -> keypose i) of a successful keypose rollout."""
     samples = []
-    for i, (state, gripper, target) in enumerate(zip(rollout.states, rollout.grippers, rollout.targets, strict=True)):
+    steps = zip(rollout.states, rollout.grippers, rollout.targets, strict=True)
+    for i, (state, gripper, target) in enumerate(steps):
         points = render_points(sim, state, pc_cfg, times)
         samples.append(
             KeyframeSample(
