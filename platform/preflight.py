@@ -9,6 +9,10 @@
   has not reaped yet.
 - ``check_eval_tasks``: ``eval.tasks`` are tasks the run trains on (the dataset's, or the suite's when it is
   not collected yet), so a typo fails now and not after the whole training run.
+- ``check_resume``: a rerun under an existing ``name`` resumes from the run's newest checkpoint, so a setting
+  whose change makes that checkpoint unusable (the policy's parameter shapes, the level-1 training set) is
+  refused here, naming the keys, before Ray or MLflow touch the run. Steps, budgets, learning rate,
+  evaluation and the like may change on resume (MLflow records them as ``platform.param_changed.*`` tags).
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from evaluation.filelock import FileLock, LockBusyError
+from platform.checkpoint import latest_checkpoint
 from platform.cli import UserFacingError
+from policies.base import POLICY_CONFIG_FILE
+from policies.registry import shape_changes
 
 DRIVER_LOCK_FILE = ".driver.lock"
 MANIFEST_FILE = "manifest.json"
@@ -162,3 +171,41 @@ def eval_task_count(cfg: Any) -> int | None:
         return len(cfg.eval.tasks)
     known, _ = trained_tasks(cfg)
     return None if known is None else len(known)
+
+
+# ---------------------------------------------------------------- resuming a run
+
+# data.* keys that choose the level-1 training set: the checkpoint's sampler state is a position in it, so a
+# resume with another set is not exact (data.path is left out: a moved repository keeps its runs)
+RESUME_FIXED_DATA_KEYS = ("suite", "tasks", "episodes_per_task", "balance")
+
+
+def check_resume(cfg: Any) -> None:
+    """Refuse, in one line, a resume whose settings cannot continue the run's newest checkpoint."""
+    ckpt = latest_checkpoint(cfg.run_dir)
+    if ckpt is None:
+        return  # a new run (or one with no valid checkpoint yet: it starts over)
+    try:
+        saved_policy = json.loads((ckpt.path / POLICY_CONFIG_FILE).read_text())
+        saved = yaml.safe_load((ckpt.path / "experiment.yaml").read_text()) or {}
+        changes = shape_changes(saved_policy, cfg.policy.model_dump(mode="json"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return  # the worker's own load reports what is wrong with the checkpoint
+    blockers = [f"policy.{key}: {_show(old)} -> {_show(new)}" for key, old, new in changes]
+    saved_data = saved.get("data") or {}
+    current_data = cfg.data.model_dump(mode="json")
+    for key in RESUME_FIXED_DATA_KEYS:
+        if key in saved_data and saved_data[key] != current_data[key]:
+            blockers.append(f"data.{key}: {_show(saved_data[key])} -> {_show(current_data[key])}")
+    if not blockers:
+        return
+    what = "the policy's parameter shapes" if changes else ""
+    if len(blockers) > len(changes):
+        what += (" and " if what else "") + "the training set"
+    raise UserFacingError(f"run {cfg.name!r} would resume from {ckpt.path}, but this config changes {what} "
+                          f"({'; '.join(blockers)}): start a new run with another name=, or rerun with the run's "
+                          f"values (in {ckpt.path / 'experiment.yaml'})")
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) or value is None else str(value)

@@ -60,12 +60,19 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     if args.no_eval:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
     cfg = cfg.with_absolute_paths()
-    from platform.preflight import check_data_path, check_eval_tasks, check_output_dir, driver_lock
+    from platform.preflight import (
+        check_data_path,
+        check_eval_tasks,
+        check_output_dir,
+        check_resume,
+        driver_lock,
+    )
 
     check_data_path(cfg)  # before anything is created or started: one line naming the path or key
     check_eval_tasks(cfg)
     check_output_dir(cfg)  # creates the run directory, where the driver lock lives
     with driver_lock(cfg.run_dir, cfg.name):  # one driver per run, for the driver's whole life
+        check_resume(cfg)  # under the lock: no other driver writes a checkpoint meanwhile
         return _run(cfg, t_start)
 
 

@@ -96,3 +96,58 @@ def read_policy_files(directory: str | Path, prefer_ema: bool = True) -> tuple[d
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the checkpoint {directory} is incomplete")
     return config, weights
+
+
+def parameter_shapes(cfg: MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig) -> dict[str, tuple[int, ...]]:
+    """The policy's state dict as ``{name: shape}``, built on the meta device (no memory; milliseconds even
+    for the paper preset): what decides whether a checkpoint's weights load into a policy of ``cfg``."""
+    with torch.device("meta"):
+        policy = build_policy(cfg)
+    return {name: tuple(t.shape) for name, t in policy.state_dict().items()}
+
+
+def shape_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The fields of policy config ``new`` whose change from ``saved`` (both ``policy.json`` dicts) stops
+    ``saved``'s weights loading: ``(dotted key, saved value, new value)``, empty when they load as they are.
+
+    Each differing field is tried alone on ``saved``; when only a combination changes the shapes, every
+    differing field is named."""
+    old_cfg, new_cfg = parse_policy_config(saved), parse_policy_config(new)
+    old, cur = old_cfg.model_dump(mode="json"), new_cfg.model_dump(mode="json")
+    old_shapes = parameter_shapes(old_cfg)
+    if old_cfg.type == new_cfg.type and parameter_shapes(new_cfg) == old_shapes:
+        return []
+    old_leaves, new_leaves = _leaves(old), _leaves(cur)
+    differing = [(k, old_leaves.get(k), new_leaves.get(k)) for k in sorted(old_leaves.keys() | new_leaves.keys())
+                 if old_leaves.get(k) != new_leaves.get(k)]
+    blocking = []
+    for key, before, after in differing:
+        if key == "type":
+            blocking.append((key, before, after))
+            continue
+        try:
+            alone = parse_policy_config(_with_leaf(old, key, after))
+        except ValueError:  # valid only together with the other changes
+            blocking.append((key, before, after))
+            continue
+        if parameter_shapes(alone) != old_shapes:
+            blocking.append((key, before, after))
+    return blocking or differing
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _with_leaf(d: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    head, _, rest = dotted.partition(".")
+    out = dict(d)
+    out[head] = _with_leaf(dict(out.get(head) or {}), rest, value) if rest else value
+    return out

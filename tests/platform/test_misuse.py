@@ -398,3 +398,44 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------- resuming with a changed policy shape (issue 23)
+
+
+def _finished_run(tmp_path: Path, *extra: str) -> Path:
+    """A run directory as a finished tiny run leaves it: one valid checkpoint with its policy.json and
+    experiment.yaml (written by the real checkpoint writer; no training needed to refuse a resume of it)."""
+    from platform.checkpoint import write_checkpoint
+    from platform.config import to_yaml
+
+    cfg = load_config(None, [*base(tmp_path, "policy.preset=tiny", *extra)]).with_absolute_paths()
+    return write_checkpoint(cfg.run_dir, 40, {
+        "policy.json": lambda p: p.write_text(cfg.policy.model_dump_json(indent=2)),
+        "experiment.yaml": lambda p: p.write_text(to_yaml(cfg)),
+    })
+
+
+def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, capsys):
+    ckpt = _finished_run(tmp_path)
+    before = {p: p.read_bytes() for p in ckpt.iterdir()}
+    line = refused(capsys, base(tmp_path, "policy.preset=laptop"), "run 'misuse' would resume from", str(ckpt),
+                   "policy's parameter shapes", "policy.d_model: 24 -> 96", "another name=", "experiment.yaml")
+    assert "policy.m" not in line and "policy.preset" not in line, "only the keys that change the shapes"
+    refused(capsys, base(tmp_path, "policy.preset=tiny", "policy.type=one_to_one"), "policy.type: mini_diffuser -> "
+            "one_to_one")
+    refused(capsys, base(tmp_path, "policy.preset=tiny", "data.balance=tasks"), "the training set",
+            "data.balance: samples -> tasks")
+    assert {p: p.read_bytes() for p in ckpt.iterdir()} == before, "the run's checkpoint is untouched"
+    assert not (tmp_path / "mlflow.db").exists(), "its MLflow record is untouched: MLflow was never opened"
+    assert not (ckpt.parent.parent / "experiment.yaml").exists(), "nor is the run's experiment.yaml rewritten"
+
+
+def test_settings_a_resume_may_change_still_resume(tmp_path):
+    from platform.preflight import check_resume
+
+    _finished_run(tmp_path)
+    for change in (["train.steps=5000", "train.lr=1e-4", "eval.episodes_per_task=7", "policy.m=8"],
+                   ["train.time_budget_s=60", "policy.diffusion.inference_steps=5", "data.val_episodes_per_task=0"]):
+        check_resume(load_config(None, base(tmp_path, "policy.preset=tiny", *change)).with_absolute_paths())
+    check_resume(load_config(None, base(tmp_path, "name=other", "policy.preset=paper")).with_absolute_paths())
