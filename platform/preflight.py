@@ -9,6 +9,8 @@
   has not reaped yet.
 - ``check_eval_tasks``: ``eval.tasks`` are tasks the run trains on (the dataset's, or the suite's when it is
   not collected yet), so a typo fails now and not after the whole training run.
+- ``check_tracking``: a tracking URI no MLflow store can open (``gopher://x``, ``http://`` without a host) is
+  refused (``platform.tracking.uri``); a well-formed one of a server that is down is an outage, not an error.
 - ``check_resume``: a rerun under an existing ``name`` resumes from the run's newest checkpoint, so a setting
   whose change makes that checkpoint unusable (the policy's parameter shapes, the level-1 training set) is
   refused here, naming the keys, before Ray or MLflow touch the run. Steps, budgets, learning rate,
@@ -171,6 +173,18 @@ def eval_task_count(cfg: Any) -> int | None:
         return len(cfg.eval.tasks)
     known, _ = trained_tasks(cfg)
     return None if known is None else len(known)
+
+
+# ---------------------------------------------------------------- tracking
+
+
+def check_tracking(cfg: Any) -> None:
+    """The run's tracking URI can work (when tracking is enabled)."""
+    if cfg.tracking.enabled:
+        from platform.config import data_root
+        from platform.tracking.uri import resolve_tracking_uri
+
+        resolve_tracking_uri(cfg.tracking.uri, data_root())
 
 
 # ---------------------------------------------------------------- resuming a run

@@ -251,6 +251,9 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         raise UserFacingError(f"--ms {args.ms!r}: every M must be >= 1")
     cfg = cfg.with_absolute_paths()
     sweep = args.name or f"{cfg.name}-quality"
+    from platform.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+
+    check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     sweep_dir = cfg.resolve_path(cfg.output_dir) / sweep
     if not args.report_only:
         if args.max_concurrent < 1:
@@ -306,9 +309,9 @@ def _log_to_parent(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, out: Path
     if not cfg.tracking.enabled:
         return
     from platform.config import data_root
-    from platform.tracking import TAG_KIND, TAG_QUALITY, RunTracker, default_tracking_uri
+    from platform.tracking import TAG_KIND, TAG_QUALITY, RunTracker, resolve_tracking_uri
 
-    uri = cfg.tracking.uri or default_tracking_uri(data_root())
+    uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
     run = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
                           tags={TAG_KIND: "sweep_parent", TAG_QUALITY: "true"})
     for path in sorted(out.iterdir()):

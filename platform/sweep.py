@@ -126,6 +126,9 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         space[key], candidates[key] = domain, values
     cfg = cfg.with_absolute_paths()
     base = cfg.model_dump(mode="json")
+    from platform.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+
+    check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     for key, values in candidates.items():  # fail before launching anything
         for v in values:
             trial_config(base, {key: v})
@@ -190,9 +193,9 @@ def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argpar
     if not cfg.tracking.enabled:
         return None
     from platform.config import data_root
-    from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, RunTracker, default_tracking_uri, flatten_config
+    from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, RunTracker, flatten_config, resolve_tracking_uri
 
-    uri = cfg.tracking.uri or default_tracking_uri(data_root())
+    uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
     parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
                              tags={TAG_KIND: "sweep_parent", TAG_POLICY_TYPE: cfg.policy.type})
     parent.log_params({**flatten_config(cfg.model_dump(mode="json")),

@@ -65,11 +65,13 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         check_eval_tasks,
         check_output_dir,
         check_resume,
+        check_tracking,
         driver_lock,
     )
 
     check_data_path(cfg)  # before anything is created or started: one line naming the path or key
     check_eval_tasks(cfg)
+    check_tracking(cfg)
     check_output_dir(cfg)  # creates the run directory, where the driver lock lives
     with driver_lock(cfg.run_dir, cfg.name):  # one driver per run, for the driver's whole life
         check_resume(cfg)  # under the lock: no other driver writes a checkpoint meanwhile
@@ -264,9 +266,9 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     if not cfg.tracking.enabled:
         return None
     from platform.config import data_root
-    from platform.tracking import RunTracker, default_tracking_uri, flatten_config, run_environment_params
+    from platform.tracking import RunTracker, flatten_config, resolve_tracking_uri, run_environment_params
 
-    uri = cfg.tracking.uri or default_tracking_uri(data_root())
+    uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
     tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",
                               tags=_tags(cfg))
     tracker.log_params(flatten_config(cfg.model_dump(mode="json")))

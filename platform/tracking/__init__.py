@@ -66,9 +66,11 @@ from platform.tracking.tracker import (
     default_tracking_uri,
     sync_root,
 )
+from platform.tracking.uri import TrackingUriError, check_tracking_uri, resolve_tracking_uri
 
 __all__ = [
-    "RunTracker", "TrackingBufferError", "default_tracking_uri", "default_artifact_location", "buffer_backlog",
+    "RunTracker", "TrackingBufferError", "TrackingUriError", "check_tracking_uri", "resolve_tracking_uri",
+    "default_tracking_uri", "default_artifact_location", "buffer_backlog",
     "find_buffers", "sync_all", "sync_buffer", "sync_root", "main",
     "flatten_config", "run_environment_params", "plot_loss_curves", "plot_success_per_task", "sanitize_key",
     "BUFFER_ROOT", "DEFAULT_EXPERIMENT", "TERMINAL_STATUSES",

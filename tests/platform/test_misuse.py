@@ -439,3 +439,29 @@ def test_settings_a_resume_may_change_still_resume(tmp_path):
                    ["train.time_budget_s=60", "policy.diffusion.inference_steps=5", "data.val_episodes_per_task=0"]):
         check_resume(load_config(None, base(tmp_path, "policy.preset=tiny", *change)).with_absolute_paths())
     check_resume(load_config(None, base(tmp_path, "name=other", "policy.preset=paper")).with_absolute_paths())
+
+
+# ---------------------------------------------------------------- a tracking URI that can never work (issue 23)
+
+
+@pytest.mark.parametrize("uri,needle", [("gopher://x", "no tracking store for the scheme 'gopher'"),
+                                        ("http://", "no host"), ("http://localhost:50o0", "not a number"),
+                                        ("sqlite://", "no database file")])
+def test_an_impossible_tracking_uri_is_refused_at_start(tmp_path, capsys, uri, needle):
+    refused(capsys, [*base(tmp_path), f"tracking.uri={uri}"], f"tracking.uri={uri}", needle, "MLflow accepts")
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
+
+
+def test_a_bad_mlflow_tracking_uri_variable_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "gopher://x")
+    args = [a for a in base(tmp_path) if not a.startswith("tracking.uri=")]
+    refused(capsys, args, "MLFLOW_TRACKING_URI=gopher://x")
+
+
+def test_a_well_formed_uri_of_a_server_that_is_down_is_an_outage_not_an_error(tmp_path):
+    from platform.preflight import check_tracking
+
+    for uri in (UNREACHABLE, "https://mlflow.example.org", "postgresql+psycopg2://u:p@db/mlflow", "databricks",
+                f"file://{tmp_path}/mlruns", str(tmp_path / "mlruns")):
+        check_tracking(load_config(None, [f"tracking.uri={uri}"]))
+    check_tracking(load_config(None, ["tracking.uri=gopher://x", "tracking.enabled=false"]))  # not used: not checked
