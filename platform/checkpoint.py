@@ -8,8 +8,9 @@ Layout: ``<run_dir>/checkpoints/step_<00000123>/`` holding
   manifest.json                      written LAST: step, file sizes and sha256 hashes
 
 A checkpoint is written into a temp directory, fsync'd, then renamed into place, so a SIGKILL leaves either
-nothing or a complete checkpoint. On load, a directory whose manifest is missing or whose hashes do not
-match is reported and skipped; the newest valid one wins.
+nothing or a complete checkpoint. On load, a directory whose manifest is missing or whose hashes do not match
+is reported and skipped; the newest valid one wins. The manifest's format and check live in
+``evaluation.checkpoint_manifest``: evaluation checks every checkpoint it reads against it.
 """
 
 from __future__ import annotations
@@ -20,25 +21,23 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.files import atomic_write_json, sha256_file
+from evaluation.checkpoint_manifest import (  # the manifest format, shared with evaluation
+    MANIFEST,
+    CheckpointInfo,
+    CorruptCheckpointError,
+    verify_checkpoint,
+    write_manifest,
+)
+from evaluation.files import atomic_write_json
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "CheckpointInfo", "CorruptCheckpointError", "best_checkpoint", "checkpoint_root",
+           "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "set_checkpoint_metric",
+           "verify_checkpoint", "write_checkpoint"]
+
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step_"
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint directory fails its manifest check (missing file, size or hash mismatch)."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path
-    step: int
-    metric: float | None  # e.g. eval success, for keep-best
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,18 +61,12 @@ def write_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path
     tmp = root / f".tmp-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
-        files = {}
         for name, write in writers.items():
             target = tmp / name
             write(target)
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
-            files[name] = {"bytes": target.stat().st_size, "sha256": sha256_file(target)}
-        manifest = {"step": step, "metric": metric, "created": time.time(), "files": files}
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        write_manifest(tmp, step, writers, metric)
         _fsync_dir(tmp)
         if final.exists():  # same step written again (e.g. after a crash between write and report)
             shutil.rmtree(final)
@@ -83,27 +76,6 @@ def write_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def verify_checkpoint(path: Path) -> CheckpointInfo:
-    """Check a checkpoint against its manifest; raise ``CorruptCheckpointError`` naming what is wrong."""
-    path = Path(path)
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise CorruptCheckpointError(f"{path}: no {MANIFEST} (interrupted write or not a checkpoint)")
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-        step = int(manifest["step"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptCheckpointError(f"{mpath}: unreadable manifest ({exc})") from None
-    for name, meta in files.items():
-        f = path / name
-        if not f.is_file():
-            raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
-        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            raise CorruptCheckpointError(f"{path}: {name} does not match its manifest hash (corrupted)")
-    return CheckpointInfo(path=path, step=step, metric=manifest.get("metric"))
 
 
 def list_checkpoints(run_dir: Path, verify: bool = True) -> list[CheckpointInfo]:
