@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.files import sha256_file
+from policies.base import CheckpointError
 
 MANIFEST = "manifest.json"
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(CheckpointError):
     """A checkpoint directory fails its manifest check (missing file, size or hash mismatch)."""
 
 
@@ -57,5 +58,6 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         if not f.is_file():
             raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
         if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            raise CorruptCheckpointError(f"{path}: {name} does not match its manifest hash (corrupted)")
+            raise CorruptCheckpointError(f"{path}: {name} does not match its manifest hash (corrupted): use another "
+                                         "checkpoint of the run, or retrain")
     return CheckpointInfo(path=path, step=step, metric=manifest.get("metric"))

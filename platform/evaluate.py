@@ -24,6 +24,7 @@ from evaluation.runtime.metrics import EvalReport
 from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
+from policies.base import CheckpointError
 
 EVAL_DIR = "eval"
 SETTINGS_SUFFIX = ".settings.json"  # beside step_<N>.json: what the final evaluation was run with
@@ -178,14 +179,18 @@ def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> Ev
 
 def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
     """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool; its
-    result is an ``EvalOutcome``). The checkpoint is read here (where it was written) and travels by value:
-    the task may run on any node."""
+    result is an ``EvalOutcome``). The checkpoint is read and checked here (where it was written) and travels
+    by value: the task may run on any node. A checkpoint that fails its check gives a failed outcome at once."""
     import ray
 
     from evaluation.runtime.bundle import CheckpointBundle
 
+    try:
+        bundle = CheckpointBundle.read(checkpoint)
+    except CheckpointError as exc:  # a corrupt checkpoint fails this evaluation (eval/failed), not the training
+        return ray.put(EvalOutcome(error=f"{type(exc).__name__}: {exc}", traceback=""))
     remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
-    return remote.remote(cfg, checkpoint, ray.put(CheckpointBundle.read(checkpoint)))
+    return remote.remote(cfg, checkpoint, ray.put(bundle))
 
 
 def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutcome) -> EvalReport | None:

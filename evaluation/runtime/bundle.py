@@ -13,6 +13,7 @@ error: the multi-node test sets it on its simulation nodes to prove the point ab
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from evaluation.checkpoint_manifest import MANIFEST, verify_checkpoint
 from evaluation.runtime.episode import ConditionFn, Instruction, Instructions, PointCloudConditioner
 from policies.base import CheckpointError, Policy
 from policies.registry import load_policy, read_policy_files
@@ -54,10 +57,20 @@ class CheckpointBundle:
     @classmethod
     def read(cls, directory: str | Path, prefer_ema: bool = True,
              instructions: Instructions | None = None) -> CheckpointBundle:
-        """Read and check a checkpoint directory (``instructions``: use these instead of its own)."""
+        """Read and check a checkpoint directory (``instructions``: use these instead of its own): every file
+        against the checkpoint's manifest when it has one (``evaluation.checkpoint_manifest``), and the
+        weights to be used loadable; ``CheckpointError`` names the file otherwise."""
         directory = Path(directory)
         check_reads_allowed(directory)
+        if (directory / MANIFEST).is_file():  # written by platform.checkpoint: every file must match it
+            verify_checkpoint(directory)
         config, weights = read_policy_files(directory, prefer_ema)
+        data = weights.read_bytes()
+        try:  # here, in one line, rather than in every actor that would rebuild the policy from it
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{weights} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+                                  "use another checkpoint, or retrain") from None
         if instructions is None:
             instructions = load_instructions(directory / INSTRUCTIONS_FILE)
         pc_path = directory / POINTCLOUD_FILE
@@ -65,7 +78,7 @@ class CheckpointBundle:
             pointcloud = json.loads(pc_path.read_text()) if pc_path.is_file() else None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{pc_path} is not valid JSON: {exc}") from exc
-        return cls(source=str(directory), policy_config=config, weights=weights.read_bytes(),
+        return cls(source=str(directory), policy_config=config, weights=data,
                    weights_file=weights.name, instructions=Instructions.of(instructions),
                    max_points=int(config.get("max_points", 2048)), pointcloud=pointcloud)
 

@@ -465,3 +465,77 @@ def test_a_well_formed_uri_of_a_server_that_is_down_is_an_outage_not_an_error(tm
                 f"file://{tmp_path}/mlruns", str(tmp_path / "mlruns")):
         check_tracking(load_config(None, [f"tracking.uri={uri}"]))
     check_tracking(load_config(None, ["tracking.uri=gopher://x", "tracking.enabled=false"]))  # not used: not checked
+
+
+# ---------------------------------------------------------------- a checkpoint whose weights are corrupt (issue 23)
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """A real checkpoint as training writes it (policy files, instructions, manifest), of an untrained tiny policy."""
+    import numpy as np
+    import torch
+
+    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+    from platform.checkpoint import write_checkpoint
+    from policies.registry import build_policy, parse_policy_config
+
+    policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
+    text = {"reach-v3": (np.ones((3, policy.config.text_dim), np.float32), np.ones(3, bool))}
+    return write_checkpoint(tmp_path / "run", 10, {
+        "policy.json": lambda p: p.write_text(policy.config.model_dump_json()),
+        "model.pt": lambda p: torch.save(policy.state_dict(), p),
+        "ema.pt": lambda p: torch.save(policy.state_dict(), p),
+        INSTRUCTIONS_FILE: lambda p: save_instructions(p, text),
+    })
+
+
+@pytest.mark.parametrize("corrupt", ["ema.pt", "model.pt"])
+def test_a_corrupt_weights_file_is_named_before_any_actor_starts(tmp_path, capsys, corrupt):
+    import ray
+
+    from evaluation.runtime.run import main as evaluation_run
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    (ckpt / corrupt).write_bytes(b"not a torch file")
+    start = time.monotonic()
+    assert evaluation_run(["--checkpoint", str(ckpt), "--tasks", "reach-v3", "--episodes", "1"]) == 2
+    assert time.monotonic() - start < 10 and not ray.is_initialized(), "refused before Ray (and any actor) starts"
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert corrupt in lines[0] and "does not match its manifest" in lines[0] and str(ckpt) in lines[0]
+
+
+def test_unloadable_weights_without_a_manifest_are_named(tmp_path):
+    from evaluation.runtime.bundle import CheckpointBundle
+    from policies.base import CheckpointError
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    (ckpt / "manifest.json").unlink()  # e.g. a policy saved by hand: no manifest to check against
+    CheckpointBundle.read(ckpt)
+    (ckpt / "ema.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match=r"ema\.pt cannot be loaded"):
+        CheckpointBundle.read(ckpt)
+
+
+def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from platform.evaluate import log_eval_report, submit_evaluation
+
+    class RecordingTracker:  # a fake: records what would go to MLflow
+        def __init__(self) -> None:
+            self.metrics: list[tuple[dict, int]] = []
+
+        def log_metrics(self, metrics: dict, step: int) -> None:
+            self.metrics.append((metrics, step))
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    (ckpt / "ema.pt").write_bytes(b"not a torch file")
+    monkeypatch.setattr(ray, "put", lambda value: value)  # the failed outcome needs no object store here
+    outcome = submit_evaluation(load_config(None, ["eval.every_steps=10"]), ckpt)
+    assert outcome.report is None and "ema.pt does not match its manifest" in outcome.error
+    tracker = RecordingTracker()
+    assert log_eval_report(tracker, ckpt, 10, outcome) is None
+    assert tracker.metrics == [({"eval/failed": 1.0}, 10)]
+    assert "evaluation of step 10 failed" in capsys.readouterr().out
