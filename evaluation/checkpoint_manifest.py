@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.files import sha256_file
-from policies.base import CheckpointError
 
 MANIFEST = "manifest.json"
 
 
-class CorruptCheckpointError(CheckpointError):
-    """A checkpoint directory fails its manifest check (missing file, size or hash mismatch)."""
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint directory fails its manifest check (missing file, size or hash mismatch). Not a
+    ``policies.base.CheckpointError``: this module stays free of torch, since a checkpoint writer imports it
+    (``CheckpointBundle.read`` turns it into one)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.checkpoint_manifest import MANIFEST, verify_checkpoint
+from evaluation.checkpoint_manifest import MANIFEST, CorruptCheckpointError, verify_checkpoint
 from evaluation.runtime.episode import ConditionFn, Instruction, Instructions, PointCloudConditioner
 from policies.base import CheckpointError, Policy
 from policies.registry import load_policy, read_policy_files
@@ -63,7 +63,10 @@ class CheckpointBundle:
         directory = Path(directory)
         check_reads_allowed(directory)
         if (directory / MANIFEST).is_file():  # written by platform.checkpoint: every file must match it
-            verify_checkpoint(directory)
+            try:
+                verify_checkpoint(directory)
+            except CorruptCheckpointError as exc:
+                raise CheckpointError(str(exc)) from None
         config, weights = read_policy_files(directory, prefer_ema)
         data = weights.read_bytes()
         try:  # here, in one line, rather than in every actor that would rebuild the policy from it
