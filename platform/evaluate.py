@@ -67,12 +67,15 @@ def eval_episodes(cfg: ExperimentConfig, num_tasks: int) -> int:
     return num_tasks * cfg.eval.episodes_per_task * (len(seeds) if isinstance(seeds, list) else 1)
 
 
-def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None) -> tuple[ExperimentConfig, str | None]:
-    """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation and to ``capacity`` (actors the
-    cluster runs at once; None: unknown), and the one line saying so when it was capped."""
+def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None,
+                memory: tuple[int, str] | None = None) -> tuple[ExperimentConfig, str | None]:
+    """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the
+    cluster runs at once; None: unknown) and to ``memory`` (``evaluation.runtime.memory.memory_actor_capacity``
+    of a private local cluster), and the one line saying so when it was capped."""
     from evaluation.runtime.run import cap_actors
 
-    n, note = cap_actors(cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors")
+    n, note = cap_actors(cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors",
+                         memory=memory)
     if n == cfg.eval.actors:
         return cfg, None
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"actors": n})}), note

@@ -156,17 +156,21 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dat
 
 
 def _cap_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = True) -> ExperimentConfig:
-    """``eval.actors`` capped to the episodes of one evaluation and to ``capacity`` (actors the cluster runs at
-    once; None: unknown); one printed line when capped and ``announce``."""
+    """``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the cluster runs at
+    once; None: unknown) and, on a private local cluster, to what this machine's free memory holds; one
+    printed line when capped and ``announce``."""
     if not cfg.eval.enabled:
         return cfg
+    from evaluation.runtime.memory import memory_actor_capacity
     from platform.evaluate import plan_actors
     from platform.preflight import eval_task_count
+    from platform.session import joins_cluster
 
     tasks = eval_task_count(cfg)
     if tasks is None:
         return cfg
-    capped, note = plan_actors(cfg, tasks, capacity)
+    memory = None if joins_cluster(cfg) else memory_actor_capacity(cfg.data.suite)  # this machine's, when private
+    capped, note = plan_actors(cfg, tasks, capacity, memory)
     if note and announce:
         print(f"[eval] {note}", flush=True)
     return capped

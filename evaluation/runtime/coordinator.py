@@ -3,7 +3,8 @@
 Every remote call goes through ``ray.wait`` with a deadline: actor start-up (``ready``) gets
 ``startup_timeout_s``, each episode ``episode_timeout_s``. A crashed actor (process died, or the
 simulator raised) or a hung one (deadline passed) is killed with ``ray.kill`` and replaced by a fresh
-actor; its episode is retried until ``max_attempts`` and then recorded as ``sim_error`` or ``timeout``.
+actor; its episode is retried until ``max_attempts`` and then recorded as ``sim_error`` or ``timeout``, or as
+``oom_killed`` when the actor was killed for memory (``evaluation.runtime.memory.OomWatch``).
 Every requested episode ends in exactly one ``EpisodeOutput`` (results are returned in request order),
 so success rates always use the full denominator. If actors cannot even start, ``EvaluationStartupError``
 is raised with the last cause (a broken checkpoint or a missing simulator is not an episode outcome).
@@ -49,6 +50,7 @@ from evaluation.runtime.episode import (
     Instructions,
     PlannerErrorRule,
 )
+from evaluation.runtime.memory import OomWatch
 from evaluation.runtime.policy_server import PolicyFactory, PolicyServer
 from evaluation.runtime.progress import ProgressLines
 from evaluation.simulators.sim import EpisodeResult, EpisodeStatus
@@ -186,6 +188,7 @@ class Coordinator:
         self.videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = {}
         self._uses_sim = False  # the actors need the cluster's "sim" resource (simulation nodes)
         self._sim_decided: bool | None = None
+        self._oom = OomWatch()  # tells an out-of-memory kill from a crash
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _resolve_server(self) -> str | None:
@@ -405,7 +408,11 @@ class Coordinator:
         try:
             output: EpisodeOutput = ray.get(ref)
         except ray.exceptions.RayError as exc:
-            self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", run)
+            if self._oom.killed_for_memory(exc):
+                self._fault(work, "oom_killed", f"actor killed for memory (out-of-memory killer): {_short(exc)}; "
+                            "run fewer actors at once", run)
+            else:
+                self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", run)
             return
         self.slots[work.slot].state = "idle"
         self._keep_video(run, work, output)

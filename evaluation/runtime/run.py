@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from evaluation.runtime.coordinator import EvaluationStartupError, PoolConfig
+from evaluation.runtime.memory import memory_actor_capacity
 from evaluation.runtime.metrics import EvalReport
 from policies.base import CheckpointError
 
@@ -85,9 +86,11 @@ def cluster_actor_capacity(cpus_per_actor: float = 1.0, use_sim_resource: bool |
 
 
 def cap_actors(requested: int, episodes: int, capacity: int | None = None,
-               what: str = "--actors") -> tuple[int, str | None]:
+               what: str = "--actors", memory: tuple[int, str] | None = None) -> tuple[int, str | None]:
     """Never more simulator actors than episodes to run, nor than the cluster can run at once (``capacity``,
-    None: unknown). Returns the number to start and, when it is below ``requested``, one line saying why."""
+    None: unknown), nor than fit in this machine's memory (``memory``: ``memory_actor_capacity``'s count and
+    reason; a private local cluster only). Returns the number to start and, when it is below ``requested``,
+    one line saying why."""
     n, why = requested, []
     if episodes < n:
         n = max(1, episodes)
@@ -95,6 +98,9 @@ def cap_actors(requested: int, episodes: int, capacity: int | None = None,
     if capacity is not None and 1 <= capacity < n:
         n = capacity
         why.append(f"the Ray cluster runs {capacity} at once")
+    if memory is not None and memory[0] < n:
+        n = memory[0]
+        why.append(memory[1])
     if n == requested:
         return n, None
     return n, f"{what}={requested} capped to {n} simulator actor{'s' if n != 1 else ''}: {' and '.join(why)}"
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
         seeds = seeds_of(args)
         episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
-        actors, note = cap_actors(args.actors, episodes)  # the cluster's capacity is checked by the pool
+        memory = memory_actor_capacity(args.suite) if args.ray_address == "local" else None  # a private cluster
+        actors, note = cap_actors(args.actors, episodes, memory=memory)  # its CPUs are checked by the pool
         if note:
             print(note, flush=True)
         pool = PoolConfig(

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-EpisodeStatus = Literal["ok", "timeout", "sim_error", "planner_error"]
+EpisodeStatus = Literal["ok", "timeout", "sim_error", "planner_error", "oom_killed"]
 
 
 class SimulatorError(RuntimeError):

@@ -539,3 +539,47 @@ def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, mon
     assert log_eval_report(tracker, ckpt, 10, outcome) is None
     assert tracker.metrics == [({"eval/failed": 1.0}, 10)]
     assert "evaluation of step 10 failed" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- actors that would not fit in memory (issue 23)
+
+
+def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatch, capsys, tmp_path):
+    from evaluation.runtime import memory
+    from evaluation.runtime.run import cap_actors
+    from platform.train import _cap_actors
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    4608000 kB\n")
+    assert memory.available_memory_mb(meminfo) == 4500.0
+    assert memory.memory_actor_capacity("mt50", free_mb=4500.0)[0] == 3
+    assert memory.memory_actor_capacity("mt10", free_mb=100.0)[0] == 1, "one actor always runs"
+    assert memory.memory_actor_capacity("rlbench", free_mb=100.0) is None, "not measured: not capped"
+    n, line = cap_actors(8, 100, 16, memory=memory.memory_actor_capacity("mt50", free_mb=4500.0))
+    assert n == 3 and line.endswith("this machine's free memory (4.4 GB) holds 3 at about 1.5 GB each")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setattr(memory, "available_memory_mb", lambda: 3200.0)
+    cfg = load_config(None, ["data.suite=mt50", "eval.actors=12", f"data.path={tmp_path / 'none'}"])
+    assert _cap_actors(cfg, capacity=16).eval.actors == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["[eval] eval.actors=12 capped to 2 simulator actors: this machine's free memory (3.1 GB) holds 2 "
+                   "at about 1.5 GB each"]
+    joined = load_config(None, ["data.suite=mt50", "eval.actors=12", "ray.address=auto",
+                                f"data.path={tmp_path / 'none'}"])
+    assert _cap_actors(joined, capacity=None).eval.actors == 12, "a joined cluster's memory is not this machine's"
+
+
+def test_an_out_of_memory_kill_is_told_from_a_crash(tmp_path):
+    from evaluation.runtime.memory import OomWatch, oom_kill_count
+
+    vmstat, events = tmp_path / "vmstat", tmp_path / "memory.events"
+    vmstat.write_text("pgfault 12\noom_kill 2\n")
+    assert oom_kill_count((vmstat, events)) == 2, "a counter file that does not exist counts 0"
+    watch = OomWatch((vmstat, events))
+    crash = RuntimeError("The actor died unexpectedly before finishing this task. Worker exit type: SYSTEM_ERROR")
+    assert not watch.killed_for_memory(crash)
+    events.write_text("low 0\nmax 3\noom 1\noom_kill 1\n")  # the container's cgroup killed a process
+    assert watch.killed_for_memory(crash) and not watch.killed_for_memory(crash), "each kill is counted once"
+    assert watch.killed_for_memory("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low "
+                                   "on memory.")

@@ -115,10 +115,27 @@ def test_r5_crash_is_replaced_retried_then_sim_error_with_full_denominator(pool)
     crashed = report.results[4]
     assert (crashed.seed, crashed.status, crashed.success) == (CRASH, "sim_error", False)
     assert "attempt 2 of 2" in crashed.message and "ActorDiedError" in crashed.message
-    assert report.status_counts == {"ok": 8, "timeout": 0, "sim_error": 1, "planner_error": 0}
+    assert report.status_counts == {"ok": 8, "timeout": 0, "sim_error": 1, "planner_error": 0, "oom_killed": 0}
     assert report.retries == 1 and report.actor_restarts == 2 and len(report.failures) == 2
     assert report.tasks[specs[4].task].success_rate <= 2 / 3
     assert "sim_error" in report.table() and report.mlflow_metrics()["eval/sim_error"] == 1.0
+
+
+def test_an_actor_killed_for_memory_is_reported_as_such_not_as_a_crash(pool, monkeypatch):
+    from evaluation.runtime import memory
+
+    kills = iter(range(1, 1000))  # a fake kernel counter: every actor death below is seen with it risen
+    monkeypatch.setattr(memory, "oom_kill_count", lambda counters=(): next(kills))
+    monkeypatch.setattr(pool, "_oom", memory.OomWatch())
+    specs = plan_episodes(TASKS, 1, seed=1, variations=range(4))
+    specs[0] = EpisodeSpec(specs[0].task, specs[0].variation, CRASH)  # its actor dies, as an OOM kill would
+    outputs, elapsed = _run(pool, specs)
+    report = summarize(outputs, elapsed, pool.stats.retries, pool.stats.actor_restarts, pool.stats.failures)
+    killed = report.results[0]
+    assert killed.status == "oom_killed" and "out-of-memory killer" in killed.message and not killed.success
+    assert report.status_counts["oom_killed"] == 1 and report.status_counts["sim_error"] == 0
+    assert report.mlflow_metrics()["eval/oom_killed"] == 1.0 and "oom_killed" in report.table()
+    assert all("killed for memory" in line for line in report.failures) and report.episodes == len(specs)
 
 
 def test_r6_hang_times_out_actor_replaced_others_unaffected(pool):

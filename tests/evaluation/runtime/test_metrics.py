@@ -27,7 +27,7 @@ def test_errors_stay_in_the_denominator_and_are_counted():
     assert report.tasks["a"].success_rate == 0.5 and report.tasks["a"].episodes == 4
     assert report.tasks["b"].success_rate == 0.5
     assert report.mean_success == 0.5 and report.successes == 3 and report.episodes == 6
-    assert report.status_counts == {"ok": 3, "timeout": 1, "sim_error": 1, "planner_error": 1}
+    assert report.status_counts == {"ok": 3, "timeout": 1, "sim_error": 1, "planner_error": 1, "oom_killed": 0}
     assert report.errors == 3 and report.episodes_per_s == 2.0
     assert report.time_shares == pytest.approx({"render": 0.25, "preprocess": 0.0, "policy": 0.5, "sim": 0.25})
     metrics = report.mlflow_metrics("eval")
