@@ -41,7 +41,7 @@ resume from an older checkpoint, a re-evaluated last step) is not sent again: th
   ``eval/success/<tier>`` (easy, medium, hard, very_hard; the tier's episodes pooled) and
   ``eval/success/tier_average`` (mean of the four tiers, only when all four were evaluated), each with
   ``_ci_low`` / ``_ci_high``; ``eval/episodes``, ``eval/timeout``, ``eval/sim_error``,
-  ``eval/planner_error`` (episode counts by status). Names: ``EvalReport.mlflow_metrics``.
+  ``eval/planner_error``, ``eval/oom_killed`` (episode counts by status). Names: ``EvalReport.mlflow_metrics``.
 
 **Tags**: ``platform.kind`` in {train, reference, sweep_parent, sweep_trial, comparison},
 ``platform.policy_type`` (mini_diffuser | one_to_one | dda_style), ``platform.suite`` (mt10 | mt50 |
