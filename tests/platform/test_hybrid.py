@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import platform
 from tests import REPO_ROOT
 
@@ -35,7 +37,13 @@ def test_stdlib_api_is_intact():
         assert getattr(platform, name)() == getattr(ref, name)(), name
     assert platform.uname()[:5] == ref.uname()[:5]
     assert platform.platform() == ref.platform()
-    assert platform.freedesktop_os_release() == ref.freedesktop_os_release() if Path("/etc/os-release").exists() else True
+    try:  # no os-release file: both must raise the same way
+        expected = ref.freedesktop_os_release()
+    except OSError as exc:
+        with pytest.raises(type(exc)):
+            platform.freedesktop_os_release()
+    else:
+        assert platform.freedesktop_os_release() == expected
 
 
 def test_no_submodule_shadows_a_stdlib_attribute():

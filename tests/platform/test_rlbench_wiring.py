@@ -1,5 +1,7 @@
 """data.suite=rlbench: clear errors for a missing imported dataset and for RLBench not being installed."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,9 @@ def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path):
     with pytest.raises(UserFacingError, match="rlbench_demo_root"):
         eval_request(load_config(None, ["data.suite=rlbench"]), tmp_path)
     cfg = load_config(None, ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}"])
+    if importlib.util.find_spec("pyrep") is not None and importlib.util.find_spec("rlbench") is not None:
+        assert eval_request(cfg, tmp_path).suite == "rlbench"  # where RLBench is installed, it is used
+        return
     with pytest.raises(ImportError, match="PyRep is not installed.*docs/rlbench.md"):
         eval_request(cfg, tmp_path)
 
