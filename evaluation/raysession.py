@@ -1,6 +1,15 @@
 """Using Ray from ``evaluation`` (standalone commands, collection pools): join the running session, or start
 a local one for the duration and shut it down after. ``platform.session`` starts Ray for platform commands;
-both keep the console quiet the same way (below).
+both start a private local cluster the same way (:func:`start_local_ray`: on loopback only) and keep the console
+quiet the same way (below).
+
+A private cluster on loopback only. Ray picks a node address reachable from other machines (the machine's own
+address) and binds its GCS, raylet, object manager, workers and agents to it or to every interface: 12 of 14
+listening sockets of a local cluster were outside loopback (Ray 2.60). A laptop's private cluster has no other
+nodes, so :func:`start_local_ray` starts it with the loopback address as its node address, which every Ray
+process then binds to (Ray 2.60 has no ``ray.init`` setting for it: ``_node_ip_address="127.0.0.1"`` is
+replaced by the machine's address unless Ray believes it runs where clusters are off, as on macOS; see
+:func:`loopback_node`). Joining a cluster (``RAY_ADDRESS``, ``ray.address``, a job) is unchanged.
 
 A quiet console: the platform's own lines and real warnings, not Ray's internal chatter.
 
@@ -48,12 +57,58 @@ def ray_session(num_cpus: int | None = None, address: str | None = "local", log_
         kwargs["runtime_env"] = {"env_vars": env}
     quiet_ray_notices()  # before ray.init, which prints them
     kwargs.setdefault("logging_level", "WARNING")  # no "Started a local Ray instance" line
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
+    if address == "local":
+        start_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
+    else:
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
     quiet_ray_console()
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+# Ray reads it at import ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", ray._private.ray_constants): where it is off,
+# Ray's node address is the loopback address (what Ray does on macOS and Windows, to avoid firewall prompts).
+_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1", "localhost")
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """While a private cluster starts: Ray takes the loopback address for this node's address, in this driver
+    (the module constant Ray consults, already imported) and in the processes ``ray.init`` starts (the variable:
+    the GCS, raylet and agents inherit it, and the workers the raylet starts inherit it from there). Both are
+    restored after, so that joining a real cluster later from this process still finds the machine's address."""
+    from ray._private import ray_constants
+
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    saved_env = os.environ.get(_CLUSTERS_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[_CLUSTERS_ENV] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(_CLUSTERS_ENV, None)
+        else:
+            os.environ[_CLUSTERS_ENV] = saved_env
+
+
+def start_local_ray(**kwargs: Any) -> str:
+    """``ray.init(address="local", **kwargs)`` bound to loopback only (module docstring). Returns the node's
+    address; warns in one line when Ray did not take the loopback address (another Ray version)."""
+    import ray
+
+    with loopback_node():
+        ray.init(address="local", **kwargs)
+    node = ray._private.worker.global_worker.node.node_ip_address
+    if node not in LOOPBACK_ADDRESSES:
+        print(f"[ray] warning: the local cluster's node address is {node}, not loopback: this Ray version "
+              "ignores the loopback setting, and its servers listen beyond this machine (token auth guards them)",
+              file=sys.stderr)
+    return node
 
 
 # Whole batches (one flush of one process, e.g. a full traceback) to drop: (actor name, text in the batch).

@@ -3,8 +3,9 @@
 - Inside ``ray job submit --working-dir . -- python -m platform.train``: join the job's cluster; the job's
   runtime env already ships the repo, and gets the platform's environment variables added (``runtime_env``).
 - ``ray.address`` / ``$RAY_ADDRESS`` set: join that cluster, shipping the repo as ``working_dir``.
-- Otherwise: a private local cluster (``address="local"``) with the repo as ``working_dir``, so that
-  workers import this repo's ``platform`` package and not the stdlib module.
+- Otherwise: a private local cluster (``address="local"``), listening on loopback only
+  (``evaluation.raysession.start_local_ray``), with the repo as ``working_dir``, so that workers import this
+  repo's ``platform`` package and not the stdlib module.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
 
     if ray.is_initialized():
         return 0.0
-    from evaluation.raysession import quiet_ray_console, quiet_ray_notices
+    from evaluation.raysession import quiet_ray_console, quiet_ray_notices, start_local_ray
 
     quiet_ray_notices()  # before ray.init, which prints them
     t0 = time.perf_counter()
@@ -55,8 +56,8 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
         ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
     else:
         # The dashboard serves the State API that Ray Train's controller polls (and the UI at :8265).
-        ray.init(address="local", num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
-                 runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
+        start_local_ray(num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
+                        runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
     quiet_ray_console()
     return time.perf_counter() - t0
 
