@@ -113,12 +113,15 @@ class RayCluster:
         self.address, self.dashboard, self.temp_dir, self.env = address, dashboard, temp_dir, env
 
     def pids(self) -> list[int]:
-        """Processes of this cluster: every Ray daemon carries its temp dir on its command line."""
+        """Processes of this cluster: the Ray daemons carry its temp dir on their command line, and those that
+        do not (the Ray client server, the agents, which rename themselves) run in it (``ray start`` is started
+        there): without the second test they outlived the suite."""
         out = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if self.temp_dir.encode() in (entry / "cmdline").read_bytes():
+                    if (self.temp_dir.encode() in (entry / "cmdline").read_bytes()
+                            or os.readlink(entry / "cwd").startswith(self.temp_dir)):
                         out.append(int(entry.name))
                 except OSError:
                     continue
@@ -127,7 +130,7 @@ class RayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A `ray start --head` cluster on 127.0.0.1 (with the dashboard, for `ray job submit`), shared by the
+    """A `ray start --head` cluster reached at 127.0.0.1 (with the dashboard, for `ray job submit`), shared by the
     integration tests and stopped by PID afterwards (never `ray stop`, which would kill every Ray on the host)."""
     import tempfile
 
