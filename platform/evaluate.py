@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.files import atomic_write_json, atomic_write_text
 from evaluation.runtime.metrics import EvalReport
 from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from platform.cli import UserFacingError
@@ -205,7 +206,7 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
     out_dir.mkdir(parents=True, exist_ok=True)
     report = outcome.report
     if report is None:
-        (out_dir / f"step_{step:08d}.error.txt").write_text(f"{outcome.error}\n{outcome.traceback}")
+        atomic_write_text(out_dir / f"step_{step:08d}.error.txt", f"{outcome.error}\n{outcome.traceback}")
         print(f"[eval] evaluation of step {step} failed: {outcome.error}", flush=True)
         if tracker is not None:
             tracker.log_metrics({"eval/failed": 1.0}, step=step)
@@ -217,7 +218,7 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
             (folder / name).write_bytes(data)
         report = report.model_copy(update={"meta": {**report.meta, "video_dir": str(folder)}})
     text = report.to_json()
-    (out_dir / f"step_{step:08d}.json").write_text(text)
+    atomic_write_text(out_dir / f"step_{step:08d}.json", text)
     if checkpoint.is_dir():
         set_checkpoint_metric(checkpoint, report.mean_success)
     if tracker is not None:
@@ -256,7 +257,7 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
     if report is None:
         raise UserFacingError(f"final evaluation of {ckpt.path} failed: {outcome.error} "
                               f"(details in {run_dir / EVAL_DIR})")
-    report_path.with_name(report_path.stem + SETTINGS_SUFFIX).write_text(json.dumps(settings, indent=1))
+    atomic_write_json(report_path.with_name(report_path.stem + SETTINGS_SUFFIX), settings)
     print(report.table(), flush=True)
     if tracker is not None and not logged:
         _log_plots(tracker, report, run_dir)

@@ -31,6 +31,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evaluation.files import atomic_write_text
 from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import ExperimentConfig, load_config
 from platform.marks import read_marks
@@ -153,9 +154,7 @@ def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
               f"step {p.step}) with {cfg.eval.actors} actors, {cfg.eval.episodes_per_task} episodes per task",
               flush=True)
         report = eval_request(cfg, ckpt).run(ckpt)
-        tmp = ckpt / (REPORT_FILE + ".tmp")
-        tmp.write_text(report.to_json())
-        tmp.replace(ckpt / REPORT_FILE)
+        atomic_write_text(ckpt / REPORT_FILE, report.to_json())
         print(f"[quality]   success {100 * report.mean_success:.1f}% over {report.episodes} episodes", flush=True)
 
 
@@ -309,10 +308,10 @@ def _log_to_parent(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, out: Path
     if not cfg.tracking.enabled:
         return
     from platform.config import data_root
-    from platform.tracking import TAG_KIND, TAG_QUALITY, RunTracker, resolve_tracking_uri
+    from platform.tracking import BUFFER_ROOT, TAG_KIND, TAG_QUALITY, RunTracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    run = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
+    run = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / BUFFER_ROOT,
                           tags={TAG_KIND: "sweep_parent", TAG_QUALITY: "true"})
     for path in sorted(out.iterdir()):
         run.log_artifact(path, artifact_path=OUT_DIR)

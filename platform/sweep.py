@@ -193,10 +193,17 @@ def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argpar
     if not cfg.tracking.enabled:
         return None
     from platform.config import data_root
-    from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, RunTracker, flatten_config, resolve_tracking_uri
+    from platform.tracking import (
+        BUFFER_ROOT,
+        TAG_KIND,
+        TAG_POLICY_TYPE,
+        RunTracker,
+        flatten_config,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / "mlflow_buffer",
+    parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / BUFFER_ROOT,
                              tags={TAG_KIND: "sweep_parent", TAG_POLICY_TYPE: cfg.policy.type})
     parent.log_params({**flatten_config(cfg.model_dump(mode="json")),
                        "sweep.params": " ".join(args.param), "sweep.search": args.search,

@@ -270,10 +270,16 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     if not cfg.tracking.enabled:
         return None
     from platform.config import data_root
-    from platform.tracking import RunTracker, flatten_config, resolve_tracking_uri, run_environment_params
+    from platform.tracking import (
+        BUFFER_ROOT,
+        RunTracker,
+        flatten_config,
+        resolve_tracking_uri,
+        run_environment_params,
+    )
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / "mlflow_buffer" / "driver",
+    tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / BUFFER_ROOT / "driver",
                               tags=_tags(cfg))
     tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
     # Versions, git commit, host: tags, since they may legitimately change when a run is resumed.

@@ -320,10 +320,10 @@ def _maybe_inject_fault(run_dir: Path, step: int, at: str | None) -> None:
 def _open_tracker(payload: Any, run_dir: Path) -> Any:
     if not payload.tracking_uri:
         return None
-    from platform.tracking import RunTracker, flatten_config
+    from platform.tracking import BUFFER_ROOT, RunTracker, flatten_config
 
     tracker = RunTracker.open(payload.tracking_uri, payload.experiment, payload.run_name,
-                              buffer_dir=run_dir / "mlflow_buffer" / "worker", tags=payload.tags)
+                              buffer_dir=run_dir / BUFFER_ROOT / "worker", tags=payload.tags)
     if payload.params:  # sweep trials: the driver never sees their run, so the worker logs the config
         tracker.log_params({**flatten_config(payload.config), **payload.params})
     return tracker

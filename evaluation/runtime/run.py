@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from evaluation.files import atomic_write_text
 from evaluation.runtime.coordinator import EvaluationStartupError, PoolConfig
 from evaluation.runtime.memory import memory_actor_capacity
 from evaluation.runtime.metrics import EvalReport
@@ -200,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.failures:
         print(f"  fault: {line}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.to_json())
+        atomic_write_text(args.json, report.to_json())
         print(f"report written to {args.json}")
     if args.mlflow_run_id:
         if log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,

@@ -12,11 +12,13 @@ the markers stay sharp, and bounded by :data:`MAX_VIDEO_BYTES`: a larger one is 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from evaluation.files import atomic_write_bytes
 from evaluation.simulators.sim import CameraFrame, Observation
 
 DEFAULT_CAMERA = "front"
@@ -79,19 +81,18 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, frame_ms: int = FRAME_MS
 
     if not frames:
         raise ValueError(f"no frames to write to {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     frames = list(frames)
     while True:
         images = [Image.fromarray(f).convert("P", palette=Image.ADAPTIVE, colors=128) for f in frames]
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-        if tmp.stat().st_size <= max_bytes or (len(frames) <= 2 and frames[0].shape[0] <= 32):
+        gif = io.BytesIO()
+        images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+        if gif.tell() <= max_bytes or (len(frames) <= 2 and frames[0].shape[0] <= 32):
             break
         if len(frames) > 2:
             frames = [frames[0], *frames[1:-1][::2], frames[-1]]
         else:
             frames = [f[::2, ::2] for f in frames]
-    tmp.replace(path)
+    atomic_write_bytes(path, gif.getvalue())
     return path
 
 

@@ -3,7 +3,7 @@
 Usage (rank 0 of a training run, or one Tune trial)::
 
     tracker = RunTracker.open(default_tracking_uri(repo_root), "minidiffuser", "md-mt10-m64",
-                              buffer_dir=run_dir / "mlflow_buffer",
+                              buffer_dir=run_dir / BUFFER_ROOT,
                               tags={TAG_KIND: "train", TAG_POLICY_TYPE: "mini_diffuser"})
     tracker.log_params(flatten_config(cfg.model_dump(mode="json")) | run_environment_params(repo_root))
     tracker.log_metrics({"train/loss": 0.31, "train/lr": 3e-4}, step=100)
