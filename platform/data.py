@@ -142,6 +142,8 @@ def _top_up(cfg: Any, path: Any) -> None:
         have = min(len(manifest["episodes"][t]) for t in (cfg.data.tasks or manifest["tasks"]))
     except (OSError, ValueError, KeyError, TypeError):
         return  # unreadable or foreign: the dataset reader reports it with the fix
+    if manifest.get("suite") not in ("mt10", "mt50"):
+        return  # imported (recorded episodes): nothing to collect more of
     if have >= _episodes_needed(cfg):
         return
     print(f"[data] {path} has {have} episodes per task; collecting up to {_episodes_needed(cfg)} "

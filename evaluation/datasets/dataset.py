@@ -38,6 +38,7 @@ SCHEMA_VERSION = 1
 FORMAT = "minidiffuser-keyframes"
 MANIFEST = "manifest.json"
 INSTRUCTIONS = "instructions.parquet"
+VARIATION_INSTRUCTIONS = "variation_instructions.parquet"  # one embedding per distinct instruction
 STATS = "collection_stats.json"
 
 SAMPLE_SCHEMA = pa.schema(
@@ -143,6 +144,38 @@ def sample_fields(counts: dict[str, dict[str, int]], pointcloud: dict[str, Any],
         "point_layout": POINT_LAYOUT,
         "pointcloud": pointcloud,
     }
+
+
+class ImportDirError(DatasetError):
+    """An import's output directory holds something else; the message names it and the fix."""
+
+
+def claim_import_dir(out: Path, settings: dict[str, Any], settings_file: str, what: str) -> None:
+    """Make ``out`` the home of an import with ``settings`` (written to ``settings_file``), or check that it
+    already is: a restarted import keeps its finished shards; other settings or a foreign folder are refused."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / settings_file
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise ImportDirError(
+                f"{out} holds an import made with different settings ({', '.join(changed)} differ, see {path}); "
+                "use another --out, or delete it to start over")
+        return
+    if any(p.name != ".write_probe" for p in out.iterdir()):
+        raise ImportDirError(f"{out} is not empty and is not {what}; use an empty or new --out")
+    atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_instructions(out: Path, rows: Sequence[tuple[str, str]], file: str, encoder: Any) -> dict[str, Any]:
+    """Encode ``(task, text)`` rows with ``encoder`` into the instruction table ``out/file``; its manifest entry."""
+    embeddings = encoder.encode([text for _, text in rows])
+    table = instructions_table(
+        [(t, e.text, encoder.name, e.tokens) for (t, _), e in zip(rows, embeddings, strict=True)])
+    write_table(table, out / file)
+    return {"file": file, "sha256": sha256_file(out / file), "encoder": encoder.name,
+            "dim": int(embeddings[0].tokens.shape[1])}
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

@@ -44,10 +44,13 @@ from evaluation.datasets.dataset import (
     INSTRUCTIONS,
     SCHEMA_VERSION,
     STATS,
+    VARIATION_INSTRUCTIONS,
+    ImportDirError,
     KeyframeSample,
-    instructions_table,
+    claim_import_dir,
     sample_fields,
     samples_table,
+    write_instructions,
     write_manifest,
     write_table,
 )
@@ -66,7 +69,6 @@ from evaluation.simulators.rlbench_tasks import (
 )
 
 DEPTH_SCALE = 2**24 - 1  # rlbench.backend.const.DEPTH_SCALE
-VARIATION_INSTRUCTIONS = "variation_instructions.parquet"
 SETTINGS = "import_settings.json"
 
 
@@ -250,25 +252,6 @@ def import_episode(job: ImportJob) -> ImportResult:
 
 
 # -- the whole dataset ------------------------------------------------------------------------------------------
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SETTINGS
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise RLBenchImportError(
-                f"{out} holds an import made with different settings ({', '.join(changed)} differ, see {path}); "
-                "use another --out, or delete it to start over"
-            )
-        return
-    if any(p.name != ".write_probe" for p in out.iterdir()):
-        raise RLBenchImportError(
-            f"{out} is not empty and is not an RLBench import; use an empty or new --out"
-        )
-    atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
-
-
 def _jobs(
     root: Path, out: Path, tasks: Sequence[str], per_task: int | None, settings: dict[str, Any]
 ) -> list[ImportJob]:
@@ -313,20 +296,6 @@ def description_alternatives(jobs: Sequence[ImportJob]) -> dict[str, list[str]]:
     return out
 
 
-def _encode(out: Path, rows: list[tuple[str, str]], file: str, encoder: Any) -> dict[str, Any]:
-    embeddings = encoder.encode([text for _, text in rows])
-    table = instructions_table(
-        [(t, e.text, encoder.name, e.tokens) for (t, _), e in zip(rows, embeddings, strict=True)]
-    )
-    write_table(table, out / file)
-    return {
-        "file": file,
-        "sha256": sha256_file(out / file),
-        "encoder": encoder.name,
-        "dim": int(embeddings[0].tokens.shape[1]),
-    }
-
-
 def import_dataset(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -363,7 +332,10 @@ def import_dataset(
         "keyframes": kf_cfg.model_dump(mode="json"),
     }
     jobs = _jobs(root, out, names, episodes_per_task, settings)
-    _claim(out, settings)
+    try:
+        claim_import_dir(out, settings, SETTINGS, "an RLBench import")
+    except ImportDirError as err:
+        raise RLBenchImportError(str(err)) from None
     start = time.perf_counter()
     if workers > 1:
         from evaluation.datasets.parallel import run_pool
@@ -374,10 +346,10 @@ def import_dataset(
     import_s = time.perf_counter() - start
     if text_encoder is None or isinstance(text_encoder, TextEncoderConfig):
         text_encoder = TextEncoder(text_encoder)  # loaded only now, after the episodes are imported
-    text = _encode(out, [(t, t.replace("_", " ")) for t in names], INSTRUCTIONS, text_encoder)
+    text = write_instructions(out, [(t, t.replace("_", " ")) for t in names], INSTRUCTIONS, text_encoder)
     alternatives = description_alternatives(jobs)
     distinct = list(dict.fromkeys((j.task, d) for j in jobs for d in alternatives[j.instruction]))
-    text_variations = _encode(out, distinct, VARIATION_INSTRUCTIONS, text_encoder)
+    text_variations = write_instructions(out, distinct, VARIATION_INSTRUCTIONS, text_encoder)
     text_variations["alternatives"] = alternatives  # training draws one per sample, as 3DDA does
     manifest = _manifest(out, settings, jobs, text, text_variations)
     write_manifest(out, manifest)
