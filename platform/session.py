@@ -55,11 +55,50 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
     elif address:
         ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
     else:
-        # The dashboard serves the State API that Ray Train's controller polls (and the UI at :8265).
-        start_local_ray(num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
-                        runtime_env=runtime_env(), logging_level=log_level, configure_logging=True)
+        _start_private_cluster(cfg, log_level, start_local_ray)
     quiet_ray_console()
     return time.perf_counter() - t0
+
+
+DASHBOARD_PORT = 8265  # Ray's default; a second cluster on the machine gets another free port
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's State API before any auto-detection
+
+
+def _start_private_cluster(cfg: ExperimentConfig, log_level: str, start_local_ray) -> None:
+    """A private local cluster whose processes query its own dashboard.
+
+    The dashboard serves the State API (and the UI). Ray Train's ``PlacementGroupCleaner`` asks it every second
+    whether the training controller is alive, at an address it auto-detects: the *newest* Ray cluster on the
+    machine. When another one starts (a second ``platform.train``, ``evaluation.run``, a test suite), it asks that
+    cluster, does not find the controller, removes the training placement group and so kills the train worker
+    (seen here: an MT50 run lost its first 350 steps when a test suite started beside it). So the dashboard gets a
+    known port and every worker the address (``RAY_API_SERVER_ADDRESS``), which the State API reads first."""
+    for attempt in range(3):
+        port = _free_port(DASHBOARD_PORT if attempt == 0 else 0)
+        env = runtime_env()
+        env["env_vars"][API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+        try:
+            start_local_ray(num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
+                            dashboard_port=port, runtime_env=env, logging_level=log_level,
+                            configure_logging=True)
+            return
+        except ValueError as exc:  # taken between the probe and the start: another port
+            if "already occupied" not in str(exc) or attempt == 2:
+                raise
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` when nothing listens on it on 127.0.0.1, else a free port the OS picks."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1 for the Ray dashboard")
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray's own marker resource of the head node (1 unit)
