@@ -40,7 +40,7 @@ def listening_sockets() -> dict[int, tuple[str, int]]:
     return found
 
 
-def _process_tree(root: int) -> set[int]:
+def process_tree(root: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -83,7 +83,7 @@ def _command(pid: int) -> str:
 
 def cluster_sockets() -> list[tuple[str, int, str]]:
     """(address, port, command) of every socket this process and its descendants listen on."""
-    owners = _socket_owners(_process_tree(os.getpid()))
+    owners = _socket_owners(process_tree(os.getpid()))
     return sorted((ip, port, _command(owners[inode]))
                   for inode, (ip, port) in listening_sockets().items() if inode in owners)
 
