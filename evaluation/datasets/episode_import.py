@@ -63,8 +63,9 @@ class Workspace:
 
     def describe(self) -> str:
         how = "fitted to the data" if self.fitted else "as given"
-        low, high = (", ".join(f"{v:.3f}" for v in b) for b in (self.low, self.high))
-        return f"workspace {how}: low ({low}), high ({high}), table height {self.table_height:.3f} m"
+        mm = lambda v: f"{round(v, 3) + 0.0:.3f}"  # noqa: E731  (+ 0.0: no "-0.000")
+        low, high = (", ".join(mm(v) for v in b) for b in (self.low, self.high))
+        return f"workspace {how}: low ({low}), high ({high}), table height {mm(self.table_height)} m"
 
 
 def fit_workspace(episodes: Sequence[RecordedEpisode]) -> Workspace:
