@@ -127,6 +127,16 @@ class RayCluster:
                     continue
         return out
 
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL, every process of this cluster (never ``ray stop``: it stops every Ray here)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():
@@ -149,10 +159,4 @@ def ray_cluster():
         assert started.returncode == 0, started.stdout + started.stderr
         yield cluster
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in cluster.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(2)
+        cluster.stop()

@@ -47,18 +47,6 @@ def _ray_start_beside(cwd: Path) -> RayCluster:
     return RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", str(cwd), env)
 
 
-def _stop(cluster: RayCluster) -> None:
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in cluster.pids():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
-
-
 def _own_gcs_address(pid: int) -> str | None:
     """``ip:port`` of the GCS among ``pid``'s descendants (its port is in the session dir once it listens)."""
     for child in process_tree(pid):
@@ -99,7 +87,7 @@ def test_a_cluster_started_beside_a_run_does_not_kill_its_training(tmp_path, tin
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-        _stop(beside)
+        beside.stop()
         if previous is None:
             CURRENT_CLUSTER.unlink(missing_ok=True)  # it named a cluster that is gone
         else:
