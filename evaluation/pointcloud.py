@@ -70,16 +70,21 @@ def frame_to_world(frame: CameraFrame) -> tuple[np.ndarray, np.ndarray]:
 def fuse_and_crop(frames: Sequence[CameraFrame], cfg: PointCloudConfig) -> tuple[np.ndarray, np.ndarray]:
     """All cameras' points inside the workspace and above the table: (xyz (P, 3), rgb (P, 3) uint8)."""
     xyz_parts, rgb_parts = [], []
-    low, high = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
     for frame in frames:
-        xyz, rgb = frame_to_world(frame)
-        keep = np.all((xyz >= low) & (xyz <= high), axis=1)
-        keep &= xyz[:, 2] - cfg.table_height >= cfg.table_margin
-        xyz_parts.append(xyz[keep])
-        rgb_parts.append(rgb[keep])
+        xyz, rgb = crop(*frame_to_world(frame), cfg)
+        xyz_parts.append(xyz)
+        rgb_parts.append(rgb)
     if not xyz_parts:
         return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     return np.concatenate(xyz_parts), np.concatenate(rgb_parts)
+
+
+def crop(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a fused world-frame cloud inside the workspace and above the table (as ``fuse_and_crop``)."""
+    low, high = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
+    keep = np.all((xyz >= low) & (xyz <= high), axis=1)
+    keep &= xyz[:, 2] - cfg.table_height >= cfg.table_margin
+    return xyz[keep], rgb[keep]
 
 
 def voxelize(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +121,15 @@ def point_features(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> n
 def frames_to_points(frames: Sequence[CameraFrame], cfg: PointCloudConfig) -> np.ndarray:
     """The whole pipeline: camera frames -> (N <= cfg.max_points, 7) float32 point features."""
     xyz, rgb = fuse_and_crop(frames, cfg)
+    vox_xyz, vox_rgb = voxelize(xyz, rgb, cfg)
+    keep = subsample(len(vox_xyz), cfg.max_points, cfg.subsample_seed)
+    return point_features(vox_xyz[keep], vox_rgb[keep], cfg)
+
+
+def cloud_to_points(xyz: np.ndarray, rgb: np.ndarray, cfg: PointCloudConfig) -> np.ndarray:
+    """A ready world-frame cloud (xyz (P, 3) metres, rgb (P, 3) in [0, 255]) -> (N <= cfg.max_points, 7) point
+    features, through the same crop, voxels and subsample as camera frames (``frames_to_points``)."""
+    xyz, rgb = crop(np.asarray(xyz, np.float64), np.asarray(rgb), cfg)
     vox_xyz, vox_rgb = voxelize(xyz, rgb, cfg)
     keep = subsample(len(vox_xyz), cfg.max_points, cfg.subsample_seed)
     return point_features(vox_xyz[keep], vox_rgb[keep], cfg)
@@ -159,11 +173,22 @@ def observation_to_condition(
     or ``evaluation.datasets.text``. The cloud is built with ``cfg`` (use the dataset manifest's config) and then
     reduced to ``max_points`` with the deterministic rule of ``KeyframeDataset.batch(generator=None)``.
     """
-    cloud = frames_to_points(obs.cameras, cfg)  # (n, 7)
+    return points_to_condition(frames_to_points(obs.cameras, cfg), obs.gripper_pose, text, max_points, cfg)
+
+
+def points_to_condition(
+    cloud: np.ndarray,
+    gripper_pose: np.ndarray,
+    text: tuple[np.ndarray, np.ndarray],
+    max_points: int,
+    cfg: PointCloudConfig,
+) -> ConditionBatch:
+    """(n, 7) point features + (8,) gripper pose + instruction -> a B = 1 ``ConditionBatch`` (the tail of
+    ``observation_to_condition``, also used by the policy server for a ready point cloud)."""
     cloud = cloud[select_points(len(cloud), max_points, None, cfg.subsample_seed)]
     points, mask = collate_points([cloud], max_points)
     tokens, token_mask = text
-    gripper = np.asarray(obs.gripper_pose, np.float32).reshape(1, POSE_DIM)
+    gripper = np.asarray(gripper_pose, np.float32).reshape(1, POSE_DIM)
     return ConditionBatch(
         points=points,
         point_mask=mask,

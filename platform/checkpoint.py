@@ -5,6 +5,8 @@ Layout: ``<run_dir>/checkpoints/step_<00000123>/`` holding
   train_state.pt                     optimizer, scheduler, scaler, sampler, RNG, counters: exact resume
   experiment.yaml                    the resolved experiment config
   instructions.npz                   instruction token features per task (evaluation needs no dataset)
+  instruction_texts.json             each task's instruction text and the text encoder's name (platform.serve)
+  pointcloud.json                    the dataset's point-cloud settings (evaluation builds its inputs the same way)
   manifest.json                      written LAST: step, file sizes and sha256 hashes
 
 A checkpoint is written into a temp directory, fsync'd, then renamed into place, so a SIGKILL leaves either

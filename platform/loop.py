@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.runtime.bundle import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
+from evaluation.runtime.bundle import (
+    INSTRUCTION_TEXTS_FILE,
+    INSTRUCTIONS_FILE,
+    POINTCLOUD_FILE,
+    save_instructions,
+)
 from evaluation.runtime.episode import Instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
@@ -76,9 +81,10 @@ class TrainingState:
         }
 
     def save(self, run_dir: Path, instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
-             pointcloud_json: str | None = None) -> Path:
+             pointcloud_json: str | None = None, instruction_texts_json: str | None = None) -> Path:
         """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
-        its inputs exactly as the training set was built."""
+        its inputs exactly as the training set was built; ``instruction_texts_json``: each task's instruction
+        text and the text encoder's name (``INSTRUCTION_TEXTS_FILE``, for the policy server)."""
         policy = _unwrap(self.policy)
         writers = {
             POLICY_CONFIG_FILE: lambda p: p.write_text(self.cfg.policy.model_dump_json(indent=2)),
@@ -89,6 +95,8 @@ class TrainingState:
         }
         if pointcloud_json is not None:
             writers[POINTCLOUD_FILE] = lambda p: p.write_text(pointcloud_json)
+        if instruction_texts_json is not None:
+            writers[INSTRUCTION_TEXTS_FILE] = lambda p: p.write_text(instruction_texts_json)
         if self.ema is not None:
             writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
         return write_checkpoint(run_dir, self.step, writers)
@@ -217,8 +225,8 @@ def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
 
 
 def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: Instructions | dict,
-                         pointcloud_json: str | None = None) -> Path:
-    path = state.save(run_dir, instructions, pointcloud_json)
+                         pointcloud_json: str | None = None, instruction_texts_json: str | None = None) -> Path:
+    path = state.save(run_dir, instructions, pointcloud_json, instruction_texts_json)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)
     return path
 

@@ -8,6 +8,7 @@ success is logged against the checkpoint's training step when it arrives.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,9 @@ def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, sta
     )
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
+    task_texts = getattr(dataset, "instruction_texts", None)  # fakes in tests may have none
+    texts_json = (json.dumps({"encoder": getattr(dataset, "text_encoder", None), "tasks": task_texts}, indent=2)
+                  if task_texts else None)
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
         from ray.train.torch import prepare_model
@@ -177,7 +181,7 @@ def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, sta
             at_mark = marks.due(state.train_time_s)
             val_metrics = log.validate_step(state) if at_mark and rank == 0 else {}
             if rank == 0:
-                ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json)
+                ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json, texts_json)
                 write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
                                                       "train_time_s": state.train_time_s, "node": _node_id()})
                 if at_mark:

@@ -266,6 +266,9 @@ class KeyframeDataset:
         path = self._check_file(text["file"], text["sha256"], verify)
         table = read_table(path, INSTRUCTION_SCHEMA, self.fix).to_pydict()
         self._text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # What a served policy needs to recognise a training instruction and to encode a new one the same way.
+        self.instruction_texts: dict[str, str] = dict(zip(table["task"], table["instruction"], strict=True))
+        self.text_encoder: str | None = text.get("encoder")
         for task, n, dim, tokens in zip(
             table["task"], table["num_tokens"], table["dim"], table["tokens"], strict=True
         ):

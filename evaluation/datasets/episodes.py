@@ -200,19 +200,45 @@ def _read_camera(path: Path, name: str, frames: int) -> RecordedCamera:
             f"episode {path}: {folder / 'extrinsics.npy'} is {ext.shape}: expected (4, 4) for a fixed camera or "
             f"({frames}, 4, 4), one per frame of {GRIPPER_FILE}")
     ext = np.asarray(ext, np.float64)
+    problem = non_rigid(ext)
+    if problem is not None:
+        t, why = problem
+        raise EpisodeFormatError(f"episode {path}: {folder / 'extrinsics.npy'} frame {t} {why}")
+    return RecordedCamera(name, np.asarray(k, np.float64), ext)
+
+
+def non_rigid(ext: np.ndarray) -> tuple[int, str] | None:
+    """The first of (T, 4, 4) camera-to-world matrices that is not rigid and why (with the fix); None if all are.
+    Shared by the importer and the policy server (platform.serve)."""
     rot = ext[:, :3, :3]  # (T, 3, 3)
     ortho = np.abs(np.einsum("tji,tjk->tik", rot, rot) - np.eye(3)).max(axis=(1, 2))  # (T,)
     det = np.linalg.det(rot)  # (T,)
     bottom = np.abs(ext[:, 3] - [0, 0, 0, 1]).max(axis=1)  # (T,)
     bad = np.flatnonzero(~np.isfinite(ext).all(axis=(1, 2)) | (ortho > RIGID_TOLERANCE)
                          | (np.abs(det - 1.0) > RIGID_TOLERANCE) | (bottom > RIGID_TOLERANCE))
-    if len(bad):
-        t = int(bad[0])
-        raise EpisodeFormatError(
-            f"episode {path}: {folder / 'extrinsics.npy'} frame {t} is not a rigid transform (|R^T R - I| = "
-            f"{ortho[t]:.2g}, det R = {det[t]:.3f}, last row {ext[t, 3].tolist()}): write camera-to-world as "
-            "[[R, t], [0, 0, 0, 1]] with R a rotation (no scale, no shear, no reflection)")
-    return RecordedCamera(name, np.asarray(k, np.float64), ext)
+    if not len(bad):
+        return None
+    t = int(bad[0])
+    return t, (f"is not a rigid transform (|R^T R - I| = {ortho[t]:.2g}, det R = {det[t]:.3f}, last row "
+               f"{ext[t, 3].tolist()}): write camera-to-world as [[R, t], [0, 0, 0, 1]] with R a rotation "
+               "(no scale, no shear, no reflection)")
+
+
+def metric_depth(depth: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(H, W) planar depth as float32 metres with holes (non-finite, <= 0) set to 0, or (None, what is wrong and
+    the fix): integer depth or a median beyond ``MAX_MEDIAN_DEPTH_M`` is millimetres. Shared with platform.serve."""
+    if not np.issubdtype(depth.dtype, np.floating):
+        return None, f"holds {depth.dtype} depth, most likely millimetres: write float32 metres (depth_mm / 1000)"
+    depth = depth.astype(np.float32)
+    valid = np.isfinite(depth) & (depth > 0)
+    if valid.any():
+        median = float(np.median(depth[valid]))
+        if median > MAX_MEDIAN_DEPTH_M:
+            return None, (f"has median depth {median:.0f}, which is millimetres, not metres: write depth in "
+                          "metres (depth_mm / 1000)")
+    if np.any(depth < 0):
+        return None, "has negative depth: write planar depth >= 0"
+    return np.where(valid, depth, 0.0).astype(np.float32), ""
 
 
 def _read_rgb(episode: RecordedEpisode, camera: str, t: int) -> np.ndarray:
@@ -234,21 +260,10 @@ def _read_depth(episode: RecordedEpisode, camera: str, t: int) -> np.ndarray:
     depth = _load_npy(file, episode.path, "the frame's depth map")
     if depth.ndim != 2:
         raise EpisodeFormatError(f"episode {episode.path}: {file} is {depth.shape}, expected (H, W) planar depth")
-    if not np.issubdtype(depth.dtype, np.floating):
-        raise EpisodeFormatError(
-            f"episode {episode.path}: {file} holds {depth.dtype} depth, most likely millimetres: write float32 "
-            "metres (depth_mm / 1000)")
-    depth = depth.astype(np.float32)
-    valid = np.isfinite(depth) & (depth > 0)
-    if valid.any():
-        median = float(np.median(depth[valid]))
-        if median > MAX_MEDIAN_DEPTH_M:
-            raise EpisodeFormatError(
-                f"episode {episode.path}: {file} has median depth {median:.0f}, which is millimetres, not metres: "
-                "write depth in metres (depth_mm / 1000)")
-    if np.any(depth < 0):
-        raise EpisodeFormatError(f"episode {episode.path}: {file} has negative depth: write planar depth >= 0")
-    return np.where(valid, depth, 0.0).astype(np.float32)
+    metres, problem = metric_depth(depth)
+    if metres is None:
+        raise EpisodeFormatError(f"episode {episode.path}: {file} {problem}")
+    return metres
 
 
 # -- writing (exporters, tests) --------------------------------------------------------------------------------

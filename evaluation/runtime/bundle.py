@@ -18,7 +18,7 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ from policies.registry import load_policy, read_policy_files
 
 INSTRUCTIONS_FILE = "instructions.npz"
 POINTCLOUD_FILE = "pointcloud.json"
+# {"encoder": "<name>", "tasks": {task: instruction text}}: how the policy server (platform.serve) recognises a
+# training instruction by its text and encodes a new one with the same encoder. Optional (older checkpoints).
+INSTRUCTION_TEXTS_FILE = "instruction_texts.json"
 NO_READS_ENV = "MINIDIFFUSER_TEST_NO_CHECKPOINT_READS"  # tests only (see the module docstring)
 TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no task name starts with it)
 
@@ -53,6 +56,8 @@ class CheckpointBundle:
     instructions: Instructions
     max_points: int
     pointcloud: dict[str, Any] | None  # pointcloud.json (an evaluation.pointcloud.PointCloudConfig), if stored
+    instruction_texts: dict[str, str] = field(default_factory=dict)  # {task: text} (instruction_texts.json)
+    text_encoder: str | None = None  # the dataset's encoder name, e.g. "minilm:all-MiniLM-L6-v2", if stored
 
     @classmethod
     def read(cls, directory: str | Path, prefer_ema: bool = True,
@@ -81,9 +86,16 @@ class CheckpointBundle:
             pointcloud = json.loads(pc_path.read_text()) if pc_path.is_file() else None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{pc_path} is not valid JSON: {exc}") from exc
+        texts_path = directory / INSTRUCTION_TEXTS_FILE
+        try:
+            texts = json.loads(texts_path.read_text()) if texts_path.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{texts_path} is not valid JSON: {exc}") from exc
         return cls(source=str(directory), policy_config=config, weights=data,
                    weights_file=weights.name, instructions=Instructions.of(instructions),
-                   max_points=int(config.get("max_points", 2048)), pointcloud=pointcloud)
+                   max_points=int(config.get("max_points", 2048)), pointcloud=pointcloud,
+                   instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
+                   text_encoder=texts.get("encoder"))
 
     def build_policy(self, map_location: str = "cpu") -> Policy:
         return load_policy(self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}")

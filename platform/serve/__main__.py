@@ -1,0 +1,5 @@
+import sys
+
+from platform.serve.run import main
+
+sys.exit(main())
