@@ -232,6 +232,9 @@ class DatasetSubset:
         self.manifest = getattr(dataset, "manifest", {})
         self.task_index = dataset.task_index[self._index]  # (S_subset,) into the full dataset's task_names
         self.full_task_names = list(dataset.task_names)
+        texts = getattr(dataset, "instruction_texts", None) or {}  # for the checkpoint (platform.serve)
+        self.instruction_texts = {t: texts[t] for t in self.task_names if t in texts}
+        self.text_encoder = getattr(dataset, "text_encoder", None)
 
     def __len__(self) -> int:
         return len(self._index)

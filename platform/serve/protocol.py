@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.datasets.episodes import POSE_WIDTH as POSE_DIM  # 8: [x, y, z, qx, qy, qz, qw, open]
 from evaluation.datasets.episodes import metric_depth, non_rigid
 from evaluation.simulators.sim import CameraFrame
-from policies.batch import POSE_DIM
 
 MAX_SEED = 2**63 - 1
 _DTYPES = ("uint8", "uint16", "float16", "float32", "float64")

@@ -10,6 +10,7 @@ checked here, before Ray starts (``CheckpointBundle.read``), and reaches the rep
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -63,6 +64,7 @@ def start(bundle: CheckpointBundle, settings: ServeSettings, host: str = "127.0.
 
     from platform.serve.app import PolicyDeployment
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # "Started Serve", "Connecting to existing ..."
     dev, gpus = pick_device(device)
     settings = replace(settings, device=dev)
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING",
