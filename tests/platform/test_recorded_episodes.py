@@ -107,7 +107,9 @@ def serve_and_drive_metaworld(checkpoint: Path, max_keyposes: int = 3) -> None:
             for (out, poses), (ref, ref_poses) in zip(served, in_process, strict=True):
                 r = out.result
                 assert (r.success, r.steps, r.status) == evaluated[(r.task, r.seed)]  # same outcomes as evaluation
-                assert len(poses) == len(ref_poses) and all(np.array_equal(a, b) for a, b in zip(poses, ref_poses))
+                assert (r.success, r.steps) == (ref.result.success, ref.result.steps)
+                assert len(poses) == len(ref_poses)
+                assert all(np.array_equal(a, b) for a, b in zip(poses, ref_poses, strict=True))  # bit for bit
 
             # Concurrent requests are batched and each gets the answer it gets alone.
             obs = sim.reset(TINY_TASKS[0], 0, 0)
