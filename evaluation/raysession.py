@@ -120,6 +120,7 @@ _BENIGN_BATCHES: tuple[tuple[str, str], ...] = (
 _BENIGN_LINES = re.compile(
     r"Reporting training result \d+: TrainingReport\("
     r"|Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store"
+    r"|Task ServeController.graceful_shutdown failed"  # serve.shutdown() kills the controller it asked to stop
 )
 # Driver-side Ray loggers whose warnings are notices, not problems.
 _QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
