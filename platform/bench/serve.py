@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,12 +128,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -144,6 +137,7 @@ def main(argv: list[str]) -> int:
     from platform.serve.app import ServeSettings
     from platform.serve.client import request_body
     from platform.serve.run import start
+    from platform.session import _free_port
 
     tasks = [t for t in args.tasks.split(",") if t]
     device = device_description()
@@ -162,7 +156,7 @@ def main(argv: list[str]) -> int:
             from ray import serve
 
             settings = ServeSettings(max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1e3)
-            url, _ = start(bundle, settings, port=_free_port(), device="cpu")
+            url, _ = start(bundle, settings, port=_free_port(0), device="cpu")
             try:
                 for c in args.concurrency_levels:
                     rows.append(over_http(url, bodies, c, args.requests))

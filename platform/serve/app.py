@@ -116,8 +116,8 @@ class PolicyDeployment:
         self.settings = settings
         self.device = settings.device
         self.policy = bundle.build_policy().to(self.device).eval()
-        self.pointcloud = (PointCloudConfig.model_validate(bundle.pointcloud) if bundle.pointcloud is not None
-                           else PointCloudConfig())
+        self.conditioner = bundle.condition_fn()  # evaluation's own conditioner, built once
+        self.pointcloud: PointCloudConfig = self.conditioner.config
         self.instructions = InstructionTable(bundle)
         self._forward_pool = ThreadPoolExecutor(max_workers=1)  # one forward pass at a time, off the event loop
         self._batch.set_max_batch_size(settings.max_batch)
@@ -179,7 +179,7 @@ class PolicyDeployment:
         text, from_checkpoint = self.instructions.lookup(req.instruction)
         if req.cameras is not None:
             obs = Observation(task="", instruction=req.instruction, cameras=req.cameras, gripper_pose=req.gripper_pose)
-            return self.bundle.condition_fn()(obs, text), from_checkpoint  # evaluation's own conditioner
+            return self.conditioner(obs, text), from_checkpoint
         assert req.points is not None
         cloud = cloud_to_points(req.points[:, :3], req.points[:, 3:6], self.pointcloud)  # (n, 7)
         if not len(cloud):

@@ -7,7 +7,6 @@ docs/importing.md, docs/serving.md). One test, because training the policy is mo
 from __future__ import annotations
 
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from evaluation.runtime.evaluate import (
 from platform.serve import Client, HttpInference, ServeError
 from platform.serve.client import request_body
 from platform.serve.run import resolve_checkpoint
-from tests.platform.conftest import FINAL_LINE, TINY_TASKS, run_platform, tiny_overrides
+from tests.platform.conftest import FINAL_LINE, TINY_TASKS, _free_port, run_platform, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.sim]
 
@@ -64,12 +63,6 @@ class Recording:
         pose = self.infer(condition, seed)
         self.poses.append(np.asarray(pose))
         return pose
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_and_drive_metaworld(checkpoint: Path, max_keyposes: int = 3) -> None:
