@@ -48,6 +48,7 @@ def _plane_frame(eye, target, height=0.0, size=48, fovy=60.0, colour=(200, 10, 1
     return CameraFrame("synthetic", rgb, depth, k, ext)
 
 
+@pytest.mark.unit
 def test_back_projection_lands_on_the_plane_and_in_front_of_the_camera():
     frame = _plane_frame(eye=(0.3, 0.1, 0.8), target=(0.0, 0.6, 0.0), height=0.05)
     xyz, rgb = frame_to_world(frame)
@@ -57,6 +58,7 @@ def test_back_projection_lands_on_the_plane_and_in_front_of_the_camera():
     assert rgb.shape == (48 * 48, 3) and rgb.dtype == np.uint8
 
 
+@pytest.mark.unit
 def test_crop_removes_table_and_outside_points_and_features_follow_the_batch_layout():
     cfg = PointCloudConfig(voxel_size=0.02, max_points=10_000)
     table = _plane_frame(eye=(0.0, 0.0, 1.0), target=(0.0, 0.6, 0.0), height=0.0)
@@ -70,6 +72,7 @@ def test_crop_removes_table_and_outside_points_and_features_follow_the_batch_lay
     np.testing.assert_allclose(points[:, 6], points[:, 2] - cfg.table_height, atol=1e-6)
 
 
+@pytest.mark.unit
 def test_voxelize_means_and_is_order_independent():
     cfg = PointCloudConfig(voxel_size=0.1)
     xyz = np.array([[0.01, 0.31, 0.01], [0.03, 0.33, 0.03], [0.21, 0.51, 0.11]])
@@ -84,6 +87,7 @@ def test_voxelize_means_and_is_order_independent():
     np.testing.assert_allclose(again_rgb, out_rgb)
 
 
+@pytest.mark.unit
 def test_subsample_and_select_points_are_bounded_and_deterministic():
     assert np.array_equal(subsample(10, 20, 0), np.arange(10))
     a, b = subsample(1000, 100, 3), subsample(1000, 100, 3)
@@ -94,6 +98,7 @@ def test_subsample_and_select_points_are_bounded_and_deterministic():
     assert len(r1) == 64 and not np.array_equal(r1, r2)
 
 
+@pytest.mark.unit
 def test_observation_to_condition_shapes_and_padding():
     cfg = PointCloudConfig(voxel_size=0.02)
     frame = _plane_frame(eye=(0.0, 0.0, 1.0), target=(0.0, 0.6, 0.0), height=0.1)
@@ -108,11 +113,13 @@ def test_observation_to_condition_shapes_and_padding():
     assert big.points.shape[1] == n and big.point_mask.sum() == n
 
 
+@pytest.mark.unit
 def test_config_rejects_inverted_workspace():
     with pytest.raises(ValueError, match="workspace_low"):
         PointCloudConfig(workspace_low=(0, 0, 0), workspace_high=(1, -1, 1))
 
 
+@pytest.mark.unit
 def test_look_at_quaternion_points_the_camera_at_its_target():
     import mujoco
 

@@ -26,6 +26,7 @@ def writers(payload: bytes):
     return {"a.bin": lambda p: p.write_bytes(payload), "b.txt": lambda p: p.write_text("hello")}
 
 
+@pytest.mark.unit
 def test_write_verify_latest(tmp_path):
     for step in (10, 20, 30):
         write_checkpoint(tmp_path, step, writers(bytes([step]) * 100))
@@ -34,6 +35,7 @@ def test_write_verify_latest(tmp_path):
     assert verify_checkpoint(latest_checkpoint(tmp_path).path).step == 30
 
 
+@pytest.mark.unit
 def test_corrupted_checkpoint_is_detected_and_skipped(tmp_path):
     write_checkpoint(tmp_path, 10, writers(b"x" * 100))
     newest = write_checkpoint(tmp_path, 20, writers(b"y" * 100))
@@ -48,6 +50,7 @@ def test_corrupted_checkpoint_is_detected_and_skipped(tmp_path):
         verify_checkpoint(newest)
 
 
+@pytest.mark.unit
 def test_failed_writer_leaves_nothing(tmp_path):
     def boom(p):
         raise OSError("disk full")
@@ -57,6 +60,7 @@ def test_failed_writer_leaves_nothing(tmp_path):
     assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
+@pytest.mark.unit
 def test_prune_keeps_last_k_and_best(tmp_path):
     paths = [write_checkpoint(tmp_path, s, writers(b"z")) for s in (1, 2, 3, 4, 5)]
     set_checkpoint_metric(paths[1], 0.9)
@@ -66,6 +70,7 @@ def test_prune_keeps_last_k_and_best(tmp_path):
     assert best_checkpoint(tmp_path).step == 2
 
 
+@pytest.mark.process
 def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     """A writer process is SIGKILLed mid-write, repeatedly; every surviving checkpoint verifies."""
     script = textwrap.dedent(f"""

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import REPO_ROOT
@@ -25,12 +26,14 @@ def one_line_error(out, *needles):
     return lines[0]
 
 
+@pytest.mark.process
 def test_help_from_repo_root():
     out = run(["-m", "platform.train", "--help"])
     assert out.returncode == 0, out.stderr
     assert "usage: python -m platform.train" in out.stdout and "--print-config" in out.stdout
 
 
+@pytest.mark.process
 def test_print_config_applies_overrides():
     out = run(["-m", "platform.train", "--print-config", "policy.m=7", "train.steps=123", "policy.preset=tiny"])
     assert out.returncode == 0, out.stderr
@@ -41,22 +44,27 @@ def test_print_config_applies_overrides():
     assert cfg["policy"]["m"] == 7 and cfg["train"]["steps"] == 123 and cfg["policy"]["d_model"] == tiny["d_model"]
 
 
+@pytest.mark.process
 def test_typod_key():
     one_line_error(run(["-m", "platform.train", "--print-config", "trian.steps=5"]), "trian", "allowed here")
 
 
+@pytest.mark.process
 def test_wrong_typed_value():
     one_line_error(run(["-m", "platform.train", "--print-config", "train.steps=many"]), "train.steps", "'many'", "integer")
 
 
+@pytest.mark.process
 def test_missing_config_file():
     one_line_error(run(["-m", "platform.train", "--config", "nope.yaml"]), "nope.yaml", "not found")
 
 
+@pytest.mark.process
 def test_run_as_script_gives_one_line():
     one_line_error(run([str(REPO_ROOT / "platform" / "train.py")]), "python -m platform.train", str(REPO_ROOT))
 
 
+@pytest.mark.process
 def test_wrong_directory_gives_one_line(tmp_path):
     guard = Path(sys.prefix) / "lib"
     assert list(guard.glob("python3*/site-packages/minidiffuser_platform_guard.pth")), \
@@ -65,6 +73,7 @@ def test_wrong_directory_gives_one_line(tmp_path):
     assert "torch" not in line
 
 
+@pytest.mark.unit
 def test_example_configs_validate():
     from platform.config import load_config
 

@@ -7,6 +7,8 @@ import yaml
 
 from tests import REPO_ROOT
 
+pytestmark = pytest.mark.unit
+
 FILES = ["cluster.yaml", "cluster-aws.yaml"]
 
 

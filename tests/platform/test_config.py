@@ -4,6 +4,8 @@ import pytest
 
 from platform.config import ConfigError, ExperimentConfig, load_config, parse_override, set_dotted, to_yaml
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_valid():
     cfg = load_config()

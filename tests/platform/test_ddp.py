@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process  # two gloo ranks in child processes
 
 
 def _free_port() -> int:

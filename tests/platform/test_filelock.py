@@ -11,7 +11,7 @@ import pytest
 
 from evaluation.filelock import FileLock, LockBusyError
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process  # lock holders are child processes
 
 HOLDER = """
 import fcntl, os, sys, time

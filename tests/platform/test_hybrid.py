@@ -22,11 +22,13 @@ def _stdlib_platform():
     return mod
 
 
+@pytest.mark.unit
 def test_loaded_platform_is_the_hybrid_package():
     assert hasattr(platform, "__path__"), "the stdlib module was imported instead of the repo package"
     assert Path(platform.__file__).resolve() == REPO_ROOT / "platform" / "__init__.py"
 
 
+@pytest.mark.unit
 def test_stdlib_api_is_intact():
     ref = _stdlib_platform()
     public = [n for n in dir(ref) if not n.startswith("_")]
@@ -37,15 +39,29 @@ def test_stdlib_api_is_intact():
         assert getattr(platform, name)() == getattr(ref, name)(), name
     assert platform.uname()[:5] == ref.uname()[:5]
     assert platform.platform() == ref.platform()
-    try:  # no os-release file: both must raise the same way
-        expected = ref.freedesktop_os_release()
-    except OSError as exc:
-        with pytest.raises(type(exc)):
-            platform.freedesktop_os_release()
-    else:
-        assert platform.freedesktop_os_release() == expected
+    assert platform.freedesktop_os_release is not ref.freedesktop_os_release  # own copy: the check is real
 
 
+@pytest.mark.unit
+def test_os_release_is_parsed_like_the_stdlib(tmp_path, monkeypatch):
+    # A known os-release file for both modules, so that the comparison runs on every machine (one without
+    # /etc/os-release would otherwise only compare two OSErrors).
+    ref = _stdlib_platform()
+    release = tmp_path / "os-release"
+    release.write_text('NAME="Test OS"\nID=testos\nVERSION_ID="1.2"\n# a comment\nPRETTY_NAME=\'Test OS 1.2\'\n')
+    for mod in (platform, ref):
+        monkeypatch.setattr(mod, "_os_release_candidates", (str(release),))
+        monkeypatch.setattr(mod, "_os_release_cache", None)
+    got = platform.freedesktop_os_release()
+    assert got == ref.freedesktop_os_release()
+    assert got["ID"] == "testos" and got["VERSION_ID"] == "1.2" and got["PRETTY_NAME"] == "Test OS 1.2"
+    monkeypatch.setattr(platform, "_os_release_candidates", (str(tmp_path / "absent"),))
+    monkeypatch.setattr(platform, "_os_release_cache", None)
+    with pytest.raises(OSError):
+        platform.freedesktop_os_release()
+
+
+@pytest.mark.unit
 def test_no_submodule_shadows_a_stdlib_attribute():
     ref = _stdlib_platform()
     stdlib_names = set(dir(ref))
@@ -55,6 +71,7 @@ def test_no_submodule_shadows_a_stdlib_attribute():
     assert not clashes, f"platform submodules shadow stdlib platform attributes: {clashes}"
 
 
+@pytest.mark.process
 def test_libraries_that_call_platform_import_fine():
     code = "import torch, pyarrow, pydantic, platform; print(platform.system(), hasattr(platform, '__path__'))"
     out = subprocess.run([VENV_PY, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -62,6 +79,7 @@ def test_libraries_that_call_platform_import_fine():
     assert out.stdout.split() == [platform.system(), "True"]
 
 
+@pytest.mark.process
 def test_pytest_entry_points_see_the_hybrid():
     # Both `python -m pytest` and the `pytest` console script (which imports the stdlib module first)
     # must resolve `platform.config` thanks to the root conftest.py.

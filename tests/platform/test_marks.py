@@ -12,6 +12,8 @@ from platform.data import DatasetSubset
 from platform.marks import MARKS_FILE, TimeMarks, read_marks
 from tests.platform.fakes import FakeKeyframeDataset
 
+pytestmark = pytest.mark.unit
+
 
 def _payload(tmp_path, monkeypatch, *overrides: str):
     import platform.data

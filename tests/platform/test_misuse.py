@@ -61,6 +61,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.process
 def test_a_second_driver_under_the_same_name_is_refused_at_once(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "misuse"
     run_dir.mkdir(parents=True)
@@ -84,17 +85,20 @@ def test_a_second_driver_under_the_same_name_is_refused_at_once(tmp_path, capsys
 # ---------------------------------------------------------------- 3. unusable paths
 
 
+@pytest.mark.unit
 def test_output_dir_that_cannot_be_created(tmp_path, capsys):
     refused(capsys, base(tmp_path, "output_dir=/proc/minidiffuser-runs"), "output_dir=/proc/minidiffuser-runs",
             "cannot create")
 
 
+@pytest.mark.unit
 def test_output_dir_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     refused(capsys, base(tmp_path, f"output_dir={blocker}"), f"output_dir={blocker}", "is a file")
 
 
+@pytest.mark.unit
 def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
     out = tmp_path / "read-only"
     out.mkdir()
@@ -112,6 +116,7 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
         out.chmod(0o755)
 
 
+@pytest.mark.unit
 def test_data_path_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "data.parquet"
     blocker.write_text("x")
@@ -123,6 +128,7 @@ def test_data_path_that_is_a_file(tmp_path, capsys):
 # ---------------------------------------------------------------- 4. eval.tasks
 
 
+@pytest.mark.unit
 def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
     refused(capsys, base(tmp_path, "eval.tasks=[reach-v3,no-such-task-v3]"), "eval.tasks ['no-such-task-v3']",
             "suite mt10", "reach-v3")  # not collected yet: the suite's tasks
@@ -135,6 +141,7 @@ def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
+@pytest.mark.unit
 def test_known_eval_tasks_pass():
     from platform.preflight import check_eval_tasks
 
@@ -145,6 +152,7 @@ def test_known_eval_tasks_pass():
 # ---------------------------------------------------------------- 2. actors
 
 
+@pytest.mark.unit
 def test_actors_never_exceed_episodes_or_the_cluster(monkeypatch):
     from evaluation.runtime.run import cap_actors
     from platform.evaluate import plan_actors
@@ -189,6 +197,7 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
 
 
+@pytest.mark.unit
 def test_replayed_steps_are_not_logged_twice(sqlite_uri, tmp_path):
     from platform.tracking import RunTracker
 
@@ -223,6 +232,7 @@ def _fake_report(success: float) -> str:
                       status_counts={"ok": 2}, wall_s=1.0, episodes_per_s=2.0, time_shares={}).to_json()
 
 
+@pytest.mark.unit
 def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, monkeypatch, capsys):
     """The final evaluation of an already evaluated checkpoint is neither run nor logged again; with other
     settings it runs, and MLflow keeps the first values of that step."""
@@ -256,6 +266,7 @@ def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, mon
     assert _history(sqlite_uri, tracker.run_id, "eval/success") == [(20, 0.5)]
 
 
+@pytest.mark.unit
 def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -273,6 +284,7 @@ def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
 # ---------------------------------------------------------------- 6. one command syncs a run's buffers
 
 
+@pytest.mark.unit
 def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
     from platform.tracking import RunTracker, buffer_backlog
     from platform.tracking import main as tracking_main
@@ -303,6 +315,7 @@ def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
 # ---------------------------------------------------------------- 7. the MLflow run's status on the way out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("failure,code,status", [(KeyboardInterrupt, 130, "KILLED"), ("final-eval", 2, "FAILED")])
 def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, capsys, monkeypatch, failure, code,
                                                           status):
@@ -416,6 +429,7 @@ def _finished_run(tmp_path: Path, *extra: str) -> Path:
     })
 
 
+@pytest.mark.unit
 def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, capsys):
     ckpt = _finished_run(tmp_path)
     before = {p: p.read_bytes() for p in ckpt.iterdir()}
@@ -431,6 +445,7 @@ def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, caps
     assert not (ckpt.parent.parent / "experiment.yaml").exists(), "nor is the run's experiment.yaml rewritten"
 
 
+@pytest.mark.unit
 def test_settings_a_resume_may_change_still_resume(tmp_path):
     from platform.preflight import check_resume
 
@@ -444,6 +459,7 @@ def test_settings_a_resume_may_change_still_resume(tmp_path):
 # ---------------------------------------------------------------- a tracking URI that can never work (issue 23)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("uri,needle", [("gopher://x", "no tracking store for the scheme 'gopher'"),
                                         ("http://", "no host"), ("http://localhost:50o0", "not a number"),
                                         ("sqlite://", "no database file")])
@@ -452,12 +468,14 @@ def test_an_impossible_tracking_uri_is_refused_at_start(tmp_path, capsys, uri, n
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
+@pytest.mark.unit
 def test_a_bad_mlflow_tracking_uri_variable_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "gopher://x")
     args = [a for a in base(tmp_path) if not a.startswith("tracking.uri=")]
     refused(capsys, args, "MLFLOW_TRACKING_URI=gopher://x")
 
 
+@pytest.mark.unit
 def test_a_well_formed_uri_of_a_server_that_is_down_is_an_outage_not_an_error(tmp_path):
     from platform.preflight import check_tracking
 
@@ -489,6 +507,7 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
     })
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("corrupt", ["ema.pt", "model.pt"])
 def test_a_corrupt_weights_file_is_named_before_any_actor_starts(tmp_path, capsys, corrupt):
     import ray
@@ -506,6 +525,7 @@ def test_a_corrupt_weights_file_is_named_before_any_actor_starts(tmp_path, capsy
     assert corrupt in lines[0] and "does not match its manifest" in lines[0] and str(ckpt) in lines[0]
 
 
+@pytest.mark.unit
 def test_unloadable_weights_without_a_manifest_are_named(tmp_path):
     from evaluation.runtime.bundle import CheckpointBundle
     from policies.base import CheckpointError
@@ -518,6 +538,7 @@ def test_unloadable_weights_without_a_manifest_are_named(tmp_path):
         CheckpointBundle.read(ckpt)
 
 
+@pytest.mark.unit
 def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, monkeypatch, capsys):
     import ray
 
@@ -544,6 +565,7 @@ def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, mon
 # ---------------------------------------------------------------- actors that would not fit in memory (issue 23)
 
 
+@pytest.mark.unit
 def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatch, capsys, tmp_path):
     from evaluation.runtime import memory
     from evaluation.runtime.run import cap_actors
@@ -570,6 +592,7 @@ def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatc
     assert _cap_actors(joined, capacity=None).eval.actors == 12, "a joined cluster's memory is not this machine's"
 
 
+@pytest.mark.unit
 def test_an_out_of_memory_kill_is_told_from_a_crash(tmp_path):
     from evaluation.runtime.memory import OomWatch, oom_kill_count
 

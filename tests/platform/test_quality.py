@@ -12,6 +12,8 @@ from platform.config import load_config, to_yaml
 from platform.marks import TimeMarks
 from platform.quality import REPORT_FILE, Point, build_parser, geometric_marks, main, time_to_quality
 
+pytestmark = pytest.mark.unit
+
 
 def _point(m: int, t: float, success: float | None) -> Point:
     return Point(m=m, mark=0, train_time_s=t, step=int(t), success=success, success_ci=None, episodes=10,

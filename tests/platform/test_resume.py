@@ -12,6 +12,8 @@ from platform.config import load_config
 from platform.loop import NonFiniteLossError, build_training, resume_if_possible, run_steps
 from tests.platform.fakes import FakeKeyframeDataset
 
+pytestmark = pytest.mark.unit
+
 
 def tiny_cfg(tmp_path: Path, *extra: str):
     return load_config(None, ["policy.preset=tiny", "policy.m=4", "train.batch_size=3", "train.steps=12",

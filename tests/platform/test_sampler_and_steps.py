@@ -10,6 +10,8 @@ from platform.data import Level1Sampler, step_seed
 from platform.steps import EMA, train_step, warmup_cosine
 from policies.base import LossOutput
 
+pytestmark = pytest.mark.unit
+
 
 def test_sampler_covers_each_epoch_once_and_resumes_exactly():
     s = Level1Sampler(num_samples=10, batch_size=4, seed=3)

@@ -13,6 +13,8 @@ from platform.worker import _MetricLog, _validation_set
 from policies.registry import build_policy
 from tests.platform.fakes import FakeKeyframeDataset
 
+pytestmark = pytest.mark.unit
+
 
 def _cfg(*overrides: str):
     return load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=40",

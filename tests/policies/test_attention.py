@@ -1,8 +1,11 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.attention import ContextKV, CrossAttention, attend_rows, rotary_frequencies
+
+pytestmark = pytest.mark.unit
 
 
 def _kv(b: int, s: int, h: int, hd: int, g: torch.Generator) -> ContextKV:

@@ -1,9 +1,12 @@
 import math
 
+import pytest
 import torch
 
 from policies.config import DiffusionConfig
 from policies.diffusion import NoiseSchedule
+
+pytestmark = pytest.mark.unit
 
 
 def test_scaled_linear_betas_match_definition():

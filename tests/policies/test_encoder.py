@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from policies.encoder import voxel_pool
 from tests.policies.conftest import tiny_batch, tiny_policy
+
+pytestmark = pytest.mark.unit
 
 
 def test_voxel_pool_matches_naive_per_condition_average():

@@ -5,6 +5,8 @@ from hypothesis import strategies as st
 
 from policies.expansion import expand_parent_index, group_rows
 
+pytestmark = pytest.mark.unit
+
 
 def test_expand_parent_index_is_explicit():
     assert expand_parent_index(3, 2).tolist() == [0, 0, 1, 1, 2, 2]

@@ -1,5 +1,6 @@
 """Exactness of the two-level expansion and the masked denoiser (docs/design.md, R8)."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,6 +9,8 @@ from policies.batch import ConditionBatch
 from policies.expansion import expand_parent_index
 from policies.minidiffuser import NoiseDraw
 from tests.policies.conftest import tiny_batch, tiny_policy
+
+pytestmark = pytest.mark.unit
 
 ATOL = 2e-5
 

@@ -1,6 +1,9 @@
+import pytest
 import torch
 
 from tests.policies.conftest import tiny_batch, tiny_policy
+
+pytestmark = pytest.mark.unit
 
 
 def test_tiny_preset_overfits_a_handful_of_samples():

@@ -12,6 +12,8 @@ from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.rotation import quat_angle_deg
 from tests.policies.conftest import TEXT_DIM, tiny_batch, tiny_config, tiny_policy
 
+pytestmark = pytest.mark.unit
+
 TYPES = ["mini_diffuser", "one_to_one", "dda_style"]
 
 

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from policies.rotation import (
@@ -16,6 +17,8 @@ from policies.rotation import (
     rot6d_to_quat,
     z_rotation_quat,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def _random_quats(n: int, seed: int = 0) -> torch.Tensor:

@@ -27,6 +27,8 @@ from evaluation.files import sha256_file
 from evaluation.pointcloud import PointCloudConfig, select_points
 from evaluation.simulators.rendering import RenderConfig
 
+pytestmark = pytest.mark.unit
+
 TASKS = ["task-a", "task-b"]
 DIM = 6
 

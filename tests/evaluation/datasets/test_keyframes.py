@@ -17,6 +17,8 @@ from evaluation.datasets.keyframes import (
 )
 from evaluation.simulators.controller import ControllerConfig, KeyposeController
 
+pytestmark = pytest.mark.unit
+
 
 def _line(a, b, steps):
     return np.linspace(a, b, steps + 1)[1:]

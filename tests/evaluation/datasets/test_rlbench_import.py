@@ -28,6 +28,8 @@ from evaluation.simulators.rlbench_tasks import TABLE_HEIGHT
 from tests import REPO_ROOT
 from tests.evaluation.rlbench_standin import standin as standin_helpers
 
+pytestmark = pytest.mark.unit
+
 BLOCK_TOP = TABLE_HEIGHT + 0.05
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from evaluation.datasets.rlbench_keyframes import PerActKeyframeConfig, demo_keyframes, peract_keyframes
 
+pytestmark = pytest.mark.unit
+
 
 def trajectory(segments: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate (frames, joint speed, gripper_open) segments into (gripper (T,), velocities (T, 7))."""

@@ -20,6 +20,7 @@ from evaluation.simulators.instructions import INSTRUCTIONS, instruction_for
 from evaluation.simulators.sim import UnknownTaskError
 
 
+@pytest.mark.sim  # importing Meta-World probes the GL back-end in a child process
 def test_every_metaworld_task_has_an_instruction():
     import metaworld.env_dict as env_dict
 
@@ -29,6 +30,7 @@ def test_every_metaworld_task_has_an_instruction():
         instruction_for("pick-plase-v3")
 
 
+@pytest.mark.unit
 def test_minilm_token_features_offline():
     encoder = get_encoder(TextEncoderConfig())
     a, b = encoder.encode(["pick up the puck and place it at the goal", "press the button"])
@@ -69,6 +71,7 @@ def tiny_clip_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.unit
 def test_clip_loader_with_a_tiny_random_model(tiny_clip_dir):
     encoder = TextEncoder(TextEncoderConfig(kind="clip", path=str(tiny_clip_dir)))
     assert encoder.kind == "clip" and encoder.dim == 16
@@ -77,6 +80,7 @@ def test_clip_loader_with_a_tiny_random_model(tiny_clip_dir):
     assert long.tokens.dtype == np.float32 and np.isfinite(long.tokens).all()
 
 
+@pytest.mark.unit
 def test_auto_picks_clip_only_when_weights_exist(tiny_clip_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("MINIDIFFUSER_CLIP_PATH", raising=False)
     assert resolve_kind(TextEncoderConfig(kind="auto")) == "minilm"
@@ -86,12 +90,14 @@ def test_auto_picks_clip_only_when_weights_exist(tiny_clip_dir, tmp_path, monkey
     assert resolve_kind(TextEncoderConfig(kind="auto")) == "clip"
 
 
+@pytest.mark.unit
 def test_clip_requested_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MINIDIFFUSER_CLIP_PATH", raising=False)
     with pytest.raises(TextEncoderError, match="MINIDIFFUSER_CLIP_PATH"):
         TextEncoder(TextEncoderConfig(kind="clip", path=str(tmp_path / "missing")))
 
 
+@pytest.mark.unit
 def test_pad_tokens():
     tokens, mask = pad_tokens(
         [(np.ones((2, 3), np.float32), np.ones(2, bool)), (np.ones((4, 3)), np.ones(4, bool))]

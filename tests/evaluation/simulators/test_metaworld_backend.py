@@ -17,6 +17,7 @@ from evaluation.simulators.rendering import GLBackendError, RenderConfig, select
 from evaluation.simulators.sim import Simulator, SimulatorError, UnknownTaskError
 
 
+@pytest.mark.unit
 def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():
     assert set(variations("train")).isdisjoint(variations("test"))
     assert sorted(TRAIN_VARIATIONS + TEST_VARIATIONS) == list(range(50))
@@ -24,12 +25,14 @@ def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():
         variations("val")  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 def test_suite_task_names():
     mt10 = suite_task_names("mt10")
     assert len(mt10) == 10 and "pick-place-v3" in mt10
     assert len(suite_task_names("mt50")) == 50
 
 
+@pytest.mark.unit
 def test_gl_backend_selection_prefers_egl_then_osmesa_and_names_missing_libraries():
     env: dict[str, str] = {}
     assert select_gl_backend(env, library_loads=lambda lib: True) == "egl" and env["MUJOCO_GL"] == "egl"

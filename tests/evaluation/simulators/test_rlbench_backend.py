@@ -40,6 +40,8 @@ from evaluation.simulators.rlbench_tasks import (
 from evaluation.simulators.sim import PlannerError, SimulatorError, UnknownTaskError
 from tests.evaluation.rlbench_standin import standin as standin_helpers
 
+pytestmark = pytest.mark.unit
+
 BLOCK_TOP = TABLE_HEIGHT + 0.05  # evaluation.simulators.fake_sim.BLOCK_HEIGHT above RLBench's table
 DOWN = [1.0, 0.0, 0.0, 0.0]  # gripper pointing down, xyzw
 

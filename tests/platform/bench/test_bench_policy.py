@@ -5,11 +5,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from platform.bench import cli as bench
 from platform.bench import policy as bench_policy
 from tests import REPO_ROOT
 
 
+@pytest.mark.unit
 def test_bench_policy_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--preset", "tiny", "--b", "2", "--ms", "1,4", "--repeats", "1", "--warmup", "0", "--threads", "1",
@@ -33,6 +36,7 @@ def test_bench_policy_writes_the_documented_json(tmp_path, capsys):
     assert "| M |" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_bench_policy_skips_one_to_one_rows_over_the_condition_limit(tmp_path):
     out = tmp_path / "bench.json"
     bench_policy.main(["--preset", "tiny", "--b", "2", "--ms", "8", "--repeats", "1", "--warmup", "0",
@@ -42,6 +46,7 @@ def test_bench_policy_skips_one_to_one_rows_over_the_condition_limit(tmp_path):
     assert "M=8" in data["skipped"][0]
 
 
+@pytest.mark.unit
 def test_dispatcher_reports_unknown_and_missing_subcommands(capsys, monkeypatch):
     assert bench.main(["nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
@@ -57,6 +62,7 @@ def test_dispatcher_reports_unknown_and_missing_subcommands(capsys, monkeypatch)
     assert "platform/bench/evaluation.py" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_bench_policy_imports_only_torch_numpy_pydantic_einops_and_policies():
     code = (
         "import sys, platform.bench.policy\n"

@@ -1,0 +1,56 @@
+"""Suite-wide rules for test markers (pyproject.toml defines them).
+
+Every test carries a kind: ``unit`` (in-process: no child process, no Ray, no simulator), ``process``
+(starts child Python processes, no Ray cluster), ``integration`` (starts a Ray cluster) or ``sim`` (runs
+MuJoCo / Meta-World); ``gpu`` and ``slow`` are added on top. ``unit`` excludes the others, so that
+``pytest -m unit`` is the fast in-process subset it claims to be. A test without a kind, or ``unit`` mixed
+with another kind, stops the collection with the test's name.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+KINDS = ("unit", "process", "integration", "sim")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked, mixed = [], []
+    for item in items:
+        kinds = {k for k in KINDS if item.get_closest_marker(k) is not None}
+        if not kinds:
+            unmarked.append(item.nodeid)
+        elif "unit" in kinds and len(kinds) > 1:
+            mixed.append(f"{item.nodeid} ({', '.join(sorted(kinds))})")
+    problems = [f"no kind marker ({'/'.join(KINDS)}): {n}" for n in unmarked]
+    problems += [f"'unit' mixed with another kind: {n}" for n in mixed]
+    if problems:
+        raise pytest.UsageError("test markers (tests/conftest.py):\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A ``unit`` test that starts a Python child process or leaves a Ray session behind was not in-process:
+    fail it, naming the marker. (Other programs, e.g. the stdlib's ``uname -p``, are allowed.)"""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    popen_init = subprocess.Popen.__init__
+    started: list[str] = []
+
+    def guarded_init(self, args, *a, **kw):
+        argv = [args] if isinstance(args, (str, os.PathLike)) else list(args)
+        if argv and os.path.basename(str(argv[0])).startswith("python"):
+            started.append(" ".join(map(str, argv))[:120])
+        popen_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
+    yield
+    if started:
+        pytest.fail(f"a test marked 'unit' started a Python process ({started[0]}): mark it 'process'")
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a test marked 'unit' started Ray: mark it 'integration' (tests/conftest.py)")
