@@ -25,7 +25,7 @@ def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():
         variations("val")  # type: ignore[arg-type]
 
 
-@pytest.mark.unit
+@pytest.mark.sim  # the task lists come from Meta-World, whose import probes the GL back-end in a child process
 def test_suite_task_names():
     mt10 = suite_task_names("mt10")
     assert len(mt10) == 10 and "pick-place-v3" in mt10
@@ -153,8 +153,9 @@ def test_evicted_task_is_rebuilt_and_renders_and_steps_the_same():
         assert sim.evictions == 2
         again_step = sim.step_keypose(target)
         again_after = sim.observe()
-        for (rgb_a, depth_a), (rgb_b, depth_b) in zip(_rendered(first) + _rendered(first_after),
-                                                      _rendered(again) + _rendered(again_after), strict=True):
+        for (rgb_a, depth_a), (rgb_b, depth_b) in zip(
+            _rendered(first) + _rendered(first_after), _rendered(again) + _rendered(again_after), strict=True
+        ):
             np.testing.assert_array_equal(rgb_a, rgb_b)
             np.testing.assert_array_equal(depth_a, depth_b)
         assert first_step == again_step
