@@ -33,8 +33,10 @@ class CheckpointInfo:
 
 def write_manifest(directory: Path, step: int, names: Iterable[str], metric: float | None = None) -> None:
     """Write ``directory/manifest.json`` for the files ``names`` (already written and fsync'd), fsync'd."""
-    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
-             for name in names}
+    files = {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+        for name in names
+    }
     manifest = {"step": step, "metric": metric, "created": time.time(), "files": files}
     with open(directory / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2)
@@ -59,6 +61,8 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         if not f.is_file():
             raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
         if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            raise CorruptCheckpointError(f"{path}: {name} does not match its manifest hash (corrupted): use another "
-                                         "checkpoint of the run, or retrain")
+            raise CorruptCheckpointError(
+                f"{path}: {name} does not match its manifest hash (corrupted): use another "
+                "checkpoint of the run, or retrain"
+            )
     return CheckpointInfo(path=path, step=step, metric=manifest.get("metric"))

@@ -48,8 +48,9 @@ class FileLock:
         except OSError:
             return "unknown"
 
-    def acquire(self, wait_s: float = 0.0, poll_s: float = 0.25,
-                on_wait: Callable[[str], None] | None = None) -> FileLock:
+    def acquire(
+        self, wait_s: float = 0.0, poll_s: float = 0.25, on_wait: Callable[[str], None] | None = None
+    ) -> FileLock:
         """Take the lock, waiting up to ``wait_s`` seconds (``on_wait(holder)`` is called once when the lock
         is busy at first); raises ``LockBusyError`` if it is still held after that."""
         if self._file is not None:

@@ -43,8 +43,9 @@ from evaluation import REPO_ROOT
 
 
 @contextlib.contextmanager
-def ray_session(num_cpus: int | None = None, address: str | None = "local", log_to_driver: bool = True,
-                **kwargs: Any) -> Iterator[bool]:
+def ray_session(
+    num_cpus: int | None = None, address: str | None = "local", log_to_driver: bool = True, **kwargs: Any
+) -> Iterator[bool]:
     """Use the running Ray session, or start one and shut it down afterwards. Yields whether it started one."""
     import ray
 
@@ -60,7 +61,9 @@ def ray_session(num_cpus: int | None = None, address: str | None = "local", log_
     if address == "local":
         start_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
     else:
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
+        ray.init(
+            address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs
+        )
     quiet_ray_console()
     try:
         yield True
@@ -105,9 +108,11 @@ def start_local_ray(**kwargs: Any) -> str:
         ray.init(address="local", **kwargs)
     node = ray._private.worker.global_worker.node.node_ip_address
     if node not in LOOPBACK_ADDRESSES:
-        print(f"[ray] warning: the local cluster's node address is {node}, not loopback: this Ray version "
-              "ignores the loopback setting, and its servers listen beyond this machine (token auth guards them)",
-              file=sys.stderr)
+        print(
+            f"[ray] warning: the local cluster's node address is {node}, not loopback: this Ray version "
+            "ignores the loopback setting, and its servers listen beyond this machine (token auth guards them)",
+            file=sys.stderr,
+        )
     return node
 
 

@@ -34,9 +34,19 @@ from evaluation.checkpoint_manifest import (  # the manifest format, shared with
 )
 from evaluation.files import atomic_write_json
 
-__all__ = ["MANIFEST", "CheckpointInfo", "CorruptCheckpointError", "best_checkpoint", "checkpoint_root",
-           "latest_checkpoint", "list_checkpoints", "prune_checkpoints", "set_checkpoint_metric",
-           "verify_checkpoint", "write_checkpoint"]
+__all__ = [
+    "MANIFEST",
+    "CheckpointInfo",
+    "CorruptCheckpointError",
+    "best_checkpoint",
+    "checkpoint_root",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "set_checkpoint_metric",
+    "verify_checkpoint",
+    "write_checkpoint",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 _PREFIX = "step_"
@@ -54,8 +64,9 @@ def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
-def write_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path], None]],
-                     metric: float | None = None) -> Path:
+def write_checkpoint(
+    run_dir: Path, step: int, writers: dict[str, Callable[[Path], None]], metric: float | None = None
+) -> Path:
     """Write a checkpoint atomically. ``writers`` maps file name -> function writing that file."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -88,7 +99,9 @@ def list_checkpoints(run_dir: Path, verify: bool = True) -> list[CheckpointInfo]
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)):
         try:
-            out.append(verify_checkpoint(d) if verify else CheckpointInfo(d, int(d.name[len(_PREFIX):]), None))
+            out.append(
+                verify_checkpoint(d) if verify else CheckpointInfo(d, int(d.name[len(_PREFIX) :]), None)
+            )
         except CorruptCheckpointError as exc:
             warnings.warn(f"skipping corrupt checkpoint: {exc}", stacklevel=2)
     return sorted(out, key=lambda c: c.step)

@@ -18,8 +18,12 @@ OVERRIDE_HELP = (
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="YAML", help="experiment YAML (default: built-in defaults; see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "--config", metavar="YAML", help="experiment YAML (default: built-in defaults; see configs/)"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDE_HELP)
 
 
@@ -27,8 +31,11 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, list(args.overrides))
 
 
-def run_cli(main: Callable[[argparse.Namespace, ExperimentConfig], int], parser: argparse.ArgumentParser,
-            argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[argparse.Namespace, ExperimentConfig], int],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> int:
     """Parse, resolve the config, honour ``--print-config``, then call ``main``; user errors -> one line."""
     set_runtime_defaults()
     args = parser.parse_args(argv)
@@ -63,4 +70,3 @@ def set_runtime_defaults() -> None:
 
 class UserFacingError(RuntimeError):
     """An error whose message is the whole story for the user (missing dataset, bad checkpoint, ...)."""
-

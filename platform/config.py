@@ -46,9 +46,13 @@ class ConfigError(ValueError):
 
 class DataConfig(FrozenModel):
     path: str = "data/metaworld_mt10"  # relative paths are relative to the repo root
-    suite: Literal["mt10", "mt50", "rlbench"] = "mt10"  # rlbench: data imported with python -m evaluation.rlbench_import
+    suite: Literal["mt10", "mt50", "rlbench"] = (
+        "mt10"  # rlbench: data imported with python -m evaluation.rlbench_import
+    )
     tasks: tuple[str, ...] | None = None  # subset of the suite; None = all
-    episodes_per_task: int = Field(18, ge=1, le=1000)  # training episodes per task (Meta-World: train variations)
+    episodes_per_task: int = Field(
+        18, ge=1, le=1000
+    )  # training episodes per task (Meta-World: train variations)
     # held-out validation episodes per task (the next ones after the training episodes, never test variations):
     # the keypose error after full sampling is measured on them every train.val_every steps; 0 disables it
     val_episodes_per_task: int = Field(2, ge=0, le=100)
@@ -101,7 +105,9 @@ class TrainConfig(FrozenModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.warmup_steps >= self.steps and self.steps > 1:
-            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below train.steps ({self.steps})")
+            raise ValueError(
+                f"train.warmup_steps ({self.warmup_steps}) must be below train.steps ({self.steps})"
+            )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas {self.betas} must be in [0, 1)")
         marks = self.time_marks_s
@@ -181,10 +187,12 @@ class ExperimentConfig(FrozenModel):
     def with_absolute_paths(self) -> ExperimentConfig:
         """A copy whose data/output paths are absolute: what the driver hands to Ray workers, whose cwd and
         working_dir copy differ from the driver's."""
-        return self.model_copy(update={
-            "output_dir": str(self.resolve_path(self.output_dir)),
-            "data": self.data.model_copy(update={"path": str(self.resolve_path(self.data.path))}),
-        })
+        return self.model_copy(
+            update={
+                "output_dir": str(self.resolve_path(self.output_dir)),
+                "data": self.data.model_copy(update={"path": str(self.resolve_path(self.data.path))}),
+            }
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -194,7 +202,9 @@ class ExperimentConfig(FrozenModel):
 # ---------------------------------------------------------------- loading and overrides
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
     """Defaults < YAML ``path`` < ``key=value`` overrides; each step validated. Raises ``ConfigError``."""
     raw: dict[str, Any] = {}
     if path is not None:
@@ -213,15 +223,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found (pass --config with an existing YAML file, e.g. configs/tiny.yaml)")
+        raise ConfigError(
+            f"config file {path} not found (pass --config with an existing YAML file, e.g. configs/tiny.yaml)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must contain a mapping of sections (data:, policy:, train: ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must contain a mapping of sections (data:, policy:, train: ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -230,7 +246,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"bad override {item!r}: expected dotted.key=value, e.g. policy.m=64 or train.steps=2000")
+        raise ConfigError(
+            f"bad override {item!r}: expected dotted.key=value, e.g. policy.m=64 or train.steps=2000"
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -248,7 +266,9 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
         if child is None:
             child = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"cannot set {key}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section")
+            raise ConfigError(
+                f"cannot set {key}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section"
+            )
         node[part] = dict(child)
         node = node[part]
     node[parts[-1]] = value
@@ -263,8 +283,9 @@ def _validate(raw: dict[str, Any], source: str, defer_cross_field: bool = False)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        if defer_cross_field and all(e["type"] == "value_error" and isinstance(e.get("input"), dict)
-                                     for e in exc.errors()):
+        if defer_cross_field and all(
+            e["type"] == "value_error" and isinstance(e.get("input"), dict) for e in exc.errors()
+        ):
             return None
         raise ConfigError(f"{source}: {_one_line(exc, raw)}") from None
 
@@ -296,7 +317,9 @@ def _allowed_keys(section: list[str], raw: dict[str, Any]) -> list[str]:
     model: type[BaseModel] = ExperimentConfig
     for part in section:
         if model is ExperimentConfig and part == "policy":
-            model = _POLICY_CLASSES.get(_lookup(raw, ["policy", "type"]) or "mini_diffuser", MiniDiffuserConfig)
+            model = _POLICY_CLASSES.get(
+                _lookup(raw, ["policy", "type"]) or "mini_diffuser", MiniDiffuserConfig
+            )
             continue
         field = model.model_fields.get(part)
         ann = getattr(field, "annotation", None)

@@ -32,7 +32,9 @@ class Level1Sampler:
     permutations), all shuffled together. Either way an epoch is a function of (seed, epoch), so the state
     is (epoch, position) and resume is exact."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, groups: np.ndarray | None = None) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, groups: np.ndarray | None = None
+    ) -> None:
         if num_samples < 1:
             raise ValueError("the dataset is empty: nothing to sample")
         if groups is not None and len(groups) != num_samples:
@@ -51,7 +53,9 @@ class Level1Sampler:
             return rng.permutation(self.num_samples)
         members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
         size = max(len(m) for m in members)
-        parts = [np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size] for m in members]
+        parts = [
+            np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size] for m in members
+        ]
         return rng.permutation(np.concatenate(parts))  # (groups * size,)
 
     def next_indices(self) -> np.ndarray:
@@ -70,16 +74,26 @@ class Level1Sampler:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
-                "epoch": self.epoch, "position": self.position, "balanced": self.groups is not None}
+        return {
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "balanced": self.groups is not None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["num_samples"] != self.num_samples:
-            raise ValueError(f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
-                             f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name")
+            raise ValueError(
+                f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
+                f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name"
+            )
         if bool(state.get("balanced", False)) != (self.groups is not None):
-            raise ValueError("the checkpoint was trained with another data.balance: resuming with a different "
-                             "level-1 sampling is not exact; use the run's setting or a new run name")
+            raise ValueError(
+                "the checkpoint was trained with another data.balance: resuming with a different "
+                "level-1 sampling is not exact; use the run's setting or a new run name"
+            )
         self.batch_size = state["batch_size"]
         self.seed = state["seed"]
         self.epoch = state["epoch"]
@@ -107,11 +121,15 @@ def ensure_dataset(cfg: Any) -> Any:
             raise UserFacingError(
                 f"no dataset at {path} and data.collect_if_missing=false: collect one with "
                 f"python -m evaluation.collect --suite {cfg.data.suite} --episodes-per-task "
-                f"{cfg.data.episodes_per_task} --out {path}")
+                f"{cfg.data.episodes_per_task} --out {path}"
+            )
 
-        print(f"[data] no dataset at {path}: collecting {cfg.data.suite} x {_episodes_needed(cfg)} episodes per "
-              f"task ({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation) with "
-              f"{cfg.data.collect_workers} workers (one-time)", flush=True)
+        print(
+            f"[data] no dataset at {path}: collecting {cfg.data.suite} x {_episodes_needed(cfg)} episodes per "
+            f"task ({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation) with "
+            f"{cfg.data.collect_workers} workers (one-time)",
+            flush=True,
+        )
         _collect(cfg, path)
     return _check_dataset(cfg, path)
 
@@ -125,9 +143,14 @@ def _collect(cfg: Any, path: Any) -> None:
     from platform.cli import UserFacingError
 
     try:
-        collect_dataset(suite=cfg.data.suite, tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
-                        episodes_per_task=_episodes_needed(cfg), out=path,
-                        workers=cfg.data.collect_workers, seed=cfg.data.seed)
+        collect_dataset(
+            suite=cfg.data.suite,
+            tasks=list(cfg.data.tasks) if cfg.data.tasks else None,
+            episodes_per_task=_episodes_needed(cfg),
+            out=path,
+            workers=cfg.data.collect_workers,
+            seed=cfg.data.seed,
+        )
     except CollectError as exc:
         raise UserFacingError(f"collecting {path} failed: {exc}") from None
 
@@ -146,9 +169,12 @@ def _top_up(cfg: Any, path: Any) -> None:
         return  # imported (recorded episodes): nothing to collect more of
     if have >= _episodes_needed(cfg):
         return
-    print(f"[data] {path} has {have} episodes per task; collecting up to {_episodes_needed(cfg)} "
-          f"({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation; existing "
-          "episodes are kept)", flush=True)
+    print(
+        f"[data] {path} has {have} episodes per task; collecting up to {_episodes_needed(cfg)} "
+        f"({cfg.data.episodes_per_task} training + {cfg.data.val_episodes_per_task} validation; existing "
+        "episodes are kept)",
+        flush=True,
+    )
     _collect(cfg, path)
 
 
@@ -157,8 +183,10 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
     from platform.cli import UserFacingError
 
     root = cfg.data.rlbench_root
-    how = (f"python -m evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path}, or set "
-           "data.rlbench_root=<RLBench data> (docs/rlbench.md)")
+    how = (
+        f"python -m evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path}, or set "
+        "data.rlbench_root=<RLBench data> (docs/rlbench.md)"
+    )
     if root is None or not cfg.data.collect_if_missing:
         raise UserFacingError(f"no RLBench dataset at {path}: import demonstrations with {how}")
     from evaluation.datasets.rlbench_import import RLBenchImportError, import_dataset
@@ -166,15 +194,21 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
 
     src = cfg.resolve_path(root)
     tasks = list(cfg.data.tasks) if cfg.data.tasks else "peract18"
-    print(f"[data] no dataset at {path}: importing RLBench demonstrations from {src} (first "
-          f"{_episodes_needed(cfg)} episodes per task, {cfg.data.collect_workers} workers; one-time, "
-          "restartable)", flush=True)
+    print(
+        f"[data] no dataset at {path}: importing RLBench demonstrations from {src} (first "
+        f"{_episodes_needed(cfg)} episodes per task, {cfg.data.collect_workers} workers; one-time, "
+        "restartable)",
+        flush=True,
+    )
     try:
         manifest = import_dataset(src, path, tasks, _episodes_needed(cfg), workers=cfg.data.collect_workers)
     except (RLBenchImportError, TextEncoderError, FileNotFoundError, ValueError) as exc:
         raise UserFacingError(f"importing RLBench data from {src} failed: {exc}") from None
-    print(f"[data] imported {len(manifest['tasks'])} tasks, {manifest['total_samples']} keyframe samples into "
-          f"{path}", flush=True)
+    print(
+        f"[data] imported {len(manifest['tasks'])} tasks, {manifest['total_samples']} keyframe samples into "
+        f"{path}",
+        flush=True,
+    )
 
 
 def _check_dataset(cfg: Any, path: Any) -> Any:
@@ -188,12 +222,16 @@ def _check_dataset(cfg: Any, path: Any) -> Any:
         raise UserFacingError(str(exc)) from None
     text_dim = int(ds.manifest.get("text", {}).get("dim", cfg.policy.text_dim))
     if text_dim != cfg.policy.text_dim:
-        raise UserFacingError(f"the dataset's instruction features are {text_dim}-d but policy.text_dim is "
-                              f"{cfg.policy.text_dim}: set policy.text_dim={text_dim}")
+        raise UserFacingError(
+            f"the dataset's instruction features are {text_dim}-d but policy.text_dim is "
+            f"{cfg.policy.text_dim}: set policy.text_dim={text_dim}"
+        )
     check_workspace(cfg, ds)
     if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
-        raise UserFacingError(f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "
-                              f"dataset at {path} (it has {ds.task_names}); use another data.path")
+        raise UserFacingError(
+            f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "
+            f"dataset at {path} (it has {ds.task_names}); use another data.path"
+        )
     return path
 
 
@@ -216,7 +254,8 @@ def check_workspace(cfg: Any, ds: Any) -> None:
     raise UserFacingError(
         f"the dataset's target positions span {fmt(lo.round(3))}..{fmt(hi.round(3))} (metres), outside the "
         f"policy workspace {fmt(low)}..{fmt(high)}: set policy.workspace_low={fmt(suggest_lo)} "
-        f"policy.workspace_high={fmt(suggest_hi)} (the dataset's crop; configs/rlbench18.yaml has RLBench's)")
+        f"policy.workspace_high={fmt(suggest_hi)} (the dataset's crop; configs/rlbench18.yaml has RLBench's)"
+    )
 
 
 class DatasetSubset:
@@ -250,17 +289,25 @@ class DatasetSubset:
         if not texts:
             return {}
         tasks = np.unique(self._dataset.task_index[self._index])
-        kept = {self._dataset.sample_instructions[i] for i in np.flatnonzero(np.isin(self._dataset.task_index, tasks))}
+        kept = {
+            self._dataset.sample_instructions[i]
+            for i in np.flatnonzero(np.isin(self._dataset.task_index, tasks))
+        }
         alternatives = (self.manifest.get("text_variations") or {}).get("alternatives") or {}
         kept |= {a for k in list(kept) for a in alternatives.get(k, [])}
         return {k: v for k, v in texts.items() if k in kept}
 
-    def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> Any:
-        return self._dataset.batch(self._index[np.asarray(indices)], max_points=max_points, generator=generator)
+    def batch(
+        self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None
+    ) -> Any:
+        return self._dataset.batch(
+            self._index[np.asarray(indices)], max_points=max_points, generator=generator
+        )
 
 
-def split_episodes(dataset: Any, tasks: Sequence[str] | None, train_per_task: int,
-                   val_per_task: int) -> tuple[np.ndarray, np.ndarray]:
+def split_episodes(
+    dataset: Any, tasks: Sequence[str] | None, train_per_task: int, val_per_task: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train sample indices, validation sample indices) of ``dataset``.
 
     Per task (restricted to ``tasks`` when given), episodes in manifest order (Meta-World: train variations
@@ -324,5 +371,7 @@ def open_split(cfg: Any) -> tuple[Any, Any | None]:
     from evaluation.datasets.dataset import KeyframeDataset
 
     dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
-    train, val = split_episodes(dataset, cfg.data.tasks, cfg.data.episodes_per_task, cfg.data.val_episodes_per_task)
+    train, val = split_episodes(
+        dataset, cfg.data.tasks, cfg.data.episodes_per_task, cfg.data.val_episodes_per_task
+    )
     return DatasetSubset(dataset, train), (DatasetSubset(dataset, val) if len(val) else None)

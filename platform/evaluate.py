@@ -30,8 +30,16 @@ from policies.base import CheckpointError
 EVAL_DIR = "eval"
 SETTINGS_SUFFIX = ".settings.json"  # beside step_<N>.json: what the final evaluation was run with
 # Settings that change how fast an evaluation runs, not its episodes or their outcome.
-_NOT_RESULT_SETTINGS = {"enabled", "every_steps", "actors", "policy_server", "checkpoint", "episode_timeout_s",
-                        "videos", "video_camera"}
+_NOT_RESULT_SETTINGS = {
+    "enabled",
+    "every_steps",
+    "actors",
+    "policy_server",
+    "checkpoint",
+    "episode_timeout_s",
+    "videos",
+    "video_camera",
+}
 VIDEO_DIR = "videos"  # under EVAL_DIR: one folder per evaluated checkpoint
 
 
@@ -57,9 +65,11 @@ def protocol_note(cfg: ExperimentConfig) -> str | None:
     want = (EPISODES_PER_TASK, len(EVAL_SEEDS), MAX_KEYPOSES)
     if got == want:
         return None
-    return (f"{got[0]} episodes per task x {got[1]} seeds, <= {got[2]} keyposes is not the PerAct/3DDA protocol "
-            f"({want[0]} x {want[1]} seeds, <= {want[2]}); these numbers are not directly comparable with the "
-            "published ones (configs/rlbench18.yaml has the protocol)")
+    return (
+        f"{got[0]} episodes per task x {got[1]} seeds, <= {got[2]} keyposes is not the PerAct/3DDA protocol "
+        f"({want[0]} x {want[1]} seeds, <= {want[2]}); these numbers are not directly comparable with the "
+        "published ones (configs/rlbench18.yaml has the protocol)"
+    )
 
 
 def eval_episodes(cfg: ExperimentConfig, num_tasks: int) -> int:
@@ -68,15 +78,17 @@ def eval_episodes(cfg: ExperimentConfig, num_tasks: int) -> int:
     return num_tasks * cfg.eval.episodes_per_task * (len(seeds) if isinstance(seeds, list) else 1)
 
 
-def plan_actors(cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None,
-                memory: tuple[int, str] | None = None) -> tuple[ExperimentConfig, str | None]:
+def plan_actors(
+    cfg: ExperimentConfig, num_tasks: int, capacity: int | None = None, memory: tuple[int, str] | None = None
+) -> tuple[ExperimentConfig, str | None]:
     """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the
     cluster runs at once; None: unknown) and to ``memory`` (``evaluation.runtime.memory.memory_actor_capacity``
     of a private local cluster), and the one line saying so when it was capped."""
     from evaluation.runtime.run import cap_actors
 
-    n, note = cap_actors(cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors",
-                         memory=memory)
+    n, note = cap_actors(
+        cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors", memory=memory
+    )
     if n == cfg.eval.actors:
         return cfg, None
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"actors": n})}), note
@@ -90,7 +102,9 @@ class EvalRequest:
 
     tasks: tuple[str, ...]
     episodes_per_task: int
-    seed: int | tuple[int, ...]  # several seeds: RLBench's protocol, every seed runs episodes_per_task per task
+    seed: (
+        int | tuple[int, ...]
+    )  # several seeds: RLBench's protocol, every seed runs episodes_per_task per task
     suite: str
     pool: Any  # evaluation.runtime.coordinator.PoolConfig (its num_actors is the number of simulator actors)
     video_dir: Path | None
@@ -102,10 +116,17 @@ class EvalRequest:
         from evaluation.runtime.evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(
-            checkpoint, tasks=list(self.tasks), episodes_per_task=self.episodes_per_task,
-            num_actors=self.pool.num_actors, seed=list(self.seed) if isinstance(self.seed, tuple) else self.seed,
-            suite=self.suite, sim_factory=self.sim_factory, variations=self.variations, pool=self.pool,
-            video_dir=video_dir or self.video_dir)
+            checkpoint,
+            tasks=list(self.tasks),
+            episodes_per_task=self.episodes_per_task,
+            num_actors=self.pool.num_actors,
+            seed=list(self.seed) if isinstance(self.seed, tuple) else self.seed,
+            suite=self.suite,
+            sim_factory=self.sim_factory,
+            variations=self.variations,
+            pool=self.pool,
+            video_dir=video_dir or self.video_dir,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,16 +152,34 @@ def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) ->
     if e.tasks:
         tasks = tuple(e.tasks)
     else:
-        tasks = tuple(sorted((bundle.instructions if bundle is not None
-                              else load_instructions(checkpoint / INSTRUCTIONS_FILE)).tasks))
+        tasks = tuple(
+            sorted(
+                (
+                    bundle.instructions
+                    if bundle is not None
+                    else load_instructions(checkpoint / INSTRUCTIONS_FILE)
+                ).tasks
+            )
+        )
     actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
-    pool = PoolConfig(num_actors=actors, max_keyposes=e.max_keyposes, episode_timeout_s=e.episode_timeout_s,
-                      max_attempts=e.retries + 1, policy_server=e.policy_server, videos=e.videos,
-                      video_camera=e.video_camera)
+    pool = PoolConfig(
+        num_actors=actors,
+        max_keyposes=e.max_keyposes,
+        episode_timeout_s=e.episode_timeout_s,
+        max_attempts=e.retries + 1,
+        policy_server=e.policy_server,
+        videos=e.videos,
+        video_camera=e.video_camera,
+    )
     seeds = eval_seeds(cfg)
-    request = EvalRequest(tasks=tasks, episodes_per_task=e.episodes_per_task,
-                          seed=tuple(seeds) if isinstance(seeds, list) else seeds, suite=cfg.data.suite, pool=pool,
-                          video_dir=video_dir(checkpoint))
+    request = EvalRequest(
+        tasks=tasks,
+        episodes_per_task=e.episodes_per_task,
+        seed=tuple(seeds) if isinstance(seeds, list) else seeds,
+        suite=cfg.data.suite,
+        pool=pool,
+        video_dir=video_dir(checkpoint),
+    )
     if cfg.data.suite != "rlbench":
         return request
     # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
@@ -148,12 +187,21 @@ def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) ->
     from evaluation.simulators.rlbench_protocol import protocol_kwargs
 
     if e.rlbench_demo_root is None:
-        raise UserFacingError("data.suite=rlbench evaluates on the PerAct test split: set "
-                              "eval.rlbench_demo_root=<dir> (or eval.enabled=false)")
-    proto = protocol_kwargs(RLBenchConfig(tasks=tasks, demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
-                            episodes_per_task=e.episodes_per_task, protocol=e.rlbench_protocol)
-    return dataclasses.replace(request, variations=proto["variations"], sim_factory=proto["sim_factory"],
-                               pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}))
+        raise UserFacingError(
+            "data.suite=rlbench evaluates on the PerAct test split: set "
+            "eval.rlbench_demo_root=<dir> (or eval.enabled=false)"
+        )
+    proto = protocol_kwargs(
+        RLBenchConfig(tasks=tasks, demo_root=str(cfg.resolve_path(e.rlbench_demo_root))),
+        episodes_per_task=e.episodes_per_task,
+        protocol=e.rlbench_protocol,
+    )
+    return dataclasses.replace(
+        request,
+        variations=proto["variations"],
+        sim_factory=proto["sim_factory"],
+        pool=pool.model_copy(update={"on_planner_error": proto["pool"].on_planner_error}),
+    )
 
 
 def video_dir(checkpoint: Path) -> Path:
@@ -191,7 +239,9 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
 
     try:
         bundle = CheckpointBundle.read(checkpoint)
-    except CheckpointError as exc:  # a corrupt checkpoint fails this evaluation (eval/failed), not the training
+    except (
+        CheckpointError
+    ) as exc:  # a corrupt checkpoint fails this evaluation (eval/failed), not the training
         return ray.put(EvalOutcome(error=f"{type(exc).__name__}: {exc}", traceback=""))
     remote = ray.remote(num_cpus=0, max_retries=0)(_evaluate)
     return remote.remote(cfg, checkpoint, ray.put(bundle))
@@ -226,8 +276,11 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
         tracker.log_dict(json.loads(text), f"eval/step_{step:08d}.json")
         _log_videos(tracker, report, checkpoint)
     tiers = "" if report.tier_average is None else f" (tier average {100 * report.tier_average:.1f}%)"
-    print(f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes"
-          f"{tiers}", flush=True)
+    print(
+        f"[eval] step {step}: mean success {100 * report.mean_success:.1f}% over {report.episodes} episodes"
+        f"{tiers}",
+        flush=True,
+    )
     return report
 
 
@@ -245,18 +298,24 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
     logged = tracker is not None and tracker.has_metric("eval/success", ckpt.step) is True
     previous = _previous_report(report_path, settings)
     if previous is not None:
-        print(f"[eval] {ckpt.path.name} was already evaluated with these settings: reusing {report_path}",
-              flush=True)
+        print(
+            f"[eval] {ckpt.path.name} was already evaluated with these settings: reusing {report_path}",
+            flush=True,
+        )
         outcome = EvalOutcome(report=previous)
     else:
         if logged:
-            print(f"[eval] note: the MLflow run already holds eval/* at step {ckpt.step} from an evaluation with "
-                  f"other settings; this one is kept in {report_path} only", flush=True)
+            print(
+                f"[eval] note: the MLflow run already holds eval/* at step {ckpt.step} from an evaluation with "
+                f"other settings; this one is kept in {report_path} only",
+                flush=True,
+            )
         outcome = _run_final(cfg, ckpt.path)
     report = log_eval_report(None if logged else tracker, ckpt.path, ckpt.step, outcome)
     if report is None:
-        raise UserFacingError(f"final evaluation of {ckpt.path} failed: {outcome.error} "
-                              f"(details in {run_dir / EVAL_DIR})")
+        raise UserFacingError(
+            f"final evaluation of {ckpt.path} failed: {outcome.error} (details in {run_dir / EVAL_DIR})"
+        )
     atomic_write_json(report_path.with_name(report_path.stem + SETTINGS_SUFFIX), settings)
     print(report.table(), flush=True)
     if tracker is not None and not logged:
@@ -267,8 +326,11 @@ def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
 def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> EvalOutcome:
     seeds = eval_seeds(cfg)
     seeds_text = f" x {len(seeds)} seeds" if isinstance(seeds, list) else ""
-    print(f"[eval] evaluating {checkpoint.name} with {cfg.eval.actors} simulator actors "
-          f"({cfg.eval.episodes_per_task} episodes per task{seeds_text})", flush=True)
+    print(
+        f"[eval] evaluating {checkpoint.name} with {cfg.eval.actors} simulator actors "
+        f"({cfg.eval.episodes_per_task} episodes per task{seeds_text})",
+        flush=True,
+    )
     note = protocol_note(cfg)
     if note:
         print(f"[eval] note: {note}", flush=True)
@@ -285,8 +347,13 @@ def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
         hashes = {name: meta["sha256"] for name, meta in sorted(files.items())}
     except (OSError, ValueError, KeyError, TypeError):
         hashes = {}
-    return {"checkpoint": str(checkpoint), "files": hashes, "suite": cfg.data.suite, "seeds": eval_seeds(cfg),
-            "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_RESULT_SETTINGS)}
+    return {
+        "checkpoint": str(checkpoint),
+        "files": hashes,
+        "suite": cfg.data.suite,
+        "seeds": eval_seeds(cfg),
+        "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_RESULT_SETTINGS),
+    }
 
 
 def _previous_report(report_path: Path, settings: dict[str, Any]) -> EvalReport | None:

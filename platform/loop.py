@@ -42,11 +42,21 @@ class NonFiniteLossError(RuntimeError):
 class TrainingState:
     """Everything the loop mutates, with save/restore."""
 
-    def __init__(self, cfg: ExperimentConfig, policy: Policy, num_samples: int, device: torch.device,
-                 rank: int = 0, world: int = 1, groups: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        policy: Policy,
+        num_samples: int,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        groups: np.ndarray | None = None,
+    ) -> None:
         t = cfg.train
         if world > t.batch_size:
-            raise ValueError(f"train.batch_size ({t.batch_size}) must be at least the number of workers ({world})")
+            raise ValueError(
+                f"train.batch_size ({t.batch_size}) must be at least the number of workers ({world})"
+            )
         self.cfg = cfg
         self.rank, self.world = rank, world
         self.policy = policy
@@ -56,9 +66,12 @@ class TrainingState:
             (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr, betas=t.betas)
+            lr=t.lr,
+            betas=t.betas,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps, t.min_lr_ratio))
+            self.optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps, t.min_lr_ratio)
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
         self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
         self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups)  # groups: data.balance=tasks
@@ -77,11 +90,20 @@ class TrainingState:
             "consecutive_nonfinite": self.consecutive_nonfinite,
             "skipped_total": self.skipped_total,
             "train_time_s": self.train_time_s,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
         }
 
-    def save(self, run_dir: Path, instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
-             pointcloud_json: str | None = None, instruction_texts_json: str | None = None) -> Path:
+    def save(
+        self,
+        run_dir: Path,
+        instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
+        pointcloud_json: str | None = None,
+        instruction_texts_json: str | None = None,
+    ) -> Path:
         """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
         its inputs exactly as the training set was built; ``instruction_texts_json``: each task's instruction
         text and the text encoder's name (``INSTRUCTION_TEXTS_FILE``, for the policy server)."""
@@ -105,7 +127,9 @@ class TrainingState:
         policy = _unwrap(self.policy)
         policy.load_state_dict(torch.load(ckpt / WEIGHTS_FILE, map_location=self.device, weights_only=True))
         if self.ema is not None and (ckpt / EMA_WEIGHTS_FILE).is_file():
-            self.ema.load_state_dict(torch.load(ckpt / EMA_WEIGHTS_FILE, map_location=self.device, weights_only=True))
+            self.ema.load_state_dict(
+                torch.load(ckpt / EMA_WEIGHTS_FILE, map_location=self.device, weights_only=True)
+            )
         state = torch.load(ckpt / TRAIN_STATE_FILE, map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -146,8 +170,14 @@ def training_time_reached(state: TrainingState, until_time_s: float | None) -> b
     return not all_ranks_agree(state.train_time_s < until_time_s, state.device)
 
 
-def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any = None,
-              deadline: float | None = None, until_time_s: float | None = None) -> list[StepMetrics]:
+def run_steps(
+    state: TrainingState,
+    dataset: Any,
+    until_step: int,
+    on_log: Any = None,
+    deadline: float | None = None,
+    until_time_s: float | None = None,
+) -> list[StepMetrics]:
     """Train from ``state.step`` to ``until_step`` (exclusive), the deadline, or until the summed training
     time reaches ``until_time_s``; returns per-step metrics.
 
@@ -157,22 +187,37 @@ def run_steps(state: TrainingState, dataset: Any, until_step: int, on_log: Any =
     max_points = cfg.policy.max_points
     history: list[StepMetrics] = []
     window: list[StepMetrics] = []
-    while (state.step < until_step and not time_is_up(deadline, state.device)
-           and not training_time_reached(state, until_time_s)):
+    while (
+        state.step < until_step
+        and not time_is_up(deadline, state.device)
+        and not training_time_reached(state, until_time_s)
+    ):
         t0 = time.perf_counter()
-        indices = state.sampler.next_indices()[state.rank :: state.world]  # this worker's share of the B conditions
+        indices = state.sampler.next_indices()[
+            state.rank :: state.world
+        ]  # this worker's share of the B conditions
         np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0, rank=state.rank))
         batch = dataset.batch(indices, max_points=max_points, generator=np_rng).to(state.device)
-        m = train_step(state.policy, batch, state.optimizer, state.scheduler, state.scaler, state.ema,
-                       grad_clip=cfg.train.grad_clip, amp=cfg.train.amp, device=state.device,
-                       generator=step_generator(cfg.train.seed, state.step, state.device, state.rank))
+        m = train_step(
+            state.policy,
+            batch,
+            state.optimizer,
+            state.scheduler,
+            state.scaler,
+            state.ema,
+            grad_clip=cfg.train.grad_clip,
+            amp=cfg.train.amp,
+            device=state.device,
+            generator=step_generator(cfg.train.seed, state.step, state.device, state.rank),
+        )
         if m.skipped:
             state.consecutive_nonfinite += 1
             state.skipped_total += 1
             if state.consecutive_nonfinite >= cfg.train.max_consecutive_nonfinite:
                 raise NonFiniteLossError(
                     f"{state.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {state.step}); lower train.lr or check the dataset")
+                    f"(last at step {state.step}); lower train.lr or check the dataset"
+                )
         else:
             state.consecutive_nonfinite = 0
         state.step += 1
@@ -197,7 +242,9 @@ def summarize_window(state: TrainingState, window: list[StepMetrics], step_time_
         "time/elapsed_s": state.train_time_s,
     }
     for key in ok[0].parts:
-        out[f"train/{key}" if not key.startswith("train/") else key] = float(np.mean([m.parts.get(key, np.nan) for m in ok]))
+        out[f"train/{key}" if not key.startswith("train/") else key] = float(
+            np.mean([m.parts.get(key, np.nan) for m in ok])
+        )
     if step_time_s > 0:
         out["train/conditions_per_s"] = len(window) * b / step_time_s
         out["train/samples_per_s"] = len(window) * b * m_ / step_time_s
@@ -206,13 +253,16 @@ def summarize_window(state: TrainingState, window: list[StepMetrics], step_time_
     return out
 
 
-def build_training(cfg: ExperimentConfig, dataset: Any, device: torch.device, rank: int = 0,
-                   world: int = 1) -> TrainingState:
+def build_training(
+    cfg: ExperimentConfig, dataset: Any, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainingState:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed & 0xFFFFFFFF)
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
-    groups = np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None  # (S,) task of each sample
+    groups = (
+        np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None
+    )  # (S,) task of each sample
     return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
 
 
@@ -224,8 +274,13 @@ def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_and_prune(state: TrainingState, run_dir: Path, instructions: Instructions | dict,
-                         pointcloud_json: str | None = None, instruction_texts_json: str | None = None) -> Path:
+def checkpoint_and_prune(
+    state: TrainingState,
+    run_dir: Path,
+    instructions: Instructions | dict,
+    pointcloud_json: str | None = None,
+    instruction_texts_json: str | None = None,
+) -> Path:
     path = state.save(run_dir, instructions, pointcloud_json, instruction_texts_json)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)
     return path

@@ -72,8 +72,14 @@ class TimeMarks:
         shutil.rmtree(dest, ignore_errors=True)  # a copy left by a crash before marks.json was written
         shutil.copytree(checkpoint, tmp)
         tmp.replace(dest)
-        rec = MarkRecord(index=index, mark_s=self.marks_s[index], step=step, train_time_s=train_time_s,
-                         checkpoint=name, val={k: float(v) for k, v in val.items()})
+        rec = MarkRecord(
+            index=index,
+            mark_s=self.marks_s[index],
+            step=step,
+            train_time_s=train_time_s,
+            checkpoint=name,
+            val={k: float(v) for k, v in val.items()},
+        )
         self.records.append(rec)
         self.reached = len(self.records)
         atomic_write_json(self.run_dir / MARKS_FILE, [asdict(r) for r in self.records])
@@ -88,4 +94,6 @@ def read_marks(run_dir: Path) -> list[MarkRecord]:
     try:
         return [MarkRecord(**row) for row in json.loads(path.read_text())]
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path} is not a valid marks file ({exc}); delete it to record the marks again") from None
+        raise ValueError(
+            f"{path} is not a valid marks file ({exc}); delete it to record the marks again"
+        ) from None

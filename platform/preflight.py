@@ -61,8 +61,10 @@ def check_data_path(cfg: Any) -> None:
     path = cfg.resolve_path(cfg.data.path)
     blocker = _file_in_the_way(path)
     if blocker is not None:
-        raise UserFacingError(f"data.path={cfg.data.path}: {blocker} is a file, not a directory: point data.path "
-                              "at a dataset folder (with a manifest.json) or at a new folder to collect into")
+        raise UserFacingError(
+            f"data.path={cfg.data.path}: {blocker} is a file, not a directory: point data.path "
+            "at a dataset folder (with a manifest.json) or at a new folder to collect into"
+        )
     if (path / MANIFEST_FILE).is_file():
         return  # an existing dataset is only read
     if cfg.data.collect_if_missing and (cfg.data.suite != "rlbench" or cfg.data.rlbench_root is not None):
@@ -80,15 +82,17 @@ def _writable_dir(path: Path, key: str, value: str, create: bool) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserFacingError(f"{key}={value}: cannot create {path}: {_reason(exc)}; choose a writable "
-                                  f"{key}") from None
+            raise UserFacingError(
+                f"{key}={value}: cannot create {path}: {_reason(exc)}; choose a writable {key}"
+            ) from None
     else:
         target = next(p for p in (path, *path.parents) if p.exists())
     try:
         _probe_write(target)
     except OSError as exc:
-        raise UserFacingError(f"{key}={value}: cannot write in {target}: {_reason(exc)}; choose a writable "
-                              f"{key}") from None
+        raise UserFacingError(
+            f"{key}={value}: cannot write in {target}: {_reason(exc)}; choose a writable {key}"
+        ) from None
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -119,10 +123,14 @@ def driver_lock(run_dir: Path, name: str) -> Iterator[FileLock]:
     try:
         lock.acquire(wait_s=0.0)
     except LockBusyError as exc:
-        raise RunBusyError(f"run {name!r} is already running ({exc.holder} holds {exc.path}): wait for it to "
-                           "finish or stop it, or start this one under another name=") from None
+        raise RunBusyError(
+            f"run {name!r} is already running ({exc.holder} holds {exc.path}): wait for it to "
+            "finish or stop it, or start this one under another name="
+        ) from None
     except OSError as exc:
-        raise UserFacingError(f"cannot lock {lock.path}: {_reason(exc)}; choose a writable output_dir") from None
+        raise UserFacingError(
+            f"cannot lock {lock.path}: {_reason(exc)}; choose a writable output_dir"
+        ) from None
     try:
         yield lock
     finally:
@@ -162,9 +170,11 @@ def check_eval_tasks(cfg: Any) -> None:
         return
     unknown = [t for t in cfg.eval.tasks if t not in known]
     if unknown:
-        raise UserFacingError(f"eval.tasks {unknown} are not tasks this run trains on ({source} has "
-                              f"{', '.join(known)}): choose eval.tasks among them, or leave eval.tasks unset to "
-                              "evaluate every trained task")
+        raise UserFacingError(
+            f"eval.tasks {unknown} are not tasks this run trains on ({source} has "
+            f"{', '.join(known)}): choose eval.tasks among them, or leave eval.tasks unset to "
+            "evaluate every trained task"
+        )
 
 
 def eval_task_count(cfg: Any) -> int | None:
@@ -216,9 +226,11 @@ def check_resume(cfg: Any) -> None:
     what = "the policy's parameter shapes" if changes else ""
     if len(blockers) > len(changes):
         what += (" and " if what else "") + "the training set"
-    raise UserFacingError(f"run {cfg.name!r} would resume from {ckpt.path}, but this config changes {what} "
-                          f"({'; '.join(blockers)}): start a new run with another name=, or rerun with the run's "
-                          f"values (in {ckpt.path / 'experiment.yaml'})")
+    raise UserFacingError(
+        f"run {cfg.name!r} would resume from {ckpt.path}, but this config changes {what} "
+        f"({'; '.join(blockers)}): start a new run with another name=, or rerun with the run's "
+        f"values (in {ckpt.path / 'experiment.yaml'})"
+    )
 
 
 def _show(value: Any) -> str:

@@ -47,18 +47,24 @@ def geometric_marks(budget_s: float, count: int) -> tuple[float, ...]:
     return tuple(round(budget_s / 2 ** (count - 1 - k), 3) for k in range(count))
 
 
-def marks_per_m(ms: list[int], marks: tuple[float, ...], others_budget_s: float | None) -> dict[int, tuple[float, ...]]:
+def marks_per_m(
+    ms: list[int], marks: tuple[float, ...], others_budget_s: float | None
+) -> dict[int, tuple[float, ...]]:
     """Each trial's marks: M = 1 (the reference) keeps all of them; with ``others_budget_s`` the other trials
     stop at the last mark within it (the same time axis, so their points line up with M = 1's). The figure
     they exist for is the time each needs to reach M = 1's final success, so they need not train longer."""
     if others_budget_s is None:
         return {m: marks for m in ms}
     if others_budget_s <= 0 or others_budget_s > marks[-1] + 1e-9:
-        raise UserFacingError(f"--others-budget-s must be in (0, --budget-s = {marks[-1]:g}], got {others_budget_s:g}")
+        raise UserFacingError(
+            f"--others-budget-s must be in (0, --budget-s = {marks[-1]:g}], got {others_budget_s:g}"
+        )
     short = tuple(t for t in marks if t <= others_budget_s + 1e-9)
     if not short:
-        raise UserFacingError(f"--others-budget-s {others_budget_s:g} is below the first mark ({marks[0]:g} s): "
-                              "raise it or use more --marks")
+        raise UserFacingError(
+            f"--others-budget-s {others_budget_s:g} is below the first mark ({marks[0]:g} s): "
+            "raise it or use more --marks"
+        )
     return {m: marks if m == 1 else short for m in ms}
 
 
@@ -104,13 +110,20 @@ def collect_points(sweep_dir: Path) -> list[Point]:
             report = None
             if (ckpt / REPORT_FILE).is_file():
                 report = EvalReport.from_json((ckpt / REPORT_FILE).read_text())
-            points.append(Point(
-                m=m, mark=rec.index, train_time_s=rec.train_time_s, step=rec.step,
-                success=None if report is None else report.mean_success,
-                success_ci=None if report is None else report.mean_ci,
-                episodes=0 if report is None else report.episodes,
-                val_pos_err_cm=rec.val.get("val/pos_err_cm"), val_within_2cm=rec.val.get("val/within_2cm"),
-                checkpoint=str(ckpt)))
+            points.append(
+                Point(
+                    m=m,
+                    mark=rec.index,
+                    train_time_s=rec.train_time_s,
+                    step=rec.step,
+                    success=None if report is None else report.mean_success,
+                    success_ci=None if report is None else report.mean_ci,
+                    episodes=0 if report is None else report.episodes,
+                    val_pos_err_cm=rec.val.get("val/pos_err_cm"),
+                    val_within_2cm=rec.val.get("val/within_2cm"),
+                    checkpoint=str(ckpt),
+                )
+            )
     return sorted(points, key=lambda p: (p.m, p.train_time_s))
 
 
@@ -124,7 +137,9 @@ def time_to_quality(points: list[Point], metric: str = "success") -> tuple[float
         if getattr(p, metric) is not None:
             by_m.setdefault(p.m, []).append(p)
     if 1 not in by_m:
-        return None, [TimeToQuality(m, getattr(curve[-1], metric), None, None) for m, curve in sorted(by_m.items())]
+        return None, [
+            TimeToQuality(m, getattr(curve[-1], metric), None, None) for m, curve in sorted(by_m.items())
+        ]
     target = getattr(by_m[1][-1], metric)
     assert target is not None
 
@@ -150,28 +165,50 @@ def evaluate_marks(cfg: ExperimentConfig, sweep_dir: Path) -> None:
     todo = [p for p in collect_points(sweep_dir) if p.success is None]
     for i, p in enumerate(todo, 1):
         ckpt = Path(p.checkpoint)
-        print(f"[quality] evaluating {i}/{len(todo)}: M={p.m} mark {p.mark} ({p.train_time_s:.0f} s of training, "
-              f"step {p.step}) with {cfg.eval.actors} actors, {cfg.eval.episodes_per_task} episodes per task",
-              flush=True)
+        print(
+            f"[quality] evaluating {i}/{len(todo)}: M={p.m} mark {p.mark} ({p.train_time_s:.0f} s of training, "
+            f"step {p.step}) with {cfg.eval.actors} actors, {cfg.eval.episodes_per_task} episodes per task",
+            flush=True,
+        )
         report = eval_request(cfg, ckpt).run(ckpt)
         atomic_write_text(ckpt / REPORT_FILE, report.to_json())
-        print(f"[quality]   success {100 * report.mean_success:.1f}% over {report.episodes} episodes", flush=True)
+        print(
+            f"[quality]   success {100 * report.mean_success:.1f}% over {report.episodes} episodes",
+            flush=True,
+        )
 
 
-def table_markdown(target: float | None, rows: list[TimeToQuality], val_target: float | None = None,
-                   val_rows: list[TimeToQuality] | None = None) -> str:
+def table_markdown(
+    target: float | None,
+    rows: list[TimeToQuality],
+    val_target: float | None = None,
+    val_rows: list[TimeToQuality] | None = None,
+) -> str:
     fmt = lambda v, f: "–" if v is None else f.format(v)  # noqa: E731
-    lines = [f"Target: M = 1's final success, {fmt(None if target is None else 100 * target, '{:.1f} %')}", "",
-             "| M | final success % | training time to target s | ratio to M = 1 |", "|---|---|---|---|"]
+    lines = [
+        f"Target: M = 1's final success, {fmt(None if target is None else 100 * target, '{:.1f} %')}",
+        "",
+        "| M | final success % | training time to target s | ratio to M = 1 |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.m} | {fmt(None if r.final_success is None else 100 * r.final_success, '{:.1f}')} | "
-                     f"{fmt(r.time_to_target_s, '{:.0f}')} | {fmt(r.ratio_to_m1, '{:.3f}')} |")
+        lines.append(
+            f"| {r.m} | {fmt(None if r.final_success is None else 100 * r.final_success, '{:.1f}')} | "
+            f"{fmt(r.time_to_target_s, '{:.0f}')} | {fmt(r.ratio_to_m1, '{:.3f}')} |"
+        )
     if val_rows:
-        lines += ["", f"Target: M = 1's final validation position error, {fmt(val_target, '{:.2f} cm')}", "",
-                  "| M | final validation error cm | training time to target s | ratio to M = 1 |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Target: M = 1's final validation position error, {fmt(val_target, '{:.2f} cm')}",
+            "",
+            "| M | final validation error cm | training time to target s | ratio to M = 1 |",
+            "|---|---|---|---|",
+        ]
         for r in val_rows:
-            lines.append(f"| {r.m} | {fmt(r.final_success, '{:.2f}')} | {fmt(r.time_to_target_s, '{:.0f}')} | "
-                         f"{fmt(r.ratio_to_m1, '{:.3f}')} |")
+            lines.append(
+                f"| {r.m} | {fmt(r.final_success, '{:.2f}')} | {fmt(r.time_to_target_s, '{:.0f}')} | "
+                f"{fmt(r.ratio_to_m1, '{:.3f}')} |"
+            )
     return "\n".join(lines)
 
 
@@ -186,12 +223,19 @@ def plot(points: list[Point], path: Path) -> Path:
         evald = [p for p in curve if p.success is not None]
         if evald:
             t = [p.train_time_s for p in evald]
-            line, = ax_s.plot(t, [100 * p.success for p in evald], marker="o", label=f"M = {m}")
-            ax_s.fill_between(t, [100 * p.success_ci[0] for p in evald], [100 * p.success_ci[1] for p in evald],
-                              color=line.get_color(), alpha=0.12)
+            (line,) = ax_s.plot(t, [100 * p.success for p in evald], marker="o", label=f"M = {m}")
+            ax_s.fill_between(
+                t,
+                [100 * p.success_ci[0] for p in evald],
+                [100 * p.success_ci[1] for p in evald],
+                color=line.get_color(),
+                alpha=0.12,
+            )
         vals = [p for p in curve if p.val_pos_err_cm is not None]
         if vals:
-            ax_v.plot([p.train_time_s for p in vals], [p.val_pos_err_cm for p in vals], marker="o", label=f"M = {m}")
+            ax_v.plot(
+                [p.train_time_s for p in vals], [p.val_pos_err_cm for p in vals], marker="o", label=f"M = {m}"
+            )
     for ax, ylabel in ((ax_s, "mean success % (test variations)"), (ax_v, "validation position error, cm")):
         ax.set_xscale("log")
         ax.set_xlabel("training time, s (log)")
@@ -208,15 +252,25 @@ def write_outputs(sweep_dir: Path, points: list[Point]) -> tuple[Path, str]:
     out = sweep_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / "points.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    (out / "time_to_quality.json").write_text(json.dumps(
-        {"target": target, "rows": [asdict(r) for r in rows],
-         "val_target_cm": val_target, "val_rows": [asdict(r) for r in val_rows]}, indent=1))
+    (out / "time_to_quality.json").write_text(
+        json.dumps(
+            {
+                "target": target,
+                "rows": [asdict(r) for r in rows],
+                "val_target_cm": val_target,
+                "val_rows": [asdict(r) for r in val_rows],
+            },
+            indent=1,
+        )
+    )
     with (out / "points.csv").open("w") as f:
         f.write("m,mark,train_time_s,step,success,ci_low,ci_high,episodes,val_pos_err_cm,val_within_2cm\n")
         for p in points:
             lo, hi = p.success_ci or (math.nan, math.nan)
-            f.write(f"{p.m},{p.mark},{p.train_time_s:.2f},{p.step},{p.success},{lo},{hi},{p.episodes},"
-                    f"{p.val_pos_err_cm},{p.val_within_2cm}\n")
+            f.write(
+                f"{p.m},{p.mark},{p.train_time_s:.2f},{p.step},{p.success},{lo},{hi},{p.episodes},"
+                f"{p.val_pos_err_cm},{p.val_within_2cm}\n"
+            )
     text = table_markdown(target, rows, val_target, val_rows)
     (out / "time_to_quality.md").write_text(text + "\n")
     if points:
@@ -225,18 +279,33 @@ def write_outputs(sweep_dir: Path, points: list[Point]) -> tuple[Path, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m platform.quality", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m platform.quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ms", default="1,4,16,64", help="values of policy.m, one trial each (1 = one-to-one)")
     p.add_argument("--budget-s", type=float, default=1800.0, help="training time of every trial, seconds")
-    p.add_argument("--marks", type=int, default=7, help="checkpoints kept per trial, geometric up to the budget")
-    p.add_argument("--others-budget-s", type=float, default=None,
-                   help="training time of the M > 1 trials (default: --budget-s); they keep the marks within it. "
-                        "M = 1 needs the long budget to reach a meaningful success, the others only need to reach it")
+    p.add_argument(
+        "--marks", type=int, default=7, help="checkpoints kept per trial, geometric up to the budget"
+    )
+    p.add_argument(
+        "--others-budget-s",
+        type=float,
+        default=None,
+        help="training time of the M > 1 trials (default: --budget-s); they keep the marks within it. "
+        "M = 1 needs the long budget to reach a meaningful success, the others only need to reach it",
+    )
     p.add_argument("--name", help="sweep name (default: <config name>-quality); the same name resumes")
-    p.add_argument("--max-concurrent", type=int, default=1,
-                   help="trials training at once (on a small CPU machine, with train.cpu_threads=1 each)")
-    p.add_argument("--report-only", action="store_true", help="no training or evaluation: tables and figure only")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=1,
+        help="trials training at once (on a small CPU machine, with train.cpu_threads=1 each)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="no training or evaluation: tables and figure only"
+    )
     add_config_arguments(p)
     return p
 
@@ -261,7 +330,9 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         _train_and_evaluate(cfg, sweep, sweep_dir, marks, args.max_concurrent)
     points = collect_points(sweep_dir)
     if not points:
-        raise UserFacingError(f"no kept checkpoints under {sweep_dir / 'trials'}: run without --report-only first")
+        raise UserFacingError(
+            f"no kept checkpoints under {sweep_dir / 'trials'}: run without --report-only first"
+        )
     out, text = write_outputs(sweep_dir, points)
     print(text)
     print(f"[quality] figure, table and points in {out}", flush=True)
@@ -269,19 +340,27 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     return 0
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, marks: dict[int, tuple[float, ...]],
-                        max_concurrent: int = 1) -> None:
+def _train_and_evaluate(
+    cfg: ExperimentConfig,
+    sweep: str,
+    sweep_dir: Path,
+    marks: dict[int, tuple[float, ...]],
+    max_concurrent: int = 1,
+) -> None:
     from ray import tune
 
     from platform.data import ensure_dataset
     from platform.session import connect_ray
     from platform.sweep import _end_unfinished_trial_runs, _parent_run, ranking_metric, run_tuner, trial_meta
 
-    trial_cfg = cfg.model_copy(update={
-        "train": cfg.train.model_copy(update={"time_marks_s": (), "steps": 10_000_000, "time_budget_s": None,
-                                              "min_lr_ratio": 1.0}),
-        "eval": cfg.eval.model_copy(update={"every_steps": 0}),
-    })
+    trial_cfg = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={"time_marks_s": (), "steps": 10_000_000, "time_budget_s": None, "min_lr_ratio": 1.0}
+            ),
+            "eval": cfg.eval.model_copy(update={"every_steps": 0}),
+        }
+    )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg)
     connect_ray(cfg)
@@ -291,10 +370,16 @@ def _train_and_evaluate(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, mark
     for m, ts in marks.items():
         print(f"[quality] M = {m}: {ts[-1]:g} s of training, marks at {[round(t) for t in ts]} s", flush=True)
     # One grid variant per M; its marks follow from its M (a dict lookup Tune resolves per variant).
-    space = {"policy.m": tune.grid_search(ms),
-             "train.time_marks_s": tune.sample_from(lambda spec: list(marks[spec.config["policy.m"]]))}
-    results = run_tuner(trial_meta(trial_cfg, sweep, sweep_dir, parent), space,
-                        ranking_metric(trial_cfg), max_concurrent=max_concurrent)
+    space = {
+        "policy.m": tune.grid_search(ms),
+        "train.time_marks_s": tune.sample_from(lambda spec: list(marks[spec.config["policy.m"]])),
+    }
+    results = run_tuner(
+        trial_meta(trial_cfg, sweep, sweep_dir, parent),
+        space,
+        ranking_metric(trial_cfg),
+        max_concurrent=max_concurrent,
+    )
     if parent is not None:
         _end_unfinished_trial_runs(parent.tracking_uri, cfg.tracking.experiment, sweep)
         parent.close("FINISHED")
@@ -311,17 +396,35 @@ def _log_to_parent(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, out: Path
     from platform.tracking import BUFFER_ROOT, TAG_KIND, TAG_QUALITY, RunTracker, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    run = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / BUFFER_ROOT,
-                          tags={TAG_KIND: "sweep_parent", TAG_QUALITY: "true"})
+    run = RunTracker.open(
+        uri,
+        cfg.tracking.experiment,
+        sweep,
+        buffer_dir=sweep_dir / BUFFER_ROOT,
+        tags={TAG_KIND: "sweep_parent", TAG_QUALITY: "true"},
+    )
     for path in sorted(out.iterdir()):
         run.log_artifact(path, artifact_path=OUT_DIR)
     data = json.loads((out / "time_to_quality.json").read_text())
-    metrics = {f"quality/m{r['m']}/time_to_target_s": r["time_to_target_s"] for r in data["rows"]
-               if r["time_to_target_s"] is not None}
-    metrics.update({f"quality/m{r['m']}/ratio_to_m1": r["ratio_to_m1"] for r in data["rows"]
-                    if r["ratio_to_m1"] is not None})
-    metrics.update({f"quality/m{r['m']}/val_ratio_to_m1": r["ratio_to_m1"] for r in data["val_rows"]
-                    if r["ratio_to_m1"] is not None})
+    metrics = {
+        f"quality/m{r['m']}/time_to_target_s": r["time_to_target_s"]
+        for r in data["rows"]
+        if r["time_to_target_s"] is not None
+    }
+    metrics.update(
+        {
+            f"quality/m{r['m']}/ratio_to_m1": r["ratio_to_m1"]
+            for r in data["rows"]
+            if r["ratio_to_m1"] is not None
+        }
+    )
+    metrics.update(
+        {
+            f"quality/m{r['m']}/val_ratio_to_m1": r["ratio_to_m1"]
+            for r in data["val_rows"]
+            if r["ratio_to_m1"] is not None
+        }
+    )
     if metrics:
         run.log_metrics(metrics, step=0)
     run.close("FINISHED")

@@ -18,8 +18,22 @@ import time
 from platform.config import REPO_ROOT, ExperimentConfig
 
 # Never ship datasets, results or environments to workers.
-WORKING_DIR_EXCLUDES = [".venv", ".git", "data", "runs", "mlflow.db", "mlartifacts", "ray_results", ".bench",
-                        "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".whl", ".gl"]
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    ".git",
+    "data",
+    "runs",
+    "mlflow.db",
+    "mlartifacts",
+    "ray_results",
+    ".bench",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".whl",
+    ".gl",
+]
 TRAIN_POLL_S = "0.5"  # Ray Train's controller poll (its default: 2 s), see runtime_env
 
 
@@ -27,13 +41,16 @@ def runtime_env() -> dict:
     return {
         "working_dir": str(REPO_ROOT),
         "excludes": WORKING_DIR_EXCLUDES,
-        "env_vars": {"HF_HUB_OFFLINE": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-                     "PYTHONUNBUFFERED": "1",
-                     # Ray Train V2 would also route print() through its logger: every line twice.
-                     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                     # Its controller takes the workers' reports once per poll: with the default 2 s poll, each
-                     # checkpoint's report held training up to 2 s, and starting and ending a run 2 s more.
-                     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S},
+        "env_vars": {
+            "HF_HUB_OFFLINE": "1",
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "PYTHONUNBUFFERED": "1",
+            # Ray Train V2 would also route print() through its logger: every line twice.
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            # Its controller takes the workers' reports once per poll: with the default 2 s poll, each
+            # checkpoint's report held training up to 2 s, and starting and ending a run 2 s more.
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S,
+        },
     }
 
 
@@ -51,7 +68,9 @@ def connect_ray(cfg: ExperimentConfig, quiet: bool = False) -> float:
     in_job = _in_job()
     log_level = "ERROR" if quiet else "WARNING"
     if in_job:  # the job already ships the repo; its workers still need the platform's variables
-        ray.init(address=address or "auto", runtime_env={"env_vars": _job_env_vars()}, logging_level=log_level)
+        ray.init(
+            address=address or "auto", runtime_env={"env_vars": _job_env_vars()}, logging_level=log_level
+        )
     elif address:
         ray.init(address=address, runtime_env=runtime_env(), logging_level=log_level)
     else:
@@ -78,9 +97,14 @@ def _start_private_cluster(cfg: ExperimentConfig, log_level: str, start_local_ra
         env = runtime_env()
         env["env_vars"][API_SERVER_ENV] = f"http://127.0.0.1:{port}"
         try:
-            start_local_ray(num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1), include_dashboard=True,
-                            dashboard_port=port, runtime_env=env, logging_level=log_level,
-                            configure_logging=True)
+            start_local_ray(
+                num_cpus=local_cluster_cpus(cfg, os.cpu_count() or 1),
+                include_dashboard=True,
+                dashboard_port=port,
+                runtime_env=env,
+                logging_level=log_level,
+                configure_logging=True,
+            )
             return
         except ValueError as exc:  # taken between the probe and the start: another port
             if "already occupied" not in str(exc) or attempt == 2:

@@ -114,8 +114,9 @@ def train_step(
     if not all_ranks_agree(bool(torch.isfinite(loss.detach())), loss.device):
         # skipped on every rank together: under DDP a rank that skipped backward would leave the others
         # waiting in the gradient all-reduce
-        return StepMetrics(loss=float(loss.detach()), grad_norm=float("nan"), lr=lr, skipped=True,
-                           parts=out.metrics)
+        return StepMetrics(
+            loss=float(loss.detach()), grad_norm=float("nan"), lr=lr, skipped=True, parts=out.metrics
+        )
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     params = [p for p in policy.parameters() if p.grad is not None]
@@ -123,10 +124,16 @@ def train_step(
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         scaler.update()
-        return StepMetrics(loss=float(loss.detach()), grad_norm=float("nan"), lr=lr, skipped=True, parts=out.metrics)
+        return StepMetrics(
+            loss=float(loss.detach()), grad_norm=float("nan"), lr=lr, skipped=True, parts=out.metrics
+        )
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
     if ema is not None:
-        ema.update(policy, updates=scheduler.last_epoch)  # the scheduler counts applied steps (resumed exactly)
-    return StepMetrics(loss=float(loss.detach()), grad_norm=float(grad_norm), lr=lr, skipped=False, parts=out.metrics)
+        ema.update(
+            policy, updates=scheduler.last_epoch
+        )  # the scheduler counts applied steps (resumed exactly)
+    return StepMetrics(
+        loss=float(loss.detach()), grad_norm=float(grad_norm), lr=lr, skipped=False, parts=out.metrics
+    )

@@ -50,7 +50,10 @@ def parse_param(text: str, search: str) -> tuple[str, Any, list[Any]]:
     raw = text.partition("=")[2].strip()
     m = _DIST.match(raw)
     if m:
-        kind, args = m.group(1), [parse_override(f"x={a.strip()}")[1] for a in m.group(2).split(",") if a.strip()]
+        kind, args = (
+            m.group(1),
+            [parse_override(f"x={a.strip()}")[1] for a in m.group(2).split(",") if a.strip()],
+        )
         if kind == "choice":
             return key, tune.choice(args), args
         if len(args) != 2 or not all(isinstance(a, int | float) for a in args) or args[0] >= args[1]:
@@ -59,7 +62,9 @@ def parse_param(text: str, search: str) -> tuple[str, Any, list[Any]]:
             raise ConfigError(f"--param {text!r}: loguniform needs low > 0")
         dom = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*args)
         return key, dom, [args[0], args[1] if kind != "randint" else args[1] - 1]
-    values = value if isinstance(value, list) else [parse_override(f"x={v.strip()}")[1] for v in raw.split(",")]
+    values = (
+        value if isinstance(value, list) else [parse_override(f"x={v.strip()}")[1] for v in raw.split(",")]
+    )
     if not values or raw == "":
         raise ConfigError(f"--param {text!r}: give values, e.g. policy.m=1,4,16")
     return key, (tune.grid_search(values) if search == "grid" else tune.choice(values)), values
@@ -88,24 +93,47 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     cfg = trial_config(meta["base"], {**overrides, "name": f"{meta['sweep']}-{trial_id}"})
     run_dir = Path(meta["sweep_dir"]) / "trials" / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    tags = {TAG_KIND: "sweep_trial", TAG_POLICY_TYPE: cfg.policy.type, TAG_SUITE: cfg.data.suite,
-            TAG_SWEEP: meta["sweep"], **({"mlflow.parentRunId": meta["parent_run_id"]} if meta.get("parent_run_id")
-                                         else {})}
-    payload = WorkerPayload.for_run(cfg, run_dir, meta["tracking_uri"], tags, close_run=True,
-                                    params={f"sweep.{k}": str(v) for k, v in overrides.items()})
+    tags = {
+        TAG_KIND: "sweep_trial",
+        TAG_POLICY_TYPE: cfg.policy.type,
+        TAG_SUITE: cfg.data.suite,
+        TAG_SWEEP: meta["sweep"],
+        **({"mlflow.parentRunId": meta["parent_run_id"]} if meta.get("parent_run_id") else {}),
+    }
+    payload = WorkerPayload.for_run(
+        cfg,
+        run_dir,
+        meta["tracking_uri"],
+        tags,
+        close_run=True,
+        params={f"sweep.{k}": str(v) for k, v in overrides.items()},
+    )
     build_trainer(cfg, payload, bool(meta["use_gpu"]), callbacks=[TuneReportCallback()]).fit()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m platform.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=SPEC", required=True,
-                   help="swept key: values a,b,c (grid or choice) or uniform(lo,hi) / loguniform(lo,hi) / "
-                        "randint(lo,hi) / choice(a,b); repeatable")
+    p = argparse.ArgumentParser(
+        prog="python -m platform.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        required=True,
+        help="swept key: values a,b,c (grid or choice) or uniform(lo,hi) / loguniform(lo,hi) / "
+        "randint(lo,hi) / choice(a,b); repeatable",
+    )
     p.add_argument("--search", choices=["grid", "random"], default="grid")
     p.add_argument("--num-samples", type=int, default=1, help="random: trials; grid: repeats of the grid")
-    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
-                   help="asha stops poor trials early on train loss (grace period: a quarter of the steps)")
+    p.add_argument(
+        "--scheduler",
+        choices=["none", "asha"],
+        default="none",
+        help="asha stops poor trials early on train loss (grace period: a quarter of the steps)",
+    )
     p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (default 1)")
     p.add_argument("--name", help="sweep name (default: <config name>-sweep); the same name resumes")
     add_config_arguments(p)
@@ -142,8 +170,9 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     metric = ranking_metric(cfg)
     scheduler = None
     if args.scheduler == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(time_attr="step", max_t=cfg.train.steps * 10,
-                                                  grace_period=max(1, cfg.train.steps // 4))
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="step", max_t=cfg.train.steps * 10, grace_period=max(1, cfg.train.steps // 4)
+        )
     results = run_tuner(meta, space, metric, scheduler, args.num_samples, args.max_concurrent)
     print(_summary(results, list(candidates), metric))
     if parent is not None:
@@ -157,13 +186,24 @@ def trial_meta(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, parent: Any) 
     import ray
 
     use_gpu = cfg.ray.use_gpu if cfg.ray.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    return {"base": cfg.model_dump(mode="json"), "sweep": sweep, "sweep_dir": str(sweep_dir), "use_gpu": use_gpu,
-            "tracking_uri": parent.tracking_uri if parent else None,
-            "parent_run_id": parent.run_id if parent else None}
+    return {
+        "base": cfg.model_dump(mode="json"),
+        "sweep": sweep,
+        "sweep_dir": str(sweep_dir),
+        "use_gpu": use_gpu,
+        "tracking_uri": parent.tracking_uri if parent else None,
+        "parent_run_id": parent.run_id if parent else None,
+    }
 
 
-def run_tuner(meta: dict[str, Any], space: dict[str, Any], metric: str, scheduler: Any = None,
-              num_samples: int = 1, max_concurrent: int = 1) -> Any:
+def run_tuner(
+    meta: dict[str, Any],
+    space: dict[str, Any],
+    metric: str,
+    scheduler: Any = None,
+    num_samples: int = 1,
+    max_concurrent: int = 1,
+) -> Any:
     """Run (or resume, when the sweep's Tune state exists) the trials of ``space``; returns Tune's results."""
     from ray import tune
 
@@ -172,8 +212,9 @@ def run_tuner(meta: dict[str, Any], space: dict[str, Any], metric: str, schedule
 
     # The trial's driver writes the run directory its train workers use: on the head with them.
     head = on_head(ExperimentConfig.model_validate(meta["base"]))
-    trainable = tune.with_resources(tune.with_parameters(_trial, meta=meta),
-                                    tune.PlacementGroupFactory([{"CPU": 0.05, **head}]))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, meta=meta), tune.PlacementGroupFactory([{"CPU": 0.05, **head}])
+    )
     storage = str(Path(meta["sweep_dir"]) / "tune")
     path = str(Path(storage) / sweep)
     if tune.Tuner.can_restore(path):
@@ -181,9 +222,15 @@ def run_tuner(meta: dict[str, Any], space: dict[str, Any], metric: str, schedule
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=metric, mode="min", num_samples=num_samples,
-                                        scheduler=scheduler, max_concurrent_trials=max_concurrent),
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode="min",
+                num_samples=num_samples,
+                scheduler=scheduler,
+                max_concurrent_trials=max_concurrent,
+            ),
             run_config=tune.RunConfig(name=sweep, storage_path=storage, verbose=1),
         )
     return tuner.fit()
@@ -203,11 +250,21 @@ def _parent_run(cfg: ExperimentConfig, sweep: str, sweep_dir: Path, args: argpar
     )
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    parent = RunTracker.open(uri, cfg.tracking.experiment, sweep, buffer_dir=sweep_dir / BUFFER_ROOT,
-                             tags={TAG_KIND: "sweep_parent", TAG_POLICY_TYPE: cfg.policy.type})
-    parent.log_params({**flatten_config(cfg.model_dump(mode="json")),
-                       "sweep.params": " ".join(args.param), "sweep.search": args.search,
-                       "sweep.scheduler": args.scheduler})
+    parent = RunTracker.open(
+        uri,
+        cfg.tracking.experiment,
+        sweep,
+        buffer_dir=sweep_dir / BUFFER_ROOT,
+        tags={TAG_KIND: "sweep_parent", TAG_POLICY_TYPE: cfg.policy.type},
+    )
+    parent.log_params(
+        {
+            **flatten_config(cfg.model_dump(mode="json")),
+            "sweep.params": " ".join(args.param),
+            "sweep.search": args.search,
+            "sweep.scheduler": args.scheduler,
+        }
+    )
     return parent
 
 
@@ -230,15 +287,20 @@ def _end_unfinished_trial_runs(uri: str, experiment: str, sweep: str) -> None:
 def _summary(results: Any, keys: list[str], metric: str = LOSS_METRIC) -> str:
     """The trials, best first by ``metric`` (lower is better)."""
     label = "val pos err cm" if metric == VAL_METRIC else "train loss"
-    lines = [f"[sweep] results, best first (lower {label} is better):",
-             f"  {'trial':<14}" + "".join(f"{k:>22}" for k in keys) + f"{'steps':>8}{label:>16}"]
+    lines = [
+        f"[sweep] results, best first (lower {label} is better):",
+        f"  {'trial':<14}" + "".join(f"{k:>22}" for k in keys) + f"{'steps':>8}{label:>16}",
+    ]
     rows = sorted(results, key=lambda r: (r.metrics or {}).get(metric, math.inf))
     for r in rows:
         cfg = r.config or {}
         m = r.metrics or {}
         status = "error" if r.error else ""
-        lines.append(f"  {m.get('trial_id', '?'):<14}" + "".join(f"{str(cfg.get(k)):>22}" for k in keys)
-                     + f"{m.get('step', 0):>8}{m.get(metric, math.nan):>16.4f} {status}")
+        lines.append(
+            f"  {m.get('trial_id', '?'):<14}"
+            + "".join(f"{str(cfg.get(k)):>22}" for k in keys)
+            + f"{m.get('step', 0):>8}{m.get(metric, math.nan):>16.4f} {status}"
+        )
     return "\n".join(lines)
 
 

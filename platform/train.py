@@ -25,8 +25,10 @@ if not __package__:  # run as a script (python platform/train.py): `platform` wo
     import os
 
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.stderr.write(f"error: run this as a module from the repository root: cd {_root} && "
-                     "python -m platform.train (or use `make train`)\n")
+    sys.stderr.write(
+        f"error: run this as a module from the repository root: cd {_root} && "
+        "python -m platform.train (or use `make train`)\n"
+    )
     raise SystemExit(2)
 
 import argparse
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m platform.train --print-config",
     )
     add_config_arguments(parser)
-    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation (same as eval.enabled=false)")
+    parser.add_argument(
+        "--no-eval", action="store_true", help="skip the final evaluation (same as eval.enabled=false)"
+    )
     return parser
 
 
@@ -100,15 +104,19 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
         raise
     _close(tracking, "FINISHED", run_dir)
     if report is None:
-        print(f"[train] done in {time.perf_counter() - t_start:.0f} s (evaluation disabled); checkpoints in "
-              f"{run_dir / 'checkpoints'}")
+        print(
+            f"[train] done in {time.perf_counter() - t_start:.0f} s (evaluation disabled); checkpoints in "
+            f"{run_dir / 'checkpoints'}"
+        )
         return 0
     uri = tracking.tracking_uri if tracking else "disabled"
     run_id = tracking.run_id if tracking else "none"
     print(f"[train] finished in {time.perf_counter() - t_start:.0f} s")
     _print_where_to_look(cfg, run_dir, tracking, report)
-    print(f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
-          f"(MLflow run {run_id}, tracking URI {uri})")
+    print(
+        f"mean success: {100 * report.mean_success:.1f}% over {report.episodes} episodes "
+        f"(MLflow run {run_id}, tracking URI {uri})"
+    )
     return 0
 
 
@@ -118,8 +126,10 @@ def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, re
 
     eval_dir = run_dir / EVAL_DIR
     videos = report.meta.get("video_dir")
-    print(f"[train] results: reports and plots in {eval_dir}"
-          + (f", rollout videos in {videos}" if videos else ""))
+    print(
+        f"[train] results: reports and plots in {eval_dir}"
+        + (f", rollout videos in {videos}" if videos else "")
+    )
     if tracking is None:
         return
     from platform.tracking.dashboard import run_url, ui_command
@@ -127,22 +137,36 @@ def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, re
     experiment_id = tracking.experiment_id
     start = ui_command(tracking.tracking_uri)
     if experiment_id is not None:
-        print(f"[train] dashboard: {run_url(tracking.tracking_uri, experiment_id, tracking.run_id)}"
-              + (f"  (start it with: {start})" if start else ""))
+        print(
+            f"[train] dashboard: {run_url(tracking.tracking_uri, experiment_id, tracking.run_id)}"
+            + (f"  (start it with: {start})" if start else "")
+        )
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path,
-                        ray_s: float) -> Any:
+def _train_and_evaluate(
+    cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path, ray_s: float
+) -> Any:
     """Train (resuming), then evaluate the final checkpoint; the report, or None with evaluation disabled."""
     from platform.trainer import WorkerPayload
 
-    payload = WorkerPayload.for_run(cfg, run_dir, tracking.tracking_uri if tracking else None, _tags(cfg),
-                                    fault_crash_at_step=os.environ.get(FAULT_ENV))  # FAULT_ENV: tests only (R1)
-    print(f"[train] run {cfg.name!r}: dataset {dataset_dir}, checkpoints {run_dir / 'checkpoints'}, "
-          f"Ray ready in {ray_s:.1f} s", flush=True)
+    payload = WorkerPayload.for_run(
+        cfg,
+        run_dir,
+        tracking.tracking_uri if tracking else None,
+        _tags(cfg),
+        fault_crash_at_step=os.environ.get(FAULT_ENV),
+    )  # FAULT_ENV: tests only (R1)
+    print(
+        f"[train] run {cfg.name!r}: dataset {dataset_dir}, checkpoints {run_dir / 'checkpoints'}, "
+        f"Ray ready in {ray_s:.1f} s",
+        flush=True,
+    )
     if tracking is not None:
-        print(f"[train] MLflow run {tracking.run_id} at {tracking.tracking_uri} (experiment "
-              f"{cfg.tracking.experiment!r})", flush=True)
+        print(
+            f"[train] MLflow run {tracking.run_id} at {tracking.tracking_uri} (experiment "
+            f"{cfg.tracking.experiment!r})",
+            flush=True,
+        )
     t_fit = time.perf_counter()
     _fit(cfg, payload, run_dir)
     fit_s = time.perf_counter() - t_fit
@@ -169,7 +193,9 @@ def _cap_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = Tr
     tasks = eval_task_count(cfg)
     if tasks is None:
         return cfg
-    memory = None if joins_cluster(cfg) else memory_actor_capacity(cfg.data.suite)  # this machine's, when private
+    memory = (
+        None if joins_cluster(cfg) else memory_actor_capacity(cfg.data.suite)
+    )  # this machine's, when private
     capped, note = plan_actors(cfg, tasks, capacity, memory)
     if note and announce:
         print(f"[eval] {note}", flush=True)
@@ -189,9 +215,11 @@ def _actor_capacity(cfg: ExperimentConfig) -> int | None:
     if not joins_cluster(cfg):
         return capacity
     if capacity is not None and cfg.eval.actors > capacity:
-        print(f"[eval] note: eval.actors={cfg.eval.actors} is more than the Ray cluster runs at once now "
-              f"({capacity}); the final evaluation fails unless the cluster grows by then: lower eval.actors",
-              flush=True)
+        print(
+            f"[eval] note: eval.actors={cfg.eval.actors} is more than the Ray cluster runs at once now "
+            f"({capacity}); the final evaluation fails unless the cluster grows by then: lower eval.actors",
+            flush=True,
+        )
     return None
 
 
@@ -207,8 +235,11 @@ class _Interrupted:
             self.count += 1
             if self.count > 1:
                 raise KeyboardInterrupt
-            print("[train] Ctrl-C: stopping training (checkpoints are kept; Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            print(
+                "[train] Ctrl-C: stopping training (checkpoints are kept; Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
                 controller.abort.remote()
             except Exception:  # the controller is gone already: fit() returns or raises by itself
@@ -257,8 +288,10 @@ def _fit(cfg: ExperimentConfig, payload: Any, run_dir: Path) -> None:
         cause = exc
         while getattr(cause, "__cause__", None) is not None:
             cause = cause.__cause__
-        raise UserFacingError(f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
-                              "same command to resume from the last valid checkpoint)") from exc
+        raise UserFacingError(
+            f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
+            "same command to resume from the last valid checkpoint)"
+        ) from exc
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
@@ -279,8 +312,9 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     )
 
     uri = resolve_tracking_uri(cfg.tracking.uri, data_root())
-    tracker = RunTracker.open(uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / BUFFER_ROOT / "driver",
-                              tags=_tags(cfg))
+    tracker = RunTracker.open(
+        uri, cfg.tracking.experiment, cfg.name, buffer_dir=run_dir / BUFFER_ROOT / "driver", tags=_tags(cfg)
+    )
     tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
     # Versions, git commit, host: tags, since they may legitimately change when a run is resumed.
     tracker.set_tags({k: str(v) for k, v in run_environment_params().items()})
@@ -301,7 +335,12 @@ def _tags(cfg: ExperimentConfig) -> dict[str, str]:
     gpus = max(1, cfg.ray.num_workers) if _use_gpu(cfg) else 0
     from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
 
-    return {TAG_KIND: "train", TAG_POLICY_TYPE: cfg.policy.type, TAG_NUM_GPUS: str(gpus), TAG_SUITE: cfg.data.suite}
+    return {
+        TAG_KIND: "train",
+        TAG_POLICY_TYPE: cfg.policy.type,
+        TAG_NUM_GPUS: str(gpus),
+        TAG_SUITE: cfg.data.suite,
+    }
 
 
 def _close(tracker: Any, status: str, run_dir: Path) -> None:
@@ -315,8 +354,12 @@ def _close(tracker: Any, status: str, run_dir: Path) -> None:
     root = run_dir / BUFFER_ROOT
     waiting = sum(buffer_backlog(root, tracker.tracking_uri).values())
     if waiting:
-        print(f"[train] MLflow ({tracker.tracking_uri}) has not received {waiting} records yet; they wait in {root}: "
-              f"upload them with python -m platform.tracking sync {root}", file=sys.stderr, flush=True)
+        print(
+            f"[train] MLflow ({tracker.tracking_uri}) has not received {waiting} records yet; they wait in {root}: "
+            f"upload them with python -m platform.tracking sync {root}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

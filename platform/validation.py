@@ -54,8 +54,10 @@ class ValidationSet:
         n = len(rows)
         if n == 0:
             raise ValueError("the validation set is empty")
-        batches = tuple(dataset.batch(rows[i : i + CHUNK], max_points=max_points, generator=None)
-                        for i in range(0, n, CHUNK))
+        batches = tuple(
+            dataset.batch(rows[i : i + CHUNK], max_points=max_points, generator=None)
+            for i in range(0, n, CHUNK)
+        )
         names = getattr(dataset, "full_task_names", None) or list(dataset.task_names)
         return cls(batches=batches, task_names=tuple(names), size=n)
 
@@ -109,7 +111,9 @@ def validate(policy: Any, val: ValidationSet, device: torch.device, seed: int = 
     return out
 
 
-def summarize(per_sample: dict[str, Tensor], task_index: Tensor, task_names: Sequence[str]) -> dict[str, float]:
+def summarize(
+    per_sample: dict[str, Tensor], task_index: Tensor, task_names: Sequence[str]
+) -> dict[str, float]:
     """Per-task means (``val/<task>/<metric>``) and their mean over tasks (``val/<metric>``)."""
     out: dict[str, float] = {}
     present = sorted(set(task_index.tolist()))
@@ -125,9 +129,11 @@ def summarize(per_sample: dict[str, Tensor], task_index: Tensor, task_names: Seq
 
 def format_line(step: int, metrics: dict[str, float]) -> str:
     """The progress line of one validation."""
-    return (f"[val] step {step}: position error {metrics['val/pos_err_cm']:.2f} cm, rotation "
-            f"{metrics['val/rot_err_deg']:.1f} deg, gripper {100 * metrics['val/gripper_acc']:.0f} %, "
-            f"within 2 cm {100 * metrics['val/within_2cm']:.0f} % ({metrics['val/time_s']:.1f} s)")
+    return (
+        f"[val] step {step}: position error {metrics['val/pos_err_cm']:.2f} cm, rotation "
+        f"{metrics['val/rot_err_deg']:.1f} deg, gripper {100 * metrics['val/gripper_acc']:.0f} %, "
+        f"within 2 cm {100 * metrics['val/within_2cm']:.0f} % ({metrics['val/time_s']:.1f} s)"
+    )
 
 
 # ---------------------------------------------------------------- command line
@@ -144,10 +150,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from platform.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="python -m platform.validation", description=main.__doc__)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (runs/<name>/checkpoints/step_*)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="policy inference settings to change, e.g. diffusion.sampler=ddpm diffusion.inference_steps=100")
-    parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="EMA weights (what evaluation uses) or raw")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (runs/<name>/checkpoints/step_*)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy inference settings to change, e.g. diffusion.sampler=ddpm diffusion.inference_steps=100",
+    )
+    parser.add_argument(
+        "--weights", choices=["ema", "raw"], default="ema", help="EMA weights (what evaluation uses) or raw"
+    )
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
 
@@ -160,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = Path(args.checkpoint)
         exp = ckpt / "experiment.yaml"
         if not exp.is_file():
-            raise UserFacingError(f"{exp} is missing: --checkpoint must be a checkpoint directory of platform.train")
+            raise UserFacingError(
+                f"{exp} is missing: --checkpoint must be a checkpoint directory of platform.train"
+            )
         cfg = load_config(exp)
         updates: dict[str, Any] = {}
         for item in args.set:
@@ -172,18 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserFacingError(str(exc)) from None
         _, val_dataset = open_split(cfg)
         if val_dataset is None:
-            raise UserFacingError(f"{cfg.data.path} has no episodes beyond the {cfg.data.episodes_per_task} training "
-                                  "episodes per task: nothing to validate on")
+            raise UserFacingError(
+                f"{cfg.data.path} has no episodes beyond the {cfg.data.episodes_per_task} training "
+                "episodes per task: nothing to validate on"
+            )
         val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points)
         metrics = validate(policy, val, torch.device("cpu"), seed=cfg.train.seed)
-        print(f"{val.size} validation keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]
-              f"{policy.config.diffusion.inference_steps} steps")  # type: ignore[attr-defined]
+        print(
+            f"{val.size} validation keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]
+            f"{policy.config.diffusion.inference_steps} steps"
+        )  # type: ignore[attr-defined]
         for task in val.task_names:
             if f"val/{task}/pos_err_cm" in metrics:
                 print(f"  {task:<28} " + "  ".join(f"{k} {metrics[f'val/{task}/{k}']:.3f}" for k in METRICS))
         print(format_line(int(ckpt.name.split("_")[-1]) if ckpt.name.startswith("step_") else 0, metrics))
         if args.json:
-            Path(args.json).write_text(json.dumps({"checkpoint": str(ckpt), "set": args.set, **metrics}, indent=1))
+            Path(args.json).write_text(
+                json.dumps({"checkpoint": str(ckpt), "set": args.set, **metrics}, indent=1)
+            )
         return 0
 
     try:

@@ -114,13 +114,19 @@ def _validation_set(cfg: ExperimentConfig, val_dataset: Any) -> Any:
     if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
         return None
     if val_dataset is None:
-        print(f"[val] no validation episodes in {cfg.data.path} beyond the {cfg.data.episodes_per_task} training "
-              "episodes per task: validation is off (collect more, or set data.val_episodes_per_task=0)", flush=True)
+        print(
+            f"[val] no validation episodes in {cfg.data.path} beyond the {cfg.data.episodes_per_task} training "
+            "episodes per task: validation is off (collect more, or set data.val_episodes_per_task=0)",
+            flush=True,
+        )
         return None
     val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points, cfg.train.val_per_task)
     cap = f", at most {cfg.train.val_per_task} per task" if cfg.train.val_per_task else ""
-    print(f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task{cap}) validated "
-          f"every {cfg.train.val_every} steps", flush=True)
+    print(
+        f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task{cap}) validated "
+        f"every {cfg.train.val_every} steps",
+        flush=True,
+    )
     return val
 
 
@@ -130,23 +136,38 @@ def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
     reaps it) instead of training beside it on the same checkpoints."""
     lock = None
     if rank == 0:
+
         def waiting(holder: str) -> None:
-            print(f"[train] {run_dir} is still used by a previous training process ({holder}); waiting up to "
-                  f"{RUN_LOCK_WAIT_S:.0f} s for it to exit before resuming", flush=True)
+            print(
+                f"[train] {run_dir} is still used by a previous training process ({holder}); waiting up to "
+                f"{RUN_LOCK_WAIT_S:.0f} s for it to exit before resuming",
+                flush=True,
+            )
 
         try:
             lock = FileLock(run_dir / RUN_LOCK_FILE).acquire(wait_s=RUN_LOCK_WAIT_S, on_wait=waiting)
         except LockBusyError as exc:
             raise RunDirBusyError(
                 f"run directory {run_dir} is in use by another training process ({exc.holder}) after waiting "
-                f"{exc.waited_s:.0f} s: stop that run, or start this one under another name=") from None
+                f"{exc.waited_s:.0f} s: stop that run, or start this one under another name="
+            ) from None
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # other ranks read the checkpoints only once rank 0 owns the run dir
     return lock
 
 
-def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, state: TrainingState,
-           device: torch.device, rank: int, world: int, train_mod: Any, val: Any = None) -> None:
+def _train(
+    cfg: ExperimentConfig,
+    payload: Any,
+    run_dir: Path,
+    dataset: Any,
+    state: TrainingState,
+    device: torch.device,
+    rank: int,
+    world: int,
+    train_mod: Any,
+    val: Any = None,
+) -> None:
     instructions = Instructions(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
         texts=getattr(dataset, "variation_instructions", dict)(),  # RLBench: one per variation's text
@@ -154,8 +175,11 @@ def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, sta
     pc_cfg = getattr(dataset, "pointcloud_config", None)
     pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
     task_texts = getattr(dataset, "instruction_texts", None)  # fakes in tests may have none
-    texts_json = (json.dumps({"encoder": getattr(dataset, "text_encoder", None), "tasks": task_texts}, indent=2)
-                  if task_texts else None)
+    texts_json = (
+        json.dumps({"encoder": getattr(dataset, "text_encoder", None), "tasks": task_texts}, indent=2)
+        if task_texts
+        else None
+    )
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
         from ray.train.torch import prepare_model
@@ -164,33 +188,61 @@ def _train(cfg: ExperimentConfig, payload: Any, run_dir: Path, dataset: Any, sta
     tracker = _open_tracker(payload, run_dir) if rank == 0 else None
     evals = _PeriodicEval(cfg, tracker) if rank == 0 and payload.periodic_eval else None
     if rank == 0:
-        print(f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
-              f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
-              f"M={cfg.policy.m} ({cfg.policy.type})"
-              + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""), flush=True)
+        print(
+            f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
+            f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
+            f"M={cfg.policy.m} ({cfg.policy.type})"
+            + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""),
+            flush=True,
+        )
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(cfg, rank, tracker, train_mod, fault=(run_dir, payload.fault_crash_at_step), val=val,
-                     start_step=state.step)
+    log = _MetricLog(
+        cfg,
+        rank,
+        tracker,
+        train_mod,
+        fault=(run_dir, payload.fault_crash_at_step),
+        val=val,
+        start_step=state.step,
+    )
     marks = TimeMarks(cfg.train.time_marks_s, run_dir)
     try:
-        while state.step < cfg.train.steps and not time_is_up(deadline, state.device) and not marks.all_reached:
-            target = min(cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every)
-            run_steps(state, dataset, target, on_log=log.window, deadline=deadline, until_time_s=marks.next_s())
+        while (
+            state.step < cfg.train.steps and not time_is_up(deadline, state.device) and not marks.all_reached
+        ):
+            target = min(
+                cfg.train.steps, (state.step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every
+            )
+            run_steps(
+                state, dataset, target, on_log=log.window, deadline=deadline, until_time_s=marks.next_s()
+            )
             at_mark = marks.due(state.train_time_s)
             val_metrics = log.validate_step(state) if at_mark and rank == 0 else {}
             if rank == 0:
                 ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json, texts_json)
-                write_json(run_dir / PROGRESS_FILE, {"step": state.step, "checkpoint": str(ckpt),
-                                                      "train_time_s": state.train_time_s, "node": _node_id()})
+                write_json(
+                    run_dir / PROGRESS_FILE,
+                    {
+                        "step": state.step,
+                        "checkpoint": str(ckpt),
+                        "train_time_s": state.train_time_s,
+                        "node": _node_id(),
+                    },
+                )
                 if at_mark:
                     rec = marks.record(ckpt, state.step, state.train_time_s, val_metrics)
-                    print(f"[train] time mark {rec.index} ({rec.mark_s:g} s of training) at step {state.step}: "
-                          f"kept {run_dir / rec.checkpoint}", flush=True)
+                    print(
+                        f"[train] time mark {rec.index} ({rec.mark_s:g} s of training) at step {state.step}: "
+                        f"kept {run_dir / rec.checkpoint}",
+                        flush=True,
+                    )
             elif at_mark:
                 marks.advance()
-            log.commit(state.step, state)  # metrics of checkpointed steps only: a restart never logs a step twice
+            log.commit(
+                state.step, state
+            )  # metrics of checkpointed steps only: a restart never logs a step twice
             if evals is not None:
                 evals.maybe_submit(ckpt, state.step)
                 evals.poll()
@@ -222,8 +274,16 @@ class _MetricLog:
     metrics back until the next checkpoint means no step is ever logged or reported twice (R1).
     """
 
-    def __init__(self, cfg: ExperimentConfig, rank: int, tracker: Any, train_mod: Any,
-                 fault: tuple[Path, str | None] = (Path("."), None), val: Any = None, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        rank: int,
+        tracker: Any,
+        train_mod: Any,
+        fault: tuple[Path, str | None] = (Path("."), None),
+        val: Any = None,
+        start_step: int = 0,
+    ) -> None:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
         self.fault = fault
         self.val = val  # platform.validation.ValidationSet (rank 0) or None
@@ -237,7 +297,9 @@ class _MetricLog:
         with training-time marks or a time budget, the training time left (validation excluded)."""
         t = self.cfg.train
         if t.time_marks_s or t.time_budget_s is not None:
-            ends = [x for x in (t.time_marks_s[-1] if t.time_marks_s else None, t.time_budget_s) if x is not None]
+            ends = [
+                x for x in (t.time_marks_s[-1] if t.time_marks_s else None, t.time_budget_s) if x is not None
+            ]
             return max(0.0, min(ends) - st.train_time_s)
         done = st.step - self.start_step
         if done <= 0:
@@ -251,10 +313,17 @@ class _MetricLog:
         self.pending.append((st.step, metrics))
         if self.rank == 0:
             eta = self.eta_s(st)
-            total = "" if self.cfg.train.time_marks_s or self.cfg.train.time_budget_s else f"/{self.cfg.train.steps}"
-            print(f"[train] step {st.step:>6}{total}  loss {metrics['train/loss']:.4f}  "
-                  f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s"
-                  + ("" if eta is None else f"  ETA {format_duration(eta)}"), flush=True)
+            total = (
+                ""
+                if self.cfg.train.time_marks_s or self.cfg.train.time_budget_s
+                else f"/{self.cfg.train.steps}"
+            )
+            print(
+                f"[train] step {st.step:>6}{total}  loss {metrics['train/loss']:.4f}  "
+                f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s"
+                + ("" if eta is None else f"  ETA {format_duration(eta)}"),
+                flush=True,
+            )
         if self.val is not None and self._validate_now(st.step, len(window)):
             metrics.update(self._validate(st))
         if self.fault[1] is not None:
@@ -288,15 +357,22 @@ class _MetricLog:
         return every > 0 and (step // every > (step - window_len) // every or step == self.cfg.train.steps)
 
     def commit(self, checkpoint_step: int, st: TrainingState | None = None) -> None:
-        if (st is not None and self.val is not None and not self.last_val and self.pending
-                and not any("val/pos_err_cm" in m for _, m in self.pending)):
+        if (
+            st is not None
+            and self.val is not None
+            and not self.last_val
+            and self.pending
+            and not any("val/pos_err_cm" in m for _, m in self.pending)
+        ):
             self.validate_step(st)  # the first report carries a validation (sweeps rank trials by it)
         if self.tracker is not None:
             for step, metrics in self.pending:
                 self.tracker.log_metrics(metrics, step=step)
         for _, metrics in self.pending:
             if "val/pos_err_cm" in metrics:
-                self.last_val = {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
+                self.last_val = {
+                    k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1
+                }
         if self.train_mod is not None and self.pending:
             # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll
             # (platform.session.TRAIN_POLL_S, 0.5 s), so reporting every window would stall training. Tune (ASHA) sees the newest window, and the
@@ -326,8 +402,13 @@ def _open_tracker(payload: Any, run_dir: Path) -> Any:
         return None
     from platform.tracking import BUFFER_ROOT, RunTracker, flatten_config
 
-    tracker = RunTracker.open(payload.tracking_uri, payload.experiment, payload.run_name,
-                              buffer_dir=run_dir / BUFFER_ROOT / "worker", tags=payload.tags)
+    tracker = RunTracker.open(
+        payload.tracking_uri,
+        payload.experiment,
+        payload.run_name,
+        buffer_dir=run_dir / BUFFER_ROOT / "worker",
+        tags=payload.tags,
+    )
     if payload.params:  # sweep trials: the driver never sees their run, so the worker logs the config
         tracker.log_params({**flatten_config(payload.config), **payload.params})
     return tracker
@@ -370,4 +451,3 @@ class _PeriodicEval:
 
     def wait_all(self) -> None:
         self.poll(timeout=self.cfg.eval.episode_timeout_s * 4)
-

@@ -86,7 +86,9 @@ def attend_rows(
         mask = (parent_index[:, None] == key_condition[None, :]) & kv.mask.reshape(1, b * s)  # (R, B*S)
         k = kv.k.reshape(b * s, h, hd).transpose(0, 1)  # (H, B*S, hd)
         v = kv.v.reshape(b * s, h, hd).transpose(0, 1)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None])
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask[None, None]
+        )
         return out[0].transpose(0, 1)  # (R, H, hd)
     raise ValueError(f"unknown attention implementation {impl!r}; use 'grouped' or 'dense_masked'")
 
@@ -100,7 +102,9 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(d, d)
         self.kv = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, d)
-        self.register_buffer("freqs", rotary_frequencies(self.head_dim) if rotary else torch.zeros(0), persistent=False)
+        self.register_buffer(
+            "freqs", rotary_frequencies(self.head_dim) if rotary else torch.zeros(0), persistent=False
+        )
 
     def project_context(self, ctx: Tensor, mask: Tensor, pos: Tensor | None = None) -> ContextKV:
         """ctx: (B, S, d); mask: (B, S); pos: (B, S, 3) when rotary -> ContextKV (cached across diffusion steps)."""

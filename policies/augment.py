@@ -36,8 +36,15 @@ def limit_points(batch: ConditionBatch, max_points: int, generator: Generators) 
     keep = torch.sort(torch.argsort(scores, dim=1)[:, :max_points], dim=1).values  # (B, max_points)
     points = torch.gather(batch.points, 1, keep[..., None].expand(-1, -1, batch.points.shape[-1]))
     mask = torch.gather(batch.point_mask, 1, keep)
-    return ConditionBatch(points=_masked(points, mask), point_mask=mask, text=batch.text, text_mask=batch.text_mask,
-                          gripper=batch.gripper, target=batch.target, task_index=batch.task_index)
+    return ConditionBatch(
+        points=_masked(points, mask),
+        point_mask=mask,
+        text=batch.text,
+        text_mask=batch.text_mask,
+        gripper=batch.gripper,
+        target=batch.target,
+        task_index=batch.task_index,
+    )
 
 
 def _rotate_pose(pose: Tensor, rot: Tensor, q: Tensor, centre: Tensor) -> Tensor:
@@ -51,7 +58,9 @@ def _rotate_xy(xyz: Tensor, angle: Tensor, centre: Tensor) -> Tensor:
     """xyz (B, 3) rotated by ``angle`` (B,) about the vertical axis through ``centre`` (3,)."""
     d = xyz - centre
     cos, sin = angle.cos(), angle.sin()
-    return torch.stack([cos * d[:, 0] - sin * d[:, 1], sin * d[:, 0] + cos * d[:, 1], d[:, 2]], dim=-1) + centre
+    return (
+        torch.stack([cos * d[:, 0] - sin * d[:, 1], sin * d[:, 0] + cos * d[:, 1], d[:, 2]], dim=-1) + centre
+    )
 
 
 def _inside(xyz: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -72,10 +81,13 @@ def augment(
     b, n, _ = batch.points.shape
     device = batch.points.device
     angle = (2 * rand((b,), generator, device) - 1) * math.radians(cfg.z_rotation_deg)  # (B,)
-    centre = torch.cat([(low[:2] + high[:2]) / 2, low.new_zeros(1)])  # rotate about the vertical workspace axis
+    centre = torch.cat(
+        [(low[:2] + high[:2]) / 2, low.new_zeros(1)]
+    )  # rotate about the vertical workspace axis
     if batch.target is not None:  # a rotation that would carry the target out of the workspace is not applied
-        angle = torch.where(_inside(_rotate_xy(batch.target[:, :3], angle, centre), low, high), angle,
-                            torch.zeros_like(angle))
+        angle = torch.where(
+            _inside(_rotate_xy(batch.target[:, :3], angle, centre), low, high), angle, torch.zeros_like(angle)
+        )
     cos, sin, zero, one = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
     rot = torch.stack([cos, -sin, zero, sin, cos, zero, zero, zero, one], dim=-1).reshape(b, 3, 3)
     q = z_rotation_quat(angle)  # (B, 4)
@@ -83,7 +95,9 @@ def augment(
     xyz = xyz + cfg.jitter_m * randn((b, n, 3), generator, device)
     keep_fraction = cfg.keep_fraction_min + (1 - cfg.keep_fraction_min) * rand((b, 1), generator, device)
     keep = rand((b, n), generator, device) < keep_fraction  # (B, N)
-    first_valid = torch.zeros_like(batch.point_mask).scatter(1, batch.point_mask.long().argmax(1, keepdim=True), True)
+    first_valid = torch.zeros_like(batch.point_mask).scatter(
+        1, batch.point_mask.long().argmax(1, keepdim=True), True
+    )
     mask = batch.point_mask & (keep | first_valid)  # never empty a condition
     points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
     return ConditionBatch(

@@ -54,4 +54,3 @@ class Policy(nn.Module, ABC):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / POLICY_CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))  # type: ignore[attr-defined]
         torch.save(self.state_dict(), directory / WEIGHTS_FILE)
-

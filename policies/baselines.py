@@ -42,7 +42,9 @@ class DDAStylePolicy(MiniDiffuserPolicy):
         rot = self.rotation_schedule.add_noise(x0[:, 3:], draw.noise[:, 3:], draw.t)
         return torch.cat([pos, rot], dim=-1)  # (R, 9)
 
-    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators) -> Tensor:
+    def reverse_step(
+        self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators
+    ) -> Tensor:
         sampler = self.config.diffusion.sampler
         pos = self.schedule.step(sampler, x[:, :3], eps[:, :3], t, t_prev, generator)
         rot = self.rotation_schedule.step(sampler, x[:, 3:], eps[:, 3:], t, t_prev, generator)
@@ -54,10 +56,14 @@ class DDAStylePolicy(MiniDiffuserPolicy):
         rot = self.rotation_schedule.initial_sample(noise[:, 3:], t0, how)
         return torch.cat([pos, rot], dim=-1)
 
-    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True) -> dict[str, Tensor]:
+    def loss_terms(
+        self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True
+    ) -> dict[str, Tensor]:
         return {
-            "position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps[:, :3], draw.noise[:, :3]),
-            "rotation": self.config.rotation_diffusion.loss_weight * epsilon_l1_rows(out.eps[:, 3:], draw.noise[:, 3:]),
+            "position": self.config.diffusion.loss_weight
+            * epsilon_l1_rows(out.eps[:, :3], draw.noise[:, :3]),
+            "rotation": self.config.rotation_diffusion.loss_weight
+            * epsilon_l1_rows(out.eps[:, 3:], draw.noise[:, 3:]),
             "gripper": gripper_bce_rows(out.gripper, target_rows[:, 7] > 0.5),
         }
 

@@ -43,9 +43,13 @@ class ConditionBatch:
         if c != POINT_DIM:
             raise ValueError(f"points must be (B, N, {POINT_DIM}), got {tuple(self.points.shape)}")
         if self.point_mask.shape != (b, n) or self.point_mask.dtype != torch.bool:
-            raise ValueError(f"point_mask must be bool (B, N)=({b}, {n}), got {self.point_mask.dtype} {tuple(self.point_mask.shape)}")
+            raise ValueError(
+                f"point_mask must be bool (B, N)=({b}, {n}), got {self.point_mask.dtype} {tuple(self.point_mask.shape)}"
+            )
         if self.text.dim() != 3 or self.text.shape[0] != b or self.text_mask.shape != self.text.shape[:2]:
-            raise ValueError(f"text must be (B, L, D) with text_mask (B, L); got {tuple(self.text.shape)}, {tuple(self.text_mask.shape)}")
+            raise ValueError(
+                f"text must be (B, L, D) with text_mask (B, L); got {tuple(self.text.shape)}, {tuple(self.text_mask.shape)}"
+            )
         if self.gripper.shape != (b, POSE_DIM):
             raise ValueError(f"gripper must be (B, {POSE_DIM}), got {tuple(self.gripper.shape)}")
         if self.target is not None and self.target.shape != (b, POSE_DIM):

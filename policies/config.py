@@ -35,9 +35,13 @@ class DiffusionConfig(FrozenModel):
     @model_validator(mode="after")
     def _check(self) -> DiffusionConfig:
         if self.beta_end <= self.beta_start:
-            raise ValueError(f"beta_end ({self.beta_end}) must be greater than beta_start ({self.beta_start})")
+            raise ValueError(
+                f"beta_end ({self.beta_end}) must be greater than beta_start ({self.beta_start})"
+            )
         if self.inference_steps > self.train_steps:
-            raise ValueError(f"inference_steps ({self.inference_steps}) must be <= train_steps ({self.train_steps})")
+            raise ValueError(
+                f"inference_steps ({self.inference_steps}) must be <= train_steps ({self.train_steps})"
+            )
         return self
 
 
@@ -85,9 +89,13 @@ class _PolicyBase(FrozenModel):
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high, strict=True)):
-            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+            raise ValueError(
+                f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}"
+            )
         if not self.voxel_sizes or any(v <= 0 for v in self.voxel_sizes):
-            raise ValueError(f"voxel_sizes {self.voxel_sizes} must be a non-empty tuple of positive sizes (metres)")
+            raise ValueError(
+                f"voxel_sizes {self.voxel_sizes} must be a non-empty tuple of positive sizes (metres)"
+            )
         if any(b <= a for a, b in zip(self.voxel_sizes, self.voxel_sizes[1:], strict=False)):
             raise ValueError(f"voxel_sizes {self.voxel_sizes} must be strictly increasing (fine -> coarse)")
         if len(self.encoder_depths) != len(self.voxel_sizes) or any(d < 0 for d in self.encoder_depths):

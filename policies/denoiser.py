@@ -73,7 +73,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tenso
 class Denoiser(nn.Module):
     """Rows (noisy actions) -> features (R, d), attending to their parent's encoded condition."""
 
-    def __init__(self, d: int, heads: int, ffn_mult: int, num_levels: int, depth: int, num_time_inputs: int = 1) -> None:
+    def __init__(
+        self, d: int, heads: int, ffn_mult: int, num_levels: int, depth: int, num_time_inputs: int = 1
+    ) -> None:
         super().__init__()
         self.d = d
         # layer i reads level level_of_layer[i]: coarse -> fine
@@ -91,12 +93,20 @@ class Denoiser(nn.Module):
         return NeckContext(points=points, text=text, cond=enc.cond)
 
     def forward(
-        self, ctx: NeckContext, parent_index: Tensor, x: Tensor, pos: Tensor, timesteps: list[Tensor], impl: AttentionImpl
+        self,
+        ctx: NeckContext,
+        parent_index: Tensor,
+        x: Tensor,
+        pos: Tensor,
+        timesteps: list[Tensor],
+        impl: AttentionImpl,
     ) -> Tensor:
         """x: (R, d) embedded noisy actions; pos: (R, 3) their positions (metres); timesteps: list of (R,)."""
         temb = torch.cat([timestep_embedding(t, self.d) for t in timesteps], dim=-1)  # (R, d * n)
         film = ctx.cond[parent_index] + self.time_mlp(temb)  # (R, d): explicit parent gather
-        grouping = group_rows(parent_index, ctx.num_conditions) if impl == "grouped" else None  # shared by all layers
+        grouping = (
+            group_rows(parent_index, ctx.num_conditions) if impl == "grouped" else None
+        )  # shared by all layers
         for layer, point_kv, text_kv in zip(self.layers, ctx.points, ctx.text, strict=True):
             x = layer(x, pos, film, point_kv, text_kv, parent_index, impl, grouping)
         return x

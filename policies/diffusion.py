@@ -32,7 +32,10 @@ class NoiseSchedule(nn.Module):
         self.clip_sample = clip_sample
         t = cfg.train_steps
         if cfg.schedule == "scaled_linear":
-            betas = torch.linspace(math.sqrt(cfg.beta_start), math.sqrt(cfg.beta_end), t, dtype=torch.float64) ** 2
+            betas = (
+                torch.linspace(math.sqrt(cfg.beta_start), math.sqrt(cfg.beta_end), t, dtype=torch.float64)
+                ** 2
+            )
         else:
             betas = torch.linspace(cfg.beta_start, cfg.beta_end, t, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -71,7 +74,9 @@ class NoiseSchedule(nn.Module):
         if how == "standard":
             return noise
         if how != "forward":
-            raise ValueError(f"unknown initial sample {how!r}; use 'forward' or 'standard' (diffusion.init_sample)")
+            raise ValueError(
+                f"unknown initial sample {how!r}; use 'forward' or 'standard' (diffusion.init_sample)"
+            )
         return (1 - self.alphas_cumprod[t0]).sqrt().to(noise.dtype) * noise
 
     def predict_x0(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
@@ -95,15 +100,21 @@ class NoiseSchedule(nn.Module):
             eps_hat = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
             return abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps_hat
         if sampler != "ddpm":
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim' (policy config diffusion.sampler)")
+            raise ValueError(
+                f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim' (policy config diffusion.sampler)"
+            )
         beta = 1 - abar_t / abar_prev  # effective beta over the (possibly strided) step
-        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + ((1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)) * x_t
+        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + (
+            (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)
+        ) * x_t
         var = ((1 - abar_prev) / (1 - abar_t) * beta).clamp_min(1e-20)
         z = randn(tuple(x_t.shape), generator, x_t.device, x_t.dtype)
         return mean + torch.where(t_prev[:, None] >= 0, var.sqrt() * z, torch.zeros_like(z))
 
 
-def _draw(fn: Any, shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: Any = None) -> Tensor:
+def _draw(
+    fn: Any, shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: Any = None
+) -> Tensor:
     """``fn(shape)`` on the generator's device, moved to ``device``. With a sequence of generators (one per
     row of dim 0), row r is ``fn(shape[1:])`` drawn from generator r alone: the draw a batch of one would get."""
     kw = {} if dtype is None else {"dtype": dtype}

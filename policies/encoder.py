@@ -54,7 +54,9 @@ class EncodedCondition:
         )
 
 
-def voxel_pool(feats: Tensor, pos: Tensor, mask: Tensor, voxel: float, low: Tensor, high: Tensor) -> PointLevel:
+def voxel_pool(
+    feats: Tensor, pos: Tensor, mask: Tensor, voxel: float, low: Tensor, high: Tensor
+) -> PointLevel:
     """Average the valid tokens of each condition falling in the same ``voxel``-sized cell.
 
     feats: (B, N, c); pos: (B, N, 3); mask: (B, N) -> PointLevel with (B, V_max, c) tokens, V_max the largest
@@ -73,7 +75,9 @@ def voxel_pool(feats: Tensor, pos: Tensor, mask: Tensor, voxel: float, low: Tens
     uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)  # (U,), (P,)
     voxel_batch = torch.div(uniq, grid.prod(), rounding_mode="floor")  # (U,) condition of each cell
     counts = torch.bincount(voxel_batch, minlength=b)  # (B,)
-    slot = torch.arange(uniq.numel(), device=feats.device) - (torch.cumsum(counts, 0) - counts)[voxel_batch]  # (U,)
+    slot = (
+        torch.arange(uniq.numel(), device=feats.device) - (torch.cumsum(counts, 0) - counts)[voxel_batch]
+    )  # (U,)
     members = torch.bincount(inverse, minlength=uniq.numel()).to(feats.dtype)[:, None]  # (U, 1)
     picked = feats.reshape(b * n, -1).index_select(0, flat)  # (P, c)
     f = feats.new_zeros(uniq.numel(), feats.shape[-1]).index_add(0, inverse, picked) / members  # (U, c)
@@ -122,7 +126,8 @@ class ConditionEncoder(nn.Module):
             nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d)) for _ in cfg.voxel_sizes
         )
         self.blocks = nn.ModuleList(
-            nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(depth)) for depth in cfg.encoder_depths
+            nn.ModuleList(EncoderBlock(d, cfg.heads, cfg.ffn_mult) for _ in range(depth))
+            for depth in cfg.encoder_depths
         )
 
     def _check(self, batch: ConditionBatch) -> None:
@@ -133,12 +138,16 @@ class ConditionEncoder(nn.Module):
             )
         empty = (~batch.point_mask.any(dim=1)).nonzero().flatten()
         if empty.numel():
-            raise ValueError(f"conditions {empty.tolist()} have no valid points (point_mask all False): drop them")
+            raise ValueError(
+                f"conditions {empty.tolist()} have no valid points (point_mask all False): drop them"
+            )
 
     def _text(self, batch: ConditionBatch) -> tuple[Tensor, Tensor, Tensor]:
         """-> text tokens (B, 1+L, d), mask (B, 1+L), pooled (B, d)."""
         b = batch.batch_size
-        tokens = torch.cat([self.text_null.expand(b, 1, -1), self.text_proj(batch.text)], dim=1)  # (B, 1+L, d)
+        tokens = torch.cat(
+            [self.text_null.expand(b, 1, -1), self.text_proj(batch.text)], dim=1
+        )  # (B, 1+L, d)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=tokens.device), batch.text_mask], dim=1)
         weights = batch.text_mask.to(batch.text.dtype)[..., None]  # (B, L, 1)
         mean = (batch.text * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D_text)
@@ -162,7 +171,9 @@ class ConditionEncoder(nn.Module):
         # level 0: average the raw point features per voxel, then embed (cheaper than embedding every point)
         level = PointLevel(self._point_features(batch), batch.points[..., :3], batch.point_mask)
         levels = []
-        for i, (voxel, proj, blocks) in enumerate(zip(self.cfg.voxel_sizes, self.pool_proj, self.blocks, strict=True)):
+        for i, (voxel, proj, blocks) in enumerate(
+            zip(self.cfg.voxel_sizes, self.pool_proj, self.blocks, strict=True)
+        ):
             level = voxel_pool(level.feats, level.pos, level.mask, voxel, self.low, self.high)
             feats = self.point_embed(level.feats) if i == 0 else level.feats  # (B, V, d)
             level = PointLevel(proj(feats), level.pos, level.mask)

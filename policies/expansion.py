@@ -23,9 +23,13 @@ def expand_parent_index(num_conditions: int, m: int, device: torch.device | str 
 
 def check_parent_index(parent_index: Tensor, num_conditions: int) -> None:
     if parent_index.dim() != 1 or parent_index.dtype != torch.int64:
-        raise ValueError(f"parent_index must be a 1-D int64 tensor, got {parent_index.dtype} {tuple(parent_index.shape)}")
+        raise ValueError(
+            f"parent_index must be a 1-D int64 tensor, got {parent_index.dtype} {tuple(parent_index.shape)}"
+        )
     if parent_index.numel() and (int(parent_index.min()) < 0 or int(parent_index.max()) >= num_conditions):
-        raise ValueError(f"parent_index values must lie in [0, {num_conditions}), got min {int(parent_index.min())}, max {int(parent_index.max())}")
+        raise ValueError(
+            f"parent_index values must lie in [0, {num_conditions}), got min {int(parent_index.min())}, max {int(parent_index.max())}"
+        )
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,13 @@ class MiniDiffuserPolicy(Policy):
         """Whether the rotation/gripper head is trained on one noised ground-truth position per condition."""
         return getattr(self.config, "head_input", "noisy_rows") == "position"
 
-    def draw_noise(self, rows: int, generator: torch.Generator | None, device: torch.device,
-                   conditions: int | None = None) -> NoiseDraw:
+    def draw_noise(
+        self,
+        rows: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+        conditions: int | None = None,
+    ) -> NoiseDraw:
         """Draws for ``rows`` noisy rows (and ``conditions`` head rows when the head reads positions)."""
         t = self.schedule.sample_timesteps(rows, generator, device)
         noise = randn((rows, self.action_dim), generator, device)
@@ -134,7 +139,9 @@ class MiniDiffuserPolicy(Policy):
         """x at the first visited timestep ``t0`` from standard noise (B, action_dim) (``diffusion.init_sample``)."""
         return self.schedule.initial_sample(noise, t0, self.config.diffusion.init_sample)
 
-    def reverse_step(self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators) -> Tensor:
+    def reverse_step(
+        self, x: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, generator: Generators
+    ) -> Tensor:
         return self.schedule.step(self.config.diffusion.sampler, x, eps, t, t_prev, generator)
 
     # ---------------------------------------------------------------- network
@@ -145,12 +152,16 @@ class MiniDiffuserPolicy(Policy):
         """x_t: (R, action_dim) noisy actions (normalised); t: (R,) -> per-row outputs."""
         check_parent_index(parent_index, ctx.num_conditions)
         pos = self.workspace.denormalize(x_t[:, :3])  # (R, 3) metres, for the rotary positions
-        feats = self.denoiser(ctx, parent_index, self.action_embed(x_t), pos, [t], self.attention_impl)  # (R, d)
+        feats = self.denoiser(
+            ctx, parent_index, self.action_embed(x_t), pos, [t], self.attention_impl
+        )  # (R, d)
         rotation, gripper = self.rotgrip_head(feats)
         return RowOutputs(eps=self.eps_head(feats), rotation=rotation, gripper=gripper)
 
     # ---------------------------------------------------------------- losses
-    def row_losses(self, enc: EncodedCondition, target: Tensor, parent_index: Tensor, draw: NoiseDraw) -> dict[str, Tensor]:
+    def row_losses(
+        self, enc: EncodedCondition, target: Tensor, parent_index: Tensor, draw: NoiseDraw
+    ) -> dict[str, Tensor]:
         """Per-row loss parts (each (R,)) of rows ``parent_index`` of the B encoded conditions.
 
         target: (B, 8) ground-truth keyposes of the B conditions; draw: timesteps and noises of the R rows.
@@ -166,16 +177,26 @@ class MiniDiffuserPolicy(Policy):
         if draw.pose_noise is None or draw.pose_noise.shape[0] != target.shape[0]:
             raise ValueError(f"head_input='position' needs draw.pose_noise of shape ({target.shape[0]}, 3)")
         r, b = parent_index.numel(), target.shape[0]
-        head_x = self.workspace.normalize(target[:, :3] + draw.pose_noise)  # (B, 3) one head row per condition
+        head_x = self.workspace.normalize(
+            target[:, :3] + draw.pose_noise
+        )  # (B, 3) one head row per condition
         rows = torch.cat([parent_index, torch.arange(b, device=parent_index.device)])  # (R + B,)
-        t = torch.cat([draw.t, torch.zeros(b, dtype=draw.t.dtype, device=draw.t.device)])  # head rows at t = 0
+        t = torch.cat(
+            [draw.t, torch.zeros(b, dtype=draw.t.dtype, device=draw.t.device)]
+        )  # head rows at t = 0
         out = self.forward_rows(ctx, rows, torch.cat([x_t, head_x], dim=0), t)  # noisy and head rows together
-        parts = self.loss_terms(RowOutputs(eps=out.eps[:r], rotation=None, gripper=out.gripper[:r]), draw,
-                                target[parent_index], head=False)
+        parts = self.loss_terms(
+            RowOutputs(eps=out.eps[:r], rotation=None, gripper=out.gripper[:r]),
+            draw,
+            target[parent_index],
+            head=False,
+        )
         parts.update(self.head_terms(out.rotation[r:], out.gripper[r:], target))
         return parts
 
-    def loss_terms(self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True) -> dict[str, Tensor]:
+    def loss_terms(
+        self, out: RowOutputs, draw: NoiseDraw, target_rows: Tensor, head: bool = True
+    ) -> dict[str, Tensor]:
         """target_rows: (R, 8) -> {"position", "rotation", "gripper"}: (R,) each ("position" only without
         ``head``)."""
         parts = {"position": self.config.diffusion.loss_weight * epsilon_l1_rows(out.eps, draw.noise)}
@@ -186,7 +207,10 @@ class MiniDiffuserPolicy(Policy):
     def head_terms(self, rotation: Tensor, gripper: Tensor, target: Tensor) -> dict[str, Tensor]:
         """rotation (N, 3, bins), gripper (N,) logits, target (N, 8) -> {"rotation", "gripper"}: (N,) each."""
         bins = quat_to_euler_bins(target[:, 3:7], self.config.rotation_bins)  # (N, 3)
-        return {"rotation": rotation_ce_rows(rotation, bins), "gripper": gripper_bce_rows(gripper, target[:, 7] > 0.5)}
+        return {
+            "rotation": rotation_ce_rows(rotation, bins),
+            "gripper": gripper_bce_rows(gripper, target[:, 7] > 0.5),
+        }
 
     def compute_loss(self, batch: ConditionBatch, generator: torch.Generator | None = None) -> LossOutput:
         if batch.target is None:
@@ -194,7 +218,9 @@ class MiniDiffuserPolicy(Policy):
         batch = self.prepare_batch(batch, generator)
         enc = self.encode(batch)  # B conditions, each encoded once
         parent_index = expand_parent_index(batch.batch_size, self.m, batch.points.device)  # (B*M,)
-        draw = self.draw_noise(parent_index.numel(), generator, batch.points.device, conditions=batch.batch_size)
+        draw = self.draw_noise(
+            parent_index.numel(), generator, batch.points.device, conditions=batch.batch_size
+        )
         return reduce_row_losses(self.row_losses(enc, batch.target, parent_index, draw))
 
     # ---------------------------------------------------------------- inference
@@ -220,12 +246,18 @@ class MiniDiffuserPolicy(Policy):
         ctx = self.denoiser.prepare(self.encode(obs))  # encoder and neck keys/values: once per observation
         b = obs.batch_size
         parent_index = torch.arange(b, device=device)
-        x = randn((b, self.action_dim), generator, device) if initial_noise is None else initial_noise.to(device)
+        x = (
+            randn((b, self.action_dim), generator, device)
+            if initial_noise is None
+            else initial_noise.to(device)
+        )
         steps = self.schedule.inference_timesteps(self.config.diffusion.inference_steps)
         x = self.initial_sample(x, steps[0])
         for i, t in enumerate(steps):
             t_now = torch.full((b,), t, dtype=torch.long, device=device)
-            t_prev = torch.full((b,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device)
+            t_prev = torch.full(
+                (b,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device
+            )
             eps = self.forward_rows(ctx, parent_index, x, t_now).eps
             x = self.reverse_step(x, eps, t_now, t_prev, generator)
         final = self.forward_rows(ctx, parent_index, x, torch.zeros(b, dtype=torch.long, device=device))

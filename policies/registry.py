@@ -21,7 +21,9 @@ _POLICY_CLASSES: dict[str, type[Policy]] = {
     "one_to_one": OneToOnePolicy,
     "dda_style": DDAStylePolicy,
 }
-REGISTRY: dict[str, tuple[type, type[Policy]]] = {t: (CONFIG_CLASSES[t], _POLICY_CLASSES[t]) for t in CONFIG_CLASSES}
+REGISTRY: dict[str, tuple[type, type[Policy]]] = {
+    t: (CONFIG_CLASSES[t], _POLICY_CLASSES[t]) for t in CONFIG_CLASSES
+}
 
 _ADAPTER: TypeAdapter = TypeAdapter(PolicyConfig)
 
@@ -48,8 +50,13 @@ def build_policy(cfg: MiniDiffuserConfig | OneToOneConfig | DDAStyleConfig) -> P
     return policy_cls(cfg)
 
 
-def load_policy(config: dict[str, Any], weights: Path | bytes, map_location: str = "cpu",
-                config_updates: dict[str, Any] | None = None, source: str = "the weights") -> Policy:
+def load_policy(
+    config: dict[str, Any],
+    weights: Path | bytes,
+    map_location: str = "cpu",
+    config_updates: dict[str, Any] | None = None,
+    source: str = "the weights",
+) -> Policy:
     """The policy of ``config`` (``policy.json`` as a dict) with ``weights`` loaded (a file, or its bytes:
     what evaluation actors receive through the object store), in eval mode.
 
@@ -64,8 +71,11 @@ def load_policy(config: dict[str, Any], weights: Path | bytes, map_location: str
         raise CheckpointError(f"{source}: {POLICY_CONFIG_FILE} is not a valid policy config: {exc}") from exc
     policy = build_policy(cfg)
     try:
-        state = torch.load(io.BytesIO(weights) if isinstance(weights, bytes) else weights,
-                           map_location=map_location, weights_only=True)
+        state = torch.load(
+            io.BytesIO(weights) if isinstance(weights, bytes) else weights,
+            map_location=map_location,
+            weights_only=True,
+        )
         policy.load_state_dict(state)
     except Exception as exc:  # corrupt file or shape mismatch: name the file
         name = weights if isinstance(weights, Path) else source
@@ -73,8 +83,12 @@ def load_policy(config: dict[str, Any], weights: Path | bytes, map_location: str
     return policy.eval()
 
 
-def load_checkpoint(directory: str | Path, prefer_ema: bool = True, map_location: str = "cpu",
-                    config_updates: dict[str, Any] | None = None) -> Policy:
+def load_checkpoint(
+    directory: str | Path,
+    prefer_ema: bool = True,
+    map_location: str = "cpu",
+    config_updates: dict[str, Any] | None = None,
+) -> Policy:
     """Rebuild a policy from a checkpoint directory's config alone, then load its weights (EMA if preferred
     and present)."""
     config, weights = read_policy_files(directory, prefer_ema)
@@ -92,7 +106,9 @@ def read_policy_files(directory: str | Path, prefer_ema: bool = True) -> tuple[d
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path} is not a valid policy config: {exc}") from exc
-    weights = directory / (EMA_WEIGHTS_FILE if prefer_ema and (directory / EMA_WEIGHTS_FILE).is_file() else WEIGHTS_FILE)
+    weights = directory / (
+        EMA_WEIGHTS_FILE if prefer_ema and (directory / EMA_WEIGHTS_FILE).is_file() else WEIGHTS_FILE
+    )
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the checkpoint {directory} is incomplete")
     return config, weights
@@ -118,8 +134,11 @@ def shape_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str,
     if old_cfg.type == new_cfg.type and parameter_shapes(new_cfg) == old_shapes:
         return []
     old_leaves, new_leaves = _leaves(old), _leaves(cur)
-    differing = [(k, old_leaves.get(k), new_leaves.get(k)) for k in sorted(old_leaves.keys() | new_leaves.keys())
-                 if old_leaves.get(k) != new_leaves.get(k)]
+    differing = [
+        (k, old_leaves.get(k), new_leaves.get(k))
+        for k in sorted(old_leaves.keys() | new_leaves.keys())
+        if old_leaves.get(k) != new_leaves.get(k)
+    ]
     blocking = []
     for key, before, after in differing:
         if key == "type":

@@ -71,10 +71,14 @@ def matrix_to_quat(m: Tensor) -> Tensor:
     pivot = four_sq.clamp_min(1e-12).sqrt()  # (..., 4): 2|x|, 2|y|, 2|z|, 2|w|
     cand = torch.stack(
         [
-            torch.stack([pivot[..., 0] ** 2, m01 + m10, m02 + m20, m21 - m12], dim=-1) / (2 * pivot[..., 0:1]),
-            torch.stack([m01 + m10, pivot[..., 1] ** 2, m12 + m21, m02 - m20], dim=-1) / (2 * pivot[..., 1:2]),
-            torch.stack([m02 + m20, m12 + m21, pivot[..., 2] ** 2, m10 - m01], dim=-1) / (2 * pivot[..., 2:3]),
-            torch.stack([m21 - m12, m02 - m20, m10 - m01, pivot[..., 3] ** 2], dim=-1) / (2 * pivot[..., 3:4]),
+            torch.stack([pivot[..., 0] ** 2, m01 + m10, m02 + m20, m21 - m12], dim=-1)
+            / (2 * pivot[..., 0:1]),
+            torch.stack([m01 + m10, pivot[..., 1] ** 2, m12 + m21, m02 - m20], dim=-1)
+            / (2 * pivot[..., 1:2]),
+            torch.stack([m02 + m20, m12 + m21, pivot[..., 2] ** 2, m10 - m01], dim=-1)
+            / (2 * pivot[..., 2:3]),
+            torch.stack([m21 - m12, m02 - m20, m10 - m01, pivot[..., 3] ** 2], dim=-1)
+            / (2 * pivot[..., 3:4]),
         ],
         dim=-2,
     )  # (..., 4 candidates, 4)

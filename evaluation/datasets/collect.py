@@ -113,8 +113,11 @@ def _claim_out_dir(out: Path, settings: dict[str, Any]) -> None:
             previous = json.loads(path.read_text())
         except json.JSONDecodeError:
             previous = None
-        changed = sorted(k for k in settings if k != "episodes_per_task"
-                         and (previous is None or previous.get(k) != settings[k]))
+        changed = sorted(
+            k
+            for k in settings
+            if k != "episodes_per_task" and (previous is None or previous.get(k) != settings[k])
+        )
         if changed:
             raise CollectError(
                 f"{out} holds a collection made with different settings ({', '.join(changed)} differ, see "
@@ -226,11 +229,15 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
         "episodes": chosen,
         "expert_failures": failures,
         # variations whose expert succeeded but whose keyframes replay at no refinement rung, chosen or not
-        "replay_failures": {t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) == NO_REPLAY] for t in chosen},
+        "replay_failures": {
+            t: [v for v in TRAIN_VARIATIONS if _on_disk(out, t, v) == NO_REPLAY] for t in chosen
+        },
         # per task, the variations whose keyframes needed a denser rung than the config's
         # ({variation: rung}; -1: no rung replays, the config's own keyframes are kept)
         "keyframe_rungs": rungs,
-        **sample_fields(counts, settings["pointcloud"], "[x, y, z, qx, qy, qz, qw, open], TCP, world frame, metres"),
+        **sample_fields(
+            counts, settings["pointcloud"], "[x, y, z, qx, qy, qz, qw, open], TCP, world frame, metres"
+        ),
         "render": render_cfg.model_dump(mode="json"),
         "benchmark_seed": settings["sim"]["benchmark_seed"],
         "keyframes": settings["keyframes"],
@@ -291,6 +298,7 @@ def collect_dataset(
 def _exclusive(out: Path, progress: bool):
     """One collection per directory at a time: a second one (e.g. parallel Tune trials) waits for the
     first, then finds its shards (and usually its manifest) and finishes at once."""
+
     def waiting(holder: str) -> None:
         if progress:
             print(f"[collect] another collection is writing {out} ({holder}); waiting for it", flush=True)
@@ -344,7 +352,9 @@ def _write_stats(
         "jobs_run_this_time": len(results),
         "episodes_written_this_time": len(done),
         "expert_failures_this_time": len(results) - len(done),
-        "keyframe_rungs_this_time": {str(k): sum(1 for r in done if r.rung == k) for k in sorted({r.rung for r in done})},
+        "keyframe_rungs_this_time": {
+            str(k): sum(1 for r in done if r.rung == k) for k in sorted({r.rung for r in done})
+        },
         "samples_written_this_time": sum(r.samples for r in done),
         "collect_wall_s": round(collect_s, 3),
         "text_encoding_s": round(text_s, 3),
@@ -358,7 +368,9 @@ def _write_stats(
     return stats
 
 
-if __name__ == "__main__":  # python -m evaluation.collect: the command line lives in evaluation.datasets.collect_cli
+if (
+    __name__ == "__main__"
+):  # python -m evaluation.collect: the command line lives in evaluation.datasets.collect_cli
     from evaluation.datasets.collect_cli import main
 
     sys.exit(main())

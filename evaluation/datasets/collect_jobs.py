@@ -84,7 +84,9 @@ def _record_failure(job: CollectJob, reason: str, steps: int, times: dict[str, f
     marker = {"task": job.task, "variation": job.variation, "reason": reason, "steps": steps}
     path = failure_path(Path(job.root), job.task, job.variation)
     atomic_write_bytes(path, (json.dumps(marker, sort_keys=True) + "\n").encode())
-    return JobResult(job.task, job.variation, False, steps=steps, message=reason, times=times, pid=os.getpid())
+    return JobResult(
+        job.task, job.variation, False, steps=steps, message=reason, times=times, pid=os.getpid()
+    )
 
 
 def collect_job(job: CollectJob) -> JobResult:

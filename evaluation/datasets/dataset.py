@@ -132,7 +132,9 @@ def instructions_table(rows: Sequence[tuple[str, str, str, np.ndarray]]) -> pa.T
 POINT_LAYOUT = "[x, y, z, r, g, b, h], world frame, rgb in [-1, 1], h above table"
 
 
-def sample_fields(counts: dict[str, dict[str, int]], pointcloud: dict[str, Any], pose_layout: str) -> dict[str, Any]:
+def sample_fields(
+    counts: dict[str, dict[str, int]], pointcloud: dict[str, Any], pose_layout: str
+) -> dict[str, Any]:
     """The manifest fields every dataset writer (collection, RLBench import) shares: counts and layouts."""
     return {
         "counts": counts,
@@ -161,7 +163,8 @@ def claim_import_dir(out: Path, settings: dict[str, Any], settings_file: str, wh
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise ImportDirError(
                 f"{out} holds an import made with different settings ({', '.join(changed)} differ, see {path}); "
-                "use another --out, or delete it to start over")
+                "use another --out, or delete it to start over"
+            )
         return
     if any(p.name != ".write_probe" for p in out.iterdir()):
         raise ImportDirError(f"{out} is not empty and is not {what}; use an empty or new --out")
@@ -172,10 +175,15 @@ def write_instructions(out: Path, rows: Sequence[tuple[str, str]], file: str, en
     """Encode ``(task, text)`` rows with ``encoder`` into the instruction table ``out/file``; its manifest entry."""
     embeddings = encoder.encode([text for _, text in rows])
     table = instructions_table(
-        [(t, e.text, encoder.name, e.tokens) for (t, _), e in zip(rows, embeddings, strict=True)])
+        [(t, e.text, encoder.name, e.tokens) for (t, _), e in zip(rows, embeddings, strict=True)]
+    )
     write_table(table, out / file)
-    return {"file": file, "sha256": sha256_file(out / file), "encoder": encoder.name,
-            "dim": int(embeddings[0].tokens.shape[1])}
+    return {
+        "file": file,
+        "sha256": sha256_file(out / file),
+        "encoder": encoder.name,
+        "dim": int(embeddings[0].tokens.shape[1]),
+    }
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -338,9 +346,12 @@ class KeyframeDataset:
         text = self.manifest["text_variations"]
         path = self._check_file(text["file"], text["sha256"], verify)
         table = read_table(path, INSTRUCTION_SCHEMA, self.fix).to_pydict()
-        rows = {instr: np.asarray(tok, np.float32).reshape(n, dim)
-                for instr, n, dim, tok in zip(table["instruction"], table["num_tokens"], table["dim"],
-                                              table["tokens"], strict=True)}
+        rows = {
+            instr: np.asarray(tok, np.float32).reshape(n, dim)
+            for instr, n, dim, tok in zip(
+                table["instruction"], table["num_tokens"], table["dim"], table["tokens"], strict=True
+            )
+        }
         missing = sorted(set(self.sample_instructions) - set(rows))
         if missing:
             raise DatasetError(f"{path} has no embedding for the instructions {missing[:3]}; {self.fix}")

@@ -42,26 +42,40 @@ def export_episode(sim: MetaWorldSimulator, task: str, variation: int, seed: int
     for state in traj.states:
         sim.set_state(state)
         for frame in sim._renderer().render(sim.env.data):
-            cam = recordings.setdefault(frame.name, CameraRecording(frame.intrinsics, frame.extrinsics, [], []))
+            cam = recordings.setdefault(
+                frame.name, CameraRecording(frame.intrinsics, frame.extrinsics, [], [])
+            )
             cam.rgb.append(frame.rgb)
             cam.depth.append(frame.depth)
-    gripper = np.concatenate([traj.tcp, traj.quat, traj.grip_open[:, None].astype(np.float64)], axis=1)  # (T+1, 8)
+    gripper = np.concatenate(
+        [traj.tcp, traj.quat, traj.grip_open[:, None].astype(np.float64)], axis=1
+    )  # (T+1, 8)
     write_episode(path, instruction_for(task), gripper, recordings)
     return len(gripper)
 
 
-def export_episodes(tasks: Sequence[str], episodes_per_task: int, out: str | Path, seed: int = 0,
-                    sim: MetaWorldConfig | None = None, log=print) -> list[Path]:
+def export_episodes(
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    out: str | Path,
+    seed: int = 0,
+    sim: MetaWorldConfig | None = None,
+    log=print,
+) -> list[Path]:
     """Export ``episodes_per_task`` expert episodes of each task under ``out/<task>/ep<NNNN>/``."""
     names = list(tasks)
     for task in names:
         check_task(task, suite_task_names("mt50"), "mt50")
     refused = [t for t in names if t in KEYPOSE_EXPERTS]
     if refused:
-        raise ValueError(f"{refused} have keypose-level experts (no per-step trajectory to record): export other tasks")
+        raise ValueError(
+            f"{refused} have keypose-level experts (no per-step trajectory to record): export other tasks"
+        )
     if episodes_per_task > len(TRAIN_VARIATIONS):
-        raise ValueError(f"--episodes-per-task {episodes_per_task}: Meta-World has {len(TRAIN_VARIATIONS)} training "
-                         "variations per task")
+        raise ValueError(
+            f"--episodes-per-task {episodes_per_task}: Meta-World has {len(TRAIN_VARIATIONS)} training "
+            "variations per task"
+        )
     simulator = MetaWorldSimulator(sim or MetaWorldConfig())
     paths, start = [], time.perf_counter()
     try:
@@ -70,7 +84,9 @@ def export_episodes(tasks: Sequence[str], episodes_per_task: int, out: str | Pat
                 path = Path(out) / task / f"ep{n:04d}"
                 frames = export_episode(simulator, task, variation, seed, path)
                 paths.append(path)
-                log(f"[export] {task} episode {n}: {frames or 'kept'} frames ({time.perf_counter() - start:.0f} s)")
+                log(
+                    f"[export] {task} episode {n}: {frames or 'kept'} frames ({time.perf_counter() - start:.0f} s)"
+                )
     finally:
         simulator.close()
     return paths
@@ -79,10 +95,14 @@ def export_episodes(tasks: Sequence[str], episodes_per_task: int, out: str | Pat
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m evaluation.export_episodes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.export_episodes", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--tasks", nargs="+", required=True, help="Meta-World tasks, e.g. reach-v3 push-v3")
     p.add_argument("--episodes-per-task", type=int, default=2)
-    p.add_argument("--out", required=True, help="folder of recorded episodes to write (<out>/<task>/<episode>/)")
+    p.add_argument(
+        "--out", required=True, help="folder of recorded episodes to write (<out>/<task>/<episode>/)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -90,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, LookupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"[export] {len(paths)} episodes under {args.out}; import them with python -m evaluation.import_episodes "
-          f"--root {args.out} --out <dataset>")
+    print(
+        f"[export] {len(paths)} episodes under {args.out}; import them with python -m evaluation.import_episodes "
+        f"--root {args.out} --out <dataset>"
+    )
     return 0

@@ -78,7 +78,9 @@ def fit_workspace(episodes: Sequence[RecordedEpisode]) -> Workspace:
     for ep in episodes[:FIT_EPISODES]:
         for frame in ep.frames(0):
             xyz, _ = frame_to_world(frame)
-            inside = (frame.depth.reshape(-1) > 0) & np.all((xyz[:, :2] >= lo[:2]) & (xyz[:, :2] <= hi[:2]), axis=1)
+            inside = (frame.depth.reshape(-1) > 0) & np.all(
+                (xyz[:, :2] >= lo[:2]) & (xyz[:, :2] <= hi[:2]), axis=1
+            )
             heights.append(xyz[inside & (xyz[:, 2] <= hi[2]), 2])
     z = np.concatenate(heights) if heights else np.zeros(0)
     if len(z) == 0:
@@ -107,8 +109,9 @@ def shard_path(out: Path, task: str, episode: int) -> Path:
     return out / "shards" / task / f"ep{episode:04d}.parquet"
 
 
-def episode_samples(episode: RecordedEpisode, index: int, pc_cfg: PointCloudConfig,
-                    kf_cfg: KeyframeConfig) -> list[KeyframeSample]:
+def episode_samples(
+    episode: RecordedEpisode, index: int, pc_cfg: PointCloudConfig, kf_cfg: KeyframeConfig
+) -> list[KeyframeSample]:
     """The (observation at keyframe i-1 -> keypose i) samples of one recording (Meta-World collection's rule;
     the gripper state of a pose is the recorded one at its frame)."""
     pose, is_open = episode.gripper, episode.gripper_open
@@ -116,16 +119,18 @@ def episode_samples(episode: RecordedEpisode, index: int, pc_cfg: PointCloudConf
     samples = []
     for i, kf in enumerate(keyframes):
         obs = 0 if i == 0 else keyframes[i - 1].index
-        samples.append(KeyframeSample(
-            task=episode.task,
-            variation=index,
-            episode=index,
-            frame=i,
-            state_index=obs,
-            points=frames_to_points(episode.frames(obs), pc_cfg),
-            gripper_pose=np.array([*pose[obs, :7], float(is_open[obs])], np.float32),
-            target_pose=np.array([*pose[kf.index, :7], float(is_open[kf.index])], np.float32),
-        ))
+        samples.append(
+            KeyframeSample(
+                task=episode.task,
+                variation=index,
+                episode=index,
+                frame=i,
+                state_index=obs,
+                points=frames_to_points(episode.frames(obs), pc_cfg),
+                gripper_pose=np.array([*pose[obs, :7], float(is_open[obs])], np.float32),
+                target_pose=np.array([*pose[kf.index, :7], float(is_open[kf.index])], np.float32),
+            )
+        )
     return samples
 
 
@@ -135,8 +140,12 @@ def import_episode(job: EpisodeJob) -> tuple[str, int, int, bool]:
     if path.is_file():
         return job.task, job.episode, 0, True
     episode = read_episode(Path(job.source), job.task)
-    samples = episode_samples(episode, job.episode, PointCloudConfig.model_validate(job.pointcloud),
-                              KeyframeConfig.model_validate(job.keyframes))
+    samples = episode_samples(
+        episode,
+        job.episode,
+        PointCloudConfig.model_validate(job.pointcloud),
+        KeyframeConfig.model_validate(job.keyframes),
+    )
     write_table(samples_table(samples, episode.instruction), path)
     return job.task, job.episode, len(samples), False
 
@@ -167,23 +176,35 @@ def import_episodes(
     names = list(tasks) if tasks else sorted(found)
     unknown = [t for t in names if t not in found]
     if unknown:
-        raise ValueError(f"--tasks {unknown} have no episodes under {root} (it has {', '.join(sorted(found))})")
+        raise ValueError(
+            f"--tasks {unknown} have no episodes under {root} (it has {', '.join(sorted(found))})"
+        )
     chosen: dict[str, list[Path]] = {}
     for task in names:
         episodes = found[task]
         if episodes_per_task is not None:
             if len(episodes) < episodes_per_task:
-                raise ValueError(f"{root / task} has {len(episodes)} episodes, {episodes_per_task} were asked for")
+                raise ValueError(
+                    f"{root / task} has {len(episodes)} episodes, {episodes_per_task} were asked for"
+                )
             episodes = episodes[:episodes_per_task]
         chosen[task] = episodes
     start = time.perf_counter()
     recorded = {task: [read_episode(p, task) for p in paths] for task, paths in chosen.items()}  # all checked
     episodes = [ep for eps in recorded.values() for ep in eps]
     workspace = workspace or fit_workspace(episodes)
-    log(f"[import] {workspace.describe()}"
-        + ("; set them with --workspace LX LY LZ HX HY HZ and --table-height" if workspace.fitted else ""))
-    pc_cfg = PointCloudConfig(**{**(pointcloud or {}), "workspace_low": workspace.low,
-                                 "workspace_high": workspace.high, "table_height": workspace.table_height})
+    log(
+        f"[import] {workspace.describe()}"
+        + ("; set them with --workspace LX LY LZ HX HY HZ and --table-height" if workspace.fitted else "")
+    )
+    pc_cfg = PointCloudConfig(
+        **{
+            **(pointcloud or {}),
+            "workspace_low": workspace.low,
+            "workspace_high": workspace.high,
+            "table_height": workspace.table_height,
+        }
+    )
     kf_cfg = keyframes or KeyframeConfig(refine=False)  # nothing to replay a recording in
     settings = {
         "format": FORMAT,
@@ -195,8 +216,11 @@ def import_episodes(
         "keyframes": kf_cfg.model_dump(mode="json"),
     }
     claim_import_dir(out, settings, SETTINGS, "an episode import")
-    jobs = [EpisodeJob(str(out), task, n, str(p), settings["pointcloud"], settings["keyframes"])
-            for task, paths in chosen.items() for n, p in enumerate(paths)]
+    jobs = [
+        EpisodeJob(str(out), task, n, str(p), settings["pointcloud"], settings["keyframes"])
+        for task, paths in chosen.items()
+        for n, p in enumerate(paths)
+    ]
     if workers > 1:
         from evaluation.datasets.parallel import run_pool
 
@@ -218,14 +242,22 @@ def import_episodes(
         manifest["text_variations"] = write_instructions(out, distinct, VARIATION_INSTRUCTIONS, text_encoder)
     write_manifest(out, manifest)
     written = [r for r in results if not r[3]]
-    atomic_write_json(out / STATS, {"episodes_written_this_time": len(written), "import_wall_s": round(import_s, 3),
-                                    "episodes_per_s": round(len(written) / import_s, 3) if import_s > 0 else None,
-                                    "samples_written_this_time": sum(r[2] for r in written), "workers": workers})
+    atomic_write_json(
+        out / STATS,
+        {
+            "episodes_written_this_time": len(written),
+            "import_wall_s": round(import_s, 3),
+            "episodes_per_s": round(len(written) / import_s, 3) if import_s > 0 else None,
+            "samples_written_this_time": sum(r[2] for r in written),
+            "workers": workers,
+        },
+    )
     return manifest
 
 
-def _manifest(out: Path, settings: dict[str, Any], recorded: dict[str, list[RecordedEpisode]],
-              text: dict[str, Any]) -> dict[str, Any]:
+def _manifest(
+    out: Path, settings: dict[str, Any], recorded: dict[str, list[RecordedEpisode]], text: dict[str, Any]
+) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     shards, counts = [], {}
@@ -235,8 +267,17 @@ def _manifest(out: Path, settings: dict[str, Any], recorded: dict[str, list[Reco
             path = shard_path(out, task, n)
             rows = pq.ParquetFile(path).metadata.num_rows
             samples += rows
-            shards.append({"file": str(path.relative_to(out)), "task": task, "variation": n, "episode": n,
-                           "rows": rows, "sha256": sha256_file(path), "source": str(ep.path)})
+            shards.append(
+                {
+                    "file": str(path.relative_to(out)),
+                    "task": task,
+                    "variation": n,
+                    "episode": n,
+                    "rows": rows,
+                    "sha256": sha256_file(path),
+                    "source": str(ep.path),
+                }
+            )
         counts[task] = {"episodes": len(eps), "samples": samples}
     first = next(iter(recorded.values()))[0]
     height, width = first.frames(0)[0].depth.shape
@@ -246,8 +287,12 @@ def _manifest(out: Path, settings: dict[str, Any], recorded: dict[str, list[Reco
         "split": "train",
         "episodes": {task: list(range(len(eps))) for task, eps in recorded.items()},
         **sample_fields(counts, settings["pointcloud"], POSE_LAYOUT),
-        "render": {"cameras": [c.name for c in first.cameras], "width": width, "height": height,
-                   "source": "recorded episodes"},
+        "render": {
+            "cameras": [c.name for c in first.cameras],
+            "width": width,
+            "height": height,
+            "source": "recorded episodes",
+        },
         "keyframes": settings["keyframes"],
         "text": text,
         "shards": shards,
@@ -262,13 +307,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evaluation.datasets.episodes import EpisodeFormatError
     from evaluation.datasets.text import TextEncoderConfig, TextEncoderError
 
-    p = argparse.ArgumentParser(prog="python -m evaluation.import_episodes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", required=True, help="recorded episodes: <root>/<task>/<episode>/ (docs/importing.md)")
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.import_episodes", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--root", required=True, help="recorded episodes: <root>/<task>/<episode>/ (docs/importing.md)"
+    )
     p.add_argument("--out", required=True, help="keyframe dataset directory to write")
     p.add_argument("--tasks", nargs="*", default=None, help="task folders to import (default: all)")
-    p.add_argument("--episodes-per-task", type=int, default=None, help="first N episodes of each task (default: all)")
-    p.add_argument("--workspace", type=float, nargs=6, default=None, metavar=("LX", "LY", "LZ", "HX", "HY", "HZ"),
-                   help="crop box in the world frame, metres (default: fitted to the gripper paths, printed)")
+    p.add_argument(
+        "--episodes-per-task", type=int, default=None, help="first N episodes of each task (default: all)"
+    )
+    p.add_argument(
+        "--workspace",
+        type=float,
+        nargs=6,
+        default=None,
+        metavar=("LX", "LY", "LZ", "HX", "HY", "HZ"),
+        help="crop box in the world frame, metres (default: fitted to the gripper paths, printed)",
+    )
     p.add_argument("--table-height", type=float, default=None, help="table top z, metres (default: fitted)")
     p.add_argument("--voxel-size", type=float, default=None, help="point-cloud voxel, metres (default 0.01)")
     p.add_argument("--max-points", type=int, default=None, help="points kept per sample (default 4000)")
@@ -276,22 +333,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "clip", "auto"])
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    pointcloud = {k: v for k, v in (("voxel_size", args.voxel_size), ("max_points", args.max_points)) if v is not None}
+    pointcloud = {
+        k: v for k, v in (("voxel_size", args.voxel_size), ("max_points", args.max_points)) if v is not None
+    }
     workspace = None
     try:
         if args.workspace is not None or args.table_height is not None:
             if args.workspace is None or args.table_height is None:
                 raise ValueError("--workspace and --table-height go together (or leave both out to fit them)")
-            workspace = Workspace(tuple(args.workspace[:3]), tuple(args.workspace[3:]), args.table_height, False)
-        manifest = import_episodes(args.root, args.out, args.tasks, args.episodes_per_task, workspace, pointcloud,
-                                   text_encoder=TextEncoderConfig(kind=args.text_encoder), workers=args.workers,
-                                   progress=not args.no_progress)
+            workspace = Workspace(
+                tuple(args.workspace[:3]), tuple(args.workspace[3:]), args.table_height, False
+            )
+        manifest = import_episodes(
+            args.root,
+            args.out,
+            args.tasks,
+            args.episodes_per_task,
+            workspace,
+            pointcloud,
+            text_encoder=TextEncoderConfig(kind=args.text_encoder),
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
     except (EpisodeFormatError, DatasetError, TextEncoderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     stats = json.loads((Path(args.out) / STATS).read_text())
     rate = f", {stats['episodes_per_s']} episodes/s" if stats.get("episodes_per_s") else ""
-    print(f"[import] {args.out}: {len(manifest['tasks'])} tasks, {sum(c['episodes'] for c in manifest['counts'].values())}"
-          f" episodes, {manifest['total_samples']} keyframe samples ({stats['import_wall_s']:.1f} s{rate}); train on it "
-          f"with python -m platform.train data.path={args.out} data.collect_if_missing=false")
+    print(
+        f"[import] {args.out}: {len(manifest['tasks'])} tasks, {sum(c['episodes'] for c in manifest['counts'].values())}"
+        f" episodes, {manifest['total_samples']} keyframe samples ({stats['import_wall_s']:.1f} s{rate}); train on it "
+        f"with python -m platform.train data.path={args.out} data.collect_if_missing=false"
+    )
     return 0

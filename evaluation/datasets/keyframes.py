@@ -216,7 +216,9 @@ def detect_keyframes(
         effective[t:] = events[t]
     frames = []
     for t in kept:
-        kind = "gripper" if t in events else "still" if t in stills else "contact" if t in contacts else "turn"
+        kind = (
+            "gripper" if t in events else "still" if t in stills else "contact" if t in contacts else "turn"
+        )
         frames.append(Keyframe(t, bool(effective[t]), kind))
     frames.append(Keyframe(last, bool(effective[last]), "final"))
     return frames

@@ -61,7 +61,9 @@ def run_pool(
             if executor == "ray":
                 from ray.util.multiprocessing import Pool
 
-                stack.enter_context(ray_session(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False))
+                stack.enter_context(
+                    ray_session(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
+                )
                 pool = Pool(processes=n, initializer=_worker_init)
             else:
                 pool = multiprocessing.get_context("spawn").Pool(n, initializer=_worker_init)

@@ -394,8 +394,11 @@ def _manifest(
         "suite": "rlbench",
         "split": "train",
         "episodes": episodes,
-        **sample_fields(counts, settings["pointcloud"],
-                        "[x, y, z, qx, qy, qz, qw, open], gripper tip (RLBench gripper_pose), world frame, metres"),
+        **sample_fields(
+            counts,
+            settings["pointcloud"],
+            "[x, y, z, qx, qy, qz, qw, open], gripper tip (RLBench gripper_pose), world frame, metres",
+        ),
         "render": {
             "cameras": settings["cameras"],
             "width": width,

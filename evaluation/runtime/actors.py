@@ -109,8 +109,16 @@ class EvaluationActor:
 
     def run_episode(self, spec: EpisodeSpec, record_camera: str | None = None) -> EpisodeOutput:
         cpu = time.process_time()
-        output = run_episode(self.sim, self.infer, self.condition_fn, self.instructions, spec, self.max_keyposes,
-                             self.on_planner_error, record_camera)
+        output = run_episode(
+            self.sim,
+            self.infer,
+            self.condition_fn,
+            self.instructions,
+            spec,
+            self.max_keyposes,
+            self.on_planner_error,
+            record_camera,
+        )
         output.actor_pid = os.getpid()
         output.result = dataclasses.replace(output.result, node=ray.get_runtime_context().get_node_id())
         output.cpu_s = time.process_time() - cpu

@@ -41,8 +41,10 @@ TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no ta
 
 def check_reads_allowed(directory: str | Path) -> None:
     if os.environ.get(NO_READS_ENV) == "1":
-        raise CheckpointError(f"this process may not read checkpoints ({NO_READS_ENV}=1) but was asked to read "
-                              f"{directory}: the checkpoint should have arrived through Ray's object store")
+        raise CheckpointError(
+            f"this process may not read checkpoints ({NO_READS_ENV}=1) but was asked to read "
+            f"{directory}: the checkpoint should have arrived through Ray's object store"
+        )
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,16 @@ class CheckpointBundle:
     weights_file: str
     instructions: Instructions
     max_points: int
-    pointcloud: dict[str, Any] | None  # pointcloud.json (an evaluation.pointcloud.PointCloudConfig), if stored
+    pointcloud: (
+        dict[str, Any] | None
+    )  # pointcloud.json (an evaluation.pointcloud.PointCloudConfig), if stored
     instruction_texts: dict[str, str] = field(default_factory=dict)  # {task: text} (instruction_texts.json)
     text_encoder: str | None = None  # the dataset's encoder name, e.g. "minilm:all-MiniLM-L6-v2", if stored
 
     @classmethod
-    def read(cls, directory: str | Path, prefer_ema: bool = True,
-             instructions: Instructions | None = None) -> CheckpointBundle:
+    def read(
+        cls, directory: str | Path, prefer_ema: bool = True, instructions: Instructions | None = None
+    ) -> CheckpointBundle:
         """Read and check a checkpoint directory (``instructions``: use these instead of its own): every file
         against the checkpoint's manifest when it has one (``evaluation.checkpoint_manifest``), and the
         weights to be used loadable; ``CheckpointError`` names the file otherwise."""
@@ -77,8 +82,10 @@ class CheckpointBundle:
         try:  # here, in one line, rather than in every actor that would rebuild the policy from it
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{weights} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
-                                  "use another checkpoint, or retrain") from None
+            raise CheckpointError(
+                f"{weights} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+                "use another checkpoint, or retrain"
+            ) from None
         if instructions is None:
             instructions = load_instructions(directory / INSTRUCTIONS_FILE)
         pc_path = directory / POINTCLOUD_FILE
@@ -91,20 +98,32 @@ class CheckpointBundle:
             texts = json.loads(texts_path.read_text()) if texts_path.is_file() else {}
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{texts_path} is not valid JSON: {exc}") from exc
-        return cls(source=str(directory), policy_config=config, weights=data,
-                   weights_file=weights.name, instructions=Instructions.of(instructions),
-                   max_points=int(config.get("max_points", 2048)), pointcloud=pointcloud,
-                   instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
-                   text_encoder=texts.get("encoder"))
+        return cls(
+            source=str(directory),
+            policy_config=config,
+            weights=data,
+            weights_file=weights.name,
+            instructions=Instructions.of(instructions),
+            max_points=int(config.get("max_points", 2048)),
+            pointcloud=pointcloud,
+            instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
+            text_encoder=texts.get("encoder"),
+        )
 
     def build_policy(self, map_location: str = "cpu") -> Policy:
-        return load_policy(self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}")
+        return load_policy(
+            self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}"
+        )
 
     def condition_fn(self) -> ConditionFn:
         """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""
         from evaluation.pointcloud import PointCloudConfig
 
-        cfg = PointCloudConfig.model_validate(self.pointcloud) if self.pointcloud is not None else PointCloudConfig()
+        cfg = (
+            PointCloudConfig.model_validate(self.pointcloud)
+            if self.pointcloud is not None
+            else PointCloudConfig()
+        )
         return PointCloudConditioner(max_points=self.max_points, config=cfg)
 
 
@@ -172,19 +191,29 @@ def load_instructions(path: str | Path) -> Instructions:
                 raise CheckpointError(f"{path}: task {task!r} needs both '{task}/tokens' and '{task}/mask'")
             tokens, mask = data[f"{task}/tokens"].astype(np.float32), data[f"{task}/mask"].astype(bool)
             if tokens.ndim != 2 or mask.shape != tokens.shape[:1]:
-                raise CheckpointError(f"{path}: {task} tokens {tokens.shape} / mask {mask.shape} must be (L, D) / (L,)")
+                raise CheckpointError(
+                    f"{path}: {task} tokens {tokens.shape} / mask {mask.shape} must be (L, D) / (L,)"
+                )
             tasks[task] = (tokens, mask)
         text_keys = {k for k in data.files if k.startswith(TEXTS_PREFIX)}
         if text_keys:
             wanted = {TEXTS_PREFIX + n for n in ("strings", "tokens", "mask")}
             if text_keys != wanted:
-                raise CheckpointError(f"{path}: the per-text table needs exactly {sorted(wanted)}, has {sorted(text_keys)}")
+                raise CheckpointError(
+                    f"{path}: the per-text table needs exactly {sorted(wanted)}, has {sorted(text_keys)}"
+                )
             strings = [str(s) for s in data[TEXTS_PREFIX + "strings"]]
             tokens_kld = data[TEXTS_PREFIX + "tokens"].astype(np.float32)  # (K, L, D)
             mask_kl = data[TEXTS_PREFIX + "mask"].astype(bool)  # (K, L)
-            if tokens_kld.ndim != 3 or tokens_kld.shape[0] != len(strings) or mask_kl.shape != tokens_kld.shape[:2]:
-                raise CheckpointError(f"{path}: per-text tokens {tokens_kld.shape} / mask {mask_kl.shape} do not "
-                                      f"match {len(strings)} strings as (K, L, D) / (K, L)")
+            if (
+                tokens_kld.ndim != 3
+                or tokens_kld.shape[0] != len(strings)
+                or mask_kl.shape != tokens_kld.shape[:2]
+            ):
+                raise CheckpointError(
+                    f"{path}: per-text tokens {tokens_kld.shape} / mask {mask_kl.shape} do not "
+                    f"match {len(strings)} strings as (K, L, D) / (K, L)"
+                )
             for key, tokens, mask in zip(strings, tokens_kld, mask_kl, strict=True):
                 length = int(mask.sum())  # rows were zero-padded to the longest instruction
                 texts[key] = (tokens[:length].copy(), mask[:length].copy())

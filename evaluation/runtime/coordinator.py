@@ -123,14 +123,18 @@ class _Run:
     attempt_limit: int
     bar: Any  # tqdm progress bar
     progress: ProgressLines
-    queue: collections.deque[int] = field(default_factory=collections.deque)  # spec indices waiting for an actor
+    queue: collections.deque[int] = field(
+        default_factory=collections.deque
+    )  # spec indices waiting for an actor
     inflight: dict[Any, _Work] = field(default_factory=dict)  # episode ref -> work
     attempts: collections.Counter[int] = field(default_factory=collections.Counter)
     outputs: dict[int, EpisodeOutput] = field(default_factory=dict)
     successes: int = 0
     errors: int = 0
     videos: dict[tuple[str, bool], tuple[EpisodeSpec, list[Any]]] = field(default_factory=dict)
-    recording: collections.Counter[str] = field(default_factory=collections.Counter)  # recording episodes in flight
+    recording: collections.Counter[str] = field(
+        default_factory=collections.Counter
+    )  # recording episodes in flight
 
     @property
     def done(self) -> bool:
@@ -171,7 +175,9 @@ class Coordinator:
         config: PoolConfig,
     ) -> None:
         if not ray.is_initialized():
-            raise RuntimeError("Coordinator needs a Ray session: call ray.init(...) first (evaluate_checkpoint does)")
+            raise RuntimeError(
+                "Coordinator needs a Ray session: call ray.init(...) first (evaluate_checkpoint does)"
+            )
         self.sim_factory = sim_factory
         self.policy_factory = policy_factory
         self.instructions = Instructions.of(instructions)
@@ -213,8 +219,10 @@ class Coordinator:
             )
         free = ray.available_resources().get("CPU", 0)
         if need > free + 1e-9:
-            warnings.warn(f"{need} CPUs needed for evaluation actors, {free} free now: they start when CPUs free up",
-                          stacklevel=2)
+            warnings.warn(
+                f"{need} CPUs needed for evaluation actors, {free} free now: they start when CPUs free up",
+                stacklevel=2,
+            )
 
     def start(self) -> Coordinator:
         """Start the policy server (if any) and the actors; waits until the server is ready."""
@@ -243,7 +251,9 @@ class Coordinator:
         if not done:
             ray.kill(self.server)
             self.server = None
-            raise EvaluationStartupError(f"the policy server did not start within {self.cfg.startup_timeout_s:.0f} s")
+            raise EvaluationStartupError(
+                f"the policy server did not start within {self.cfg.startup_timeout_s:.0f} s"
+            )
         try:
             self.server_pid = int(ray.get(ref)["pid"])
         except ray.exceptions.RayError as exc:
@@ -258,8 +268,10 @@ class Coordinator:
     def _launch(self, i: int) -> _Work:
         # Decided once per pool: a replacement actor never moves off the simulation nodes (onto the head)
         # because they are gone; it waits for one, and _check_sim_nodes fails the run if none is left.
-        opts = actor_resources(self.cfg.cpus_per_actor, self.cfg.use_sim_resource if self._sim_decided is None
-                               else self._sim_decided)
+        opts = actor_resources(
+            self.cfg.cpus_per_actor,
+            self.cfg.use_sim_resource if self._sim_decided is None else self._sim_decided,
+        )
         self._uses_sim = self._sim_decided = "resources" in opts
         actor = EvaluationActor.options(**opts).remote(
             self.sim_factory,
@@ -297,9 +309,13 @@ class Coordinator:
         start = time.monotonic()
         if any(s.state == "dead" for s in self.slots):
             self.start()
-        bar = tqdm(total=len(specs), desc="eval", unit="ep", disable=None if self.cfg.progress else True, leave=False)
+        bar = tqdm(
+            total=len(specs), desc="eval", unit="ep", disable=None if self.cfg.progress else True, leave=False
+        )
         progress = ProgressLines(len(specs), self.cfg.progress_every_s, self.cfg.progress, start)
-        run = _Run(specs, max_attempts or self.cfg.max_attempts, bar, progress, collections.deque(range(len(specs))))
+        run = _Run(
+            specs, max_attempts or self.cfg.max_attempts, bar, progress, collections.deque(range(len(specs)))
+        )
         self.videos = run.videos
         try:
             while not run.done:
@@ -338,7 +354,8 @@ class Coordinator:
         if ray.cluster_resources().get(SIM_RESOURCE, 0) < 1:
             raise EvaluationStartupError(
                 f"no simulation node is left in the Ray cluster (no '{SIM_RESOURCE}' resource): every evaluation "
-                "actor is gone and none can be placed; add simulation nodes (cluster.yaml) and evaluate again")
+                "actor is gone and none can be placed; add simulation nodes (cluster.yaml) and evaluate again"
+            )
 
     def _dispatch(self, run: _Run) -> None:
         for i, slot in enumerate(self.slots):
@@ -351,8 +368,9 @@ class Coordinator:
                 slot.task = spec.task
                 record = self._wants_video(run, spec.task)
                 ref = slot.actor.run_episode.remote(spec, self.cfg.video_camera if record else None)
-                run.inflight[ref] = _Work(i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index,
-                                          recording=record)
+                run.inflight[ref] = _Work(
+                    i, "episode", time.monotonic() + self.cfg.episode_timeout_s, index, recording=record
+                )
                 run.recording[spec.task] += record
                 slot.state = "busy"
 
@@ -360,7 +378,9 @@ class Coordinator:
         """Take the waiting episode actor ``i`` runs next (``next_episode``; FIFO without task affinity)."""
         if not self.cfg.task_affinity:
             return run.queue.popleft()
-        held = {s.task for j, s in enumerate(self.slots) if j != i and s.state != "dead" and s.task is not None}
+        held = {
+            s.task for j, s in enumerate(self.slots) if j != i and s.state != "dead" and s.task is not None
+        }
         pick = next_episode(run.queue, run.specs, self.slots[i].task, held)
         run.queue.remove(pick)
         return pick
@@ -409,8 +429,13 @@ class Coordinator:
             output: EpisodeOutput = ray.get(ref)
         except ray.exceptions.RayError as exc:
             if self._oom.killed_for_memory(exc):
-                self._fault(work, "oom_killed", f"actor killed for memory (out-of-memory killer): {_short(exc)}; "
-                            "run fewer actors at once", run)
+                self._fault(
+                    work,
+                    "oom_killed",
+                    f"actor killed for memory (out-of-memory killer): {_short(exc)}; "
+                    "run fewer actors at once",
+                    run,
+                )
             else:
                 self._fault(work, "sim_error", f"actor crashed: {_short(exc)}", run)
             return
@@ -426,7 +451,9 @@ class Coordinator:
                 if slot.state == "dead":
                     self._launch(i)
             now = time.monotonic()
-            wait_s = min([self.cfg.poll_s, *[max(0.0, w.deadline - now) for w in self._pending_ready.values()]])
+            wait_s = min(
+                [self.cfg.poll_s, *[max(0.0, w.deadline - now) for w in self._pending_ready.values()]]
+            )
             done, _ = ray.wait(list(self._pending_ready), num_returns=1, timeout=wait_s)
             for ref in done:
                 self._on_ready(ref, self._pending_ready.pop(ref))
@@ -438,7 +465,9 @@ class Coordinator:
         for ref, work in list(self._pending_ready.items()):
             if now >= work.deadline:
                 del self._pending_ready[ref]
-                self._startup_failed(work.slot, f"actor did not start within {self.cfg.startup_timeout_s:.0f} s")
+                self._startup_failed(
+                    work.slot, f"actor did not start within {self.cfg.startup_timeout_s:.0f} s"
+                )
 
     def _expire(self, run: _Run) -> None:
         self._expire_ready()

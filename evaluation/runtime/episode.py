@@ -72,6 +72,7 @@ class Instructions:
 
     def writable(self) -> Instructions:
         """A copy whose arrays are writable (Ray hands actors read-only views of its object store)."""
+
         def copy(table: Mapping[str, Instruction]) -> dict[str, Instruction]:
             return {k: (tokens.copy(), mask.copy()) for k, (tokens, mask) in table.items()}
 
@@ -163,7 +164,9 @@ class LocalInference:
 def check_actions(action: torch.Tensor, batch: int) -> np.ndarray:
     """(B, 8) float64 numpy from a policy's output, with a clear error when its shape is wrong."""
     if tuple(action.shape) != (batch, POSE_DIM):
-        raise ValueError(f"predict_action returned shape {tuple(action.shape)}, expected ({batch}, {POSE_DIM})")
+        raise ValueError(
+            f"predict_action returned shape {tuple(action.shape)}, expected ({batch}, {POSE_DIM})"
+        )
     return action.detach().to("cpu", torch.float64).numpy()
 
 
@@ -232,7 +235,9 @@ def run_episode(
             times.render += time.perf_counter() - t
     else:
         limit = f"keypose limit {max_keyposes} reached"
-        message = f"{limit} after {planner_errors} planner error(s); last: {message}" if planner_errors else limit
+        message = (
+            f"{limit} after {planner_errors} planner error(s); last: {message}" if planner_errors else limit
+        )
     if recorder is not None:
         try:
             recorder.end(sim.observe(), success, steps)

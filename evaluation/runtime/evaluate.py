@@ -38,7 +38,9 @@ def episode_seed(seed: int, task: str, index: int) -> int:
     return int(state[0]) & 0x7FFFFFFF
 
 
-def plan_episodes(tasks: Sequence[str], episodes_per_task: int, seed: int, variations: Sequence[int]) -> list[EpisodeSpec]:
+def plan_episodes(
+    tasks: Sequence[str], episodes_per_task: int, seed: int, variations: Sequence[int]
+) -> list[EpisodeSpec]:
     """``episodes_per_task`` episodes per task, cycling through ``variations`` (the test split)."""
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
@@ -68,7 +70,9 @@ def evaluate(
     instructions = Instructions.of(instructions)
     missing = sorted({s.task for s in specs} - set(instructions.tasks))
     if missing:
-        raise CheckpointError(f"no instruction embeddings for tasks {missing}; have {sorted(instructions.tasks)}")
+        raise CheckpointError(
+            f"no instruction embeddings for tasks {missing}; have {sorted(instructions.tasks)}"
+        )
     start = time.monotonic()
     coordinator = Coordinator(sim_factory, policy_factory, instructions, condition_fn, pool)
     try:
@@ -83,13 +87,20 @@ def evaluate(
 
         videos = write_videos(coordinator.videos, video_dir)
     stats = coordinator.stats
-    info = {**(meta or {}), "num_actors": pool.num_actors, "policy_server": server is not None,
-            "max_keyposes": pool.max_keyposes, "on_planner_error": pool.on_planner_error}
+    info = {
+        **(meta or {}),
+        "num_actors": pool.num_actors,
+        "policy_server": server is not None,
+        "max_keyposes": pool.max_keyposes,
+        "on_planner_error": pool.on_planner_error,
+    }
     if server is not None:
         info["server"] = server
     if videos:
         info["video_dir"], info["videos"] = str(video_dir), videos
-    return summarize(outputs, time.monotonic() - start, stats.retries, stats.actor_restarts, stats.failures, info)
+    return summarize(
+        outputs, time.monotonic() - start, stats.retries, stats.actor_restarts, stats.failures, info
+    )
 
 
 def metaworld_factory(suite: str) -> SimFactory:
@@ -135,8 +146,9 @@ def evaluate_checkpoint(
         if instructions is not None:
             bundle = dataclasses.replace(bundle, instructions=Instructions.of(instructions))
     else:
-        bundle = CheckpointBundle.read(checkpoint, instructions=None if instructions is None
-                                       else Instructions.of(instructions))
+        bundle = CheckpointBundle.read(
+            checkpoint, instructions=None if instructions is None else Instructions.of(instructions)
+        )
     if sim_factory is None:
         sim_factory = metaworld_factory(suite)
     if tasks is None:
@@ -155,13 +167,25 @@ def evaluate_checkpoint(
         planned = plan_episodes(list(tasks), episodes_per_task, s, variations)
         specs += planned
         spec_seeds += [s] * len(planned)
-    meta = {"checkpoint": bundle.source, "suite": suite, "seed": seeds[0] if len(seeds) == 1 else seeds,
-            "episodes_per_task": episodes_per_task}
+    meta = {
+        "checkpoint": bundle.source,
+        "suite": suite,
+        "seed": seeds[0] if len(seeds) == 1 else seeds,
+        "episodes_per_task": episodes_per_task,
+    }
     with ray_session():
         # Once: every actor (or the server) reads the same object.
         factory = policy_factory or BundlePolicy(ray.put(bundle))
-        report = evaluate(sim_factory, factory, bundle.instructions, specs, bundle.condition_fn(), pool, meta,
-                          None if video_dir is None else Path(video_dir))
+        report = evaluate(
+            sim_factory,
+            factory,
+            bundle.instructions,
+            specs,
+            bundle.condition_fn(),
+            pool,
+            meta,
+            None if video_dir is None else Path(video_dir),
+        )
     if len(seeds) == 1:
         return report
     return report.model_copy(update={"seed_success": seed_success(report, spec_seeds)})

@@ -40,7 +40,10 @@ def memory_actor_capacity(suite: str, free_mb: float | None = None) -> tuple[int
     if per_actor is None or free_mb is None:
         return None
     n = max(1, int(free_mb // per_actor))
-    return n, f"this machine's free memory ({free_mb / 1024:.1f} GB) holds {n} at about {per_actor / 1024:.1f} GB each"
+    return (
+        n,
+        f"this machine's free memory ({free_mb / 1024:.1f} GB) holds {n} at about {per_actor / 1024:.1f} GB each",
+    )
 
 
 def oom_kill_count(counters: tuple[Path, ...] = OOM_COUNTERS) -> int:

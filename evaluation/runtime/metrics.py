@@ -102,7 +102,9 @@ class EvalReport(FrozenModel):
     status_counts: dict[str, int]
     wall_s: float
     episodes_per_s: float
-    time_shares: dict[str, float]  # fraction of actor episode time per stage (render, preprocess, policy, sim)
+    time_shares: dict[
+        str, float
+    ]  # fraction of actor episode time per stage (render, preprocess, policy, sim)
     retries: int = 0
     actor_restarts: int = 0
     failures: list[str] = []
@@ -173,9 +175,17 @@ class EvalReport(FrozenModel):
             k, n = sum(self.tasks[t].successes for t in names), sum(self.tasks[t].episodes for t in names)
             lo, hi = wilson_interval(k, n)
             counts = {s: sum(self.tasks[t].status_counts.get(s, 0) for t in names) for s in STATUSES}
-            out[tier] = TierSummary(tier=tier, tasks=names, tier_size=len(TIER_TASKS[tier]), episodes=n,
-                                    successes=k, success_rate=k / n if n else 0.0, ci_low=lo, ci_high=hi,
-                                    status_counts=counts)
+            out[tier] = TierSummary(
+                tier=tier,
+                tasks=names,
+                tier_size=len(TIER_TASKS[tier]),
+                episodes=n,
+                successes=k,
+                success_rate=k / n if n else 0.0,
+                ci_low=lo,
+                ci_high=hi,
+                status_counts=counts,
+            )
         return out
 
     @computed_field  # type: ignore[prop-decorator]
@@ -210,7 +220,9 @@ class EvalReport(FrozenModel):
         for name, (value, (lo, hi)) in averages.items():
             out[f"{prefix}/success/{name}"] = value
             out[f"{prefix}/success/{name}_ci_low"], out[f"{prefix}/success/{name}_ci_high"] = lo, hi
-        out.update({f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"})
+        out.update(
+            {f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"}
+        )
         out[f"{prefix}/episodes"] = float(self.episodes)
         out[f"{prefix}/episodes_per_s"] = self.episodes_per_s
         out[f"{prefix}/retries"] = float(self.retries)
@@ -222,23 +234,32 @@ class EvalReport(FrozenModel):
     def table(self) -> str:
         """Per-task success table for the terminal."""
         err_cols = [s for s in STATUSES if s != "ok"]
-        head = (f"{'task':<28} {'success':>8} {'95% interval':>14} {'n':>5} "
-                + " ".join(f"{c:>13}" for c in err_cols))
+        head = f"{'task':<28} {'success':>8} {'95% interval':>14} {'n':>5} " + " ".join(
+            f"{c:>13}" for c in err_cols
+        )
         lines = [head, "-" * len(head)]
         ci = lambda lo_hi: f"{100 * lo_hi[0]:5.1f}-{100 * lo_hi[1]:5.1f}%"  # noqa: E731
         for task, s in self.tasks.items():
             errs = " ".join(f"{s.status_counts.get(c, 0):>13}" for c in err_cols)
-            lines.append(f"{task:<28} {100 * s.success_rate:>7.1f}% {ci(self.task_ci(task)):>14} {s.episodes:>5} {errs}")
+            lines.append(
+                f"{task:<28} {100 * s.success_rate:>7.1f}% {ci(self.task_ci(task)):>14} {s.episodes:>5} {errs}"
+            )
         lines.append("-" * len(head))
         errs = " ".join(f"{self.status_counts.get(c, 0):>13}" for c in err_cols)
-        lines.append(f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {ci(self.mean_ci):>14} "
-                     f"{self.episodes:>5} {errs}")
-        lines.append(f"{'per episode':<28} {100 * self.per_episode_success:>7.1f}% "
-                     f"{ci(self.per_episode_ci):>14} {self.episodes:>5}")
+        lines.append(
+            f"{'mean over tasks':<28} {100 * self.mean_success:>7.1f}% {ci(self.mean_ci):>14} "
+            f"{self.episodes:>5} {errs}"
+        )
+        lines.append(
+            f"{'per episode':<28} {100 * self.per_episode_success:>7.1f}% "
+            f"{ci(self.per_episode_ci):>14} {self.episodes:>5}"
+        )
         lines += self._tier_lines(ci, err_cols, len(head))
         if len(self.seed_success) > 1:
             per_seed = ", ".join(f"seed {k}: {100 * v:.1f}%" for k, v in self.seed_success.items())
-            lines.append(f"{len(self.seed_success)} seeds ({per_seed}); std over seeds {100 * (self.seed_std or 0):.1f} points")
+            lines.append(
+                f"{len(self.seed_success)} seeds ({per_seed}); std over seeds {100 * (self.seed_std or 0):.1f} points"
+            )
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in self.time_shares.items())
         lines.append(
             f"{self.episodes} episodes in {self.wall_s:.1f} s ({self.episodes_per_s:.2f} ep/s); "
@@ -255,14 +276,20 @@ class EvalReport(FrozenModel):
         for tier, t in tiers.items():
             label = f"{TIER_LABELS[tier]} ({len(t.tasks)} of {t.tier_size} tasks)"
             errs = " ".join(f"{t.status_counts.get(c, 0):>13}" for c in err_cols)
-            lines.append(f"{label:<28} {100 * t.success_rate:>7.1f}% {ci((t.ci_low, t.ci_high)):>14} "
-                         f"{t.episodes:>5} {errs}")
+            lines.append(
+                f"{label:<28} {100 * t.success_rate:>7.1f}% {ci((t.ci_low, t.ci_high)):>14} "
+                f"{t.episodes:>5} {errs}"
+            )
         if self.tier_average is not None:
-            lines.append(f"{'tier average (4 tiers)':<28} {100 * self.tier_average:>7.1f}% "
-                         f"{ci(self.tier_average_ci):>14}")
+            lines.append(
+                f"{'tier average (4 tiers)':<28} {100 * self.tier_average:>7.1f}% "
+                f"{ci(self.tier_average_ci):>14}"
+            )
         else:
             missing = " or ".join(TIER_LABELS[t] for t in TIERS if t not in tiers)
-            lines.append(f"tier average: not shown, it needs all four tiers and no {missing} task was evaluated")
+            lines.append(
+                f"tier average: not shown, it needs all four tiers and no {missing} task was evaluated"
+            )
         return lines
 
 

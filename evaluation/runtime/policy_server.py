@@ -90,8 +90,14 @@ class _Request:
 class PolicyServer:
     """Async Ray actor: ``infer(condition, row_seed) -> (8,)``; requests are batched across callers."""
 
-    def __init__(self, policy_factory: PolicyFactory, device: str = "cpu", max_batch: int = 16,
-                 max_wait_s: float = 0.005, torch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        policy_factory: PolicyFactory,
+        device: str = "cpu",
+        max_batch: int = 16,
+        max_wait_s: float = 0.005,
+        torch_threads: int = 1,
+    ) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         torch.set_num_threads(max(1, torch_threads))

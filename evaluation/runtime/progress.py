@@ -30,8 +30,10 @@ def progress_line(done: int, total: int, successes: int, elapsed_s: float) -> st
         tail = f"took {format_duration(elapsed_s)}"
     else:
         tail = f"ETA {format_duration((total - done) / rate)}" if rate > 0 else "ETA -"
-    return (f"[eval] {done}/{total} episodes ({100 * done / max(total, 1):.0f}%)  success {success} so far  "
-            f"{rate:.2f} episodes/s  {tail}")
+    return (
+        f"[eval] {done}/{total} episodes ({100 * done / max(total, 1):.0f}%)  success {success} so far  "
+        f"{rate:.2f} episodes/s  {tail}"
+    )
 
 
 @dataclass

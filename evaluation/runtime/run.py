@@ -29,35 +29,64 @@ SUITES = ("mt10", "mt50", "rlbench", "fake")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (policy.json, model.pt, ...)")
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint directory (policy.json, model.pt, ...)"
+    )
     p.add_argument("--suite", default="mt10", choices=SUITES, help="task suite (fake: the test simulator)")
     p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks")
     p.add_argument("--episodes", type=int, default=25, help="episodes per task (per seed)")
     p.add_argument("--actors", type=int, default=2, help="simulator actors")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds derive from it)")
-    p.add_argument("--num-seeds", type=int, default=None,
-                   help="seeds --seed, --seed+1, ... on one pool, each with --episodes per task "
-                        "(default 3 for rlbench, as the papers report, else 1)")
-    p.add_argument("--rlbench-demo-root", type=Path, default=None,
-                   help="--suite rlbench: the PerAct test split (<task>/all_variations/episodes/episode<i>)")
-    p.add_argument("--rlbench-protocol", default="peract", choices=("peract", "3dda"),
-                   help="--suite rlbench: PerAct's evaluation rules (a planner error ends the episode) or 3D "
-                        "Diffuser Actor's (a second try, a separate gripper step, planner errors cost a step)")
+    p.add_argument(
+        "--num-seeds",
+        type=int,
+        default=None,
+        help="seeds --seed, --seed+1, ... on one pool, each with --episodes per task "
+        "(default 3 for rlbench, as the papers report, else 1)",
+    )
+    p.add_argument(
+        "--rlbench-demo-root",
+        type=Path,
+        default=None,
+        help="--suite rlbench: the PerAct test split (<task>/all_variations/episodes/episode<i>)",
+    )
+    p.add_argument(
+        "--rlbench-protocol",
+        default="peract",
+        choices=("peract", "3dda"),
+        help="--suite rlbench: PerAct's evaluation rules (a planner error ends the episode) or 3D "
+        "Diffuser Actor's (a second try, a separate gripper step, planner errors cost a step)",
+    )
     p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced"
+    )
     p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
-    p.add_argument("--policy-server", default="auto", choices=("auto", "on", "off"),
-                   help="batch inference in one policy server actor (auto: when the cluster has a GPU)")
+    p.add_argument(
+        "--policy-server",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="batch inference in one policy server actor (auto: when the cluster has a GPU)",
+    )
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--sim-resource", default="auto", choices=("auto", "on", "off"),
-                   help="request the custom 'sim' resource of cluster.yaml (auto: when the cluster has it now; "
-                        "'on' for autoscaling clusters whose simulation nodes are not up yet)")
+    p.add_argument(
+        "--sim-resource",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="request the custom 'sim' resource of cluster.yaml (auto: when the cluster has it now; "
+        "'on' for autoscaling clusters whose simulation nodes are not up yet)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--mlflow-run-id", default=None, help="log eval/<task>/success etc. to this MLflow run")
-    p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="sqlite:////abs/path/mlflow.db (default $MLFLOW_TRACKING_URI)")
+    p.add_argument(
+        "--mlflow-tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="sqlite:////abs/path/mlflow.db (default $MLFLOW_TRACKING_URI)",
+    )
     p.add_argument("--mlflow-step", type=int, default=0, help="step to log the metrics at")
-    p.add_argument("--ray-address", default="local", help="'local' starts a private Ray; 'auto' joins a cluster")
+    p.add_argument(
+        "--ray-address", default="local", help="'local' starts a private Ray; 'auto' joins a cluster"
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.episodes < 1 or args.actors < 1 or args.retries < 0 or args.max_keyposes < 1:
@@ -86,8 +115,13 @@ def cluster_actor_capacity(cpus_per_actor: float = 1.0, use_sim_resource: bool |
     return capacity
 
 
-def cap_actors(requested: int, episodes: int, capacity: int | None = None,
-               what: str = "--actors", memory: tuple[int, str] | None = None) -> tuple[int, str | None]:
+def cap_actors(
+    requested: int,
+    episodes: int,
+    capacity: int | None = None,
+    what: str = "--actors",
+    memory: tuple[int, str] | None = None,
+) -> tuple[int, str | None]:
     """Never more simulator actors than episodes to run, nor than the cluster can run at once (``capacity``,
     None: unknown), nor than fit in this machine's memory (``memory``: ``memory_actor_capacity``'s count and
     reason; a private local cluster only). Returns the number to start and, when it is below ``requested``,
@@ -125,8 +159,11 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
         from evaluation.simulators.rlbench_tasks import resolve_tasks
 
         chosen = resolve_tasks(args.tasks or None)
-        proto = protocol_kwargs(RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)), args.episodes,
-                                args.rlbench_protocol)
+        proto = protocol_kwargs(
+            RLBenchConfig(tasks=chosen, demo_root=str(args.rlbench_demo_root)),
+            args.episodes,
+            args.rlbench_protocol,
+        )
         return list(chosen), proto["sim_factory"], list(proto["variations"])
     else:
         from evaluation.runtime.evaluate import metaworld_factory, metaworld_test_variations
@@ -153,8 +190,11 @@ def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, ste
     client = MlflowClient(tracking_uri=tracking_uri)
     now = int(time.time() * 1000)
     held = set(client.get_run(run_id).data.metrics)
-    metrics = [Metric(key, float(value), now, step) for key, value in report.mlflow_metrics("eval").items()
-               if key not in held or all(m.step != step for m in client.get_metric_history(run_id, key))]
+    metrics = [
+        Metric(key, float(value), now, step)
+        for key, value in report.mlflow_metrics("eval").items()
+        if key not in held or all(m.step != step for m in client.get_metric_history(run_id, key))
+    ]
     if not metrics:
         return False
     client.log_batch(run_id, metrics=metrics)
@@ -174,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
         seeds = seeds_of(args)
         episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
-        memory = memory_actor_capacity(args.suite) if args.ray_address == "local" else None  # a private cluster
+        memory = (
+            memory_actor_capacity(args.suite) if args.ray_address == "local" else None
+        )  # a private cluster
         actors, note = cap_actors(args.actors, episodes, memory=memory)  # its CPUs are checked by the pool
         if note:
             print(note, flush=True)
@@ -182,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             num_actors=actors,
             cpus_per_actor=args.cpus_per_actor,
             max_keyposes=args.max_keyposes,
-            on_planner_error="continue" if args.suite == "rlbench" and args.rlbench_protocol == "3dda" else "end",
+            on_planner_error="continue"
+            if args.suite == "rlbench" and args.rlbench_protocol == "3dda"
+            else "end",
             episode_timeout_s=args.timeout,
             max_attempts=args.retries + 1,
             policy_server=args.policy_server,
@@ -191,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         with ray_session(address=args.ray_address):
             report = evaluate_checkpoint(
-                bundle, tasks=tasks, episodes_per_task=args.episodes, num_actors=actors,
-                seed=seeds, suite=args.suite, sim_factory=factory, variations=variations, pool=pool,
+                bundle,
+                tasks=tasks,
+                episodes_per_task=args.episodes,
+                num_actors=actors,
+                seed=seeds,
+                suite=args.suite,
+                sim_factory=factory,
+                variations=variations,
+                pool=pool,
             )
     except (CheckpointError, EvaluationStartupError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -204,12 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.json, report.to_json())
         print(f"report written to {args.json}")
     if args.mlflow_run_id:
-        if log_to_mlflow(report, args.mlflow_run_id, args.mlflow_tracking_uri, args.mlflow_step,
-                         f"{args.suite}_seed{args.seed}"):
+        if log_to_mlflow(
+            report,
+            args.mlflow_run_id,
+            args.mlflow_tracking_uri,
+            args.mlflow_step,
+            f"{args.suite}_seed{args.seed}",
+        ):
             print(f"logged to MLflow run {args.mlflow_run_id}")
         else:
-            print(f"MLflow run {args.mlflow_run_id} already holds these eval/* metrics at step {args.mlflow_step}: "
-                  "not logged again (pass another --mlflow-step)")
+            print(
+                f"MLflow run {args.mlflow_run_id} already holds these eval/* metrics at step {args.mlflow_step}: "
+                "not logged again (pass another --mlflow-step)"
+            )
     return 1 if report.episodes and report.errors == report.episodes else 0
 
 

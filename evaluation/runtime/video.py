@@ -48,15 +48,21 @@ def project(cam: CameraFrame, xyz: np.ndarray) -> tuple[float, float] | None:
     return float(uvw[0] / uvw[2]), float(uvw[1] / uvw[2])
 
 
-def annotate(cam: CameraFrame, caption: str, gripper_xyz: np.ndarray | None = None,
-             target_pose: np.ndarray | None = None, outcome: bool | None = None) -> np.ndarray:
+def annotate(
+    cam: CameraFrame,
+    caption: str,
+    gripper_xyz: np.ndarray | None = None,
+    target_pose: np.ndarray | None = None,
+    outcome: bool | None = None,
+) -> np.ndarray:
     """One video frame (H*SCALE, W*SCALE, 3) uint8: the camera image, markers, a caption; a coloured frame
     border when ``outcome`` is known (green success, red failure)."""
     from PIL import Image, ImageDraw
 
     h, w = cam.rgb.shape[:2]
-    img = Image.fromarray(np.ascontiguousarray(cam.rgb[..., :3], dtype=np.uint8)).resize((w * SCALE, h * SCALE),
-                                                                                         Image.NEAREST)
+    img = Image.fromarray(np.ascontiguousarray(cam.rgb[..., :3], dtype=np.uint8)).resize(
+        (w * SCALE, h * SCALE), Image.NEAREST
+    )
     draw = ImageDraw.Draw(img)
     r = 3 * SCALE
     if gripper_xyz is not None and (uv := project(cam, gripper_xyz)) is not None:
@@ -73,8 +79,9 @@ def annotate(cam: CameraFrame, caption: str, gripper_xyz: np.ndarray | None = No
     return np.asarray(img)
 
 
-def write_gif(frames: Sequence[np.ndarray], path: Path, frame_ms: int = FRAME_MS,
-              max_bytes: int = MAX_VIDEO_BYTES) -> Path:
+def write_gif(
+    frames: Sequence[np.ndarray], path: Path, frame_ms: int = FRAME_MS, max_bytes: int = MAX_VIDEO_BYTES
+) -> Path:
     """Write ``frames`` as a looping GIF no larger than ``max_bytes`` (dropping every other middle frame,
     then halving the size, until it fits; the first and last frames always stay). Atomic (tmp + rename)."""
     from PIL import Image
@@ -106,16 +113,28 @@ class Recorder:
     def keypose(self, k: int, obs: Observation, pose: np.ndarray) -> None:
         """Frame k: what the policy saw and the keypose it predicted from it."""
         state = "close" if len(pose) >= 8 and float(pose[7]) < 0.5 else "open"
-        self.frames.append(annotate(pick_camera(obs, self.camera), f"{self.task}  keypose {k}  -> {state}",
-                                    obs.gripper_pose[:3], np.asarray(pose, np.float64)))
+        self.frames.append(
+            annotate(
+                pick_camera(obs, self.camera),
+                f"{self.task}  keypose {k}  -> {state}",
+                obs.gripper_pose[:3],
+                np.asarray(pose, np.float64),
+            )
+        )
 
     def end(self, obs: Observation | None, success: bool, steps: int) -> None:
         """The last frame: the scene after the final keypose, framed by the outcome."""
         if obs is None:
             return
         word = "SUCCESS" if success else "FAILURE"
-        self.frames.append(annotate(pick_camera(obs, self.camera), f"{self.task}  {word} after {steps} keyposes",
-                                    obs.gripper_pose[:3], outcome=success))
+        self.frames.append(
+            annotate(
+                pick_camera(obs, self.camera),
+                f"{self.task}  {word} after {steps} keyposes",
+                obs.gripper_pose[:3],
+                outcome=success,
+            )
+        )
 
 
 def video_name(task: str, success: bool) -> str:

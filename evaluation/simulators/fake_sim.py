@@ -172,7 +172,9 @@ class FakeSimulator(Simulator):
         if not (crashes or hangs) or cfg.fault_attempts is None:
             return crashes, hangs
         if cfg.state_dir is None:
-            raise ValueError("FakeSimConfig.fault_attempts needs state_dir (a directory shared by the actors)")
+            raise ValueError(
+                "FakeSimConfig.fault_attempts needs state_dir (a directory shared by the actors)"
+            )
         marker = Path(cfg.state_dir) / f"{task}-{variation}-{seed}.attempts"
         marker.parent.mkdir(parents=True, exist_ok=True)
         attempts = int(marker.read_text()) if marker.is_file() else 0

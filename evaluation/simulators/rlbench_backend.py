@@ -101,7 +101,9 @@ def require_rlbench() -> SimpleNamespace:
         from rlbench.environment import Environment
         from rlbench.observation_config import CameraConfig, ObservationConfig
     except ImportError as err:
-        raise _import_error("RLBench (>= 1.2 API, or PerAct's fork) is not installed or does not import", err) from err
+        raise _import_error(
+            "RLBench (>= 1.2 API, or PerAct's fork) is not installed or does not import", err
+        ) from err
     return SimpleNamespace(
         Environment=Environment,
         MoveArmThenGripper=MoveArmThenGripper,
@@ -206,7 +208,11 @@ def list_episodes(root: str | Path, task: str) -> list[EpisodeFiles]:
         desc = tuple(_load_pickle(shared)) if shared.is_file() else None
         for ep in sorted((var_dir / "episodes").glob("episode*"), key=_episode_number):
             # PerAct's fork with --all_variations=False writes the descriptions into each episode
-            out.append(EpisodeFiles(task, ep, variation, desc or tuple(_load_pickle(ep / "variation_descriptions.pkl"))))
+            out.append(
+                EpisodeFiles(
+                    task, ep, variation, desc or tuple(_load_pickle(ep / "variation_descriptions.pkl"))
+                )
+            )
     if not out:
         raise FileNotFoundError(f"{task_dir} has neither all_variations/episodes/ nor variation<v>/episodes/")
     return out
@@ -288,7 +294,9 @@ class RLBenchSimulator(Simulator):
         self._last: Any = None
         self._instruction = ""
         self._variation = -1
-        self._last_gripper: float | None = None  # gripper state of the last keypose (gripper_step="after_arm")
+        self._last_gripper: float | None = (
+            None  # gripper state of the last keypose (gripper_step="after_arm")
+        )
 
     def _observation_config(self) -> Any:
         api, cfg = self._api, self.config
@@ -458,8 +466,12 @@ class RLBenchSimulator(Simulator):
         ep = episodes[index]
         demo = _load_pickle(ep.path / "low_dim_obs.pkl")
         demo[0].misc.setdefault("variation_index", ep.variation)  # what reset_to_demo reads (RLBench >= 1.2)
-        demo.variation_number = ep.variation  # informational (PerAct's CustomRLBenchEnv reads it, not RLBench)
-        task_env.set_variation(ep.variation)  # the fork's reset_to_demo only restores the RNG state and resets
+        demo.variation_number = (
+            ep.variation
+        )  # informational (PerAct's CustomRLBenchEnv reads it, not RLBench)
+        task_env.set_variation(
+            ep.variation
+        )  # the fork's reset_to_demo only restores the RNG state and resets
         self._variation = ep.variation
         return task_env.reset_to_demo(demo)
 

@@ -16,8 +16,9 @@ from evaluation.simulators.rlbench_tasks import (
 )
 
 
-def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK,
-                    protocol: Protocol = "peract") -> dict[str, Any]:
+def protocol_kwargs(
+    config: Any, episodes_per_task: int = EPISODES_PER_TASK, protocol: Protocol = "peract"
+) -> dict[str, Any]:
     """``evaluate_checkpoint`` arguments (all but ``seed``) for RLBench-18 in the PerAct protocol.
 
     ``config`` is an ``evaluation.simulators.rlbench_backend.RLBenchConfig`` whose ``demo_root`` is the PerAct test
@@ -41,8 +42,9 @@ def protocol_kwargs(config: Any, episodes_per_task: int = EPISODES_PER_TASK,
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     rule = "end"
     if protocol == "3dda":
-        config = config.model_copy(update={"max_tries": DDA_MAX_TRIES, "gripper_step": "after_arm",
-                                           "instruction": "random"})
+        config = config.model_copy(
+            update={"max_tries": DDA_MAX_TRIES, "gripper_step": "after_arm", "instruction": "random"}
+        )
         rule = "continue"
     return {
         "tasks": list(config.tasks),

@@ -13,7 +13,10 @@ import sys
 SUBCOMMANDS = {
     "policy": ("platform.bench.policy", "two-level vs one-to-one training throughput and memory"),
     "eval": ("platform.bench.evaluation", "parallel simulator evaluation throughput"),
-    "serve": ("platform.bench.serve", "the HTTP policy server's latency and requests/s vs in-process inference"),
+    "serve": (
+        "platform.bench.serve",
+        "the HTTP policy server's latency and requests/s vs in-process inference",
+    ),
 }
 
 
@@ -40,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.name != module_name:
             raise  # a dependency of the benchmark is missing: show the real error
         path = module_name.replace(".", "/") + ".py"
-        print(f"benchmark {name!r} is not available: {path} does not exist yet in this checkout", file=sys.stderr)
+        print(
+            f"benchmark {name!r} is not available: {path} does not exist yet in this checkout",
+            file=sys.stderr,
+        )
         return 2
     return int(module.main(rest))
 

@@ -36,29 +36,50 @@ import numpy as np
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m platform.bench eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="metaworld", choices=["metaworld", "fake"],
-                   help="simulator backend (fake: the test simulator, for smoke tests)")
+    p.add_argument(
+        "--backend",
+        default="metaworld",
+        choices=["metaworld", "fake"],
+        help="simulator backend (fake: the test simulator, for smoke tests)",
+    )
     p.add_argument("--tasks", default="reach-v3", help="comma-separated tasks (episodes cycle over them)")
-    p.add_argument("--suites", default=None,
-                   help="comma-separated Meta-World suites (mt10,mt50) measured side by side, every task of each "
-                        "with --episodes-per-task episodes (replaces --tasks and --episodes-per-actor)")
+    p.add_argument(
+        "--suites",
+        default=None,
+        help="comma-separated Meta-World suites (mt10,mt50) measured side by side, every task of each "
+        "with --episodes-per-task episodes (replaces --tasks and --episodes-per-actor)",
+    )
     p.add_argument("--episodes-per-task", type=int, default=10, help="with --suites: timed episodes per task")
-    p.add_argument("--max-cached-tasks", type=int, default=None,
-                   help="envs + render contexts a simulator keeps (MetaWorldConfig.max_cached_tasks; default its own)")
-    p.add_argument("--task-affinity", default="on", choices=["on", "off"],
-                   help="the coordinator keeps an actor on one task (PoolConfig.task_affinity); off: FIFO")
+    p.add_argument(
+        "--max-cached-tasks",
+        type=int,
+        default=None,
+        help="envs + render contexts a simulator keeps (MetaWorldConfig.max_cached_tasks; default its own)",
+    )
+    p.add_argument(
+        "--task-affinity",
+        default="on",
+        choices=["on", "off"],
+        help="the coordinator keeps an actor on one task (PoolConfig.task_affinity); off: FIFO",
+    )
     p.add_argument("--actors", default=None, help="comma-separated actor counts (default 1,2,4,... <= cores)")
     p.add_argument("--episodes-per-actor", type=int, default=3, help="timed episodes per actor")
     p.add_argument("--max-keyposes", type=int, default=10, help="keypose limit per episode")
-    p.add_argument("--checkpoint", type=Path, default=None, help="policy checkpoint (default: random --preset)")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="policy checkpoint (default: random --preset)"
+    )
     p.add_argument("--preset", default="tiny", choices=["tiny", "laptop", "paper"])
     p.add_argument("--policy-server", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
-    p.add_argument("--videos", default="off", choices=["off", "on", "compare"],
-                   help="record rollout videos (eval.videos; GIF writing timed too); compare: each actor count "
-                        "without then with videos, and the throughput ratio")
+    p.add_argument(
+        "--videos",
+        default="off",
+        choices=["off", "on", "compare"],
+        help="record rollout videos (eval.videos; GIF writing timed too); compare: each actor count "
+        "without then with videos, and the throughput ratio",
+    )
     return p.parse_args(argv)
 
 
@@ -88,7 +109,9 @@ def device_description() -> str:
 
     cpu = f"cpu: {_cores()} cores"
     try:
-        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        model = next(
+            ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")
+        )
         cpu += f" ({model})"
     except (OSError, StopIteration):
         pass
@@ -124,7 +147,9 @@ def _backend(args: argparse.Namespace, tasks: list[str]) -> tuple[Any, list[int]
 
     suite = "mt10" if set(tasks) <= set(_suite_tasks("mt10")) else "mt50"
     cache = {} if args.max_cached_tasks is None else {"max_cached_tasks": args.max_cached_tasks}
-    return functools.partial(MetaWorldSimulator, MetaWorldConfig(suite=suite, **cache)), list(variations("test"))
+    return functools.partial(MetaWorldSimulator, MetaWorldConfig(suite=suite, **cache)), list(
+        variations("test")
+    )
 
 
 def _suite_tasks(suite: str) -> list[str]:
@@ -148,7 +173,9 @@ def _plan(args: argparse.Namespace, n: int, tasks: list[str]) -> tuple[list[Any]
     return specs, plan_episodes(tasks, n, args.seed + 1, variations)[:n]
 
 
-def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str], videos: bool = False) -> dict[str, Any]:
+def measure(
+    n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str], videos: bool = False
+) -> dict[str, Any]:
     """Throughput of a warm pool of ``n`` actors on ``episodes_per_actor * n`` episodes (``videos``: recording
     rollout videos, their GIF files written inside the timed span)."""
     import ray
@@ -158,15 +185,24 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
     from evaluation.runtime.metrics import summarize
 
     sim_factory = _backend(args, tasks)[0]
-    pool = PoolConfig(num_actors=n, cpus_per_actor=args.cpus_per_actor, max_keyposes=args.max_keyposes,
-                      policy_server=args.policy_server, progress=False, episode_timeout_s=1800.0, videos=videos,
-                      task_affinity=args.task_affinity == "on")
+    pool = PoolConfig(
+        num_actors=n,
+        cpus_per_actor=args.cpus_per_actor,
+        max_keyposes=args.max_keyposes,
+        policy_server=args.policy_server,
+        progress=False,
+        episode_timeout_s=1800.0,
+        videos=videos,
+        task_affinity=args.task_affinity == "on",
+    )
     specs, warmup = _plan(args, n, tasks)
     deadline = time.monotonic() + 30.0  # the previous pool's CPUs are released a moment after its shutdown
     while ray.available_resources().get("CPU", 0) < n * args.cpus_per_actor and time.monotonic() < deadline:
         time.sleep(0.2)
     bundle = CheckpointBundle.read(checkpoint)
-    coord = Coordinator(sim_factory, BundlePolicy(ray.put(bundle)), bundle.instructions, bundle.condition_fn(), pool)
+    coord = Coordinator(
+        sim_factory, BundlePolicy(ray.put(bundle)), bundle.instructions, bundle.condition_fn(), pool
+    )
     try:
         coord.start().wait_ready()
         coord.run(warmup)
@@ -214,8 +250,10 @@ def measure(n: int, args: argparse.Namespace, checkpoint: Path, tasks: list[str]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'actors':>6} {'suite':>6} {'episodes/s':>11} {'efficiency':>10} {'cpu s/ep':>9} {'cpu ms/kp':>9} "
-            f"{'peak MB':>8} {'sim':>5} {'render':>6} {'prep':>5} {'policy':>6} {'errors':>6} {'load':>10} {'videos':>6}")
+    head = (
+        f"{'actors':>6} {'suite':>6} {'episodes/s':>11} {'efficiency':>10} {'cpu s/ep':>9} {'cpu ms/kp':>9} "
+        f"{'peak MB':>8} {'sim':>5} {'render':>6} {'prep':>5} {'policy':>6} {'errors':>6} {'load':>10} {'videos':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r["time_shares"]
@@ -243,14 +281,17 @@ def suite_comparison(rows: list[dict[str, Any]]) -> list[str]:
                 f"{1000 * r['cpu_s_per_keypose']:.1f} vs {1000 * b['cpu_s_per_keypose']:.1f} ms "
                 f"(x{r['cpu_s_per_keypose'] / b['cpu_s_per_keypose']:.2f}), peak RSS per actor "
                 f"{r['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} MB, {r['episodes_per_s']:.3f} vs "
-                f"{b['episodes_per_s']:.3f} episodes/s")
+                f"{b['episodes_per_s']:.3f} episodes/s"
+            )
     return lines
 
 
 def _task_sets(args: argparse.Namespace) -> list[tuple[str | None, list[str]]]:
     """``[(suite, tasks)]``: each of ``--suites``, else ``[(None, --tasks)]``."""
     if args.suites:
-        return [(suite, _suite_tasks(suite)) for suite in (x.strip() for x in args.suites.split(",")) if suite]
+        return [
+            (suite, _suite_tasks(suite)) for suite in (x.strip() for x in args.suites.split(",")) if suite
+        ]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.backend == "fake" and args.tasks == "reach-v3":
         tasks = ["fake-reach"]
@@ -267,13 +308,21 @@ def main(argv: list[str]) -> int:
     cores = _cores()
     counts = actor_counts(args.actors, cores)
     device = device_description()
-    what = (f"suites {[s for s, _ in task_sets]}, {args.episodes_per_task} episodes per task" if args.suites
-            else f"tasks {task_sets[0][1]}; {args.episodes_per_actor} episodes per actor")
-    print(f"[bench eval] {device}; backend {args.backend}; {what}; actors {counts}; "
-          f"<= {args.max_keyposes} keyposes each", flush=True)
+    what = (
+        f"suites {[s for s, _ in task_sets]}, {args.episodes_per_task} episodes per task"
+        if args.suites
+        else f"tasks {task_sets[0][1]}; {args.episodes_per_actor} episodes per actor"
+    )
+    print(
+        f"[bench eval] {device}; backend {args.backend}; {what}; actors {counts}; "
+        f"<= {args.max_keyposes} keyposes each",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        checkpoint = args.checkpoint or _random_checkpoint(Path(tmp) / "policy", args.preset, all_tasks, args.seed)
+        checkpoint = args.checkpoint or _random_checkpoint(
+            Path(tmp) / "policy", args.preset, all_tasks, args.seed
+        )
         num_cpus = max(cores, int(np.ceil(max(counts) * args.cpus_per_actor)))
         with ray_session(num_cpus=num_cpus):
             modes = {"off": [False], "on": [True], "compare": [False, True]}[args.videos]
@@ -282,20 +331,32 @@ def main(argv: list[str]) -> int:
                     for videos in modes:
                         row = {**measure(n, args, checkpoint, tasks, videos), "suite": suite}
                         first = next((r for r in rows if r["suite"] == suite), row)
-                        row["efficiency"] = row["episodes_per_s"] / (n * first["episodes_per_s"] / first["actors"])
+                        row["efficiency"] = row["episodes_per_s"] / (
+                            n * first["episodes_per_s"] / first["actors"]
+                        )
                         rows.append(row)
-                        print(f"[bench eval] {n} actors{f', {suite}' if suite else ''}{', videos' if videos else ''}: "
-                              f"{row['episodes_per_s']:.3f} episodes/s, efficiency {row['efficiency']:.2f}, "
-                              f"{1000 * row['cpu_s_per_keypose']:.1f} ms CPU per keypose step, peak RSS per actor "
-                              f"{row['peak_rss_mb']:.0f} MB", flush=True)
+                        print(
+                            f"[bench eval] {n} actors{f', {suite}' if suite else ''}{', videos' if videos else ''}: "
+                            f"{row['episodes_per_s']:.3f} episodes/s, efficiency {row['efficiency']:.2f}, "
+                            f"{1000 * row['cpu_s_per_keypose']:.1f} ms CPU per keypose step, peak RSS per actor "
+                            f"{row['peak_rss_mb']:.0f} MB",
+                            flush=True,
+                        )
     print(format_table(rows))
     for line in suite_comparison(rows):
         print(line)
     for off, on in zip(rows, rows[1:], strict=False):
-        if args.videos == "compare" and off["videos"] is None and on["videos"] is not None and off["actors"] == on["actors"]:
+        if (
+            args.videos == "compare"
+            and off["videos"] is None
+            and on["videos"] is not None
+            and off["actors"] == on["actors"]
+        ):
             ratio = on["episodes_per_s"] / off["episodes_per_s"]
-            print(f"[bench eval] {on['actors']} actors: with videos ({on['videos']} GIFs) {100 * ratio:.1f}% of the "
-                  f"throughput without ({100 * (1 - ratio):+.1f}% slower)")
+            print(
+                f"[bench eval] {on['actors']} actors: with videos ({on['videos']} GIFs) {100 * ratio:.1f}% of the "
+                f"throughput without ({100 * (1 - ratio):+.1f}% slower)"
+            )
     if args.json is not None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)

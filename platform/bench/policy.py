@@ -31,19 +31,33 @@ from policies.synthetic import random_condition_batch
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m platform.bench policy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="laptop", choices=["tiny", "laptop", "paper"], help="policy size preset")
+    p.add_argument(
+        "--preset", default="laptop", choices=["tiny", "laptop", "paper"], help="policy size preset"
+    )
     p.add_argument("--b", type=int, default=4, help="conditions per two-level step (B)")
-    p.add_argument("--ms", default="1,4,16,64,256", help="comma-separated sweep of M (noised samples per condition)")
-    p.add_argument("--points", type=int, default=None, help="points per condition (default: the preset's max_points)")
+    p.add_argument(
+        "--ms", default="1,4,16,64,256", help="comma-separated sweep of M (noised samples per condition)"
+    )
+    p.add_argument(
+        "--points", type=int, default=None, help="points per condition (default: the preset's max_points)"
+    )
     p.add_argument("--text-len", type=int, default=12, help="instruction tokens per condition")
-    p.add_argument("--max-conditions", type=int, default=256,
-                   help="skip one-to-one rows that would encode more conditions than this per step (memory)")
+    p.add_argument(
+        "--max-conditions",
+        type=int,
+        default=256,
+        help="skip one-to-one rows that would encode more conditions than this per step (memory)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed steps per row (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per row")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
-    p.add_argument("--clock", default="wall", choices=["wall", "process"],
-                   help="'process' times CPU seconds of this process (use with --threads 1 on a shared CPU box)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
+        help="'process' times CPU seconds of this process (use with --threads 1 on a shared CPU box)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
     p.add_argument("--seed", type=int, default=0)
@@ -59,10 +73,17 @@ def _config(args: argparse.Namespace, policy_type: str, m: int, n_points: int | 
     return parse_policy_config(data)
 
 
-def _batch(b: int, args: argparse.Namespace, cfg: Any, n_points: int, seed: int, device: torch.device) -> ConditionBatch:
+def _batch(
+    b: int, args: argparse.Namespace, cfg: Any, n_points: int, seed: int, device: torch.device
+) -> ConditionBatch:
     return random_condition_batch(
-        b, n_points, text_len=args.text_len, text_dim=cfg.text_dim, workspace_low=cfg.workspace_low,
-        workspace_high=cfg.workspace_high, seed=seed,
+        b,
+        n_points,
+        text_len=args.text_len,
+        text_dim=cfg.text_dim,
+        workspace_low=cfg.workspace_low,
+        workspace_high=cfg.workspace_high,
+        seed=seed,
     ).to(device)
 
 
@@ -78,7 +99,9 @@ def _encoder_step(policy: MiniDiffuserPolicy, batch: ConditionBatch) -> None:
     total.backward()
 
 
-def _head_step(policy: MiniDiffuserPolicy, batch: ConditionBatch, enc_detached: Any, m: int, gen: torch.Generator) -> None:
+def _head_step(
+    policy: MiniDiffuserPolicy, batch: ConditionBatch, enc_detached: Any, m: int, gen: torch.Generator
+) -> None:
     policy.zero_grad(set_to_none=True)
     parent = expand_parent_index(batch.batch_size, m, batch.points.device)  # (B*M,)
     draw = policy.draw_noise(parent.numel(), gen, batch.points.device, conditions=batch.batch_size)
@@ -95,8 +118,11 @@ def _peak_memory(fn: Any, args: argparse.Namespace, device: torch.device) -> int
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     ms = [int(x) for x in args.ms.split(",") if x.strip()]
@@ -128,19 +154,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             many = _batch(samples, args, base_cfg, n_points, args.seed + 1, device)  # B*M distinct conditions
             fns["one_to_one"] = lambda one=one, many=many: _train_step(one, many, gen)
         else:
-            skipped.append(f"one_to_one M={m}: {samples} conditions per step > --max-conditions {args.max_conditions}")
+            skipped.append(
+                f"one_to_one M={m}: {samples} conditions per step > --max-conditions {args.max_conditions}"
+            )
         seconds = interleaved_median_seconds(fns, args.repeats, args.warmup, device, args.clock)
         two_mem = _peak_memory(fns["two_level"], args, device)
-        rows.append({"mode": "two_level", "B": args.b, "M": m, "samples_per_step": samples, "step_s": seconds["two_level"],
-                     "samples_per_s": samples / seconds["two_level"], "peak_mem_bytes": two_mem})
-        limits[str(m)] = {"encoder_s": seconds["encoder"], "head_s": seconds["head"], "two_level_s": seconds["two_level"],
-                          "ratio_to_limit": seconds["two_level"] / (seconds["encoder"] + seconds["head"])}
+        rows.append(
+            {
+                "mode": "two_level",
+                "B": args.b,
+                "M": m,
+                "samples_per_step": samples,
+                "step_s": seconds["two_level"],
+                "samples_per_s": samples / seconds["two_level"],
+                "peak_mem_bytes": two_mem,
+            }
+        )
+        limits[str(m)] = {
+            "encoder_s": seconds["encoder"],
+            "head_s": seconds["head"],
+            "two_level_s": seconds["two_level"],
+            "ratio_to_limit": seconds["two_level"] / (seconds["encoder"] + seconds["head"]),
+        }
         _print_progress(rows[-1])
         if "one_to_one" in fns:
             one_mem = _peak_memory(fns["one_to_one"], args, device)
-            rows.append({"mode": "one_to_one", "B": samples, "M": 1, "sweep_m": m, "samples_per_step": samples,
-                         "step_s": seconds["one_to_one"], "samples_per_s": samples / seconds["one_to_one"],
-                         "peak_mem_bytes": one_mem})
+            rows.append(
+                {
+                    "mode": "one_to_one",
+                    "B": samples,
+                    "M": 1,
+                    "sweep_m": m,
+                    "samples_per_step": samples,
+                    "step_s": seconds["one_to_one"],
+                    "samples_per_s": samples / seconds["one_to_one"],
+                    "peak_mem_bytes": one_mem,
+                }
+            )
             _print_progress(rows[-1])
             ratios[str(m)] = {
                 "throughput": seconds["one_to_one"] / seconds["two_level"],
@@ -154,11 +204,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "limits": limits,
         "encoder_peak_mem_bytes": enc_mem,
         "skipped": skipped,
-        "settings": {"preset": args.preset, "B": args.b, "points": n_points, "text_len": args.text_len,
-                     "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock,
-                     "threads": torch.get_num_threads(), "d_model": reference.config.d_model,
-                     "parameters": sum(p.numel() for p in reference.parameters()), "torch": torch.__version__,
-                     "step": "forward + backward (optimizer update excluded)", "cpu_count": os.cpu_count()},
+        "settings": {
+            "preset": args.preset,
+            "B": args.b,
+            "points": n_points,
+            "text_len": args.text_len,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "clock": args.clock,
+            "threads": torch.get_num_threads(),
+            "d_model": reference.config.d_model,
+            "parameters": sum(p.numel() for p in reference.parameters()),
+            "torch": torch.__version__,
+            "step": "forward + backward (optimizer update excluded)",
+            "cpu_count": os.cpu_count(),
+        },
     }
 
 
@@ -169,7 +229,10 @@ def _device_name(device: torch.device) -> str:
 
 
 def _print_progress(row: dict[str, Any]) -> None:
-    print(f"  measured {row['mode']:<10} B={row['B']:<5} M={row['M']:<4} {row['samples_per_s']:10.1f} samples/s", flush=True)
+    print(
+        f"  measured {row['mode']:<10} B={row['B']:<5} M={row['M']:<4} {row['samples_per_s']:10.1f} samples/s",
+        flush=True,
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -192,9 +255,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {m} | {two['samples_per_s']:.1f} | {one['samples_per_s']:.1f} | {ratio['throughput']:.1f}x "
             f"| {two['peak_mem_bytes'] / 1e6:.1f} | {one['peak_mem_bytes'] / 1e6:.1f} | {ratio['memory_per_sample']:.1f}x "
-            if one else f"| {m} | {two['samples_per_s']:.1f} | skipped | - | {two['peak_mem_bytes'] / 1e6:.1f} | skipped | - "
+            if one
+            else f"| {m} | {two['samples_per_s']:.1f} | skipped | - | {two['peak_mem_bytes'] / 1e6:.1f} | skipped | - "
         )
-        lines[-1] += f"| {lim['encoder_s']:.3f} | {lim['head_s']:.3f} | {lim['two_level_s']:.3f} | {lim['ratio_to_limit']:.2f} |"
+        lines[-1] += (
+            f"| {lim['encoder_s']:.3f} | {lim['head_s']:.3f} | {lim['two_level_s']:.3f} | {lim['ratio_to_limit']:.2f} |"
+        )
     lines += [f"skipped: {note}" for note in result["skipped"]]
     return "\n".join(lines)
 

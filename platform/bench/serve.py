@@ -28,9 +28,15 @@ from platform.bench.evaluation import _random_checkpoint, device_description
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m platform.bench serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint or run directory (default: random)")
-    p.add_argument("--preset", default="laptop", choices=["tiny", "laptop", "paper"],
-                   help="policy size of the random checkpoint")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="a checkpoint or run directory (default: random)"
+    )
+    p.add_argument(
+        "--preset",
+        default="laptop",
+        choices=["tiny", "laptop", "paper"],
+        help="policy size of the random checkpoint",
+    )
     p.add_argument("--tasks", default="reach-v3,drawer-open-v3", help="comma-separated Meta-World tasks")
     p.add_argument("--observations", type=int, default=8, help="distinct observations (resets) sent in turn")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated numbers of concurrent clients")
@@ -43,7 +49,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         args.concurrency_levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
         p.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
-    if not args.concurrency_levels or min(args.concurrency_levels) < 1 or args.requests < 1 or args.observations < 1:
+    if (
+        not args.concurrency_levels
+        or min(args.concurrency_levels) < 1
+        or args.requests < 1
+        or args.observations < 1
+    ):
         p.error("--concurrency levels, --requests and --observations must be >= 1")
     return args
 
@@ -66,15 +77,22 @@ def _checkpoint(args: argparse.Namespace, tasks: list[str], tmp: Path) -> Path:
     if args.checkpoint is not None:
         return resolve_checkpoint(args.checkpoint)
     path = _random_checkpoint(tmp / "checkpoint", args.preset, tasks, seed=0)
-    texts = {"encoder": None, "tasks": {t: instruction_for(t) for t in tasks}}  # seen texts: no encoder needed
+    texts = {
+        "encoder": None,
+        "tasks": {t: instruction_for(t) for t in tasks},
+    }  # seen texts: no encoder needed
     (path / INSTRUCTION_TEXTS_FILE).write_text(json.dumps(texts))
     return path
 
 
 def _stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     ms = 1e3 * np.asarray(latencies_s)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "requests_per_s": len(ms) / wall_s}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "requests_per_s": len(ms) / wall_s,
+    }
 
 
 def in_process(bundle: Any, observations: list[Any], requests: int) -> dict[str, Any]:
@@ -94,8 +112,12 @@ def in_process(bundle: Any, observations: list[Any], requests: int) -> dict[str,
         t = time.perf_counter()
         infer(condition(obs, table.for_episode(obs.task, obs.instruction)), row_seed(0, i))
         latencies.append(time.perf_counter() - t)
-    return {"mode": "in-process", "concurrency": 1, "mean_batch": 1.0,
-            **_stats(latencies, time.perf_counter() - start)}
+    return {
+        "mode": "in-process",
+        "concurrency": 1,
+        "mean_batch": 1.0,
+        **_stats(latencies, time.perf_counter() - start),
+    }
 
 
 def over_http(url: str, bodies: list[bytes], concurrency: int, requests: int) -> dict[str, Any]:
@@ -113,18 +135,26 @@ def over_http(url: str, bodies: list[bytes], concurrency: int, requests: int) ->
         start = time.perf_counter()
         results = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - start
-    return {"mode": "http", "concurrency": concurrency, "mean_batch": float(np.mean([b for _, b in results])),
-            **_stats([lat for lat, _ in results], wall)}
+    return {
+        "mode": "http",
+        "concurrency": concurrency,
+        "mean_batch": float(np.mean([b for _, b in results])),
+        **_stats([lat for lat, _ in results], wall),
+    }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     base = next(r for r in rows if r["mode"] == "in-process")
-    lines = [f"{'mode':<11}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'batch':>7}{'req/s vs in-process':>22}",
-             "-" * 74]
+    lines = [
+        f"{'mode':<11}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'batch':>7}{'req/s vs in-process':>22}",
+        "-" * 74,
+    ]
     for r in rows:
-        lines.append(f"{r['mode']:<11}{r['concurrency']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                     f"{r['requests_per_s']:>8.1f}{r['mean_batch']:>7.1f}"
-                     f"{r['requests_per_s'] / base['requests_per_s']:>21.2f}x")
+        lines.append(
+            f"{r['mode']:<11}{r['concurrency']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['requests_per_s']:>8.1f}{r['mean_batch']:>7.1f}"
+            f"{r['requests_per_s'] / base['requests_per_s']:>21.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -141,14 +171,19 @@ def main(argv: list[str]) -> int:
 
     tasks = [t for t in args.tasks.split(",") if t]
     device = device_description()
-    print(f"[bench serve] {device}; {args.observations} Meta-World observations of {', '.join(tasks)}; "
-          f"{args.requests} requests per row", flush=True)
+    print(
+        f"[bench serve] {device}; {args.observations} Meta-World observations of {', '.join(tasks)}; "
+        f"{args.requests} requests per row",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bundle = CheckpointBundle.read(_checkpoint(args, tasks, Path(tmp)))
         observations = _observations(tasks, args.observations)
         t = time.perf_counter()
-        bodies = [request_body(o.instruction, o.gripper_pose, cameras=o.cameras, seed=row_seed(1, i))
-                  for i, o in enumerate(observations)]
+        bodies = [
+            request_body(o.instruction, o.gripper_pose, cameras=o.cameras, seed=row_seed(1, i))
+            for i, o in enumerate(observations)
+        ]
         encode_ms = 1e3 * (time.perf_counter() - t) / len(bodies)
         rows = [in_process(bundle, observations, args.requests)]
         print(format_table(rows).splitlines()[-1], flush=True)
@@ -163,11 +198,20 @@ def main(argv: list[str]) -> int:
                     print(format_table(rows).splitlines()[-1], flush=True)
             finally:
                 serve.shutdown()
-    print(f"\n{format_table(rows)}\n(client-side request encoding: {encode_ms:.1f} ms per observation, "
-          f"{np.mean([len(b) for b in bodies]) / 1e3:.0f} kB per request; not in the latencies)")
-    settings_out = {"tasks": tasks, "observations": args.observations, "requests": args.requests,
-                    "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "preset": args.preset,
-                    "checkpoint": str(args.checkpoint) if args.checkpoint else None, "encode_ms": encode_ms}
+    print(
+        f"\n{format_table(rows)}\n(client-side request encoding: {encode_ms:.1f} ms per observation, "
+        f"{np.mean([len(b) for b in bodies]) / 1e3:.0f} kB per request; not in the latencies)"
+    )
+    settings_out = {
+        "tasks": tasks,
+        "observations": args.observations,
+        "requests": args.requests,
+        "max_batch": args.max_batch,
+        "batch_wait_ms": args.batch_wait_ms,
+        "preset": args.preset,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "encode_ms": encode_ms,
+    }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": device, "rows": rows, "settings": settings_out}, indent=2))

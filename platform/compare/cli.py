@@ -64,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})"
     )
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", default=None, help="compare these runs only")
-    p.add_argument("--suite", choices=("mt10", "mt50", "rlbench"), default=None,
-                   help="only our runs on this benchmark (tag platform.suite; runs without the tag are left out); "
-                        "default: all runs")
+    p.add_argument(
+        "--suite",
+        choices=("mt10", "mt50", "rlbench"),
+        default=None,
+        help="only our runs on this benchmark (tag platform.suite; runs without the tag are left out); "
+        "default: all runs",
+    )
     p.add_argument("--out", type=Path, default=data_root() / "runs" / "comparison", help="output folder")
     p.add_argument("--levels", nargs="+", type=float, default=list(DEFAULT_LEVELS),
                    help="success levels (0..1) for the time-to-level columns")  # fmt: skip
@@ -184,9 +188,7 @@ def _log_comparison(
     uri: str, experiment: str, out: Path, files: list[Path], summaries: list[RunSummary]
 ) -> None:
     buffer_dir = out / ".mlflow_buffer" / sanitize_key(experiment).replace("/", "_")
-    tracker = RunTracker.open(
-        uri, experiment, COMPARISON_RUN, buffer_dir, tags={TAG_KIND: "comparison"}
-    )
+    tracker = RunTracker.open(uri, experiment, COMPARISON_RUN, buffer_dir, tags={TAG_KIND: "comparison"})
     tracker.set_tags({"platform.compared_runs": " ".join(s.run_id for s in summaries)[:8000] or "none"})
     for path in files:
         tracker.log_artifact(path)

@@ -167,8 +167,10 @@ def _reference_specs(
             metrics["eval/success"] = r.per_task_mean
         params = {
             "published.source": r.source,
-            "published.protocol": (f"MT50: {r.policies_trained} policies trained, {r.demos_per_task} demos/task, "
-                                   f"{r.eval_episodes_per_task} evaluation episodes/task"),
+            "published.protocol": (
+                f"MT50: {r.policies_trained} policies trained, {r.demos_per_task} demos/task, "
+                f"{r.eval_episodes_per_task} evaluation episodes/task"
+            ),
             "published.inputs": r.inputs or "not stated",
             "published.note": r.note or "none",
         }

@@ -171,11 +171,15 @@ def mt50_notes(summaries: list[RunSummary], mt50: list[MT50Published]) -> list[s
              "policies (DP3's table). Published numbers come from Meta-World v2 and v3 setups that differ in "
              "details: compare, do not equate."]  # fmt: skip
     if not summaries:
-        notes.append("No MT50 runs of ours yet (tag `platform.suite` = `mt50`): train one with "
-                     "`python -m platform.train data.suite=mt50`, then run `python -m platform.compare --suite mt50`.")
+        notes.append(
+            "No MT50 runs of ours yet (tag `platform.suite` = `mt50`): train one with "
+            "`python -m platform.train data.suite=mt50`, then run `python -m platform.compare --suite mt50`."
+        )
     elif any("tier_average" not in s.tier_success for s in summaries):
-        notes.append("–: a run of ours without `eval/success/<tier>` metrics (evaluated before they were logged, "
-                     "or not on all four tiers: the tier average needs every tier).")
+        notes.append(
+            "–: a run of ours without `eval/success/<tier>` metrics (evaluated before they were logged, "
+            "or not on all four tiers: the tier average needs every tier)."
+        )
     notes += [f"{m.method}: {m.note}." for m in mt50 if m.note]
     return [f"- {n}" for n in notes]
 
@@ -216,8 +220,15 @@ def render_markdown(
                           "task by task; see the published averages below.", ""]  # fmt: skip
     if suite in (None, "mt50"):
         ours = [s for s in summaries if s.suite == "mt50"]
-        parts += ["## MT50: all 50 Meta-World tasks, success % per difficulty tier (reference runs "
-                  "`published/mt50/*` in MLflow)", "", mt50_table(ours, mt50), "", *mt50_notes(ours, mt50), ""]
+        parts += [
+            "## MT50: all 50 Meta-World tasks, success % per difficulty tier (reference runs "
+            "`published/mt50/*` in MLflow)",
+            "",
+            mt50_table(ours, mt50),
+            "",
+            *mt50_notes(ours, mt50),
+            "",
+        ]
     parts += ["## Published RLBench-18 (reference runs `published/rlbench18/*` in MLflow)", "",
               published_table(published), ""]  # fmt: skip
     return "\n".join(parts)
@@ -230,7 +241,10 @@ def no_runs_message(context: str) -> str:
 
 
 def write_csv(
-    path: Path, summaries: list[RunSummary], published: list[PublishedMethod], levels: tuple[float, ...],
+    path: Path,
+    summaries: list[RunSummary],
+    published: list[PublishedMethod],
+    levels: tuple[float, ...],
     mt50: Sequence[MT50Published] = (),
 ) -> Path:
     """One row per run of ours and per published method (RLBench-18, MT50); per-task success in

@@ -11,9 +11,14 @@ from evaluation.metaworld_tiers import TIERS
 from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
 
 OUR_KINDS = ("train", "sweep_trial")
-TIER_AVERAGES = (*TIERS, "tier_average")  # eval/success/<name> of a Meta-World evaluation (EvalReport.mlflow_metrics)
+TIER_AVERAGES = (
+    *TIERS,
+    "tier_average",
+)  # eval/success/<name> of a Meta-World evaluation (EvalReport.mlflow_metrics)
 _TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
-_NOT_TASKS = {"difficulty"}  # eval/difficulty/<level>/success of reference runs logged before MT50 (published/metaworld/*)
+_NOT_TASKS = {
+    "difficulty"
+}  # eval/difficulty/<level>/success of reference runs logged before MT50 (published/metaworld/*)
 
 
 @dataclass
@@ -147,7 +152,9 @@ def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummar
         success_curve=curve,
         success_ci=_ci(data.metrics),
         demos_per_task=_int_param(data.params, "data.episodes_per_task"),
-        tier_success={n: data.metrics[f"eval/success/{n}"] for n in TIER_AVERAGES if f"eval/success/{n}" in data.metrics},
+        tier_success={
+            n: data.metrics[f"eval/success/{n}"] for n in TIER_AVERAGES if f"eval/success/{n}" in data.metrics
+        },
         tier_ci={n: ci for n in TIER_AVERAGES if (ci := _ci(data.metrics, f"eval/success/{n}")) is not None},
         per_episode_success=data.metrics.get("eval/success/per_episode"),
     )
@@ -184,15 +191,19 @@ def find_quality_rows(client: Any, experiment_id: str | None) -> list[QualityRow
     if experiment_id is None:
         return []
     rows = []
-    for run in client.search_runs([experiment_id], filter_string="tags.`platform.quality` = 'true'",
-                                  max_results=100):
+    for run in client.search_runs(
+        [experiment_id], filter_string="tags.`platform.quality` = 'true'", max_results=100
+    ):
         values: dict[int, dict[str, float]] = {}
         for key, value in run.data.metrics.items():
             match = _QUALITY.match(key)
             if match:
                 values.setdefault(int(match["m"]), {})[match["what"]] = value
         name = run.info.run_name or run.info.run_id
-        rows += [QualityRow(name, m, v.get("time_to_target_s"), v.get("ratio_to_m1")) for m, v in sorted(values.items())]
+        rows += [
+            QualityRow(name, m, v.get("time_to_target_s"), v.get("ratio_to_m1"))
+            for m, v in sorted(values.items())
+        ]
     return rows
 
 

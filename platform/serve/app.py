@@ -49,7 +49,9 @@ class ServeSettings:
     """How the deployment batches and what it accepts (``python -m platform.serve --help``)."""
 
     max_batch: int = 16
-    batch_wait_s: float = 0.005  # 5 ms: about 1 % of a laptop forward pass, enough for concurrent callers to meet
+    batch_wait_s: float = (
+        0.005  # 5 ms: about 1 % of a laptop forward pass, enough for concurrent callers to meet
+    )
     max_request_bytes: int = 64 * 2**20  # four 640 x 480 RGB-D cameras in base64 are about 12 MB
     device: str = "cpu"
     torch_threads: int = 1
@@ -64,7 +66,9 @@ class InstructionTable:
             if task in bundle.instructions.tasks:
                 self.known.setdefault(text, bundle.instructions.tasks[task])
         self.encoder_name = bundle.text_encoder
-        self.dim = next(iter(bundle.instructions.tasks.values()))[0].shape[1] if bundle.instructions.tasks else None
+        self.dim = (
+            next(iter(bundle.instructions.tasks.values()))[0].shape[1] if bundle.instructions.tasks else None
+        )
         self._encoded: dict[str, Instruction] = {}
         self._encoder: Any = None
 
@@ -76,9 +80,12 @@ class InstructionTable:
             encoder = self._load_encoder(text)
             emb = encoder.encode([text])[0]
             if self.dim is not None and emb.tokens.shape[1] != self.dim:
-                raise RequestError(f"the server's text encoder {encoder.name} gives {emb.tokens.shape[1]}-d tokens "
-                                   f"but the policy was trained on {self.dim}-d ones; send an instruction seen in "
-                                   f"training ({self.examples()})", 422)
+                raise RequestError(
+                    f"the server's text encoder {encoder.name} gives {emb.tokens.shape[1]}-d tokens "
+                    f"but the policy was trained on {self.dim}-d ones; send an instruction seen in "
+                    f"training ({self.examples()})",
+                    422,
+                )
             if len(self._encoded) >= MAX_CACHED_TEXTS:
                 self._encoded.pop(next(iter(self._encoded)))
             self._encoded[text] = (emb.tokens, emb.mask)
@@ -99,9 +106,12 @@ class InstructionTable:
         try:
             self._encoder = get_encoder(TextEncoderConfig(kind=kind))
         except (TextEncoderError, ImportError, OSError) as exc:
-            raise RequestError(f"instruction {text!r} was not seen in training and the checkpoint's text encoder "
-                               f"({name}) cannot be loaded here ({exc}); send one seen in training: "
-                               f"{self.examples()}", 422) from None
+            raise RequestError(
+                f"instruction {text!r} was not seen in training and the checkpoint's text encoder "
+                f"({name}) cannot be loaded here ({exc}); send one seen in training: "
+                f"{self.examples()}",
+                422,
+            ) from None
         return self._encoder
 
 
@@ -119,7 +129,9 @@ class PolicyDeployment:
         self.conditioner = bundle.condition_fn()  # evaluation's own conditioner, built once
         self.pointcloud: PointCloudConfig = self.conditioner.config
         self.instructions = InstructionTable(bundle)
-        self._forward_pool = ThreadPoolExecutor(max_workers=1)  # one forward pass at a time, off the event loop
+        self._forward_pool = ThreadPoolExecutor(
+            max_workers=1
+        )  # one forward pass at a time, off the event loop
         self._batch.set_max_batch_size(settings.max_batch)
         self._batch.set_batch_wait_timeout_s(settings.batch_wait_s)
 
@@ -127,8 +139,11 @@ class PolicyDeployment:
         if request.method == "GET":
             return JSONResponse(self.describe())
         if request.method != "POST":
-            return _error(RequestError(f"{request.method} is not supported: POST an observation, GET a "
-                                       "description", 405))
+            return _error(
+                RequestError(
+                    f"{request.method} is not supported: POST an observation, GET a description", 405
+                )
+            )
         t0 = time.perf_counter()
         try:
             length = request.headers.get("content-length")
@@ -147,15 +162,24 @@ class PolicyDeployment:
             pose, batch_size, queued_s, forward_s = await self._batch((condition, seed, t1))
         except Exception as exc:  # the policy failed: one line, never Serve's traceback page
             first = str(exc).splitlines()[0] if str(exc) else ""
-            return _error(RequestError(f"the policy failed on this observation ({type(exc).__name__}: {first})", 500))
+            return _error(
+                RequestError(f"the policy failed on this observation ({type(exc).__name__}: {first})", 500)
+            )
         t2 = time.perf_counter()
-        return JSONResponse({
-            "pose": [float(v) for v in pose],
-            "seed": seed,
-            "instruction_source": "checkpoint" if from_checkpoint else "encoder",
-            "timing": {"preprocess_ms": 1e3 * (t1 - t0), "queue_ms": 1e3 * queued_s,
-                       "inference_ms": 1e3 * forward_s, "total_ms": 1e3 * (t2 - t0), "batch_size": batch_size},
-        })
+        return JSONResponse(
+            {
+                "pose": [float(v) for v in pose],
+                "seed": seed,
+                "instruction_source": "checkpoint" if from_checkpoint else "encoder",
+                "timing": {
+                    "preprocess_ms": 1e3 * (t1 - t0),
+                    "queue_ms": 1e3 * queued_s,
+                    "inference_ms": 1e3 * forward_s,
+                    "total_ms": 1e3 * (t2 - t0),
+                    "batch_size": batch_size,
+                },
+            }
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -172,27 +196,39 @@ class PolicyDeployment:
         }
 
     def _too_large(self, n: int) -> str:
-        return (f"the request is {n / 2**20:.1f} MB, more than this server's {self.settings.max_request_bytes / 2**20:.0f}"
-                " MB: send fewer or smaller cameras, or a ready point cloud (or start it with --max-request-mb)")
+        return (
+            f"the request is {n / 2**20:.1f} MB, more than this server's {self.settings.max_request_bytes / 2**20:.0f}"
+            " MB: send fewer or smaller cameras, or a ready point cloud (or start it with --max-request-mb)"
+        )
 
     def _condition(self, req: ServeRequest) -> tuple[ConditionBatch, bool]:
         text, from_checkpoint = self.instructions.lookup(req.instruction)
         if req.cameras is not None:
-            obs = Observation(task="", instruction=req.instruction, cameras=req.cameras, gripper_pose=req.gripper_pose)
+            obs = Observation(
+                task="", instruction=req.instruction, cameras=req.cameras, gripper_pose=req.gripper_pose
+            )
             return self.conditioner(obs, text), from_checkpoint
         assert req.points is not None
         cloud = cloud_to_points(req.points[:, :3], req.points[:, 3:6], self.pointcloud)  # (n, 7)
         if not len(cloud):
-            raise RequestError("no point of the cloud lies inside the workspace "
-                               f"{self.pointcloud.workspace_low}-{self.pointcloud.workspace_high} above the table: "
-                               "send world-frame metres", 422)
-        return points_to_condition(cloud, req.gripper_pose, text, self.bundle.max_points, self.pointcloud), from_checkpoint
+            raise RequestError(
+                "no point of the cloud lies inside the workspace "
+                f"{self.pointcloud.workspace_low}-{self.pointcloud.workspace_high} above the table: "
+                "send world-frame metres",
+                422,
+            )
+        return points_to_condition(
+            cloud, req.gripper_pose, text, self.bundle.max_points, self.pointcloud
+        ), from_checkpoint
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batch(self, items: list[tuple[ConditionBatch, int, float]]) -> list[tuple[np.ndarray, int, float, float]]:
+    async def _batch(
+        self, items: list[tuple[ConditionBatch, int, float]]
+    ) -> list[tuple[np.ndarray, int, float, float]]:
         start = time.perf_counter()
         actions = await asyncio.get_running_loop().run_in_executor(
-            self._forward_pool, self._forward, [c for c, _, _ in items], [s for _, s, _ in items])  # (B, 8)
+            self._forward_pool, self._forward, [c for c, _, _ in items], [s for _, s, _ in items]
+        )  # (B, 8)
         forward_s = time.perf_counter() - start
         return [(actions[i], len(items), start - t, forward_s) for i, (_, _, t) in enumerate(items)]
 

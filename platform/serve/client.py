@@ -43,18 +43,27 @@ class Prediction:
 
 
 def camera_payload(frame: CameraFrame) -> dict[str, Any]:
-    return {"name": frame.name, "rgb": encode_array(np.asarray(frame.rgb, np.uint8)),
-            "depth": encode_array(np.asarray(frame.depth, np.float32)),
-            "intrinsics": np.asarray(frame.intrinsics, np.float64).tolist(),
-            "extrinsics": np.asarray(frame.extrinsics, np.float64).tolist()}
+    return {
+        "name": frame.name,
+        "rgb": encode_array(np.asarray(frame.rgb, np.uint8)),
+        "depth": encode_array(np.asarray(frame.depth, np.float32)),
+        "intrinsics": np.asarray(frame.intrinsics, np.float64).tolist(),
+        "extrinsics": np.asarray(frame.extrinsics, np.float64).tolist(),
+    }
 
 
-def request_body(instruction: str, gripper_pose: Sequence[float] | np.ndarray,
-                 cameras: Sequence[CameraFrame] | None = None, points: np.ndarray | None = None,
-                 seed: int | None = None) -> bytes:
+def request_body(
+    instruction: str,
+    gripper_pose: Sequence[float] | np.ndarray,
+    cameras: Sequence[CameraFrame] | None = None,
+    points: np.ndarray | None = None,
+    seed: int | None = None,
+) -> bytes:
     """The JSON body of one request (docs/serving.md); ``points``: (P, 6) ``[x, y, z, r, g, b]``."""
-    body: dict[str, Any] = {"instruction": instruction,
-                            "gripper_pose": [float(v) for v in np.asarray(gripper_pose, np.float64).reshape(-1)]}
+    body: dict[str, Any] = {
+        "instruction": instruction,
+        "gripper_pose": [float(v) for v in np.asarray(gripper_pose, np.float64).reshape(-1)],
+    }
     if cameras is not None:
         body["cameras"] = [camera_payload(c) for c in cameras]
     if points is not None:
@@ -81,9 +90,14 @@ class Client:
         """The server's description: checkpoint, tasks, instructions seen in training, device, batching."""
         return json.loads(self._send("GET", b""))
 
-    def predict(self, instruction: str, gripper_pose: Sequence[float] | np.ndarray,
-                cameras: Sequence[CameraFrame] | None = None, points: np.ndarray | None = None,
-                seed: int | None = None) -> Prediction:
+    def predict(
+        self,
+        instruction: str,
+        gripper_pose: Sequence[float] | np.ndarray,
+        cameras: Sequence[CameraFrame] | None = None,
+        points: np.ndarray | None = None,
+        seed: int | None = None,
+    ) -> Prediction:
         """The next keypose for one observation (cameras, or a ready (P, 6) point cloud)."""
         return self.send(request_body(instruction, gripper_pose, cameras, points, seed))
 
@@ -97,8 +111,12 @@ class Client:
         data = json.loads(self._send("POST", body))
         timing = dict(data.get("timing", {}))
         timing["round_trip_ms"] = 1e3 * (time.perf_counter() - t)
-        return Prediction(pose=np.asarray(data["pose"], np.float64), seed=int(data["seed"]),
-                          instruction_source=str(data.get("instruction_source", "")), timing=timing)
+        return Prediction(
+            pose=np.asarray(data["pose"], np.float64),
+            seed=int(data["seed"]),
+            instruction_source=str(data.get("instruction_source", "")),
+            timing=timing,
+        )
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -123,13 +141,17 @@ class Client:
             except (TimeoutError, OSError) as exc:
                 conn.close()
                 self._local.conn = None
-                raise ServeError(f"the policy server at {self.url} cannot be reached ({exc}): is "
-                                 "`python -m platform.serve` running?") from None
+                raise ServeError(
+                    f"the policy server at {self.url} cannot be reached ({exc}): is "
+                    "`python -m platform.serve` running?"
+                ) from None
         if response.status != 200:
             try:
                 message = json.loads(payload)["error"]
             except (ValueError, KeyError, TypeError):
-                message = payload.decode(errors="replace").strip().splitlines()[0] if payload else response.reason
+                message = (
+                    payload.decode(errors="replace").strip().splitlines()[0] if payload else response.reason
+                )
             raise ServeError(f"HTTP {response.status}: {message}", response.status)
         return payload
 

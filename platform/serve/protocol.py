@@ -35,7 +35,9 @@ from evaluation.simulators.sim import CameraFrame
 MAX_SEED = 2**63 - 1
 _DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
 MAX_CAMERAS = 16
-MAX_PIXELS = 4096 * 4096  # per image: far above any depth camera; bounds what one request can make us allocate
+MAX_PIXELS = (
+    4096 * 4096
+)  # per image: far above any depth camera; bounds what one request can make us allocate
 
 
 class RequestError(ValueError):
@@ -62,10 +64,16 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     if array.dtype.name not in _DTYPES:
         array = array.astype(np.float64)
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "b64": base64.b64encode(array.tobytes()).decode()}
+    return {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "b64": base64.b64encode(array.tobytes()).decode(),
+    }
 
 
-def decode_array(value: Any, field: str, ndim: int, last: int | None = None, finite: bool = True) -> np.ndarray:
+def decode_array(
+    value: Any, field: str, ndim: int, last: int | None = None, finite: bool = True
+) -> np.ndarray:
     """An ARRAY (nested list or compact form) of ``ndim`` dimensions (the last of size ``last`` when given);
     ``finite``: refuse NaN and infinity."""
     if isinstance(value, dict):
@@ -90,7 +98,9 @@ def decode_array(value: Any, field: str, ndim: int, last: int | None = None, fin
         except (TypeError, ValueError):
             raise RequestError(f"{field} must be a rectangular list of numbers") from None
     else:
-        raise RequestError(f"{field} must be a list of numbers or {{dtype, shape, b64}}, got {type(value).__name__}")
+        raise RequestError(
+            f"{field} must be a list of numbers or {{dtype, shape, b64}}, got {type(value).__name__}"
+        )
     if array.ndim != ndim or (last is not None and array.shape[-1] != last):
         if ndim == 1 and last is not None:
             want = f"shape [{last}]"
@@ -114,7 +124,9 @@ def _camera(value: Any, i: int) -> CameraFrame:
     if rgb.shape[:2] != depth.shape:
         raise RequestError(f"{field}: rgb is {list(rgb.shape[:2])} pixels but depth {list(depth.shape)}")
     if depth.size > MAX_PIXELS:
-        raise RequestError(f"{field}: {depth.shape[0]} x {depth.shape[1]} pixels is more than {MAX_PIXELS}", 413)
+        raise RequestError(
+            f"{field}: {depth.shape[0]} x {depth.shape[1]} pixels is more than {MAX_PIXELS}", 413
+        )
     if rgb.dtype != np.uint8:
         if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
             raise RequestError(f"{field}.rgb must be colours in [0, 255]")
@@ -122,8 +134,10 @@ def _camera(value: Any, i: int) -> CameraFrame:
     intrinsics = decode_array(value["intrinsics"], f"{field}.intrinsics", 2).astype(np.float64)
     extrinsics = decode_array(value["extrinsics"], f"{field}.extrinsics", 2).astype(np.float64)
     if intrinsics.shape != (3, 3) or extrinsics.shape != (4, 4):
-        raise RequestError(f"{field}: intrinsics must be 3 x 3 and extrinsics 4 x 4, got "
-                           f"{list(intrinsics.shape)} and {list(extrinsics.shape)}")
+        raise RequestError(
+            f"{field}: intrinsics must be 3 x 3 and extrinsics 4 x 4, got "
+            f"{list(intrinsics.shape)} and {list(extrinsics.shape)}"
+        )
     problem = non_rigid(extrinsics[None])
     if problem is not None:
         raise RequestError(f"{field}.extrinsics {problem[1]}", 422)
@@ -139,13 +153,19 @@ def parse_request(body: bytes) -> ServeRequest:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"the body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise RequestError(
+            f"the body is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from None
     if not isinstance(data, dict):
-        raise RequestError("the body must be a JSON object with instruction, gripper_pose and cameras or points")
+        raise RequestError(
+            "the body must be a JSON object with instruction, gripper_pose and cameras or points"
+        )
     unknown = sorted(set(data) - {"instruction", "gripper_pose", "cameras", "points", "seed"})
     if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(unknown)}: a request has instruction, gripper_pose, "
-                           "cameras or points, and seed")
+        raise RequestError(
+            f"unknown field(s) {', '.join(unknown)}: a request has instruction, gripper_pose, "
+            "cameras or points, and seed"
+        )
     instruction = data.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
         raise RequestError("instruction must be a non-empty string (the task's instruction text)")
@@ -167,6 +187,8 @@ def parse_request(body: bytes) -> ServeRequest:
         if len(points) > MAX_PIXELS:
             raise RequestError(f"points has {len(points)} rows, more than {MAX_PIXELS}", 413)
     seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
         raise RequestError(f"seed must be an integer in [0, 2^63 - 1], got {seed!r}")
     return ServeRequest(instruction=instruction, gripper_pose=pose, cameras=cameras, points=points, seed=seed)

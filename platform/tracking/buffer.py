@@ -115,7 +115,9 @@ class RecordBuffer:
         try:
             return FileLock(self.dir / LOCK_FILE).acquire()
         except LockBusyError as e:
-            raise BufferInUseError(f"tracking buffer {self.dir} is in use by another tracker ({e.holder})") from e
+            raise BufferInUseError(
+                f"tracking buffer {self.dir} is in use by another tracker ({e.holder})"
+            ) from e
 
     # ---- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:

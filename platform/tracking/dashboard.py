@@ -36,10 +36,19 @@ DEFAULT_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`
 
 # Columns of the runs table, as the UI names them (kind.`key`).
 # Success and its averages first (names from evaluation.runtime.metrics.EvalReport.mlflow_metrics).
-METRIC_COLUMNS = ("eval/success", "eval/success_ci_low", "eval/success_ci_high", "eval/success/per_episode",
-                  "eval/success/tier_average", "eval/success/tier_average_ci_low",
-                  "eval/success/tier_average_ci_high", *(f"eval/success/{tier}" for tier in TIERS),
-                  "val/pos_err_cm", "train/samples_per_s", "train/loss")
+METRIC_COLUMNS = (
+    "eval/success",
+    "eval/success_ci_low",
+    "eval/success_ci_high",
+    "eval/success/per_episode",
+    "eval/success/tier_average",
+    "eval/success/tier_average_ci_low",
+    "eval/success/tier_average_ci_high",
+    *(f"eval/success/{tier}" for tier in TIERS),
+    "val/pos_err_cm",
+    "train/samples_per_s",
+    "train/loss",
+)
 PARAM_COLUMNS = ("policy.type", "policy.m", "data.episodes_per_task", "train.steps")
 TAG_COLUMNS = (TAG_KIND,)
 
@@ -50,17 +59,28 @@ def column(kind: str, key: str) -> str:
 
 def default_view_state() -> dict[str, Any]:
     """The runs-table view stored under :data:`VIEW_TAG`: newest runs first, every run shown, our columns."""
-    columns = ([column("attributes", "Duration")] + [column("metrics", k) for k in METRIC_COLUMNS]
-               + [column("params", k) for k in PARAM_COLUMNS] + [column("tags", k) for k in TAG_COLUMNS])
+    columns = (
+        [column("attributes", "Duration")]
+        + [column("metrics", k) for k in METRIC_COLUMNS]
+        + [column("params", k) for k in PARAM_COLUMNS]
+        + [column("tags", k) for k in TAG_COLUMNS]
+    )
     return {
-        "searchFilter": "", "orderByKey": column("attributes", "start_time"), "orderByAsc": False,
-        "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True,
+        "searchFilter": "",
+        "orderByKey": column("attributes", "start_time"),
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
 
 
 def experiment_tags() -> dict[str, str]:
-    return {EXPERIMENT_KIND_TAG: TRAINING_KIND, VIEW_TAG: json.dumps(default_view_state(), separators=(",", ":"))}
+    return {
+        EXPERIMENT_KIND_TAG: TRAINING_KIND,
+        VIEW_TAG: json.dumps(default_view_state(), separators=(",", ":")),
+    }
 
 
 def ensure_experiment_view(client: Any, experiment_id: str) -> None:
@@ -93,7 +113,9 @@ def experiment_url(tracking_uri: str | None, experiment_id: str) -> str:
 
 
 def run_url(tracking_uri: str | None, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return (
+        f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    )
 
 
 def ui_command(tracking_uri: str | None) -> str:

@@ -36,7 +36,9 @@ def buffer_backlog(root: Path, tracking_uri: str) -> dict[Path, int]:
         try:
             state = json.loads((buffer / STATE_FILE).read_text(encoding="utf-8"))
             acked = int(state.get("targets", {}).get(tracking_uri, {}).get("acked_seq", 0))
-            lines = (buffer / RECORDS_FILE).read_bytes().splitlines() if (buffer / RECORDS_FILE).exists() else []
+            lines = (
+                (buffer / RECORDS_FILE).read_bytes().splitlines() if (buffer / RECORDS_FILE).exists() else []
+            )
             last = max((json.loads(line)["seq"] for line in lines[-1:] if line.strip()), default=0)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # unreadable: sync reports it
@@ -68,8 +70,11 @@ def sync_all(root: Path, tracking_uri: str | None = None, timeout_s: float = 300
     each. Exit status 0 when all were uploaded, 1 when records remain, 2 when ``root`` holds no buffer."""
     buffers = find_buffers(root)
     if not buffers:
-        print(f"error: {root} is not a tracking buffer and holds none (no {STATE_FILE} in it or below it); pass "
-              f"a run's buffer folder, e.g. runs/<name>/{BUFFER_ROOT}", file=sys.stderr)
+        print(
+            f"error: {root} is not a tracking buffer and holds none (no {STATE_FILE} in it or below it); pass "
+            f"a run's buffer folder, e.g. runs/<name>/{BUFFER_ROOT}",
+            file=sys.stderr,
+        )
         return 2
     complete = True
     for buffer in buffers:
@@ -89,12 +94,21 @@ def sync_all(root: Path, tracking_uri: str | None = None, timeout_s: float = 300
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m platform.tracking", description="upload left-over MLflow tracking buffers")
+    parser = argparse.ArgumentParser(
+        prog="python -m platform.tracking", description="upload left-over MLflow tracking buffers"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sync = sub.add_parser("sync", help="upload what tracking buffers still hold: one buffer, or every buffer "
-                                       f"under a folder (e.g. runs/<name>/{BUFFER_ROOT})")
-    sync.add_argument("buffer_dir", type=Path, metavar="DIR",
-                      help=f"a buffer, or a folder of buffers such as runs/<name>/{BUFFER_ROOT}")
+    sync = sub.add_parser(
+        "sync",
+        help="upload what tracking buffers still hold: one buffer, or every buffer "
+        f"under a folder (e.g. runs/<name>/{BUFFER_ROOT})",
+    )
+    sync.add_argument(
+        "buffer_dir",
+        type=Path,
+        metavar="DIR",
+        help=f"a buffer, or a folder of buffers such as runs/<name>/{BUFFER_ROOT}",
+    )
     sync.add_argument(
         "--tracking-uri",
         default=None,

@@ -210,7 +210,9 @@ class MlflowSink:
         from platform.tracking.dashboard import ensure_experiment_view
 
         experiment_id = self._find_or_create_experiment()
-        ensure_experiment_view(self.client, experiment_id)  # opens as a training dashboard (platform.tracking.dashboard)
+        ensure_experiment_view(
+            self.client, experiment_id
+        )  # opens as a training dashboard (platform.tracking.dashboard)
         return experiment_id
 
     def _find_or_create_experiment(self) -> str:
@@ -352,7 +354,9 @@ class MlflowSink:
         if self.logged_steps is not None:
             self.logged_steps.update(chunk.metric_steps)
         if chunk.skipped:
-            _log.debug("MLflow run %s: %d metric values at already logged steps skipped", self.run_id, chunk.skipped)
+            _log.debug(
+                "MLflow run %s: %d metric values at already logged steps skipped", self.run_id, chunk.skipped
+            )
 
     def _send_single(self, rec: dict[str, Any]) -> None:
         if rec["k"] == "status":

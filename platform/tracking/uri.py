@@ -18,7 +18,9 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy stor
 HTTP_SCHEMES = ("http", "https")
 # MLflow 3's other built-in stores: "" (a local path), file:, Databricks workspaces and Unity Catalog
 OTHER_SCHEMES = ("", "file", "databricks", "databricks-uc", "uc")
-ACCEPTED = "a local path, file:PATH, sqlite:///PATH, postgresql|mysql|mssql://..., http(s)://HOST[:PORT], databricks"
+ACCEPTED = (
+    "a local path, file:PATH, sqlite:///PATH, postgresql|mysql|mssql://..., http(s)://HOST[:PORT], databricks"
+)
 
 
 class TrackingUriError(UserFacingError):
@@ -28,8 +30,13 @@ class TrackingUriError(UserFacingError):
 def resolve_tracking_uri(configured: str | None, repo_root: Path) -> str:
     """``configured`` (``tracking.uri``) or ``$MLFLOW_TRACKING_URI`` or ``sqlite:////<repo_root>/mlflow.db``,
     checked by ``check_tracking_uri``."""
-    setting = "tracking.uri" if configured else "MLFLOW_TRACKING_URI" if os.environ.get(
-        "MLFLOW_TRACKING_URI", "").strip() else "the default tracking URI"
+    setting = (
+        "tracking.uri"
+        if configured
+        else "MLFLOW_TRACKING_URI"
+        if os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+        else "the default tracking URI"
+    )
     uri = configured or default_tracking_uri(repo_root)
     check_tracking_uri(uri, setting)
     return uri
@@ -39,8 +46,10 @@ def check_tracking_uri(uri: str, setting: str = "tracking.uri") -> None:
     """Raise ``TrackingUriError`` (naming ``setting``, the value and the fix) for a URI that cannot work."""
     problem = _problem(uri.strip())
     if problem:
-        raise TrackingUriError(f"{setting}={uri}: {problem}; MLflow accepts {ACCEPTED} (set tracking.uri to one, "
-                               "or leave it and $MLFLOW_TRACKING_URI unset for the repository's mlflow.db)")
+        raise TrackingUriError(
+            f"{setting}={uri}: {problem}; MLflow accepts {ACCEPTED} (set tracking.uri to one, "
+            "or leave it and $MLFLOW_TRACKING_URI unset for the repository's mlflow.db)"
+        )
 
 
 def _problem(uri: str) -> str | None:

@@ -105,8 +105,14 @@ def start_local_ray(num_cpus: int = 4):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     temp = tempfile.mkdtemp(prefix="evr", dir="/tmp")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     return ray
 
 

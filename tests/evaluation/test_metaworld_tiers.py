@@ -21,7 +21,12 @@ def test_every_mt50_task_is_in_exactly_one_tier() -> None:
     membership = Counter(task for tasks in TIER_TASKS.values() for task in tasks)
     assert set(membership) == set(mt50) and len(mt50) == 50
     assert all(n == 1 for n in membership.values()), [t for t, n in membership.items() if n > 1]
-    assert {tier: len(TIER_TASKS[tier]) for tier in TIERS} == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
+    assert {tier: len(TIER_TASKS[tier]) for tier in TIERS} == {
+        "easy": 28,
+        "medium": 11,
+        "hard": 6,
+        "very_hard": 5,
+    }
     assert all(tier_of(task) is not None for task in mt50)
     assert tier_of("close_jar") is None  # an RLBench task has no tier
 
@@ -35,4 +40,7 @@ def test_module_and_reference_csv_are_the_same_table() -> None:
 def test_mt10_covers_three_tiers() -> None:
     groups = group_by_tier(suite_task_names("mt10"))
     assert list(groups) == ["easy", "medium", "hard"]  # no very hard task in MT10
-    assert groups["medium"] == ["peg-insert-side-v3"] and sorted(groups["hard"]) == ["pick-place-v3", "push-v3"]
+    assert groups["medium"] == ["peg-insert-side-v3"] and sorted(groups["hard"]) == [
+        "pick-place-v3",
+        "push-v3",
+    ]

@@ -10,11 +10,17 @@ pytestmark = pytest.mark.unit
 
 
 def test_benign_ray_internal_tracebacks_are_dropped_whole():
-    multiple = ["Exception in thread PlacementGroupCleanerMonitor:", "Traceback (most recent call last):",
-                "ConnectionError: Found multiple active Ray instances: {'a', 'b'}."]
+    multiple = [
+        "Exception in thread PlacementGroupCleanerMonitor:",
+        "Traceback (most recent call last):",
+        "ConnectionError: Found multiple active Ray instances: {'a', 'b'}.",
+    ]
     assert keep_lines({"actor_name": "PlacementGroupCleaner", "lines": multiple}) == []
-    request = ["Failed to send resource request for x. ... it's safe to ignore this error.",
-               "Traceback (most recent call last):", "ray.exceptions.GetTimeoutError: ..."]
+    request = [
+        "Failed to send resource request for x. ... it's safe to ignore this error.",
+        "Traceback (most recent call last):",
+        "ray.exceptions.GetTimeoutError: ...",
+    ]
     assert keep_lines({"actor_name": "TrainController", "lines": request}) == []
 
 
@@ -22,9 +28,12 @@ def test_real_errors_and_platform_lines_are_kept():
     crash = ["Traceback (most recent call last):", "RuntimeError: CUDA out of memory"]
     assert keep_lines({"actor_name": "TrainController", "lines": crash}) == crash
     assert keep_lines({"actor_name": "RayTrainWorker", "lines": crash}) == crash
-    mixed = ["[train] step 10/20  loss 1.0", "Reporting training result 3: TrainingReport(checkpoint=None, "
-             "metrics={}) from rank 0", "[core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
-             "ID: 'ab' has constructor arguments in the object store and max_restarts > 0"]
+    mixed = [
+        "[train] step 10/20  loss 1.0",
+        "Reporting training result 3: TrainingReport(checkpoint=None, metrics={}) from rank 0",
+        "[core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
+        "ID: 'ab' has constructor arguments in the object store and max_restarts > 0",
+    ]
     assert keep_lines({"actor_name": "RayTrainWorker", "lines": mixed}) == mixed[:1]
     # The same text from a user's actor is not Ray's: only the named internal actors' batches are dropped.
     assert keep_lines({"actor_name": "MyActor", "lines": ["Found multiple active Ray instances"]})
@@ -46,6 +55,8 @@ def test_driver_notices_are_dropped_and_real_warnings_kept(caplog):
     quiet_ray_notices()
     log = logging.getLogger("ray._private.worker")
     with caplog.at_level(logging.WARNING, logger="ray._private.worker"):
-        log.warning("Directory %r is now ignored by default when packaging the working directory. ...", ".git")
+        log.warning(
+            "Directory %r is now ignored by default when packaging the working directory. ...", ".git"
+        )
         log.warning("Failed to connect to GCS")
     assert [r.getMessage() for r in caplog.records] == ["Failed to connect to GCS"]

@@ -17,7 +17,9 @@ from tests import REPO_ROOT
 
 TINY_TASKS = ["reach-v3", "button-press-topdown-v3"]
 # The last line of every platform.train that evaluated (the README promises it).
-FINAL_LINE = re.compile(r"^mean success: (\d+\.\d)% over (\d+) episodes \(MLflow run (\w+), tracking URI (\S+)\)$")
+FINAL_LINE = re.compile(
+    r"^mean success: (\d+\.\d)% over (\d+) episodes \(MLflow run (\w+), tracking URI (\S+)\)$"
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,32 +28,59 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from evaluation.datasets.collect import collect_dataset
 
     out = tmp_path_factory.mktemp("data") / "metaworld_tiny"
-    collect_dataset(suite="mt10", tasks=TINY_TASKS, episodes_per_task=1, out=out, workers=1, seed=0, progress=False)
+    collect_dataset(
+        suite="mt10", tasks=TINY_TASKS, episodes_per_task=1, out=out, workers=1, seed=0, progress=False
+    )
     return out
 
 
 def tiny_overrides(tmp: Path, dataset: Path, name: str = "itest", *extra: str) -> list[str]:
     return [
-        f"name={name}", f"output_dir={tmp / 'runs'}", f"data.path={dataset}", "data.collect_if_missing=false",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "policy.preset=tiny", "policy.m=4", "train.batch_size=4",
-        "train.warmup_steps=2", "train.log_every=5", "train.checkpoint_every=5", "eval.actors=1",
-        "eval.episodes_per_task=1", "eval.max_keyposes=3", "ray.num_cpus=3", *extra,
+        f"name={name}",
+        f"output_dir={tmp / 'runs'}",
+        f"data.path={dataset}",
+        "data.collect_if_missing=false",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "policy.preset=tiny",
+        "policy.m=4",
+        "train.batch_size=4",
+        "train.warmup_steps=2",
+        "train.log_every=5",
+        "train.checkpoint_every=5",
+        "eval.actors=1",
+        "eval.episodes_per_task=1",
+        "eval.max_keyposes=3",
+        "ray.num_cpus=3",
+        *extra,
     ]
 
 
-def run_platform(module: str, args: list[str], timeout: float = 600, env: dict | None = None,
-                 cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def run_platform(
+    module: str, args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` from the repo root; pass ``RAY_ADDRESS`` in ``env`` to join a cluster."""
     full_env = {**os.environ, "PYTHONPATH": "", "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def start_platform(module: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start a platform command in its own process group (so the whole tree, Ray included, can be killed)."""
     full_env = {**os.environ, "PYTHONPATH": "", "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        start_new_session=True,
+    )
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -120,8 +149,9 @@ class RayCluster:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if (self.temp_dir.encode() in (entry / "cmdline").read_bytes()
-                            or os.readlink(entry / "cwd").startswith(self.temp_dir)):
+                    if self.temp_dir.encode() in (entry / "cmdline").read_bytes() or os.readlink(
+                        entry / "cwd"
+                    ).startswith(self.temp_dir):
                         out.append(int(entry.name))
                 except OSError:
                     continue
@@ -147,12 +177,29 @@ def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dash, agent = _free_port(), _free_port(), _free_port()
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": "", "PATH": venv_bin + os.pathsep + os.environ["PATH"],
-           "RAY_USAGE_STATS_ENABLED": "0", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HF_HUB_OFFLINE": "1"}
-    cmd = [str(Path(venv_bin) / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
-           f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",  # the job agent's HTTP port
-           "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": "",
+        "PATH": venv_bin + os.pathsep + os.environ["PATH"],
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        str(Path(venv_bin) / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=4",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}",  # the job agent's HTTP port
+        "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+    ]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=temp_dir)
     cluster = RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", temp_dir, env)
     try:

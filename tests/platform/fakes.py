@@ -16,12 +16,19 @@ class FakeKeyframeDataset:
     ``task_names``, ``instruction_embedding``. Samples are fixed synthetic scenes."""
 
     def __init__(self, policy_cfg, num_samples: int = 12, seed: int = 0, points: int = 96) -> None:
-        self._all = random_condition_batch(num_samples, points, text_dim=policy_cfg.text_dim,
-                                           workspace_low=policy_cfg.workspace_low,
-                                           workspace_high=policy_cfg.workspace_high, seed=seed)
+        self._all = random_condition_batch(
+            num_samples,
+            points,
+            text_dim=policy_cfg.text_dim,
+            workspace_low=policy_cfg.workspace_low,
+            workspace_high=policy_cfg.workspace_high,
+            seed=seed,
+        )
         self.task_names = ["fake-task-a", "fake-task-b"]
         self.task_index = np.arange(num_samples) % 2  # (S,) alternating tasks
-        self.sample_episode = np.arange(num_samples) // 2  # (S,) two samples (one per task) per episode number
+        self.sample_episode = (
+            np.arange(num_samples) // 2
+        )  # (S,) two samples (one per task) per episode number
         self._all = ConditionBatch(**{**self._all.__dict__, "task_index": torch.as_tensor(self.task_index)})
 
     def __len__(self) -> int:
@@ -30,6 +37,8 @@ class FakeKeyframeDataset:
     def instruction_embedding(self, task: str):
         return self._all.text[0].numpy(), self._all.text_mask[0].numpy()
 
-    def batch(self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None) -> ConditionBatch:
+    def batch(
+        self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None
+    ) -> ConditionBatch:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return self._all.select(idx)

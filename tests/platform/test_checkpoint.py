@@ -98,4 +98,6 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     leftovers = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
     prune_checkpoints(tmp_path, keep_last=100)
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
-    assert leftovers or ckpts  # the kill happened while writing or between writes; either way nothing is corrupt
+    assert (
+        leftovers or ckpts
+    )  # the kill happened while writing or between writes; either way nothing is corrupt

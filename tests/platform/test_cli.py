@@ -13,7 +13,9 @@ from tests import REPO_ROOT
 
 def run(args, cwd=REPO_ROOT, timeout=120):
     env = {**os.environ, "PYTHONPATH": ""}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def one_line_error(out, *needles):
@@ -35,13 +37,19 @@ def test_help_from_repo_root():
 
 @pytest.mark.process
 def test_print_config_applies_overrides():
-    out = run(["-m", "platform.train", "--print-config", "policy.m=7", "train.steps=123", "policy.preset=tiny"])
+    out = run(
+        ["-m", "platform.train", "--print-config", "policy.m=7", "train.steps=123", "policy.preset=tiny"]
+    )
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     from policies.presets import preset_values
 
     tiny = preset_values("tiny", "mini_diffuser")
-    assert cfg["policy"]["m"] == 7 and cfg["train"]["steps"] == 123 and cfg["policy"]["d_model"] == tiny["d_model"]
+    assert (
+        cfg["policy"]["m"] == 7
+        and cfg["train"]["steps"] == 123
+        and cfg["policy"]["d_model"] == tiny["d_model"]
+    )
 
 
 @pytest.mark.process
@@ -51,7 +59,12 @@ def test_typod_key():
 
 @pytest.mark.process
 def test_wrong_typed_value():
-    one_line_error(run(["-m", "platform.train", "--print-config", "train.steps=many"]), "train.steps", "'many'", "integer")
+    one_line_error(
+        run(["-m", "platform.train", "--print-config", "train.steps=many"]),
+        "train.steps",
+        "'many'",
+        "integer",
+    )
 
 
 @pytest.mark.process
@@ -61,15 +74,20 @@ def test_missing_config_file():
 
 @pytest.mark.process
 def test_run_as_script_gives_one_line():
-    one_line_error(run([str(REPO_ROOT / "platform" / "train.py")]), "python -m platform.train", str(REPO_ROOT))
+    one_line_error(
+        run([str(REPO_ROOT / "platform" / "train.py")]), "python -m platform.train", str(REPO_ROOT)
+    )
 
 
 @pytest.mark.process
 def test_wrong_directory_gives_one_line(tmp_path):
     guard = Path(sys.prefix) / "lib"
-    assert list(guard.glob("python3*/site-packages/minidiffuser_platform_guard.pth")), \
+    assert list(guard.glob("python3*/site-packages/minidiffuser_platform_guard.pth")), (
         "the venv lacks the guard: run `make setup`"
-    line = one_line_error(run(["-m", "platform.train", "--help"], cwd=tmp_path), "repository root", str(REPO_ROOT))
+    )
+    line = one_line_error(
+        run(["-m", "platform.train", "--help"], cwd=tmp_path), "repository root", str(REPO_ROOT)
+    )
     assert "torch" not in line
 
 

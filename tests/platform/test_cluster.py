@@ -38,8 +38,10 @@ def sim_cluster():
     mp = pytest.MonkeyPatch()
     for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}.items():
         mp.setenv(key, value)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_port": _free_port()})  # the State API Train polls
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": _free_port()},
+    )  # the State API Train polls
     mp.setenv(NO_READS_ENV, "1")  # inherited by the simulation nodes' raylets and their workers only
     sims = [cluster.add_node(num_cpus=1, resources={"sim": 1}) for _ in range(2)]
     mp.delenv(NO_READS_ENV)
@@ -68,8 +70,11 @@ def test_simulation_nodes_cannot_read_checkpoints(sim_cluster, tmp_path):
         return "read"
 
     on_sim = ray.get(ray.remote(num_cpus=0, resources={"sim": 1})(read).remote(str(tmp_path)))
-    on_head = ray.get(ray.remote(num_cpus=0)(read).options(
-        resources={"node:__internal_head__": 0.001}).remote(str(tmp_path)))
+    on_head = ray.get(
+        ray.remote(num_cpus=0)(read)
+        .options(resources={"node:__internal_head__": 0.001})
+        .remote(str(tmp_path))
+    )
     assert NO_READS_ENV in on_sim and NO_READS_ENV not in on_head
 
 
@@ -80,8 +85,15 @@ def test_training_on_the_head_evaluation_on_the_simulation_nodes(sim_cluster, tm
     Also the periodic evaluation itself (``eval.every_steps``): checkpoints evaluated in the background while
     training goes on, each logged at its training step, with its rollout videos, and no traceback printed."""
     cluster, head, sims = sim_cluster
-    args = tiny_overrides(tmp_path, tiny_dataset, "multinode", "train.steps=10", "eval.every_steps=5",
-                          "eval.actors=2", "eval.episodes_per_task=2")
+    args = tiny_overrides(
+        tmp_path,
+        tiny_dataset,
+        "multinode",
+        "train.steps=10",
+        "eval.every_steps=5",
+        "eval.actors=2",
+        "eval.episodes_per_task=2",
+    )
     out = run_platform("platform.train", args, env={"RAY_ADDRESS": cluster.address})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
@@ -114,8 +126,12 @@ def test_losing_simulation_nodes_mid_evaluation(sim_cluster):
 
     cluster, head, sims = sim_cluster
     sim = FakeSimConfig(step_delay_s=0.15)
-    pool = PoolConfig(num_actors=2, progress=False, episode_timeout_s=EPISODE_TIMEOUT_S, startup_timeout_s=120.0)
-    coord = Coordinator(sim.build, FakePolicyFactory(max_step=0.06), fake_instructions(sim.tasks), conditioner(), pool)
+    pool = PoolConfig(
+        num_actors=2, progress=False, episode_timeout_s=EPISODE_TIMEOUT_S, startup_timeout_s=120.0
+    )
+    coord = Coordinator(
+        sim.build, FakePolicyFactory(max_step=0.06), fake_instructions(sim.tasks), conditioner(), pool
+    )
     coord.start().wait_ready()
     assert len({ray.get(s.actor.ready.remote())["pid"] for s in coord.slots}) == 2
     specs = plan_episodes(sim.tasks, 4, seed=0, variations=range(4))

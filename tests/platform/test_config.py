@@ -22,8 +22,17 @@ def test_config_is_frozen():
 
 
 def test_overrides_are_parsed_as_yaml_and_applied():
-    cfg = load_config(None, ["policy.m=64", "train.steps=2000", "train.lr=1e-3", "data.tasks=[reach-v3,push-v3]",
-                             "train.time_budget_s=null", "eval.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            "policy.m=64",
+            "train.steps=2000",
+            "train.lr=1e-3",
+            "data.tasks=[reach-v3,push-v3]",
+            "train.time_budget_s=null",
+            "eval.enabled=false",
+        ],
+    )
     assert cfg.policy.m == 64 and cfg.train.steps == 2000 and cfg.train.lr == pytest.approx(1e-3)
     assert cfg.data.tasks == ("reach-v3", "push-v3") and cfg.eval.enabled is False
 

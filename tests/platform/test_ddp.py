@@ -33,7 +33,9 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     from tests.platform.fakes import FakeKeyframeDataset
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60)
+    )
     torch.manual_seed(0)
     cfg = load_config(None, ["policy.preset=tiny", "policy.m=2"])
     policy = DistributedDataParallel(build_policy(cfg.policy))
@@ -44,12 +46,18 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     results = {}
     kw = {"grad_clip": 1.0, "amp": "off", "device": torch.device("cpu")}
     gen = torch.Generator().manual_seed(1)
-    results["ok_step"] = train_step(policy, batch, optimizer, scheduler, scaler, None, generator=gen, **kw).skipped
+    results["ok_step"] = train_step(
+        policy, batch, optimizer, scheduler, scaler, None, generator=gen, **kw
+    ).skipped
     if rank == 1:
         batch.points[:] = float("nan")  # only this rank sees a non-finite loss
     before = [p.detach().clone() for p in policy.parameters()]
-    results["nan_step"] = train_step(policy, batch, optimizer, scheduler, scaler, None, generator=gen, **kw).skipped
-    results["weights_kept"] = all(torch.equal(a, b.detach()) for a, b in zip(before, policy.parameters(), strict=True))
+    results["nan_step"] = train_step(
+        policy, batch, optimizer, scheduler, scaler, None, generator=gen, **kw
+    ).skipped
+    results["weights_kept"] = all(
+        torch.equal(a, b.detach()) for a, b in zip(before, policy.parameters(), strict=True)
+    )
     deadline = time.monotonic() + (-1.0 if rank == 1 else 1000.0)  # only rank 1's budget is spent
     results["time_up"] = time_is_up(deadline, torch.device("cpu"))
     results["no_budget"] = time_is_up(None, torch.device("cpu"))
@@ -73,5 +81,10 @@ def test_ranks_skip_a_non_finite_step_together_and_stop_on_the_first_spent_budge
     assert [p.exitcode for p in procs] == [0, 0]
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got == {"ok_step": False, "nan_step": True, "weights_kept": True, "time_up": True,
-                       "no_budget": False}, (rank, got)
+        assert got == {
+            "ok_step": False,
+            "nan_step": True,
+            "weights_kept": True,
+            "time_up": True,
+            "no_budget": False,
+        }, (rank, got)

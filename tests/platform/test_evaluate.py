@@ -36,8 +36,11 @@ class _Recorder:
 
 def test_an_mt50_evaluation_logs_success_per_tier_and_the_tier_average(tmp_path: Path, capsys) -> None:
     # one task per tier, 4 episodes each: easy 4/4, medium 2/4, hard 1/4, very hard 0/4
-    outs = [EpisodeOutput(EpisodeResult(tasks[0], 25, i, i < k, 3, "ok", "", 0.1), StageTimes())
-            for (tier, tasks), k in zip(TIER_TASKS.items(), (4, 2, 1, 0), strict=True) for i in range(4)]
+    outs = [
+        EpisodeOutput(EpisodeResult(tasks[0], 25, i, i < k, 3, "ok", "", 0.1), StageTimes())
+        for (tier, tasks), k in zip(TIER_TASKS.items(), (4, 2, 1, 0), strict=True)
+        for i in range(4)
+    ]
     report = summarize(outs, wall_s=1.0)
     tracker = _Recorder()
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000010"
@@ -45,7 +48,12 @@ def test_an_mt50_evaluation_logs_success_per_tier_and_the_tier_average(tmp_path:
     for name in ("easy", "medium", "hard", "very_hard", "tier_average", "per_episode"):
         for suffix in ("", "_ci_low", "_ci_high"):
             assert f"eval/success/{name}{suffix}" in tracker.metrics
-    assert tracker.metrics["eval/success/medium"] == 0.5 and tracker.metrics["eval/success/tier_average"] == 0.4375
+    assert (
+        tracker.metrics["eval/success/medium"] == 0.5
+        and tracker.metrics["eval/success/tier_average"] == 0.4375
+    )
     saved = json.loads((tmp_path / "run" / "eval" / "step_00000010.json").read_text())
-    assert saved["tiers"]["hard"]["success_rate"] == 0.25 and saved == tracker.dicts["eval/step_00000010.json"]
+    assert (
+        saved["tiers"]["hard"]["success_rate"] == 0.25 and saved == tracker.dicts["eval/step_00000010.json"]
+    )
     assert "mean success 43.8% over 16 episodes (tier average 43.8%)" in capsys.readouterr().out

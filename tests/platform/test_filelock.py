@@ -25,7 +25,9 @@ time.sleep(float(sys.argv[2]))
 
 def hold(path: Path, seconds: float) -> subprocess.Popen:
     """Another process holding an exclusive flock on ``path`` for ``seconds`` (as a live train worker)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -66,9 +68,21 @@ def _fake_training(tmp_path, monkeypatch):
     from platform.config import load_config
     from tests.platform.fakes import FakeKeyframeDataset
 
-    cfg = load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=2",
-                             "train.warmup_steps=0", "train.checkpoint_every=2", "train.log_every=1",
-                             "train.device=cpu", "eval.enabled=false", f"output_dir={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "policy.preset=tiny",
+            "policy.m=2",
+            "train.batch_size=2",
+            "train.steps=2",
+            "train.warmup_steps=0",
+            "train.checkpoint_every=2",
+            "train.log_every=1",
+            "train.device=cpu",
+            "eval.enabled=false",
+            f"output_dir={tmp_path}",
+        ],
+    )
     monkeypatch.setattr(platform.data, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
@@ -92,7 +106,9 @@ def test_worker_waits_for_a_previous_worker_then_refuses_a_live_one(tmp_path, mo
     monkeypatch.setattr(worker, "RUN_LOCK_WAIT_S", 0.5)
     proc = hold(lock_path, 60)  # a live run with the same name
     try:
-        with pytest.raises(worker.RunDirBusyError, match=f"in use by another training process \\(pid {proc.pid}"):
+        with pytest.raises(
+            worker.RunDirBusyError, match=f"in use by another training process \\(pid {proc.pid}"
+        ):
             worker.train_loop_per_worker(payload)
     finally:
         proc.kill()

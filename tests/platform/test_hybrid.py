@@ -34,8 +34,18 @@ def test_stdlib_api_is_intact():
     public = [n for n in dir(ref) if not n.startswith("_")]
     missing = [n for n in public if not hasattr(platform, n)]
     assert not missing, f"stdlib platform attributes missing from the hybrid package: {missing}"
-    for name in ("system", "machine", "python_version", "python_implementation", "release", "node",
-                 "architecture", "python_version_tuple", "processor", "libc_ver"):
+    for name in (
+        "system",
+        "machine",
+        "python_version",
+        "python_implementation",
+        "release",
+        "node",
+        "architecture",
+        "python_version_tuple",
+        "processor",
+        "libc_ver",
+    ):
         assert getattr(platform, name)() == getattr(ref, name)(), name
     assert platform.uname()[:5] == ref.uname()[:5]
     assert platform.platform() == ref.platform()
@@ -48,7 +58,9 @@ def test_os_release_is_parsed_like_the_stdlib(tmp_path, monkeypatch):
     # /etc/os-release would otherwise only compare two OSErrors).
     ref = _stdlib_platform()
     release = tmp_path / "os-release"
-    release.write_text('NAME="Test OS"\nID=testos\nVERSION_ID="1.2"\n# a comment\nPRETTY_NAME=\'Test OS 1.2\'\n')
+    release.write_text(
+        'NAME="Test OS"\nID=testos\nVERSION_ID="1.2"\n# a comment\nPRETTY_NAME=\'Test OS 1.2\'\n'
+    )
     for mod in (platform, ref):
         monkeypatch.setattr(mod, "_os_release_candidates", (str(release),))
         monkeypatch.setattr(mod, "_os_release_cache", None)
@@ -73,7 +85,9 @@ def test_no_submodule_shadows_a_stdlib_attribute():
 
 @pytest.mark.process
 def test_libraries_that_call_platform_import_fine():
-    code = "import torch, pyarrow, pydantic, platform; print(platform.system(), hasattr(platform, '__path__'))"
+    code = (
+        "import torch, pyarrow, pydantic, platform; print(platform.system(), hasattr(platform, '__path__'))"
+    )
     out = subprocess.run([VENV_PY, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [platform.system(), "True"]
@@ -86,8 +100,10 @@ def test_pytest_entry_points_see_the_hybrid():
     console = Path(VENV_PY).with_name("pytest")
     assert console.exists(), "pytest console script missing from the venv"
     target = "tests/platform/test_config.py::test_defaults_are_valid"
-    cmds = [[VENV_PY, "-m", "pytest", target, "-q", "-p", "no:cacheprovider"],
-            [str(console), target, "-q", "-p", "no:cacheprovider"]]
+    cmds = [
+        [VENV_PY, "-m", "pytest", target, "-q", "-p", "no:cacheprovider"],
+        [str(console), target, "-q", "-p", "no:cacheprovider"],
+    ]
     env = {**os.environ, "PYTHONPATH": ""}
     for cmd in cmds:
         # conftest.py at the root is picked up because the probe runs with rootdir = repo root

@@ -16,14 +16,16 @@ import pytest
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc (Linux)"),
+    pytest.mark.skipif(
+        not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc (Linux)"
+    ),
 ]
 
 
 def _address(hex_address: str, v6: bool) -> str:
     ip = bytes.fromhex(hex_address.split(":")[0])
     if v6:  # four host-order 32-bit words
-        return socket.inet_ntop(socket.AF_INET6, b"".join(ip[i:i + 4][::-1] for i in range(0, 16, 4)))
+        return socket.inet_ntop(socket.AF_INET6, b"".join(ip[i : i + 4][::-1] for i in range(0, 16, 4)))
     return socket.inet_ntop(socket.AF_INET, ip[::-1])
 
 
@@ -84,8 +86,11 @@ def _command(pid: int) -> str:
 def cluster_sockets() -> list[tuple[str, int, str]]:
     """(address, port, command) of every socket this process and its descendants listen on."""
     owners = _socket_owners(process_tree(os.getpid()))
-    return sorted((ip, port, _command(owners[inode]))
-                  for inode, (ip, port) in listening_sockets().items() if inode in owners)
+    return sorted(
+        (ip, port, _command(owners[inode]))
+        for inode, (ip, port) in listening_sockets().items()
+        if inode in owners
+    )
 
 
 def is_loopback(address: str) -> bool:
@@ -117,7 +122,9 @@ def _assert_loopback_only(what: str) -> None:
     assert len(sockets) >= 5, f"{what}: expected the GCS, raylet, agents and workers to listen; saw {sockets}"
     assert any("gcs_server" in kind for kind in kinds) and any("raylet" in kind for kind in kinds), sockets
     outside = [s for s in sockets if not is_loopback(s[0])]
-    assert not outside, f"{what}: {len(outside)} of {len(sockets)} listening sockets outside loopback: {outside}"
+    assert not outside, (
+        f"{what}: {len(outside)} of {len(sockets)} listening sockets outside loopback: {outside}"
+    )
 
 
 def test_the_platforms_private_cluster_listens_on_loopback_only(monkeypatch):
@@ -129,7 +136,9 @@ def test_the_platforms_private_cluster_listens_on_loopback_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = load_config("configs/tiny.yaml")
     assert not joins_cluster(cfg)
-    connect_ray(cfg, quiet=True)  # what platform.train, platform.sweep and platform.quality start (dashboard on)
+    connect_ray(
+        cfg, quiet=True
+    )  # what platform.train, platform.sweep and platform.quality start (dashboard on)
     try:
         _exercise_cluster()
         _assert_loopback_only("platform.session.connect_ray")

@@ -18,10 +18,23 @@ pytestmark = pytest.mark.unit
 def _payload(tmp_path, monkeypatch, *overrides: str):
     import platform.data
 
-    cfg = load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=500",
-                             "train.warmup_steps=0", "train.checkpoint_every=50", "train.log_every=5",
-                             "train.val_every=1000", "train.device=cpu", "eval.enabled=false",
-                             f"output_dir={tmp_path}", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "policy.preset=tiny",
+            "policy.m=2",
+            "train.batch_size=2",
+            "train.steps=500",
+            "train.warmup_steps=0",
+            "train.checkpoint_every=50",
+            "train.log_every=5",
+            "train.val_every=1000",
+            "train.device=cpu",
+            "eval.enabled=false",
+            f"output_dir={tmp_path}",
+            *overrides,
+        ],
+    )
 
     def split(c):
         full = FakeKeyframeDataset(c.policy, num_samples=12)

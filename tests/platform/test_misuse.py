@@ -45,8 +45,14 @@ def refused(capsys, args: list[str], *needles: str, within_s: float = 10.0) -> s
 
 def base(tmp_path: Path, *extra: str) -> list[str]:
     """A run whose dataset is absent and never collected: should a check let it through, it stops at once."""
-    return ["name=misuse", f"output_dir={tmp_path / 'runs'}", f"data.path={tmp_path / 'no-data'}",
-            "data.collect_if_missing=false", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+    return [
+        "name=misuse",
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.path={tmp_path / 'no-data'}",
+        "data.collect_if_missing=false",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------- 1. two drivers, one name
@@ -66,12 +72,14 @@ def test_a_second_driver_under_the_same_name_is_refused_at_once(tmp_path, capsys
     run_dir = tmp_path / "runs" / "misuse"
     run_dir.mkdir(parents=True)
     (run_dir / "experiment.yaml").write_text("first run's\n")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir / ".driver.lock")], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir / ".driver.lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = refused(capsys, base(tmp_path), "'misuse' is already running", f"pid {holder.pid}", "name=",
-                       within_s=5)
+        line = refused(
+            capsys, base(tmp_path), "'misuse' is already running", f"pid {holder.pid}", "name=", within_s=5
+        )
         assert str(run_dir / ".driver.lock") in line
     finally:
         holder.kill()
@@ -87,8 +95,12 @@ def test_a_second_driver_under_the_same_name_is_refused_at_once(tmp_path, capsys
 
 @pytest.mark.unit
 def test_output_dir_that_cannot_be_created(tmp_path, capsys):
-    refused(capsys, base(tmp_path, "output_dir=/proc/minidiffuser-runs"), "output_dir=/proc/minidiffuser-runs",
-            "cannot create")
+    refused(
+        capsys,
+        base(tmp_path, "output_dir=/proc/minidiffuser-runs"),
+        "output_dir=/proc/minidiffuser-runs",
+        "cannot create",
+    )
 
 
 @pytest.mark.unit
@@ -103,6 +115,7 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
     out = tmp_path / "read-only"
     out.mkdir()
     if os.geteuid() == 0:  # root writes through permission bits: stand in for a read-only file system
+
         def read_only(directory):
             raise OSError(errno.EROFS, "Read-only file system", str(directory))
 
@@ -110,8 +123,13 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
     else:
         out.chmod(0o555)
     try:
-        refused(capsys, base(tmp_path, f"output_dir={out}"), f"output_dir={out}", "cannot write in",
-                "errno 30" if os.geteuid() == 0 else "errno 13")
+        refused(
+            capsys,
+            base(tmp_path, f"output_dir={out}"),
+            f"output_dir={out}",
+            "cannot write in",
+            "errno 30" if os.geteuid() == 0 else "errno 13",
+        )
     finally:
         out.chmod(0o755)
 
@@ -120,8 +138,12 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
 def test_data_path_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "data.parquet"
     blocker.write_text("x")
-    refused(capsys, base(tmp_path, f"data.path={blocker}", "data.collect_if_missing=true"),
-            f"data.path={blocker}", "is a file")
+    refused(
+        capsys,
+        base(tmp_path, f"data.path={blocker}", "data.collect_if_missing=true"),
+        f"data.path={blocker}",
+        "is a file",
+    )
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
@@ -130,14 +152,26 @@ def test_data_path_that_is_a_file(tmp_path, capsys):
 
 @pytest.mark.unit
 def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
-    refused(capsys, base(tmp_path, "eval.tasks=[reach-v3,no-such-task-v3]"), "eval.tasks ['no-such-task-v3']",
-            "suite mt10", "reach-v3")  # not collected yet: the suite's tasks
+    refused(
+        capsys,
+        base(tmp_path, "eval.tasks=[reach-v3,no-such-task-v3]"),
+        "eval.tasks ['no-such-task-v3']",
+        "suite mt10",
+        "reach-v3",
+    )  # not collected yet: the suite's tasks
     data = tmp_path / "no-data"
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"tasks": ["reach-v3", "push-v3"]}))
-    refused(capsys, base(tmp_path, "eval.tasks=[door-open-v3]"), "['door-open-v3']", f"the dataset at {data}",
-            "push-v3")
-    refused(capsys, base(tmp_path, "data.tasks=[reach-v3]", "eval.tasks=[push-v3]"), "data.tasks has reach-v3")
+    refused(
+        capsys,
+        base(tmp_path, "eval.tasks=[door-open-v3]"),
+        "['door-open-v3']",
+        f"the dataset at {data}",
+        "push-v3",
+    )
+    refused(
+        capsys, base(tmp_path, "data.tasks=[reach-v3]", "eval.tasks=[push-v3]"), "data.tasks has reach-v3"
+    )
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
@@ -146,7 +180,9 @@ def test_known_eval_tasks_pass():
     from platform.preflight import check_eval_tasks
 
     check_eval_tasks(load_config(None, ["eval.tasks=[reach-v3,push-v3]"]).with_absolute_paths())
-    check_eval_tasks(load_config(None, ["eval.tasks=[nope]", "eval.enabled=false"]))  # not evaluated: not checked
+    check_eval_tasks(
+        load_config(None, ["eval.tasks=[nope]", "eval.enabled=false"])
+    )  # not evaluated: not checked
 
 
 # ---------------------------------------------------------------- 2. actors
@@ -219,17 +255,37 @@ def test_replayed_steps_are_not_logged_twice(sqlite_uri, tmp_path):
     again.log_metrics({"eval/success": 0.75}, 6)
     assert again.close()
     assert _history(sqlite_uri, first.run_id, "eval/success") == [(6, 0.25)]
-    assert _history(sqlite_uri, first.run_id, "train/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
-                                                                (5, 50.0), (6, 60.0)]
+    assert _history(sqlite_uri, first.run_id, "train/loss") == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 4.0),
+        (5, 50.0),
+        (6, 60.0),
+    ]
 
 
 def _fake_report(success: float) -> str:
     from evaluation.runtime.metrics import EvalReport, TaskSummary
 
-    task = TaskSummary(task="reach-v3", episodes=2, successes=int(2 * success), success_rate=success,
-                       status_counts={"ok": 2}, mean_steps=3.0)
-    return EvalReport(tasks={"reach-v3": task}, episodes=2, successes=task.successes, mean_success=success,
-                      status_counts={"ok": 2}, wall_s=1.0, episodes_per_s=2.0, time_shares={}).to_json()
+    task = TaskSummary(
+        task="reach-v3",
+        episodes=2,
+        successes=int(2 * success),
+        success_rate=success,
+        status_counts={"ok": 2},
+        mean_steps=3.0,
+    )
+    return EvalReport(
+        tasks={"reach-v3": task},
+        episodes=2,
+        successes=task.successes,
+        mean_success=success,
+        status_counts={"ok": 2},
+        wall_s=1.0,
+        episodes_per_s=2.0,
+        time_shares={},
+    ).to_json()
 
 
 @pytest.mark.unit
@@ -274,7 +330,9 @@ def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
     from evaluation.runtime.run import log_to_mlflow
 
     client = MlflowClient(tracking_uri=sqlite_uri)
-    experiment = client.create_experiment(f"standalone-{tmp_path.name}", artifact_location=(tmp_path / "art").as_uri())
+    experiment = client.create_experiment(
+        f"standalone-{tmp_path.name}", artifact_location=(tmp_path / "art").as_uri()
+    )
     run_id = client.create_run(experiment).info.run_id
     assert log_to_mlflow(EvalReport.from_json(_fake_report(0.5)), run_id, sqlite_uri, 7, "mt10_seed0")
     assert not log_to_mlflow(EvalReport.from_json(_fake_report(1.0)), run_id, sqlite_uri, 7, "mt10_seed0")
@@ -316,9 +374,12 @@ def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("failure,code,status", [(KeyboardInterrupt, 130, "KILLED"), ("final-eval", 2, "FAILED")])
-def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, capsys, monkeypatch, failure, code,
-                                                          status):
+@pytest.mark.parametrize(
+    "failure,code,status", [(KeyboardInterrupt, 130, "KILLED"), ("final-eval", 2, "FAILED")]
+)
+def test_an_interrupted_or_failed_run_is_not_left_running(
+    sqlite_uri, tmp_path, capsys, monkeypatch, failure, code, status
+):
     """Ctrl-C -> KILLED, the interrupted line, 130; a failed final evaluation -> FAILED, one error line, 2."""
     import platform.data
     import platform.evaluate
@@ -339,12 +400,21 @@ def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, 
     monkeypatch.setattr(train, "_fit", fit)
     monkeypatch.setattr(platform.evaluate, "final_evaluation", final_evaluation)
     name = f"exit-{status.lower()}"
-    args = [f"name={name}", f"output_dir={tmp_path / 'runs'}", f"data.path={tmp_path / 'data'}",
-            "data.tasks=[reach-v3]", f"tracking.uri={sqlite_uri}", "tracking.experiment=exits"]
+    args = [
+        f"name={name}",
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.path={tmp_path / 'data'}",
+        "data.tasks=[reach-v3]",
+        f"tracking.uri={sqlite_uri}",
+        "tracking.experiment=exits",
+    ]
     assert run_cli(main, build_parser(), args) == code
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert err[-1] == (INTERRUPTED_LINE if code == 130 else
-                       "error: final evaluation of step_00000010 failed: ValueError: no simulator")
+    assert err[-1] == (
+        INTERRUPTED_LINE
+        if code == 130
+        else "error: final evaluation of step_00000010 failed: ValueError: no simulator"
+    )
     (run,) = mlflow_runs(sqlite_uri, name)
     assert run.info.status == status
 
@@ -356,17 +426,30 @@ def test_an_interrupted_or_failed_run_is_not_left_running(sqlite_uri, tmp_path, 
 # Both end-to-end variants are `slow`: the in-driver one (workers=0) twice kept training after SIGINT in full-suite
 # runs on a loaded 2-core machine (it passes alone); test_an_interrupted_or_failed_run_is_not_left_running
 # covers exit status 130, the last line and the KILLED status in the default suite.
-@pytest.mark.parametrize("workers,steps,resume", [pytest.param(0, 5000, False, marks=pytest.mark.slow),
-                                                  pytest.param(1, 300, True, marks=pytest.mark.slow)])
-def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, ray_cluster, sqlite_uri, workers,
-                                                       steps, resume):
+@pytest.mark.parametrize(
+    "workers,steps,resume",
+    [
+        pytest.param(0, 5000, False, marks=pytest.mark.slow),
+        pytest.param(1, 300, True, marks=pytest.mark.slow),
+    ],
+)
+def test_ctrl_c_stops_with_130_and_marks_the_run_killed(
+    tmp_path, tiny_dataset, ray_cluster, sqlite_uri, workers, steps, resume
+):
     """A live run refuses a second driver under its name; Ctrl-C stops it with exit status 130, its checkpoints
     kept and the MLflow run KILLED. workers=0 trains in the driver (default suite); workers=1 goes through Ray
     Train's controller and resumes the run to FINISHED with the same command (slow)."""
     name = f"ctrlc{workers}"
-    args = tiny_overrides(tmp_path, tiny_dataset, name, f"train.steps={steps}", "train.checkpoint_every=5",
-                          "eval.enabled=false", f"ray.num_workers={workers}",
-                          f"tracking.uri={sqlite_uri}")  # the module's database: migrated once
+    args = tiny_overrides(
+        tmp_path,
+        tiny_dataset,
+        name,
+        f"train.steps={steps}",
+        "train.checkpoint_every=5",
+        "eval.enabled=false",
+        f"ray.num_workers={workers}",
+        f"tracking.uri={sqlite_uri}",
+    )  # the module's database: migrated once
     env = {"RAY_ADDRESS": ray_cluster.address}
     log = tmp_path / "first.log"
     proc = start_platform("platform.train", args, log, env=env)
@@ -379,8 +462,12 @@ def test_ctrl_c_stops_with_130_and_marks_the_run_killed(tmp_path, tiny_dataset, 
         second = run_platform("platform.train", args, env=env, timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"'{name}' is already running" in second.stderr and "Traceback" not in second.stderr
-        wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 5, 300,
-                 "the first checkpoint", poll=0.1)
+        wait_for(
+            lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 5,
+            300,
+            "the first checkpoint",
+            poll=0.1,
+        )
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
         start = time.monotonic()
         rc = proc.wait(timeout=60)
@@ -423,23 +510,42 @@ def _finished_run(tmp_path: Path, *extra: str) -> Path:
     from platform.config import to_yaml
 
     cfg = load_config(None, [*base(tmp_path, "policy.preset=tiny", *extra)]).with_absolute_paths()
-    return write_checkpoint(cfg.run_dir, 40, {
-        "policy.json": lambda p: p.write_text(cfg.policy.model_dump_json(indent=2)),
-        "experiment.yaml": lambda p: p.write_text(to_yaml(cfg)),
-    })
+    return write_checkpoint(
+        cfg.run_dir,
+        40,
+        {
+            "policy.json": lambda p: p.write_text(cfg.policy.model_dump_json(indent=2)),
+            "experiment.yaml": lambda p: p.write_text(to_yaml(cfg)),
+        },
+    )
 
 
 @pytest.mark.unit
 def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, capsys):
     ckpt = _finished_run(tmp_path)
     before = {p: p.read_bytes() for p in ckpt.iterdir()}
-    line = refused(capsys, base(tmp_path, "policy.preset=laptop"), "run 'misuse' would resume from", str(ckpt),
-                   "policy's parameter shapes", "policy.d_model: 24 -> 96", "another name=", "experiment.yaml")
+    line = refused(
+        capsys,
+        base(tmp_path, "policy.preset=laptop"),
+        "run 'misuse' would resume from",
+        str(ckpt),
+        "policy's parameter shapes",
+        "policy.d_model: 24 -> 96",
+        "another name=",
+        "experiment.yaml",
+    )
     assert "policy.m" not in line and "policy.preset" not in line, "only the keys that change the shapes"
-    refused(capsys, base(tmp_path, "policy.preset=tiny", "policy.type=one_to_one"), "policy.type: mini_diffuser -> "
-            "one_to_one")
-    refused(capsys, base(tmp_path, "policy.preset=tiny", "data.balance=tasks"), "the training set",
-            "data.balance: samples -> tasks")
+    refused(
+        capsys,
+        base(tmp_path, "policy.preset=tiny", "policy.type=one_to_one"),
+        "policy.type: mini_diffuser -> one_to_one",
+    )
+    refused(
+        capsys,
+        base(tmp_path, "policy.preset=tiny", "data.balance=tasks"),
+        "the training set",
+        "data.balance: samples -> tasks",
+    )
     assert {p: p.read_bytes() for p in ckpt.iterdir()} == before, "the run's checkpoint is untouched"
     assert not (tmp_path / "mlflow.db").exists(), "its MLflow record is untouched: MLflow was never opened"
     assert not (ckpt.parent.parent / "experiment.yaml").exists(), "nor is the run's experiment.yaml rewritten"
@@ -450,8 +556,10 @@ def test_settings_a_resume_may_change_still_resume(tmp_path):
     from platform.preflight import check_resume
 
     _finished_run(tmp_path)
-    for change in (["train.steps=5000", "train.lr=1e-4", "eval.episodes_per_task=7", "policy.m=8"],
-                   ["train.time_budget_s=60", "policy.diffusion.inference_steps=5", "data.val_episodes_per_task=0"]):
+    for change in (
+        ["train.steps=5000", "train.lr=1e-4", "eval.episodes_per_task=7", "policy.m=8"],
+        ["train.time_budget_s=60", "policy.diffusion.inference_steps=5", "data.val_episodes_per_task=0"],
+    ):
         check_resume(load_config(None, base(tmp_path, "policy.preset=tiny", *change)).with_absolute_paths())
     check_resume(load_config(None, base(tmp_path, "name=other", "policy.preset=paper")).with_absolute_paths())
 
@@ -460,9 +568,15 @@ def test_settings_a_resume_may_change_still_resume(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("uri,needle", [("gopher://x", "no tracking store for the scheme 'gopher'"),
-                                        ("http://", "no host"), ("http://localhost:50o0", "not a number"),
-                                        ("sqlite://", "no database file")])
+@pytest.mark.parametrize(
+    "uri,needle",
+    [
+        ("gopher://x", "no tracking store for the scheme 'gopher'"),
+        ("http://", "no host"),
+        ("http://localhost:50o0", "not a number"),
+        ("sqlite://", "no database file"),
+    ],
+)
 def test_an_impossible_tracking_uri_is_refused_at_start(tmp_path, capsys, uri, needle):
     refused(capsys, [*base(tmp_path), f"tracking.uri={uri}"], f"tracking.uri={uri}", needle, "MLflow accepts")
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
@@ -479,10 +593,18 @@ def test_a_bad_mlflow_tracking_uri_variable_is_named(tmp_path, capsys, monkeypat
 def test_a_well_formed_uri_of_a_server_that_is_down_is_an_outage_not_an_error(tmp_path):
     from platform.preflight import check_tracking
 
-    for uri in (UNREACHABLE, "https://mlflow.example.org", "postgresql+psycopg2://u:p@db/mlflow", "databricks",
-                f"file://{tmp_path}/mlruns", str(tmp_path / "mlruns")):
+    for uri in (
+        UNREACHABLE,
+        "https://mlflow.example.org",
+        "postgresql+psycopg2://u:p@db/mlflow",
+        "databricks",
+        f"file://{tmp_path}/mlruns",
+        str(tmp_path / "mlruns"),
+    ):
         check_tracking(load_config(None, [f"tracking.uri={uri}"]))
-    check_tracking(load_config(None, ["tracking.uri=gopher://x", "tracking.enabled=false"]))  # not used: not checked
+    check_tracking(
+        load_config(None, ["tracking.uri=gopher://x", "tracking.enabled=false"])
+    )  # not used: not checked
 
 
 # ---------------------------------------------------------------- a checkpoint whose weights are corrupt (issue 23)
@@ -499,12 +621,16 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
 
     policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
     text = {"reach-v3": (np.ones((3, policy.config.text_dim), np.float32), np.ones(3, bool))}
-    return write_checkpoint(tmp_path / "run", 10, {
-        "policy.json": lambda p: p.write_text(policy.config.model_dump_json()),
-        "model.pt": lambda p: torch.save(policy.state_dict(), p),
-        "ema.pt": lambda p: torch.save(policy.state_dict(), p),
-        INSTRUCTIONS_FILE: lambda p: save_instructions(p, text),
-    })
+    return write_checkpoint(
+        tmp_path / "run",
+        10,
+        {
+            "policy.json": lambda p: p.write_text(policy.config.model_dump_json()),
+            "model.pt": lambda p: torch.save(policy.state_dict(), p),
+            "ema.pt": lambda p: torch.save(policy.state_dict(), p),
+            INSTRUCTIONS_FILE: lambda p: save_instructions(p, text),
+        },
+    )
 
 
 @pytest.mark.unit
@@ -518,7 +644,9 @@ def test_a_corrupt_weights_file_is_named_before_any_actor_starts(tmp_path, capsy
     (ckpt / corrupt).write_bytes(b"not a torch file")
     start = time.monotonic()
     assert evaluation_run(["--checkpoint", str(ckpt), "--tasks", "reach-v3", "--episodes", "1"]) == 2
-    assert time.monotonic() - start < 10 and not ray.is_initialized(), "refused before Ray (and any actor) starts"
+    assert time.monotonic() - start < 10 and not ray.is_initialized(), (
+        "refused before Ray (and any actor) starts"
+    )
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -585,11 +713,16 @@ def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatc
     cfg = load_config(None, ["data.suite=mt50", "eval.actors=12", f"data.path={tmp_path / 'none'}"])
     assert _cap_actors(cfg, capacity=16).eval.actors == 2
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == ["[eval] eval.actors=12 capped to 2 simulator actors: this machine's free memory (3.1 GB) holds 2 "
-                   "at about 1.5 GB each"]
-    joined = load_config(None, ["data.suite=mt50", "eval.actors=12", "ray.address=auto",
-                                f"data.path={tmp_path / 'none'}"])
-    assert _cap_actors(joined, capacity=None).eval.actors == 12, "a joined cluster's memory is not this machine's"
+    assert out == [
+        "[eval] eval.actors=12 capped to 2 simulator actors: this machine's free memory (3.1 GB) holds 2 "
+        "at about 1.5 GB each"
+    ]
+    joined = load_config(
+        None, ["data.suite=mt50", "eval.actors=12", "ray.address=auto", f"data.path={tmp_path / 'none'}"]
+    )
+    assert _cap_actors(joined, capacity=None).eval.actors == 12, (
+        "a joined cluster's memory is not this machine's"
+    )
 
 
 @pytest.mark.unit
@@ -600,9 +733,12 @@ def test_an_out_of_memory_kill_is_told_from_a_crash(tmp_path):
     vmstat.write_text("pgfault 12\noom_kill 2\n")
     assert oom_kill_count((vmstat, events)) == 2, "a counter file that does not exist counts 0"
     watch = OomWatch((vmstat, events))
-    crash = RuntimeError("The actor died unexpectedly before finishing this task. Worker exit type: SYSTEM_ERROR")
+    crash = RuntimeError(
+        "The actor died unexpectedly before finishing this task. Worker exit type: SYSTEM_ERROR"
+    )
     assert not watch.killed_for_memory(crash)
     events.write_text("low 0\nmax 3\noom 1\noom_kill 1\n")  # the container's cgroup killed a process
     assert watch.killed_for_memory(crash) and not watch.killed_for_memory(crash), "each kill is counted once"
-    assert watch.killed_for_memory("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low "
-                                   "on memory.")
+    assert watch.killed_for_memory(
+        "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    )

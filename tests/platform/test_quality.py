@@ -16,8 +16,18 @@ pytestmark = pytest.mark.unit
 
 
 def _point(m: int, t: float, success: float | None) -> Point:
-    return Point(m=m, mark=0, train_time_s=t, step=int(t), success=success, success_ci=None, episodes=10,
-                 val_pos_err_cm=5.0, val_within_2cm=0.1, checkpoint="x")
+    return Point(
+        m=m,
+        mark=0,
+        train_time_s=t,
+        step=int(t),
+        success=success,
+        success_ci=None,
+        episodes=10,
+        val_pos_err_cm=5.0,
+        val_within_2cm=0.1,
+        checkpoint="x",
+    )
 
 
 def test_geometric_marks_end_at_the_budget():
@@ -27,10 +37,17 @@ def test_geometric_marks_end_at_the_budget():
 
 
 def test_time_to_quality_reads_the_first_mark_reaching_m1s_final_success():
-    points = [_point(1, 100, 0.1), _point(1, 200, 0.3), _point(1, 400, 0.3),  # M=1 reaches 0.3 at 200 s
-              _point(16, 100, 0.2), _point(16, 200, 0.5),  # 200 s: ratio 1
-              _point(64, 25, 0.31), _point(64, 50, 0.6),  # 25 s: ratio 1/8
-              _point(4, 100, 0.1), _point(4, 400, None)]  # never reaches it (the last mark is not evaluated)
+    points = [
+        _point(1, 100, 0.1),
+        _point(1, 200, 0.3),
+        _point(1, 400, 0.3),  # M=1 reaches 0.3 at 200 s
+        _point(16, 100, 0.2),
+        _point(16, 200, 0.5),  # 200 s: ratio 1
+        _point(64, 25, 0.31),
+        _point(64, 50, 0.6),  # 25 s: ratio 1/8
+        _point(4, 100, 0.1),
+        _point(4, 400, None),
+    ]  # never reaches it (the last mark is not evaluated)
     target, rows = time_to_quality(points)
     assert target == 0.3
     by_m = {r.m: r for r in rows}
@@ -38,19 +55,45 @@ def test_time_to_quality_reads_the_first_mark_reaching_m1s_final_success():
     assert by_m[64].ratio_to_m1 == pytest.approx(0.125) and by_m[16].ratio_to_m1 == 1.0
     assert by_m[4].time_to_target_s is None and by_m[4].ratio_to_m1 is None
     assert time_to_quality([_point(4, 10, 0.5)])[0] is None  # no M = 1 trial: no target
-    val = [Point(m=m, mark=0, train_time_s=t, step=1, success=None, success_ci=None, episodes=0,
-                 val_pos_err_cm=err, val_within_2cm=None, checkpoint="x")
-           for m, t, err in [(1, 100, 9.0), (1, 400, 6.0), (64, 50, 7.0), (64, 100, 5.0)]]
+    val = [
+        Point(
+            m=m,
+            mark=0,
+            train_time_s=t,
+            step=1,
+            success=None,
+            success_ci=None,
+            episodes=0,
+            val_pos_err_cm=err,
+            val_within_2cm=None,
+            checkpoint="x",
+        )
+        for m, t, err in [(1, 100, 9.0), (1, 400, 6.0), (64, 50, 7.0), (64, 100, 5.0)]
+    ]
     target, rows = time_to_quality(val, "val_pos_err_cm")  # lower is better
     assert target == 6.0 and {r.m: r.time_to_target_s for r in rows} == {1: 400, 64: 100}
 
 
 def _report(success: float, episodes: int = 20) -> EvalReport:
     k = round(success * episodes)
-    task = TaskSummary(task="reach-v3", episodes=episodes, successes=k, success_rate=k / episodes,
-                       status_counts={"ok": episodes}, mean_steps=3.0)
-    return EvalReport(tasks={"reach-v3": task}, episodes=episodes, successes=k, mean_success=k / episodes,
-                      status_counts={"ok": episodes}, wall_s=1.0, episodes_per_s=1.0, time_shares={})
+    task = TaskSummary(
+        task="reach-v3",
+        episodes=episodes,
+        successes=k,
+        success_rate=k / episodes,
+        status_counts={"ok": episodes},
+        mean_steps=3.0,
+    )
+    return EvalReport(
+        tasks={"reach-v3": task},
+        episodes=episodes,
+        successes=k,
+        mean_success=k / episodes,
+        status_counts={"ok": episodes},
+        wall_s=1.0,
+        episodes_per_s=1.0,
+        time_shares={},
+    )
 
 
 def test_report_only_writes_the_table_figure_and_points(tmp_path, capsys):
@@ -65,8 +108,9 @@ def test_report_only_writes_the_table_figure_and_points(tmp_path, capsys):
         for t, success in curve:
             rec = marks.record(src, step=t, train_time_s=t + 0.5, val={"val/pos_err_cm": 10.0 / t})
             (trial / rec.checkpoint / REPORT_FILE).write_text(_report(success).to_json())
-    args = build_parser().parse_args(["--report-only", "--name", "ttq", f"output_dir={tmp_path}",
-                                      "tracking.enabled=false"])
+    args = build_parser().parse_args(
+        ["--report-only", "--name", "ttq", f"output_dir={tmp_path}", "tracking.enabled=false"]
+    )
     assert main(args, load_config(None, list(args.overrides))) == 0
     out = sweep_dir / "quality"
     for name in ("time_to_quality.png", "time_to_quality.md", "points.csv", "points.json"):

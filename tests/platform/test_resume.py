@@ -16,8 +16,19 @@ pytestmark = pytest.mark.unit
 
 
 def tiny_cfg(tmp_path: Path, *extra: str):
-    return load_config(None, ["policy.preset=tiny", "policy.m=4", "train.batch_size=3", "train.steps=12",
-                              "train.warmup_steps=2", "train.log_every=3", f"output_dir={tmp_path}", *extra])
+    return load_config(
+        None,
+        [
+            "policy.preset=tiny",
+            "policy.m=4",
+            "train.batch_size=3",
+            "train.steps=12",
+            "train.warmup_steps=2",
+            "train.log_every=3",
+            f"output_dir={tmp_path}",
+            *extra,
+        ],
+    )
 
 
 def assert_states_equal(a, b):

@@ -25,7 +25,9 @@ def test_rlbench_evaluation_needs_a_demo_root_then_rlbench(tmp_path, monkeypatch
     # PyRep made unimportable (None in sys.modules) so that the missing-package error is checked on every
     # machine, RLBench installed or not.
     monkeypatch.setitem(sys.modules, "pyrep", None)
-    save_instructions(tmp_path / INSTRUCTIONS_FILE, {"close_jar": (np.zeros((3, 384), np.float32), np.ones(3, bool))})
+    save_instructions(
+        tmp_path / INSTRUCTIONS_FILE, {"close_jar": (np.zeros((3, 384), np.float32), np.ones(3, bool))}
+    )
     with pytest.raises(UserFacingError, match="rlbench_demo_root"):
         eval_request(load_config(None, ["data.suite=rlbench"]), tmp_path)
     cfg = load_config(None, ["data.suite=rlbench", f"eval.rlbench_demo_root={tmp_path}"])
@@ -41,7 +43,9 @@ def test_rlbench_evaluation_defaults_to_three_seeds_and_names_protocol_deviation
     assert eval_seeds(load_config(None, ["eval.num_seeds=2", "eval.seed=5"])) == [5, 6]
     quick = load_config(None, ["data.suite=rlbench", "eval.episodes_per_task=5"])
     assert eval_seeds(quick) == [0, 1, 2]
-    assert "5 episodes per task x 3 seeds" in protocol_note(quick) and "not directly comparable" in protocol_note(quick)
+    assert "5 episodes per task x 3 seeds" in protocol_note(
+        quick
+    ) and "not directly comparable" in protocol_note(quick)
     paper = load_config(REPO_ROOT / "configs" / "rlbench18.yaml", [])
     assert protocol_note(paper) is None and eval_seeds(paper) == [0, 1, 2]
     assert protocol_note(load_config(None, [])) is None

@@ -65,9 +65,13 @@ def test_data_balance_reaches_the_training_sampler():
 
     overrides = ["policy.preset=tiny", "train.batch_size=4"]
     uniform = build_training(load_config(None, overrides), Data(), torch.device("cpu"))
-    balanced = build_training(load_config(None, [*overrides, "data.balance=tasks"]), Data(), torch.device("cpu"))
+    balanced = build_training(
+        load_config(None, [*overrides, "data.balance=tasks"]), Data(), torch.device("cpu")
+    )
     assert uniform.sampler.groups is None and balanced.sampler.groups.tolist() == [0, 0, 0, 1]
-    assert np.bincount(Data.task_index[np.concatenate([balanced.sampler.next_indices() for _ in range(3)])]).tolist() == [6, 6]
+    assert np.bincount(
+        Data.task_index[np.concatenate([balanced.sampler.next_indices() for _ in range(3)])]
+    ).tolist() == [6, 6]
 
 
 def test_step_seeds_differ_by_step_and_stream():
@@ -104,7 +108,7 @@ class FakeLossPolicy(torch.nn.Module):
         self.poison = None  # None | "loss" | "grad"
 
     def forward(self, batch, generator=None):
-        loss = (self.w ** 2).sum()
+        loss = (self.w**2).sum()
         if self.poison == "loss":
             loss = loss * float("nan")
         elif self.poison == "grad":
@@ -149,6 +153,6 @@ def test_ema_warmup_forgets_the_initial_weights():
     for n in range(1, 201):
         plain.update(model, updates=n)
         warm.update(model, updates=n)
-    assert abs(float(plain.shadow.weight[0, 0]) - (1 - 0.995 ** 200)) < 1e-4  # 37 % initial weights left
+    assert abs(float(plain.shadow.weight[0, 0]) - (1 - 0.995**200)) < 1e-4  # 37 % initial weights left
     assert float(warm.shadow.weight[0, 0]) > 0.999
     assert warm.decay_at(10_000) == 0.995 and warm.decay_at(1) < 0.2

@@ -30,13 +30,22 @@ def trial_progress(sweep_dir: Path) -> dict[str, int]:
 
 def test_sweep_over_m_resumes_without_rerunning_finished_trials(tmp_path, tiny_dataset, ray_cluster):
     steps = 10
-    args = ["--param", "policy.m=2,6", "--name", "msweep",
-            *tiny_overrides(tmp_path, tiny_dataset, "base", f"train.steps={steps}", "eval.enabled=false")]
+    args = [
+        "--param",
+        "policy.m=2,6",
+        "--name",
+        "msweep",
+        *tiny_overrides(tmp_path, tiny_dataset, "base", f"train.steps={steps}", "eval.enabled=false"),
+    ]
     env = {"RAY_ADDRESS": ray_cluster.address}
     sweep_dir = tmp_path / "runs" / "msweep"
     proc = start_platform("platform.sweep", args, tmp_path / "first.log", env=env)
     try:  # kill the sweep driver once the first trial has finished and before the second one has
-        wait_for(lambda: list(trial_progress(sweep_dir).values()).count(steps) >= 1, 400, "the first finished trial")
+        wait_for(
+            lambda: list(trial_progress(sweep_dir).values()).count(steps) >= 1,
+            400,
+            "the first finished trial",
+        )
     finally:
         kill_tree(proc)
     finished = {t for t, s in trial_progress(sweep_dir).items() if s == steps}

@@ -35,10 +35,14 @@ pytestmark = pytest.mark.integration
 def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_dataset, ray_cluster):
     """R1: the worker dies between checkpoints; Ray Train restarts it from the last valid checkpoint,
     no step is logged twice, and the run finishes with its evaluation and the final summary line."""
-    args = tiny_overrides(tmp_path, tiny_dataset, "crash", "train.steps=20", "train.checkpoint_every=10",
-                          "ray.max_failures=1")
-    out = run_platform("platform.train", args,
-                       env={"MINIDIFFUSER_FAULT_CRASH_AT_STEP": "15", "RAY_ADDRESS": ray_cluster.address})
+    args = tiny_overrides(
+        tmp_path, tiny_dataset, "crash", "train.steps=20", "train.checkpoint_every=10", "ray.max_failures=1"
+    )
+    out = run_platform(
+        "platform.train",
+        args,
+        env={"MINIDIFFUSER_FAULT_CRASH_AT_STEP": "15", "RAY_ADDRESS": ray_cluster.address},
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     assert "injecting a crash at step 15" in text and "resumed from step_00000010 at step 10" in text
@@ -69,15 +73,24 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
 def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_dataset, ray_cluster):
     """R3: SIGKILL the whole driver process tree mid-training; the same command resumes from the newest
     valid checkpoint and continues the same MLflow run."""
-    args = tiny_overrides(tmp_path, tiny_dataset, "relaunch", "train.steps=100", "train.checkpoint_every=10",
-                          "eval.enabled=false")
+    args = tiny_overrides(
+        tmp_path,
+        tiny_dataset,
+        "relaunch",
+        "train.steps=100",
+        "train.checkpoint_every=10",
+        "eval.enabled=false",
+    )
     log = tmp_path / "first.log"
     env = {"RAY_ADDRESS": ray_cluster.address}
     proc = start_platform("platform.train", args, log, env=env)
     progress = tmp_path / "runs" / "relaunch" / "progress.json"
     try:
-        wait_for(lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 10, 300,
-                 "the first checkpoint")
+        wait_for(
+            lambda: progress.is_file() and json.loads(progress.read_text())["step"] >= 10,
+            300,
+            "the first checkpoint",
+        )
     finally:
         kill_tree(proc)
     first_id = re.search(r"MLflow run (\w+) at", log.read_text()).group(1)
@@ -107,10 +120,27 @@ def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
     args = tiny_overrides(tmp_path, tiny_dataset, "job", "train.steps=10", "eval.enabled=false")
     ray_bin = str(Path(ray_cluster.env["PATH"].split(os.pathsep)[0]) / "ray")
     for _ in range(30):  # the dashboard's job agent can take a while to come up on a busy machine
-        out = subprocess.run([ray_bin, "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
-                              "--", "python", "-m", "platform.train", *args],
-                             cwd=REPO_ROOT, env=ray_cluster.env, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [
+                ray_bin,
+                "job",
+                "submit",
+                "--address",
+                ray_cluster.dashboard,
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "-m",
+                "platform.train",
+                *args,
+            ],
+            cwd=REPO_ROOT,
+            env=ray_cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         text = out.stdout + out.stderr
         if "No available agent to submit job" not in text:
             break

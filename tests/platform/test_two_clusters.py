@@ -36,12 +36,25 @@ CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # Ray's default temp dir
 def _ray_start_beside(cwd: Path) -> RayCluster:
     """``ray start --head`` with a dashboard, in Ray's default temp dir (so it writes ray_current_cluster)."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": "", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": "",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": venv_bin + os.pathsep + os.environ["PATH"],
+    }
     port, dash = _free_port(), _free_port()
-    cmd = [str(Path(venv_bin) / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           "--disable-usage-stats"]
+    cmd = [
+        str(Path(venv_bin) / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--disable-usage-stats",
+    ]
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     return RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", str(cwd), env)
@@ -73,8 +86,15 @@ def test_a_cluster_started_beside_a_run_does_not_kill_its_training(tmp_path, tin
     (tmp_path / "beside").mkdir()
     beside = _ray_start_beside(tmp_path / "beside")
     beside_address = CURRENT_CLUSTER.read_text()
-    args = tiny_overrides(tmp_path, tiny_dataset, "beside", "train.steps=100000", "train.time_budget_s=15",
-                          "train.checkpoint_every=100000", "eval.enabled=false")
+    args = tiny_overrides(
+        tmp_path,
+        tiny_dataset,
+        "beside",
+        "train.steps=100000",
+        "train.time_budget_s=15",
+        "train.checkpoint_every=100000",
+        "eval.enabled=false",
+    )
     log = tmp_path / "train.log"
     proc = start_platform("platform.train", args, log, env={"RAY_ADDRESS": ""})
     try:

@@ -17,8 +17,19 @@ pytestmark = pytest.mark.unit
 
 
 def _cfg(*overrides: str):
-    return load_config(None, ["policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=40",
-                              "train.warmup_steps=0", "train.device=cpu", "eval.enabled=false", *overrides])
+    return load_config(
+        None,
+        [
+            "policy.preset=tiny",
+            "policy.m=2",
+            "train.batch_size=2",
+            "train.steps=40",
+            "train.warmup_steps=0",
+            "train.device=cpu",
+            "eval.enabled=false",
+            *overrides,
+        ],
+    )
 
 
 class _Episodes:
@@ -83,15 +94,23 @@ def test_validation_is_deterministic_per_task_and_zero_for_an_oracle():
     assert a == b
     for key in ("pos_err_cm", "rot_err_deg", "gripper_acc", "within_2cm"):
         assert f"val/{key}" in a and f"val/fake-task-a/{key}" in a and f"val/fake-task-b/{key}" in a
-        assert a[f"val/{key}"] == pytest.approx((a[f"val/fake-task-a/{key}"] + a[f"val/fake-task-b/{key}"]) / 2)
+        assert a[f"val/{key}"] == pytest.approx(
+            (a[f"val/fake-task-a/{key}"] + a[f"val/fake-task-b/{key}"]) / 2
+        )
     assert a["val/pos_err_cm"] > 0.5  # an untrained policy is far off
     oracle = validate(_Oracle(ds._all.target), val, torch.device("cpu"))
     assert oracle["val/pos_err_cm"] == 0 and oracle["val/gripper_acc"] == 1 and oracle["val/within_2cm"] == 1
 
 
-@pytest.mark.parametrize(("every", "log_every", "expected"), [
-    (10, 5, [10, 20, 30, 40]), (15, 10, [20, 30, 40]), (100, 10, [40]), (0, 10, []),
-])
+@pytest.mark.parametrize(
+    ("every", "log_every", "expected"),
+    [
+        (10, 5, [10, 20, 30, 40]),
+        (15, 10, [20, 30, 40]),
+        (100, 10, [40]),
+        (0, 10, []),
+    ],
+)
 def test_validation_schedule(every, log_every, expected):
     cfg = _cfg(f"train.val_every={every}")
     log = _MetricLog(cfg, 0, None, None)
@@ -118,7 +137,19 @@ def test_has_validation_reads_the_manifest(tmp_path):
 def test_cap_per_task_keeps_evenly_spaced_samples_of_every_task():
     task_index = np.array([0] * 10 + [1] * 3 + [2] * 7)
     rows = cap_per_task(task_index, 4)
-    assert rows.tolist() == [0, 3, 6, 9, 10, 11, 12, 13, 15, 17, 19]  # 4 of task 0, all 3 of task 1, 4 of task 2
+    assert rows.tolist() == [
+        0,
+        3,
+        6,
+        9,
+        10,
+        11,
+        12,
+        13,
+        15,
+        17,
+        19,
+    ]  # 4 of task 0, all 3 of task 1, 4 of task 2
     assert cap_per_task(task_index, None).tolist() == list(range(20))
 
 

@@ -15,7 +15,12 @@ TEXT_DIM = 16
 
 
 def tiny_config(policy_type: str = "mini_diffuser", **overrides: Any):
-    data: dict[str, Any] = {"type": policy_type, "preset": "tiny", "text_dim": TEXT_DIM, "augment": {"enabled": False}}
+    data: dict[str, Any] = {
+        "type": policy_type,
+        "preset": "tiny",
+        "text_dim": TEXT_DIM,
+        "augment": {"enabled": False},
+    }
     data.update(overrides)
     return parse_policy_config(data)
 

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.unit
 def _kv(b: int, s: int, h: int, hd: int, g: torch.Generator) -> ContextKV:
     mask = torch.rand(b, s, generator=g) < 0.7
     mask[:, 0] = True  # every condition has at least one real token
-    return ContextKV(k=torch.randn(b, s, h, hd, generator=g), v=torch.randn(b, s, h, hd, generator=g), mask=mask)
+    return ContextKV(
+        k=torch.randn(b, s, h, hd, generator=g), v=torch.randn(b, s, h, hd, generator=g), mask=mask
+    )
 
 
 @settings(max_examples=20, deadline=None)
@@ -55,7 +57,11 @@ def test_rotary_scores_depend_on_relative_positions_only():
     mask = torch.ones(1, 7, dtype=torch.bool)
     out = attn.forward_rows(x, attn.project_context(ctx, mask, pos=ctx_pos), parent, "grouped", pos=x_pos)
     shift = torch.tensor([0.3, -0.7, 0.25])
-    moved = attn.forward_rows(x, attn.project_context(ctx, mask, pos=ctx_pos + shift), parent, "grouped", pos=x_pos + shift)
+    moved = attn.forward_rows(
+        x, attn.project_context(ctx, mask, pos=ctx_pos + shift), parent, "grouped", pos=x_pos + shift
+    )
     assert torch.allclose(out, moved, atol=1e-4)
-    other = attn.forward_rows(x, attn.project_context(ctx, mask, pos=ctx_pos), parent, "grouped", pos=x_pos + shift)
+    other = attn.forward_rows(
+        x, attn.project_context(ctx, mask, pos=ctx_pos), parent, "grouped", pos=x_pos + shift
+    )
     assert not torch.allclose(out, other, atol=1e-3)

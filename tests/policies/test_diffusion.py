@@ -58,8 +58,12 @@ def test_row_generators_draw_each_row_as_a_batch_of_one():
     gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
     rows = randn((3, 7), gens, torch.device("cpu"))
     for r, seed in enumerate((3, 4, 5)):
-        assert torch.equal(rows[r : r + 1], randn((1, 7), torch.Generator().manual_seed(seed), torch.device("cpu")))
-    u = rand((2, 40), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], torch.device("cpu"))
+        assert torch.equal(
+            rows[r : r + 1], randn((1, 7), torch.Generator().manual_seed(seed), torch.device("cpu"))
+        )
+    u = rand(
+        (2, 40), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], torch.device("cpu")
+    )
     assert torch.equal(u[1:], torch.rand((1, 40), generator=torch.Generator().manual_seed(2)))
     with pytest.raises(ValueError, match="2 row generators for 3 rows"):
         randn((3, 7), gens[:2], torch.device("cpu"))

@@ -44,7 +44,9 @@ def test_padded_points_do_not_influence_anything():
     points[~batch.point_mask] = torch.randn(int((~batch.point_mask).sum()), 7) * 5
     points = torch.cat([points, torch.randn(3, 20, 7)], dim=1)
     mask = torch.cat([batch.point_mask, torch.zeros(3, 20, dtype=torch.bool)], dim=1)
-    padded = type(batch)(points=points, point_mask=mask, text=batch.text, text_mask=batch.text_mask, gripper=batch.gripper)
+    padded = type(batch)(
+        points=points, point_mask=mask, text=batch.text, text_mask=batch.text_mask, gripper=batch.gripper
+    )
     out = _encode(policy, padded)
     for lv_ref, lv in zip(ref.levels, out.levels, strict=True):
         for b in range(3):
@@ -57,8 +59,16 @@ def test_padded_text_tokens_do_not_influence_anything():
     batch = tiny_batch(3, 64)
     text = batch.text.clone()
     text[~batch.text_mask] = 7.0
-    out = _encode(policy, type(batch)(points=batch.points, point_mask=batch.point_mask, text=text,
-                                      text_mask=batch.text_mask, gripper=batch.gripper))
+    out = _encode(
+        policy,
+        type(batch)(
+            points=batch.points,
+            point_mask=batch.point_mask,
+            text=text,
+            text_mask=batch.text_mask,
+            gripper=batch.gripper,
+        ),
+    )
     ref = _encode(policy, batch)
     for lv_ref, lv in zip(ref.levels, out.levels, strict=True):
         assert torch.allclose(lv_ref.feats[lv_ref.mask], lv.feats[lv.mask], atol=1e-5)
@@ -72,8 +82,16 @@ def test_conditions_are_encoded_independently():
     points[2, :, :3] += 0.03 * torch.randn(64, 3)  # move condition 2's points (may change its voxel count)
     points[2, :, 3:6] = torch.rand(64, 3)
     points = points * batch.point_mask[..., None]
-    out = _encode(policy, type(batch)(points=points, point_mask=batch.point_mask, text=batch.text,
-                                      text_mask=batch.text_mask, gripper=batch.gripper))
+    out = _encode(
+        policy,
+        type(batch)(
+            points=points,
+            point_mask=batch.point_mask,
+            text=batch.text,
+            text_mask=batch.text_mask,
+            gripper=batch.gripper,
+        ),
+    )
     for lv_ref, lv in zip(ref.levels, out.levels, strict=True):
         for b in (0, 1, 3):
             assert torch.allclose(_valid(lv_ref, b), _valid(lv, b), atol=1e-5)

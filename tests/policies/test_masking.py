@@ -23,7 +23,9 @@ def _rows_outputs(policy, batch: ConditionBatch, parent: torch.Tensor, x_t: torc
 
 
 def _draw(policy, rows: int, seed: int, conditions: int | None = None) -> NoiseDraw:
-    return policy.draw_noise(rows, torch.Generator().manual_seed(seed), torch.device("cpu"), conditions=conditions)
+    return policy.draw_noise(
+        rows, torch.Generator().manual_seed(seed), torch.device("cpu"), conditions=conditions
+    )
 
 
 def _sub_draw(draw: NoiseDraw, rows: torch.Tensor, conds: torch.Tensor) -> NoiseDraw:
@@ -48,7 +50,9 @@ def test_perturbing_one_condition_changes_no_other_condition(b, m, j, seed):
     text[j] = torch.randn_like(text[j]) * batch.text_mask[j, :, None]
     gripper = batch.gripper.clone()
     gripper[j, :3] += 0.1
-    changed = ConditionBatch(points=points, point_mask=batch.point_mask, text=text, text_mask=batch.text_mask, gripper=gripper)
+    changed = ConditionBatch(
+        points=points, point_mask=batch.point_mask, text=text, text_mask=batch.text_mask, gripper=gripper
+    )
     out = _rows_outputs(policy, changed, parent, x_t, t)
     others = parent != j
     assert torch.allclose(out[others], ref[others], atol=ATOL)
@@ -72,8 +76,12 @@ def test_perturbing_one_noisy_action_changes_no_other_row():
 
 
 @settings(max_examples=6, deadline=None)
-@given(b=st.integers(1, 4), m=st.integers(1, 5), seed=st.integers(0, 1000),
-       head_input=st.sampled_from(["position", "noisy_rows"]))
+@given(
+    b=st.integers(1, 4),
+    m=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+    head_input=st.sampled_from(["position", "noisy_rows"]),
+)
 def test_loss_equals_naive_per_condition_loop(b, m, seed, head_input):
     policy = tiny_policy(seed=seed, head_input=head_input).eval()
     batch = tiny_batch(b, 48, seed=seed)
@@ -124,9 +132,13 @@ def test_two_level_equals_one_to_one_on_repeated_conditions(b, m, seed):
     draw = _draw(two_level, b * m, seed, conditions=b)
     with torch.no_grad():
         ours = two_level.row_losses(two_level.encode(batch), batch.target, parent, draw)
-        repeated = batch.select(parent)  # B*M conditions, one per noised sample, each with its parent's head noise
+        repeated = batch.select(
+            parent
+        )  # B*M conditions, one per noised sample, each with its parent's head noise
         their_draw = NoiseDraw(t=draw.t, noise=draw.noise, pose_noise=draw.pose_noise[parent])
-        theirs = one_to_one.row_losses(one_to_one.encode(repeated), repeated.target, torch.arange(b * m), their_draw)
+        theirs = one_to_one.row_losses(
+            one_to_one.encode(repeated), repeated.target, torch.arange(b * m), their_draw
+        )
     assert torch.allclose(ours["position"], theirs["position"], atol=ATOL)
     for name in ("rotation", "gripper"):  # per condition: each of the M copies equals its parent's
         assert torch.allclose(ours[name][parent], theirs[name], atol=ATOL), name

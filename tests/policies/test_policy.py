@@ -31,9 +31,18 @@ def test_registry_maps_types_to_classes_and_presets():
     [
         ({"preset": "tiny"}, "no 'type'"),
         ({"type": "one_to_one", "m": 4}, "m"),
-        ({"type": "mini_diffuser", "voxel_sizes": (0.1, 0.05), "encoder_depths": (1, 1)}, "strictly increasing"),
-        ({"type": "mini_diffuser", "voxel_sizes": (0.1,), "encoder_depths": (1, 1)}, "one non-negative depth"),
-        ({"type": "dda_style", "rotation_diffusion": {"train_steps": 50, "inference_steps": 5}}, "share the timestep"),
+        (
+            {"type": "mini_diffuser", "voxel_sizes": (0.1, 0.05), "encoder_depths": (1, 1)},
+            "strictly increasing",
+        ),
+        (
+            {"type": "mini_diffuser", "voxel_sizes": (0.1,), "encoder_depths": (1, 1)},
+            "one non-negative depth",
+        ),
+        (
+            {"type": "dda_style", "rotation_diffusion": {"train_steps": 50, "inference_steps": 5}},
+            "share the timestep",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_with_a_message(data, match):
@@ -44,8 +53,14 @@ def test_bad_configs_are_rejected_with_a_message(data, match):
 def test_text_dim_mismatch_names_the_config_key():
     policy = tiny_policy()
     batch = tiny_batch(2, 32)
-    wrong = type(batch)(points=batch.points, point_mask=batch.point_mask, text=torch.zeros(2, 3, TEXT_DIM + 1),
-                        text_mask=torch.ones(2, 3, dtype=torch.bool), gripper=batch.gripper, target=batch.target)
+    wrong = type(batch)(
+        points=batch.points,
+        point_mask=batch.point_mask,
+        text=torch.zeros(2, 3, TEXT_DIM + 1),
+        text_mask=torch.ones(2, 3, dtype=torch.bool),
+        gripper=batch.gripper,
+        target=batch.target,
+    )
     with pytest.raises(ValueError, match="text_dim"):
         policy.compute_loss(wrong)
 
@@ -56,7 +71,10 @@ def test_loss_metrics_and_gradient_reaches_every_parameter(policy_type):
     out = policy.compute_loss(tiny_batch(3, 64), torch.Generator().manual_seed(0))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert {"loss", "loss/position", "loss/rotation", "loss/gripper"} <= set(out.metrics)
-    assert abs(out.metrics["loss"] - sum(out.metrics[f"loss/{k}"] for k in ("position", "rotation", "gripper"))) < 1e-4
+    assert (
+        abs(out.metrics["loss"] - sum(out.metrics[f"loss/{k}"] for k in ("position", "rotation", "gripper")))
+        < 1e-4
+    )
     out.loss.backward()
     missing = [n for n, p in policy.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"no gradient for {missing}"
@@ -107,8 +125,10 @@ def test_checkpoint_round_trip(tmp_path, policy_type):
     loaded = load_checkpoint(tmp_path)
     assert type(loaded) is type(policy) and loaded.config == policy.config
     obs = tiny_batch(2, 48, with_target=False)
-    assert torch.equal(policy.predict_action(obs, torch.Generator().manual_seed(1)),
-                       loaded.predict_action(obs, torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        policy.predict_action(obs, torch.Generator().manual_seed(1)),
+        loaded.predict_action(obs, torch.Generator().manual_seed(1)),
+    )
     # EMA weights are preferred when present
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in policy.state_dict().items()}
     torch.save(ema, tmp_path / "ema.pt")
@@ -136,7 +156,11 @@ def test_augmentation_rotates_scene_and_poses_consistently():
     d_after = (out.points[..., :3] - out.target[:, None, :3]).norm(dim=-1)
     assert torch.allclose(d_before[batch.point_mask], d_after[batch.point_mask], atol=1e-5)
     assert torch.allclose(out.points[..., 2], batch.points[..., 2], atol=1e-6)  # z unchanged
-    assert torch.allclose((out.target[:, :2] - centre[:2]).norm(dim=-1), (batch.target[:, :2] - centre[:2]).norm(dim=-1), atol=1e-5)
+    assert torch.allclose(
+        (out.target[:, :2] - centre[:2]).norm(dim=-1),
+        (batch.target[:, :2] - centre[:2]).norm(dim=-1),
+        atol=1e-5,
+    )
     angle = quat_angle_deg(out.target[:, 3:7], batch.target[:, 3:7])
     assert torch.all(angle <= 45.01) and torch.any(angle > 1)
     sub = augment(batch, AugmentConfig(keep_fraction_min=0.3), low, high, torch.Generator().manual_seed(0))
@@ -153,9 +177,17 @@ def test_augmentation_never_rotates_a_target_out_of_the_workspace():
     xyz = low + (high - low) * torch.rand((64, 3), generator=g)
     xyz[:32, :2] = high[:2] - 0.01  # near the (x, y) corner
     target = torch.cat([xyz, batch.target[:, 3:]], dim=-1)
-    batch = ConditionBatch(points=batch.points, point_mask=batch.point_mask, text=batch.text,
-                           text_mask=batch.text_mask, gripper=batch.gripper, target=target)
-    out = augment(batch, AugmentConfig(z_rotation_deg=45, jitter_m=0.0), low, high, torch.Generator().manual_seed(0))
+    batch = ConditionBatch(
+        points=batch.points,
+        point_mask=batch.point_mask,
+        text=batch.text,
+        text_mask=batch.text_mask,
+        gripper=batch.gripper,
+        target=target,
+    )
+    out = augment(
+        batch, AugmentConfig(z_rotation_deg=45, jitter_m=0.0), low, high, torch.Generator().manual_seed(0)
+    )
     assert torch.all((out.target[:, :3] >= low - 1e-6) & (out.target[:, :3] <= high + 1e-6))
     moved = (out.target[:, :3] - target[:, :3]).norm(dim=-1) > 1e-4
     assert moved[32:].sum() > 16  # conditions away from the edge still rotate

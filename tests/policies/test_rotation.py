@@ -39,7 +39,11 @@ def test_euler_matches_extrinsic_xyz_convention():
     ry = euler_to_matrix(torch.tensor([[0.0, -0.4, 0.0]]))
     rz = euler_to_matrix(torch.tensor([[0.0, 0.0, 1.2]]))
     assert torch.allclose(euler_to_matrix(angles), rz @ ry @ rx, atol=1e-6)
-    assert torch.allclose(rx[0], torch.tensor([[1, 0, 0], [0, math.cos(0.3), -math.sin(0.3)], [0, math.sin(0.3), math.cos(0.3)]]), atol=1e-6)
+    assert torch.allclose(
+        rx[0],
+        torch.tensor([[1, 0, 0], [0, math.cos(0.3), -math.sin(0.3)], [0, math.sin(0.3), math.cos(0.3)]]),
+        atol=1e-6,
+    )
     assert torch.allclose(matrix_to_euler(euler_to_matrix(angles)), angles, atol=1e-5)
 
 

@@ -247,8 +247,16 @@ def test_plan_keeps_the_sparsest_rung_that_replays(monkeypatch):
     objects[10:30, 0] = np.arange(20) * 0.002
     objects[30:, 0] = objects[29, 0]
     traj = demos.Trajectory(
-        "reach-v3", 0, 0, tcp, np.ones(len(tcp), bool), np.zeros((len(tcp), 4)), np.ones(len(tcp)), objects,
-        [np.zeros(1)] * len(tcp), True,
+        "reach-v3",
+        0,
+        0,
+        tcp,
+        np.ones(len(tcp), bool),
+        np.zeros((len(tcp), 4)),
+        np.ones(len(tcp)),
+        objects,
+        [np.zeros(1)] * len(tcp),
+        True,
     )
     tried: list[int] = []
 
@@ -272,7 +280,12 @@ def test_mt50_tasks_whose_sparse_keyframes_fail_replay_after_refinement(tmp_path
     task when replayed; the collected (refined) ones do, and the manifest says which rung was needed."""
     tasks = ["handle-pull-v3", "basketball-v3"]
     m = collect_dataset(
-        suite="mt50", tasks=tasks, episodes_per_task=1, out=tmp_path / "ds", workers=1, render=SMALL,
+        suite="mt50",
+        tasks=tasks,
+        episodes_per_task=1,
+        out=tmp_path / "ds",
+        workers=1,
+        render=SMALL,
         progress=False,
     )
     assert all(m["keyframe_rungs"][t].get("0", 0) > 0 for t in tasks), m["keyframe_rungs"]
@@ -281,8 +294,14 @@ def test_mt50_tasks_whose_sparse_keyframes_fail_replay_after_refinement(tmp_path
 
     # without refinement variation 0 does not replay: collection skips it for the next one that does
     plain = collect_dataset(
-        suite="mt50", tasks=tasks, episodes_per_task=1, out=tmp_path / "plain", workers=1, render=SMALL,
-        progress=False, keyframes=KeyframeConfig(refine=False),
+        suite="mt50",
+        tasks=tasks,
+        episodes_per_task=1,
+        out=tmp_path / "plain",
+        workers=1,
+        render=SMALL,
+        progress=False,
+        keyframes=KeyframeConfig(refine=False),
     )
     for t in tasks:
         assert plain["replay_failures"][t][0] == 0 and plain["episodes"][t][0] > 0, (t, plain["episodes"])
@@ -294,8 +313,15 @@ def test_a_keypose_expert_demonstrates_handle_pull_side(tmp_path):
     """handle-pull-side-v3's Meta-World expert gives keyframes that rarely replay; its keypose expert's
     demonstrations replay (they were made through the same controller) and are marked in the manifest."""
     m = collect_dataset(
-        suite="mt50", tasks=["handle-pull-side-v3"], episodes_per_task=2, out=tmp_path / "ds", workers=1,
-        render=SMALL, progress=False,
+        suite="mt50",
+        tasks=["handle-pull-side-v3"],
+        episodes_per_task=2,
+        out=tmp_path / "ds",
+        workers=1,
+        render=SMALL,
+        progress=False,
     )
-    assert m["keypose_experts"] == ["handle-pull-side-v3"] and m["counts"]["handle-pull-side-v3"]["samples"] >= 8
+    assert (
+        m["keypose_experts"] == ["handle-pull-side-v3"] and m["counts"]["handle-pull-side-v3"]["samples"] >= 8
+    )
     assert verify_dataset(tmp_path / "ds", workers=1, progress=False)["success_rate"] == 1.0

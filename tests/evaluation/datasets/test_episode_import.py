@@ -43,8 +43,13 @@ def _trajectory() -> np.ndarray:
     keyframe), up for 15 (the final one)."""
     quat = [0.0, 0.7071068, 0.0, 0.7071068]
     xyz, out = np.array([0.0, 0.5, 0.3]), []
-    for step, frames, opening in (((0.01, 0, 0), 20, 1.0), ((0, 0, 0), 8, 1.0), ((0, 0.01, 0), 15, 1.0),
-                                  ((0, 0, 0), 8, 0.0), ((0, 0, 0.005), 15, 0.0)):
+    for step, frames, opening in (
+        ((0.01, 0, 0), 20, 1.0),
+        ((0, 0, 0), 8, 1.0),
+        ((0, 0.01, 0), 15, 1.0),
+        ((0, 0, 0), 8, 0.0),
+        ((0, 0, 0.005), 15, 0.0),
+    ):
         for _ in range(frames):
             xyz = xyz + step
             out.append([*xyz, *quat, opening])
@@ -98,8 +103,14 @@ def test_a_stopped_import_resumes_and_other_settings_are_refused(tmp_path):
     import_episodes(root, out, text_encoder=FakeTextEncoder(), progress=False, log=lambda _: None)
     assert shard.stat().st_mtime_ns == before  # kept
     with pytest.raises(DatasetError, match="different settings"):
-        import_episodes(root, out, pointcloud={"voxel_size": 0.02}, text_encoder=FakeTextEncoder(),
-                        progress=False, log=lambda _: None)
+        import_episodes(
+            root,
+            out,
+            pointcloud={"voxel_size": 0.02},
+            text_encoder=FakeTextEncoder(),
+            progress=False,
+            log=lambda _: None,
+        )
 
 
 def _scaled_extrinsics():
@@ -118,15 +129,38 @@ def _pose_with_gap():
     return gripper
 
 
-@pytest.mark.parametrize("case, write, needle", [
-    ("missing frame", lambda p: (write_synthetic(p, gripper=_trajectory()), (p / "top" / "rgb" / "000012.png").unlink()),
-     "000012.png is missing"),
-    ("depth in mm (uint16)", lambda p: write_synthetic(p, depth=_mm_depth().astype(np.uint16)), "millimetres"),
-    ("depth in mm (float)", lambda p: write_synthetic(p, depth=_mm_depth()), "millimetres"),
-    ("extrinsics not rigid", lambda p: write_synthetic(p, extrinsics=_scaled_extrinsics()), "not a rigid transform"),
-    ("frame without a pose", lambda p: write_synthetic(p, gripper=_pose_with_gap()), "no pose at frame 7"),
-])
-def test_bad_recordings_are_refused_in_one_line_naming_the_episode_and_the_fix(tmp_path, capsys, case, write, needle):
+@pytest.mark.parametrize(
+    "case, write, needle",
+    [
+        (
+            "missing frame",
+            lambda p: (
+                write_synthetic(p, gripper=_trajectory()),
+                (p / "top" / "rgb" / "000012.png").unlink(),
+            ),
+            "000012.png is missing",
+        ),
+        (
+            "depth in mm (uint16)",
+            lambda p: write_synthetic(p, depth=_mm_depth().astype(np.uint16)),
+            "millimetres",
+        ),
+        ("depth in mm (float)", lambda p: write_synthetic(p, depth=_mm_depth()), "millimetres"),
+        (
+            "extrinsics not rigid",
+            lambda p: write_synthetic(p, extrinsics=_scaled_extrinsics()),
+            "not a rigid transform",
+        ),
+        (
+            "frame without a pose",
+            lambda p: write_synthetic(p, gripper=_pose_with_gap()),
+            "no pose at frame 7",
+        ),
+    ],
+)
+def test_bad_recordings_are_refused_in_one_line_naming_the_episode_and_the_fix(
+    tmp_path, capsys, case, write, needle
+):
     root = tmp_path / "rec"
     episode = root / "move-block" / "ep0"
     write(episode)
@@ -142,5 +176,5 @@ def test_an_incomplete_episode_json_is_refused(tmp_path):
     episode = tmp_path / "rec" / "t" / "ep0"
     write_synthetic(episode)
     (episode / "episode.json").write_text(json.dumps({"cameras": ["top"]}))
-    with pytest.raises(EpisodeFormatError, match="needs \"instruction\""):
+    with pytest.raises(EpisodeFormatError, match='needs "instruction"'):
         read_episode(episode)

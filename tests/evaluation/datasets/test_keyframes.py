@@ -146,7 +146,12 @@ def test_contact_frames_are_added_only_while_an_object_moves():
     plain = detect_keyframes(tcp, np.ones(31, bool), KeyframeConfig(), objects=objects)
     assert [f.index for f in plain] == [30]  # contact frames are off by default
     dense = detect_keyframes(tcp, np.ones(31, bool), KeyframeConfig(contact_stride=4), objects=objects)
-    assert [(f.index, f.kind) for f in dense] == [(11, "contact"), (15, "contact"), (19, "contact"), (30, "final")]
+    assert [(f.index, f.kind) for f in dense] == [
+        (11, "contact"),
+        (15, "contact"),
+        (19, "contact"),
+        (30, "final"),
+    ]
     assert contact_frames(objects, 4, 0.0005, taken={13}) == [11, 17]  # the stride restarts at a kept frame
 
 

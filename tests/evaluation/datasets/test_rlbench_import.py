@@ -34,7 +34,12 @@ BLOCK_TOP = TABLE_HEIGHT + 0.05
 
 
 def write_dataset(
-    root: Path, tasks: tuple[str, ...], episodes: int, all_variations: bool, monkeypatch, flavour: str = "upstream"
+    root: Path,
+    tasks: tuple[str, ...],
+    episodes: int,
+    all_variations: bool,
+    monkeypatch,
+    flavour: str = "upstream",
 ) -> None:
     """Generate with the stand-in, then make ``rlbench``/``pyrep`` unimportable again."""
     gen = standin_helpers.activate(monkeypatch, flavour)
@@ -139,7 +144,9 @@ def test_instructions_per_task_and_per_variation(peract_split, tmp_path, monkeyp
     ]
     assert manifest["text_variations"]["file"] == VARIATION_INSTRUCTIONS
     assert manifest["text_variations"]["alternatives"]["close jar with the red block"] == [
-        "close jar with the red block", "red block: close jar"]
+        "close jar with the red block",
+        "red block: close jar",
+    ]
     ds = KeyframeDataset(out)
     tokens, mask = ds.instruction_embedding("close_jar")
     assert tokens.shape == (2, 4) and mask.all()  # "close jar": the task-level text
@@ -206,8 +213,9 @@ def test_data_written_by_peracts_fork_imports(tmp_path, monkeypatch):
     write_dataset(root, ("close_jar",), 3, True, monkeypatch, flavour="fork")
     episodes = list_episodes(root, "close_jar")
     assert "variation_index" not in load_demo(episodes[1].path / "low_dim_obs.pkl")[0].misc
-    manifest = import_dataset(root, tmp_path / "ds", "close_jar", text_encoder=standin_helpers.FakeTextEncoder(),
-                              progress=False)
+    manifest = import_dataset(
+        root, tmp_path / "ds", "close_jar", text_encoder=standin_helpers.FakeTextEncoder(), progress=False
+    )
     assert [s["variation"] for s in manifest["shards"]] == [e.variation for e in episodes] == [0, 1, 0]
     assert len(KeyframeDataset(tmp_path / "ds")) == 12
 
@@ -285,7 +293,9 @@ def test_samples_are_conditioned_on_their_own_variation_instruction(peract_split
         assert all(np.array_equal(t, expected) for t in texts), instr
 
 
-def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(peract_split, tmp_path, monkeypatch):
+def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(
+    peract_split, tmp_path, monkeypatch
+):
     """Import -> train (2 steps, in process) -> checkpoint -> an RLBench episode restored from a demo: the
     policy is conditioned on the variation's own instruction, exactly as its training samples were."""
     from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
@@ -303,12 +313,28 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     out = tmp_path / "ds"
     encoder = standin_helpers.FakeTextEncoder()
     import_dataset(peract_split, out, ["close_jar"], text_encoder=encoder, progress=False)
-    overrides = ["data.suite=rlbench", f"data.path={out}", "data.collect_if_missing=false", "policy.preset=tiny",
-                 "policy.text_dim=4", "policy.m=2", "train.batch_size=2", "train.steps=2", "train.warmup_steps=1",
-                 "train.checkpoint_every=2", "train.log_every=1", "train.device=cpu", "eval.enabled=false",
-                 f"output_dir={tmp_path / 'runs'}"]
-    with pytest.raises(UserFacingError, match=r"outside the policy workspace.*policy.workspace_low=\[-0.3,-0.5,0.6\]"):
-        ensure_dataset(load_config(None, overrides))  # Meta-World's default workspace would clip RLBench targets
+    overrides = [
+        "data.suite=rlbench",
+        f"data.path={out}",
+        "data.collect_if_missing=false",
+        "policy.preset=tiny",
+        "policy.text_dim=4",
+        "policy.m=2",
+        "train.batch_size=2",
+        "train.steps=2",
+        "train.warmup_steps=1",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.device=cpu",
+        "eval.enabled=false",
+        f"output_dir={tmp_path / 'runs'}",
+    ]
+    with pytest.raises(
+        UserFacingError, match=r"outside the policy workspace.*policy.workspace_low=\[-0.3,-0.5,0.6\]"
+    ):
+        ensure_dataset(
+            load_config(None, overrides)
+        )  # Meta-World's default workspace would clip RLBench targets
     cfg = load_config(REPO_ROOT / "configs" / "rlbench18.yaml", overrides)  # PerAct's bounds
     assert ensure_dataset(cfg) == out
     train_loop_per_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)})
@@ -316,8 +342,12 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     assert info is not None and info.step == 2
     ckpt = info.path
     stored = load_instructions(ckpt / INSTRUCTIONS_FILE)
-    texts = {"close jar with the red block", "close jar with the maroon block", "red block: close jar",
-             "maroon block: close jar"}  # every description: evaluation may state any of them
+    texts = {
+        "close jar with the red block",
+        "close jar with the maroon block",
+        "red block: close jar",
+        "maroon block: close jar",
+    }  # every description: evaluation may state any of them
     assert set(stored.tasks) == {"close_jar"} and set(stored.texts) == texts
     for text, (tokens, mask) in stored.texts.items():
         np.testing.assert_array_equal(tokens, encoder.encode([text])[0].tokens)
@@ -338,7 +368,9 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(pe
     infer = LocalInference(CheckpointBundle.read(ckpt).build_policy())
     for variation, text in ((0, "close jar with the red block"), (1, "close jar with the maroon block")):
         seen.clear()
-        out_ep = run_episode(sim, infer, recording_condition_fn, stored, EpisodeSpec("close_jar", variation, 0), 2)
+        out_ep = run_episode(
+            sim, infer, recording_condition_fn, stored, EpisodeSpec("close_jar", variation, 0), 2
+        )
         assert out_ep.result.steps >= 1 and seen
         assert all(np.array_equal(s, encoder.encode([text])[0].tokens) for s in seen), variation
     sim.close()
@@ -354,8 +386,12 @@ def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path
     for name in ("rlbench", "pyrep"):
         monkeypatch.setitem(sys.modules, name, None)
     config = REPO_ROOT / "configs" / "rlbench18.yaml"
-    base = [f"data.path={tmp_path / 'ds'}", "data.tasks=[close_jar]", "data.episodes_per_task=2",
-            "data.collect_workers=1"]
+    base = [
+        f"data.path={tmp_path / 'ds'}",
+        "data.tasks=[close_jar]",
+        "data.episodes_per_task=2",
+        "data.collect_workers=1",
+    ]
     with pytest.raises(UserFacingError, match="not a directory of RLBench data"):
         ensure_dataset(load_config(config, [*base, f"data.rlbench_root={tmp_path / 'nowhere'}"]))
     with pytest.raises(UserFacingError, match="data.rlbench_root=<RLBench data>"):
@@ -364,4 +400,6 @@ def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path
     assert "importing RLBench demonstrations" in capsys.readouterr().out
     ds = KeyframeDataset(path)
     assert ds.task_names == ["close_jar"] and ds.manifest["counts"]["close_jar"]["episodes"] == 2
-    assert ds.manifest["text"]["dim"] == 384 and len(ds.variation_instructions()) == 4  # 2 variations x 2 phrasings
+    assert (
+        ds.manifest["text"]["dim"] == 384 and len(ds.variation_instructions()) == 4
+    )  # 2 variations x 2 phrasings

@@ -29,7 +29,9 @@ def _checkpoint(tmp_path):
     policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
     policy.save_pretrained(tmp_path)
     dim = policy.config.text_dim
-    save_instructions(tmp_path / INSTRUCTIONS_FILE, {"reach-v3": (np.ones((3, dim), np.float32), np.ones(3, bool))})
+    save_instructions(
+        tmp_path / INSTRUCTIONS_FILE, {"reach-v3": (np.ones((3, dim), np.float32), np.ones(3, bool))}
+    )
     (tmp_path / POINTCLOUD_FILE).write_text(json.dumps({"voxel_size": 0.02}))
     return policy
 

@@ -37,7 +37,12 @@ EPISODE_TIMEOUT_S = 3.0
 
 
 def _pool(**kw) -> PoolConfig:
-    base = {"num_actors": 4, "progress": False, "episode_timeout_s": EPISODE_TIMEOUT_S, "startup_timeout_s": 120.0}
+    base = {
+        "num_actors": 4,
+        "progress": False,
+        "episode_timeout_s": EPISODE_TIMEOUT_S,
+        "startup_timeout_s": 120.0,
+    }
     return PoolConfig(**{**base, **kw})
 
 
@@ -83,11 +88,24 @@ def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     from evaluation.runtime.evaluate import evaluate_checkpoint
     from evaluation.runtime.metrics import EvalReport
 
-    bundle = CheckpointBundle(source=str(tmp_path), policy_config={}, weights=b"", weights_file="-",
-                              instructions=Instructions.of(INSTR), max_points=256,
-                              pointcloud=conditioner().config.model_dump(mode="json"))
-    kw = {"tasks": TASKS, "episodes_per_task": 2, "num_actors": 2, "sim_factory": SIM.build, "variations": range(4),
-          "policy_factory": POLICY, "pool": _pool()}
+    bundle = CheckpointBundle(
+        source=str(tmp_path),
+        policy_config={},
+        weights=b"",
+        weights_file="-",
+        instructions=Instructions.of(INSTR),
+        max_points=256,
+        pointcloud=conditioner().config.model_dump(mode="json"),
+    )
+    kw = {
+        "tasks": TASKS,
+        "episodes_per_task": 2,
+        "num_actors": 2,
+        "sim_factory": SIM.build,
+        "variations": range(4),
+        "policy_factory": POLICY,
+        "pool": _pool(),
+    }
     report = evaluate_checkpoint(bundle, seed=[0, 1, 2], **kw)
     singles = []  # each seed alone, on the module's warm pool (same simulator, policy and conditioner)
     for seed in (0, 1, 2):
@@ -115,7 +133,13 @@ def test_r5_crash_is_replaced_retried_then_sim_error_with_full_denominator(pool)
     crashed = report.results[4]
     assert (crashed.seed, crashed.status, crashed.success) == (CRASH, "sim_error", False)
     assert "attempt 2 of 2" in crashed.message and "ActorDiedError" in crashed.message
-    assert report.status_counts == {"ok": 8, "timeout": 0, "sim_error": 1, "planner_error": 0, "oom_killed": 0}
+    assert report.status_counts == {
+        "ok": 8,
+        "timeout": 0,
+        "sim_error": 1,
+        "planner_error": 0,
+        "oom_killed": 0,
+    }
     assert report.retries == 1 and report.actor_restarts == 2 and len(report.failures) == 2
     assert report.tasks[specs[4].task].success_rate <= 2 / 3
     assert "sim_error" in report.table() and report.mlflow_metrics()["eval/sim_error"] == 1.0
@@ -155,18 +179,29 @@ def test_r6_hang_times_out_actor_replaced_others_unaffected(pool):
 
 def test_transient_simulator_error_is_retried_on_a_fresh_actor(pool, tmp_path):
     specs = plan_episodes(TASKS[:1], 3, seed=2, variations=range(4))
-    sim = FakeSimConfig(crash_at=0, crash_mode="raise", crash_seeds=(specs[1].seed,), fault_attempts=1,
-                        state_dir=str(tmp_path))
+    sim = FakeSimConfig(
+        crash_at=0,
+        crash_mode="raise",
+        crash_seeds=(specs[1].seed,),
+        fault_attempts=1,
+        state_dir=str(tmp_path),
+    )
     report = evaluate(sim.build, POLICY, INSTR, specs, conditioner(), _pool(num_actors=1, max_attempts=2))
     assert report.status_counts["ok"] == 3 and report.retries == 1 and report.actor_restarts == 1
     assert "SimulatorError: FakeSimulator crash_at=0" in report.failures[0]
-    local = [run_episode(SIM.build(), LocalInference(POLICY()), conditioner(), INSTR, s).result for s in specs]
+    local = [
+        run_episode(SIM.build(), LocalInference(POLICY()), conditioner(), INSTR, s).result for s in specs
+    ]
     assert [(r.success, r.steps) for r in report.results] == [(r.success, r.steps) for r in local]
 
 
 def test_actors_that_cannot_start_raise_a_typed_error(pool):
-    coord = Coordinator(BrokenSimFactory(), POLICY, INSTR, conditioner(), _pool(num_actors=1, max_startup_failures=1))
-    with pytest.raises(EvaluationStartupError, match="failed to start.*ValueError: cannot open the simulator"):
+    coord = Coordinator(
+        BrokenSimFactory(), POLICY, INSTR, conditioner(), _pool(num_actors=1, max_startup_failures=1)
+    )
+    with pytest.raises(
+        EvaluationStartupError, match="failed to start.*ValueError: cannot open the simulator"
+    ):
         coord.start().wait_ready()
     coord.shutdown()
 
@@ -176,7 +211,10 @@ def test_actor_resources_use_the_sim_resource_only_when_present(pool):
 
     assert "resources" not in actor_resources(1.0)  # this local cluster has no "sim" resource
     assert actor_resources(0.5, use_sim_resource=True) == {
-        "num_cpus": 0.5, "max_restarts": 0, "max_task_retries": 0, "resources": {"sim": 1}
+        "num_cpus": 0.5,
+        "max_restarts": 0,
+        "max_task_retries": 0,
+        "resources": {"sim": 1},
     }
 
 
@@ -232,7 +270,9 @@ def test_task_affinity_keeps_each_of_two_actors_on_two_of_three_tasks(pool):
 
 
 def test_a_long_run_prints_progress_lines_with_eta(pool, capsys):
-    specs = plan_episodes(TASKS, 8, seed=5, variations=range(4))  # 24 episodes: about 2 s, ten 0.2 s intervals
+    specs = plan_episodes(
+        TASKS, 8, seed=5, variations=range(4)
+    )  # 24 episodes: about 2 s, ten 0.2 s intervals
     cfg = pool.cfg
     pool.cfg = cfg.model_copy(update={"progress": True, "progress_every_s": 0.2})
     try:

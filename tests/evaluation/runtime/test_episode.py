@@ -47,8 +47,13 @@ def test_keypose_limit_ends_as_failure_with_status_ok():
 
 
 def test_default_limit_is_25_keyposes():
-    out = run_episode(FakeSimulator(), LocalInference(FakeGoalPolicy(max_step=0.0)), conditioner(), INSTR,
-                      EpisodeSpec("fake-reach", 0, 0))
+    out = run_episode(
+        FakeSimulator(),
+        LocalInference(FakeGoalPolicy(max_step=0.0)),
+        conditioner(),
+        INSTR,
+        EpisodeSpec("fake-reach", 0, 0),
+    )
     assert out.result.steps == 25 and not out.result.success
 
 
@@ -82,14 +87,22 @@ def test_3dda_rule_goes_on_after_a_planner_error():
     policy = FakeGoalPolicy(max_step=0.05)
     ended = run_episode(_PlannerFailsOnce(), LocalInference(policy), conditioner(), INSTR, spec)
     assert (ended.result.status, ended.result.success, ended.result.steps) == ("planner_error", False, 2)
-    went_on = run_episode(_PlannerFailsOnce(), LocalInference(policy), conditioner(), INSTR, spec,
-                          on_planner_error="continue")
+    went_on = run_episode(
+        _PlannerFailsOnce(), LocalInference(policy), conditioner(), INSTR, spec, on_planner_error="continue"
+    )
     clean = run_episode(FakeSimulator(), LocalInference(policy), conditioner(), INSTR, spec)
     assert (went_on.result.status, went_on.result.success) == ("ok", True)
     assert went_on.result.steps == clean.result.steps + 2  # the two failed keyposes cost their steps
     assert "after 2 planner error(s)" in went_on.result.message
-    never = run_episode(_PlannerFailsOnce(), LocalInference(FakeGoalPolicy(max_step=0.0)), conditioner(), INSTR,
-                        spec, max_keyposes=6, on_planner_error="continue")
+    never = run_episode(
+        _PlannerFailsOnce(),
+        LocalInference(FakeGoalPolicy(max_step=0.0)),
+        conditioner(),
+        INSTR,
+        spec,
+        max_keyposes=6,
+        on_planner_error="continue",
+    )
     assert (never.result.status, never.result.success, never.result.steps) == ("planner_error", False, 6)
     assert "keypose limit 6 reached after 2 planner error(s)" in never.result.message
 
@@ -110,4 +123,10 @@ def test_same_seed_same_result_with_a_noisy_policy():
 
 def test_missing_instruction_names_the_file_keys():
     with pytest.raises(InstructionError, match="instructions.npz"):
-        run_episode(FakeSimulator(), LocalInference(FakeGoalPolicy()), conditioner(), {}, EpisodeSpec("fake-reach", 0, 0))
+        run_episode(
+            FakeSimulator(),
+            LocalInference(FakeGoalPolicy()),
+            conditioner(),
+            {},
+            EpisodeSpec("fake-reach", 0, 0),
+        )

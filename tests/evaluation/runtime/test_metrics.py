@@ -21,18 +21,34 @@ def _out(task: str, success: bool, status: str = "ok", sim: float = 1.0) -> Epis
 
 
 def test_errors_stay_in_the_denominator_and_are_counted():
-    outputs = [_out("a", True), _out("a", False, "timeout"), _out("a", False, "sim_error"), _out("a", True),
-               _out("b", False, "planner_error"), _out("b", True)]
+    outputs = [
+        _out("a", True),
+        _out("a", False, "timeout"),
+        _out("a", False, "sim_error"),
+        _out("a", True),
+        _out("b", False, "planner_error"),
+        _out("b", True),
+    ]
     report = summarize(outputs, wall_s=3.0, retries=2, actor_restarts=3, failures=["x"])
     assert report.tasks["a"].success_rate == 0.5 and report.tasks["a"].episodes == 4
     assert report.tasks["b"].success_rate == 0.5
     assert report.mean_success == 0.5 and report.successes == 3 and report.episodes == 6
-    assert report.status_counts == {"ok": 3, "timeout": 1, "sim_error": 1, "planner_error": 1, "oom_killed": 0}
+    assert report.status_counts == {
+        "ok": 3,
+        "timeout": 1,
+        "sim_error": 1,
+        "planner_error": 1,
+        "oom_killed": 0,
+    }
     assert report.errors == 3 and report.episodes_per_s == 2.0
-    assert report.time_shares == pytest.approx({"render": 0.25, "preprocess": 0.0, "policy": 0.5, "sim": 0.25})
+    assert report.time_shares == pytest.approx(
+        {"render": 0.25, "preprocess": 0.0, "policy": 0.5, "sim": 0.25}
+    )
     metrics = report.mlflow_metrics("eval")
     assert metrics["eval/a/success"] == 0.5 and metrics["eval/success"] == 0.5
-    assert metrics["eval/timeout"] == 1.0 and metrics["eval/planner_error"] == 1.0 and "eval/ok" not in metrics
+    assert (
+        metrics["eval/timeout"] == 1.0 and metrics["eval/planner_error"] == 1.0 and "eval/ok" not in metrics
+    )
     again = EvalReport.from_json(report.to_json())
     assert again == report
     table = report.table()
@@ -74,8 +90,13 @@ def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
 
     from evaluation.runtime.episode import Instructions
 
-    short, long = (np.full((2, 4), 1.0, np.float32), np.ones(2, bool)), (np.full((5, 4), 2.0, np.float32), np.ones(5, bool))
-    table = Instructions(tasks={"close_jar": short}, texts={"close the red jar": short, "close the jar / lid": long})
+    short, long = (
+        (np.full((2, 4), 1.0, np.float32), np.ones(2, bool)),
+        (np.full((5, 4), 2.0, np.float32), np.ones(5, bool)),
+    )
+    table = Instructions(
+        tasks={"close_jar": short}, texts={"close the red jar": short, "close the jar / lid": long}
+    )
     save_instructions(tmp_path / "i.npz", table)
     loaded = load_instructions(tmp_path / "i.npz")
     assert set(loaded.tasks) == {"close_jar"} and set(loaded.texts) == set(table.texts)
@@ -84,8 +105,14 @@ def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
         np.testing.assert_array_equal(loaded.texts[key][1], mask)
     assert loaded.for_episode("close_jar", "close the jar / lid")[0].shape == (5, 4)
     assert loaded.for_episode("close_jar", "an unseen phrasing")[0].shape == (2, 4)  # falls back to the task
-    np.savez(tmp_path / "bad.npz", **{"t/tokens": np.ones((2, 4), np.float32), "t/mask": np.ones(2, bool),
-                                      "__texts__/strings": np.asarray(["a"])})
+    np.savez(
+        tmp_path / "bad.npz",
+        **{
+            "t/tokens": np.ones((2, 4), np.float32),
+            "t/mask": np.ones(2, bool),
+            "__texts__/strings": np.asarray(["a"]),
+        },
+    )
     with pytest.raises(CheckpointError, match="per-text table"):
         load_instructions(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
@@ -124,25 +151,40 @@ def test_tiers_pool_their_tasks_with_wilson_intervals_and_the_tier_average_needs
 
     from evaluation.runtime.metrics import mean_interval, wilson_interval
 
-    counts = {"reach-v3": (8, 10), "door-open-v3": (6, 10),  # easy: 14 / 20
-              "hammer-v3": (5, 10),  # medium
-              "push-v3": (2, 10),  # hard
-              "shelf-place-v3": (0, 10), "stick-pull-v3": (1, 10)}  # very hard: 1 / 20
+    counts = {
+        "reach-v3": (8, 10),
+        "door-open-v3": (6, 10),  # easy: 14 / 20
+        "hammer-v3": (5, 10),  # medium
+        "push-v3": (2, 10),  # hard
+        "shelf-place-v3": (0, 10),
+        "stick-pull-v3": (1, 10),
+    }  # very hard: 1 / 20
     report = summarize(_mt_outputs(counts), wall_s=1.0)
     tiers = report.tiers
     assert list(tiers) == ["easy", "medium", "hard", "very_hard"]
     easy = tiers["easy"]
     assert (easy.successes, easy.episodes, easy.tier_size) == (14, 20, 28) and easy.success_rate == 0.7
     assert (easy.ci_low, easy.ci_high) == wilson_interval(14, 20) and easy.status_counts["timeout"] == 2
-    assert tiers["very_hard"].tasks == ["shelf-place-v3", "stick-pull-v3"] and tiers["very_hard"].success_rate == 0.05
+    assert (
+        tiers["very_hard"].tasks == ["shelf-place-v3", "stick-pull-v3"]
+        and tiers["very_hard"].success_rate == 0.05
+    )
     assert report.tier_average == pytest.approx((0.7 + 0.5 + 0.2 + 0.05) / 4)
     assert report.tier_average_ci == mean_interval([(14, 20), (5, 10), (2, 10), (1, 20)])
-    assert report.per_episode_success == pytest.approx(22 / 60) and report.per_episode_ci == wilson_interval(22, 60)
-    assert report.mean_success == pytest.approx((0.8 + 0.6 + 0.5 + 0.2 + 0.0 + 0.1) / 6)  # per task: another number
+    assert report.per_episode_success == pytest.approx(22 / 60) and report.per_episode_ci == wilson_interval(
+        22, 60
+    )
+    assert report.mean_success == pytest.approx(
+        (0.8 + 0.6 + 0.5 + 0.2 + 0.0 + 0.1) / 6
+    )  # per task: another number
     m = report.mlflow_metrics("eval")
     for name in ("easy", "medium", "hard", "very_hard", "tier_average", "per_episode"):
-        assert {f"eval/success/{name}", f"eval/success/{name}_ci_low", f"eval/success/{name}_ci_high"} <= set(m)
-    assert m["eval/success/hard"] == 0.2 and m["eval/success/tier_average"] == pytest.approx(report.tier_average)
+        assert {f"eval/success/{name}", f"eval/success/{name}_ci_low", f"eval/success/{name}_ci_high"} <= set(
+            m
+        )
+    assert m["eval/success/hard"] == 0.2 and m["eval/success/tier_average"] == pytest.approx(
+        report.tier_average
+    )
     assert (m["eval/success/easy_ci_low"], m["eval/success/easy_ci_high"]) == wilson_interval(14, 20)
     table = report.table()
     assert "easy (2 of 28 tasks)" in table and "very hard (2 of 5 tasks)" in table
@@ -154,11 +196,19 @@ def test_tiers_pool_their_tasks_with_wilson_intervals_and_the_tier_average_needs
 
 def test_a_subset_shows_its_tiers_and_no_tier_average_and_other_benchmarks_no_tiers():
     subset = summarize(_mt_outputs({"reach-v3": (5, 5), "pick-place-v3": (1, 5)}), wall_s=1.0)
-    assert list(subset.tiers) == ["easy", "hard"] and subset.tier_average is None and subset.tier_average_ci is None
+    assert (
+        list(subset.tiers) == ["easy", "hard"]
+        and subset.tier_average is None
+        and subset.tier_average_ci is None
+    )
     m = subset.mlflow_metrics("eval")
-    assert "eval/success/easy" in m and "eval/success/medium" not in m and "eval/success/tier_average" not in m
+    assert (
+        "eval/success/easy" in m and "eval/success/medium" not in m and "eval/success/tier_average" not in m
+    )
     assert "needs all four tiers and no medium or very hard task was evaluated" in subset.table()
     other = summarize([_out("a", True), _out("b", False)], wall_s=1.0)  # not Meta-World tasks
     assert other.tiers == {} and other.tier_average is None
-    assert not [k for k in other.mlflow_metrics("eval") if k.startswith("eval/success/") and "per_episode" not in k]
+    assert not [
+        k for k in other.mlflow_metrics("eval") if k.startswith("eval/success/") and "per_episode" not in k
+    ]
     assert "tier" not in other.table() and "per episode" in other.table()

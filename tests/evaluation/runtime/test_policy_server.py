@@ -70,11 +70,14 @@ def test_server_results_identical_to_in_actor_inference_and_batched():
     specs = plan_episodes(TASKS, 4, seed=5, variations=range(6))
     sim = FakeSimConfig(cameras=2)
     policy = FakePolicyFactory(max_step=0.05, noise=0.01)
-    local = [run_episode(sim.build(), LocalInference(policy()), conditioner(), INSTR, s).result for s in specs]
+    local = [
+        run_episode(sim.build(), LocalInference(policy()), conditioner(), INSTR, s).result for s in specs
+    ]
     ray = start_local_ray(num_cpus=3)
     try:
-        pool = PoolConfig(num_actors=2, progress=False, episode_timeout_s=60.0, policy_server="on",
-                          server_max_wait_s=0.05)
+        pool = PoolConfig(
+            num_actors=2, progress=False, episode_timeout_s=60.0, policy_server="on", server_max_wait_s=0.05
+        )
         served = Coordinator(sim.build, policy, INSTR, conditioner(), pool)
         with served:
             via_server = served.run(specs)
@@ -96,7 +99,9 @@ def test_real_policy_batches_padded_conditions_and_single_rows_match_local():
     from policies.registry import build_policy, parse_policy_config
 
     torch.manual_seed(0)
-    policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny", "text_dim": 8})).eval()
+    policy = build_policy(
+        parse_policy_config({"type": "mini_diffuser", "preset": "tiny", "text_dim": 8})
+    ).eval()
     items = _conditions(3)
     batched = predict_rows(policy, stack_conditions(items), [1, 2, 3], "cpu")
     assert batched.shape == (3, 8) and np.isfinite(batched).all()
@@ -112,12 +117,19 @@ def test_real_policy_rows_get_the_noise_they_would_get_alone(policy_type):
     from policies.registry import build_policy, parse_policy_config
 
     torch.manual_seed(0)
-    cfg = {"type": policy_type, "preset": "tiny", "text_dim": 8, "diffusion": {"sampler": "ddpm", "inference_steps": 5}}
+    cfg = {
+        "type": policy_type,
+        "preset": "tiny",
+        "text_dim": 8,
+        "diffusion": {"sampler": "ddpm", "inference_steps": 5},
+    }
     policy = build_policy(parse_policy_config(cfg)).eval()
     assert policy.accepts_row_generators
     items, seeds = _conditions(3), [21, 22, 23]
     batched = predict_rows(policy, stack_conditions(items), seeds, "cpu")  # (3, 8)
     alone = np.stack([LocalInference(policy)(c, s) for c, s in zip(items, seeds, strict=True)])
     np.testing.assert_allclose(batched, alone, atol=1e-4)
-    shared = policy.predict_action(stack_conditions(items), generator=torch.Generator().manual_seed(21)).numpy()
+    shared = policy.predict_action(
+        stack_conditions(items), generator=torch.Generator().manual_seed(21)
+    ).numpy()
     assert not np.allclose(shared[1:, :3], alone[1:, :3], atol=1e-3)  # what rows got before row generators

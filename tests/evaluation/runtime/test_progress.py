@@ -13,9 +13,13 @@ pytestmark = pytest.mark.unit
 
 def test_progress_line_names_done_success_rate_and_eta():
     assert progress_line(120, 500, 54, 120.0) == (
-        "[eval] 120/500 episodes (24%)  success 45.0% so far  1.00 episodes/s  ETA 6m20s")
+        "[eval] 120/500 episodes (24%)  success 45.0% so far  1.00 episodes/s  ETA 6m20s"
+    )
     assert progress_line(500, 500, 250, 3725.0).endswith("0.13 episodes/s  took 1h02m")
-    assert progress_line(0, 500, 0, 31.0) == "[eval] 0/500 episodes (0%)  success - so far  0.00 episodes/s  ETA -"
+    assert (
+        progress_line(0, 500, 0, 31.0)
+        == "[eval] 0/500 episodes (0%)  success - so far  0.00 episodes/s  ETA -"
+    )
     assert [format_duration(s) for s in (42, 187, 3720)] == ["42s", "3m07s", "1h02m"]
 
 
@@ -29,8 +33,12 @@ def test_lines_every_10_percent_and_every_interval_after_the_first_interval(caps
     lines.update(30, 12, now=62.5)  # nothing finished for 30 s: a line anyway (the run is alive)
     lines.update(100, 40, final=True, now=100.0)
     out = capsys.readouterr().out.splitlines()
-    assert [ln.split(" episodes")[0] for ln in out] == ["[eval] 25/100", "[eval] 30/100", "[eval] 30/100",
-                                                         "[eval] 100/100"]
+    assert [ln.split(" episodes")[0] for ln in out] == [
+        "[eval] 25/100",
+        "[eval] 30/100",
+        "[eval] 30/100",
+        "[eval] 100/100",
+    ]
     assert "ETA" in out[0] and out[-1].endswith("took 1m40s")
 
 

@@ -32,7 +32,10 @@ def tiny_checkpoint(tmp_path):
     policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
     policy.save_pretrained(directory)
     rng = np.random.default_rng(0)
-    text = {t: (rng.standard_normal((6, policy.config.text_dim)).astype(np.float32), np.ones(6, bool)) for t in TASKS}
+    text = {
+        t: (rng.standard_normal((6, policy.config.text_dim)).astype(np.float32), np.ones(6, bool))
+        for t in TASKS
+    }
     save_instructions(directory / INSTRUCTIONS_FILE, text)
     return directory
 
@@ -45,9 +48,31 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
     exp = client.create_experiment("eval", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(exp).info.run_id
     out = tmp_path / "report.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--suite", "mt10", "--tasks", ",".join(TASKS), "--episodes", "2",
-            "--actors", "2", "--max-keyposes", "2", "--timeout", "120", "--json", str(out), "--no-progress",
-            "--mlflow-run-id", run_id, "--mlflow-tracking-uri", uri, "--mlflow-step", "7"]
+    argv = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--suite",
+        "mt10",
+        "--tasks",
+        ",".join(TASKS),
+        "--episodes",
+        "2",
+        "--actors",
+        "2",
+        "--max-keyposes",
+        "2",
+        "--timeout",
+        "120",
+        "--json",
+        str(out),
+        "--no-progress",
+        "--mlflow-run-id",
+        run_id,
+        "--mlflow-tracking-uri",
+        uri,
+        "--mlflow-step",
+        "7",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "reach-v3" in printed and "mean over tasks" in printed
@@ -59,9 +84,17 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
     assert all(1 <= r.steps <= 2 for r in report.results)
     assert {r.variation for r in report.results} <= set(TEST_VARIATIONS)
     assert not set(TEST_VARIATIONS) & set(TRAIN_VARIATIONS)
-    expected = plan_episodes(TASKS, 2, 0, TEST_VARIATIONS)  # fixed by the seed: reruns evaluate the same episodes
-    assert [(r.task, r.variation, r.seed) for r in report.results] == [(s.task, s.variation, s.seed) for s in expected]
-    assert report.time_shares["render"] > 0 and report.time_shares["sim"] > 0 and report.time_shares["policy"] > 0
+    expected = plan_episodes(
+        TASKS, 2, 0, TEST_VARIATIONS
+    )  # fixed by the seed: reruns evaluate the same episodes
+    assert [(r.task, r.variation, r.seed) for r in report.results] == [
+        (s.task, s.variation, s.seed) for s in expected
+    ]
+    assert (
+        report.time_shares["render"] > 0
+        and report.time_shares["sim"] > 0
+        and report.time_shares["policy"] > 0
+    )
 
     metrics = client.get_run(run_id).data.metrics
     assert metrics["eval/reach-v3/success"] == report.tasks["reach-v3"].success_rate

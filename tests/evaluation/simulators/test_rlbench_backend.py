@@ -66,7 +66,11 @@ def small(**kw) -> RLBenchConfig:
 def test_module_imports_without_rlbench(monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")]:
         monkeypatch.delitem(sys.modules, name)
-    for name in ("evaluation.simulators.rlbench_backend", "evaluation.datasets.rlbench_import", "evaluation.simulators.rlbench_tasks"):
+    for name in (
+        "evaluation.simulators.rlbench_backend",
+        "evaluation.datasets.rlbench_import",
+        "evaluation.simulators.rlbench_tasks",
+    ):
         monkeypatch.delitem(sys.modules, name)  # restored after the test
     importlib.import_module("evaluation.datasets.rlbench_import")
     assert [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")] == []
@@ -79,7 +83,11 @@ def test_missing_install_gives_a_clear_error(standin, monkeypatch, missing):
     with pytest.raises(RLBenchUnavailableError) as info:
         RLBenchSimulator(small())
     msg = str(info.value)
-    assert "PyRep is not installed" in msg if missing == "pyrep" else "RLBench (>= 1.2 API, or PerAct's fork) is not installed" in msg
+    assert (
+        "PyRep is not installed" in msg
+        if missing == "pyrep"
+        else "RLBench (>= 1.2 API, or PerAct's fork) is not installed" in msg
+    )
     for hint in (
         "COPPELIASIM_ROOT is not set",
         "CoppeliaSim 4.1",
@@ -114,13 +122,17 @@ def test_pyrep_that_cannot_load_coppeliasim_is_not_called_missing(tmp_path, monk
     """``import pyrep`` loads CoppeliaSim's library: a broken LD_LIBRARY_PATH is not a missing install."""
     fake = tmp_path / "pyrep"
     fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('libcoppeliaSim.so.1: cannot open shared object file')\n")
+    (fake / "__init__.py").write_text(
+        "raise ImportError('libcoppeliaSim.so.1: cannot open shared object file')\n"
+    )
     for name in [m for m in sys.modules if m.split(".")[0] in ("rlbench", "pyrep")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
     from evaluation.simulators.rlbench_backend import require_rlbench
 
-    with pytest.raises(RLBenchUnavailableError, match="installed but cannot load CoppeliaSim.*libcoppeliaSim"):
+    with pytest.raises(
+        RLBenchUnavailableError, match="installed but cannot load CoppeliaSim.*libcoppeliaSim"
+    ):
         require_rlbench()
     for name in [m for m in sys.modules if m.split(".")[0] == "pyrep"]:
         monkeypatch.delitem(sys.modules, name)
@@ -292,7 +304,9 @@ def test_run_episode_succeeds_with_a_scripted_grasp(any_standin):
     assert len(checked.action_of(np.array([0.3, 0.0, 1.0, *DOWN, 1.0]))) == (9 if fork else 8)
     checked.reset("close_jar", 0, 0)
     checked.step_keypose(np.array([0.3, 0.0, 1.0, *DOWN, 1.0]))
-    assert checked._env._scene.robot.arm.ignore_collisions_requests == [False]  # the 9th value, or the mode's flag
+    assert checked._env._scene.robot.arm.ignore_collisions_requests == [
+        False
+    ]  # the 9th value, or the mode's flag
 
 
 @pytest.mark.parametrize(
@@ -491,7 +505,9 @@ def test_training_config_selects_the_protocol(standin, tmp_path):
     request = eval_request(load_config(None, [*base, "eval.rlbench_protocol=3dda"]), tmp_path)
     assert request.tasks == ("close_jar",) and request.seed == (0, 1, 2) and request.suite == "rlbench"
     assert (request.pool.on_planner_error, request.pool.max_keyposes) == ("continue", 20)
-    assert request.sim_factory.args[0].gripper_step == "after_arm" and request.variations == tuple(range(request.episodes_per_task))
+    assert request.sim_factory.args[0].gripper_step == "after_arm" and request.variations == tuple(
+        range(request.episodes_per_task)
+    )
     assert eval_request(load_config(None, base), tmp_path).pool.on_planner_error == "end"
 
 

@@ -26,21 +26,44 @@ def local_ray():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="evb", dir="/tmp"),
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(prefix="evb", dir="/tmp"),
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
 
 def test_bench_eval_fake_backend_writes_rows(tmp_path, capsys, local_ray):
     out = tmp_path / "bench.json"
-    rc = main(["--backend", "fake", "--actors", "1,2", "--episodes-per-actor", "2", "--max-keyposes", "2",
-               "--json", str(out), "--videos", "compare"])
+    rc = main(
+        [
+            "--backend",
+            "fake",
+            "--actors",
+            "1,2",
+            "--episodes-per-actor",
+            "2",
+            "--max-keyposes",
+            "2",
+            "--json",
+            str(out),
+            "--videos",
+            "compare",
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert isinstance(data["device"], str) and data["device"].startswith("cpu")
-    assert [(r["actors"], r["videos"] is not None) for r in data["rows"]] == [(1, False), (1, True), (2, False),
-                                                                             (2, True)]
+    assert [(r["actors"], r["videos"] is not None) for r in data["rows"]] == [
+        (1, False),
+        (1, True),
+        (2, False),
+        (2, True),
+    ]
     assert all(r["videos"] >= 1 for r in data["rows"] if r["videos"] is not None)  # a GIF of the one task
     for row in data["rows"]:
         assert row["episodes_per_s"] > 0 and row["efficiency"] > 0 and row["errors"] == 0
@@ -56,8 +79,22 @@ def test_bench_eval_suites_side_by_side_report_memory_and_cpu_per_keypose(tmp_pa
     """--suites mt10,mt50 (the fake simulator under the suites' task names): every task once, one row per
     suite with the actors' peak RSS and CPU per keypose step, and the MT50-vs-MT10 line."""
     out = tmp_path / "suites.json"
-    rc = main(["--backend", "fake", "--suites", "mt10,mt50", "--episodes-per-task", "1", "--actors", "1",
-               "--max-keyposes", "1", "--json", str(out)])
+    rc = main(
+        [
+            "--backend",
+            "fake",
+            "--suites",
+            "mt10,mt50",
+            "--episodes-per-task",
+            "1",
+            "--actors",
+            "1",
+            "--max-keyposes",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["suite"], r["tasks"], r["episodes"]) for r in rows] == [("mt10", 10, 10), ("mt50", 50, 50)]

@@ -31,8 +31,9 @@ def _log_fake_run(client, exp_id: str, name: str, policy_type: str, success: lis
     from mlflow.entities import Metric, Param
 
     run = client.create_run(
-        exp_id, run_name=name, tags={"platform.kind": "train", "platform.policy_type": policy_type,
-                                     "platform.suite": suite},
+        exp_id,
+        run_name=name,
+        tags={"platform.kind": "train", "platform.policy_type": policy_type, "platform.suite": suite},
     )
     ts = int(time.time() * 1000)
     metrics = []
@@ -50,7 +51,11 @@ def _log_fake_run(client, exp_id: str, name: str, policy_type: str, success: lis
             Metric("eval/success_ci_low", success[i] - 0.05, ts, step),
             Metric("eval/success_ci_high", success[i] + 0.05, ts, step),
         ]
-    params = [Param("ray.use_gpu", "true"), Param("ray.num_workers", "2"), Param("data.episodes_per_task", "18")]
+    params = [
+        Param("ray.use_gpu", "true"),
+        Param("ray.num_workers", "2"),
+        Param("data.episodes_per_task", "18"),
+    ]
     client.log_batch(run.info.run_id, metrics=metrics, params=params)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -80,11 +85,19 @@ def test_compare_table_from_fake_runs(fake_runs, tmp_path: Path, capsys: pytest.
 
     client = _client(uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    sweep = client.create_run(exp_id, run_name="ttq", tags={"platform.kind": "sweep_parent", "platform.quality": "true"})
+    sweep = client.create_run(
+        exp_id, run_name="ttq", tags={"platform.kind": "sweep_parent", "platform.quality": "true"}
+    )
     ts = int(time.time() * 1000)
-    client.log_batch(sweep.info.run_id, metrics=[
-        Metric("quality/m1/time_to_target_s", 800.0, ts, 0), Metric("quality/m1/ratio_to_m1", 1.0, ts, 0),
-        Metric("quality/m64/time_to_target_s", 100.0, ts, 0), Metric("quality/m64/ratio_to_m1", 0.125, ts, 0)])
+    client.log_batch(
+        sweep.info.run_id,
+        metrics=[
+            Metric("quality/m1/time_to_target_s", 800.0, ts, 0),
+            Metric("quality/m1/ratio_to_m1", 1.0, ts, 0),
+            Metric("quality/m64/time_to_target_s", 100.0, ts, 0),
+            Metric("quality/m64/ratio_to_m1", 0.125, ts, 0),
+        ],
+    )
     out = tmp_path / "cmp"
     assert _run(uri, out) == 0
     printed = capsys.readouterr().out
@@ -137,7 +150,10 @@ def test_reference_runs_are_logged_once(fake_runs, tmp_path: Path) -> None:
     assert smolvla.data.metrics["eval/success/very_hard"] == pytest.approx(0.64)
     assert smolvla.data.metrics["eval/success/tier_average"] == pytest.approx(0.682)
     assert "eval/success" not in smolvla.data.metrics  # its per-task mean is not published
-    assert "1 policies trained, 50 demos/task, 10 evaluation episodes/task" in smolvla.data.params["published.protocol"]
+    assert (
+        "1 policies trained, 50 demos/task, 10 evaluation episodes/task"
+        in smolvla.data.params["published.protocol"]
+    )
     assert by_name["published/mt50/DP3"].data.metrics["eval/success"] == pytest.approx(0.731)
 
 
@@ -147,7 +163,9 @@ def test_compare_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "No runs of ours yet" in printed and "| diffuser_actor_3dda | 81.3 |" in printed
     assert "No MT50 runs of ours yet" in printed and "python -m platform.train data.suite=mt50" in printed
-    assert "| FabriVLA | 1 | 50 | 10 | images + language | 95.0 | 88.2 | 86.7 | 90.0 | 90.0 | 92.0 |" in printed
+    assert (
+        "| FabriVLA | 1 | 50 | 10 | images + language | 95.0 | 88.2 | 86.7 | 90.0 | 90.0 | 92.0 |" in printed
+    )
     assert (tmp_path / "cmp" / "comparison_success.png").exists()
 
 
@@ -193,7 +211,9 @@ def test_suite_filter_keeps_one_benchmark(fake_runs, tmp_path: Path) -> None:
     uri, _ = fake_runs
     client = _client(uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    _log_fake_run(client, exp_id, "fake-mt10", "mini_diffuser", [0.9, 0.95, 0.99], 0.1, 9000, 1.0, suite="mt10")
+    _log_fake_run(
+        client, exp_id, "fake-mt10", "mini_diffuser", [0.9, 0.95, 0.99], 0.1, 9000, 1.0, suite="mt10"
+    )
     assert _run(uri, tmp_path / "all", "--no-log") == 0
     assert "fake-mt10" in (tmp_path / "all" / "comparison.md").read_text()
     assert _run(uri, tmp_path / "rl", "--no-log", "--suite", "rlbench") == 0
@@ -207,16 +227,26 @@ def _log_fake_mt50_run(client, exp_id: str, name: str, tiers: dict[str, float] |
     """A finished MT50 run whose final evaluation (10 episodes per task) logged per-tier metrics (or not)."""
     from mlflow.entities import Metric, Param
 
-    run = client.create_run(exp_id, run_name=name, tags={"platform.kind": "train", "platform.suite": "mt50",
-                                                         "platform.policy_type": "mini_diffuser"})
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={"platform.kind": "train", "platform.suite": "mt50", "platform.policy_type": "mini_diffuser"},
+    )
     ts = int(time.time() * 1000)
-    metrics = [Metric("eval/success", 0.6, ts, 500), Metric("eval/episodes", 500.0, ts, 500),
-               Metric("eval/success_ci_low", 0.55, ts, 500), Metric("eval/success_ci_high", 0.65, ts, 500),
-               Metric("train/loss", 0.1, ts, 500)]
+    metrics = [
+        Metric("eval/success", 0.6, ts, 500),
+        Metric("eval/episodes", 500.0, ts, 500),
+        Metric("eval/success_ci_low", 0.55, ts, 500),
+        Metric("eval/success_ci_high", 0.65, ts, 500),
+        Metric("train/loss", 0.1, ts, 500),
+    ]
     metrics += [Metric(f"eval/task{i}-v3/success", 0.6, ts, 500) for i in range(50)]
     for key, value in (tiers or {}).items():
-        metrics += [Metric(f"eval/success/{key}", value, ts, 500), Metric(f"eval/success/{key}_ci_low", value - 0.1, ts, 500),
-                    Metric(f"eval/success/{key}_ci_high", value + 0.1, ts, 500)]
+        metrics += [
+            Metric(f"eval/success/{key}", value, ts, 500),
+            Metric(f"eval/success/{key}_ci_low", value - 0.1, ts, 500),
+            Metric(f"eval/success/{key}_ci_high", value + 0.1, ts, 500),
+        ]
     if tiers:
         metrics.append(Metric("eval/success/per_episode", 0.6, ts, 500))
     client.log_batch(run.info.run_id, metrics=metrics, params=[Param("data.episodes_per_task", "50")])
@@ -235,24 +265,37 @@ def test_suite_mt50_puts_our_tiers_beside_the_published_rows(fake_runs, tmp_path
     report = (tmp_path / "mt50" / "comparison.md").read_text()
     assert "fake-md" not in report  # RLBench runs are left out
     # ours: one policy, 50 demos per task, 500 episodes over 50 tasks; tiers with their intervals; per-task mean
-    assert ("| **mini_diffuser: fake-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | 80.0 (70.0-90.0) "
-            "| 50.0 (40.0-60.0) | 30.0 (20.0-40.0) | 20.0 (10.0-30.0) | 45.0 (35.0-55.0) | 60.0 (55.0-65.0) | 60.0 "
-            f"| this platform, MLflow run `{run_id[:8]}` |") in report
-    assert "| **mini_diffuser: old-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | – | – | – | – | – |" in report
+    assert (
+        "| **mini_diffuser: fake-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | 80.0 (70.0-90.0) "
+        "| 50.0 (40.0-60.0) | 30.0 (20.0-40.0) | 20.0 (10.0-30.0) | 45.0 (35.0-55.0) | 60.0 (55.0-65.0) | 60.0 "
+        f"| this platform, MLflow run `{run_id[:8]}` |"
+    ) in report
+    assert (
+        "| **mini_diffuser: old-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | – | – | – | – | – |"
+        in report
+    )
     assert "without `eval/success/<tier>` metrics" in report
     # published: setting and source of every number
-    assert ("| SmolVLA 2.25B | 1 | 50 | 10 | images + language | 87.1 | 51.8 | 70.0 | 64.0 | 68.2 | – | – "
-            "| arXiv 2506.01844 |") in report
+    assert (
+        "| SmolVLA 2.25B | 1 | 50 | 10 | images + language | 87.1 | 51.8 | 70.0 | 64.0 | 68.2 | – | – "
+        "| arXiv 2506.01844 |"
+    ) in report
     assert "| DP3 | 50 (one per task) | 10 | 20 x 3 seeds | 1-camera point cloud | 90.9 |" in report
-    assert "Evo-1: re-evaluations of the released checkpoint gave 75.8" in report and "compare, do not equate" in report
+    assert (
+        "Evo-1: re-evaluations of the released checkpoint gave 75.8" in report
+        and "compare, do not equate" in report
+    )
     with (tmp_path / "mt50" / "comparison.csv").open() as f:
         rows = {row["name"]: row for row in csv.DictReader(f)}
     ours = rows["fake-mt50"]
-    assert float(ours["tier_very_hard"]) == pytest.approx(0.2) and float(ours["tier_average_ci_low"]) == pytest.approx(0.35)
+    assert float(ours["tier_very_hard"]) == pytest.approx(0.2) and float(
+        ours["tier_average_ci_low"]
+    ) == pytest.approx(0.35)
     assert ours["policies_trained"] == "1" and float(ours["eval_episodes_per_task"]) == 10
-    assert rows["FabriVLA"]["citation"] == "arXiv 2607.08575" and float(rows["FabriVLA"]["tier_average"]) == 0.9
+    assert (
+        rows["FabriVLA"]["citation"] == "arXiv 2607.08575" and float(rows["FabriVLA"]["tier_average"]) == 0.9
+    )
     assert rows["FabriVLA"]["suite"] == "mt50" and rows["FabriVLA"]["policies_trained"] == "1"
     # another benchmark's comparison has no MT50 section
     assert _run(uri, tmp_path / "rl", "--no-log", "--suite", "rlbench") == 0
     assert "## MT50" not in (tmp_path / "rl" / "comparison.md").read_text()
-

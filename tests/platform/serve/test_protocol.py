@@ -17,10 +17,13 @@ pytestmark = pytest.mark.unit
 
 def _frame(depth_scale: float = 1.0, extrinsics: np.ndarray | None = None) -> CameraFrame:
     rng = np.random.default_rng(0)
-    return CameraFrame(name="front", rgb=rng.integers(0, 256, (6, 8, 3), dtype=np.uint8),
-                       depth=(rng.uniform(0.4, 1.2, (6, 8)) * depth_scale).astype(np.float32),
-                       intrinsics=np.array([[10.0, 0, 4], [0, 10.0, 3], [0, 0, 1]]),
-                       extrinsics=np.eye(4) if extrinsics is None else extrinsics)
+    return CameraFrame(
+        name="front",
+        rgb=rng.integers(0, 256, (6, 8, 3), dtype=np.uint8),
+        depth=(rng.uniform(0.4, 1.2, (6, 8)) * depth_scale).astype(np.float32),
+        intrinsics=np.array([[10.0, 0, 4], [0, 10.0, 3], [0, 0, 1]]),
+        extrinsics=np.eye(4) if extrinsics is None else extrinsics,
+    )
 
 
 POSE = [0.1, 0.6, 0.2, 0.0, 1.0, 0.0, 0.0, 1.0]
@@ -40,7 +43,9 @@ def test_a_camera_request_parses_to_the_same_frames():
     assert np.array_equal(req.gripper_pose, POSE)
     (got,) = req.cameras
     assert np.array_equal(got.rgb, frame.rgb) and np.array_equal(got.depth, frame.depth)
-    assert np.array_equal(got.intrinsics, frame.intrinsics) and np.array_equal(got.extrinsics, frame.extrinsics)
+    assert np.array_equal(got.intrinsics, frame.intrinsics) and np.array_equal(
+        got.extrinsics, frame.extrinsics
+    )
 
 
 def test_a_point_cloud_request_and_nested_lists():
@@ -49,19 +54,53 @@ def test_a_point_cloud_request_and_nested_lists():
     assert req.cameras is None and req.points.shape == (1, 6) and req.seed is None
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (json.dumps({"instruction": "", "gripper_pose": POSE, "points": [[0] * 6]}).encode(), 400, "instruction"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE[:7], "points": [[0] * 6]}).encode(), 400, "gripper_pose"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE}).encode(), 400, "exactly one of cameras"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 5]}).encode(), 400, "points"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "seed": -1}).encode(), 400, "seed"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "sed": 1}).encode(), 400, "sed"),
-    (json.dumps({"instruction": "a", "gripper_pose": [float("nan")] * 8, "points": [[0] * 6]}).encode(), 400, "NaN"),
-    (json.dumps({"instruction": "a", "gripper_pose": POSE,
-                 "points": {"dtype": "float32", "shape": [2, 6], "b64": "AAAA"}}).encode(), 400, "bytes for shape"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (
+            json.dumps({"instruction": "", "gripper_pose": POSE, "points": [[0] * 6]}).encode(),
+            400,
+            "instruction",
+        ),
+        (
+            json.dumps({"instruction": "a", "gripper_pose": POSE[:7], "points": [[0] * 6]}).encode(),
+            400,
+            "gripper_pose",
+        ),
+        (json.dumps({"instruction": "a", "gripper_pose": POSE}).encode(), 400, "exactly one of cameras"),
+        (json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 5]}).encode(), 400, "points"),
+        (
+            json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "seed": -1}).encode(),
+            400,
+            "seed",
+        ),
+        (
+            json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "sed": 1}).encode(),
+            400,
+            "sed",
+        ),
+        (
+            json.dumps(
+                {"instruction": "a", "gripper_pose": [float("nan")] * 8, "points": [[0] * 6]}
+            ).encode(),
+            400,
+            "NaN",
+        ),
+        (
+            json.dumps(
+                {
+                    "instruction": "a",
+                    "gripper_pose": POSE,
+                    "points": {"dtype": "float32", "shape": [2, 6], "b64": "AAAA"},
+                }
+            ).encode(),
+            400,
+            "bytes for shape",
+        ),
+    ],
+)
 def test_malformed_requests_are_refused_in_one_line(body, status, words):
     with pytest.raises(RequestError) as info:
         parse_request(body)

@@ -358,7 +358,9 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         plot_loss_curves([], tmp_path / "x.png")
 
 
-def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqlite_uri: str, tmp_path: Path) -> None:
+def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(
+    sqlite_uri: str, tmp_path: Path
+) -> None:
     """MLflow 3 shows an untagged experiment as a GenAI project; ours carry the training kind and a saved view."""
     from platform.tracking.dashboard import (
         EXPERIMENT_KIND_TAG,
@@ -374,7 +376,9 @@ def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqli
     exp = _client(sqlite_uri).get_experiment_by_name("dash")
     assert exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
     view = json.loads(exp.tags[VIEW_TAG])
-    assert "metrics.`eval/success`" in view["selectedColumns"] and "params.`policy.m`" in view["selectedColumns"]
+    assert (
+        "metrics.`eval/success`" in view["selectedColumns"] and "params.`policy.m`" in view["selectedColumns"]
+    )
     assert "metrics.`val/pos_err_cm`" in view["selectedColumns"] and view["runsHiddenMode"] == "SHOW_ALL"
     for key in ("tier_average", "tier_average_ci_low", "easy", "medium", "hard", "very_hard", "per_episode"):
         assert f"metrics.`eval/success/{key}`" in view["selectedColumns"]  # Meta-World tiers beside the mean
@@ -387,4 +391,5 @@ def test_experiment_opens_as_a_training_dashboard_with_the_platform_columns(sqli
     url = experiment_url(sqlite_uri, exp.experiment_id)
     assert url.startswith("http://127.0.0.1:5000/#/experiments/") and f"viewStateShareKey={VIEW_KEY}" in url
     assert run_url("http://mlflow.lab:5000/", "3", "abc") == (
-        "http://mlflow.lab:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+        "http://mlflow.lab:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )

@@ -68,7 +68,9 @@ class Environment:
         )
 
 
-if FORK:  # PerAct's fork predates shaped_rewards and the arm speed limits: its constructor has no such keywords
+if (
+    FORK
+):  # PerAct's fork predates shaped_rewards and the arm speed limits: its constructor has no such keywords
     _UPSTREAM_ONLY = ("shaped_rewards", "arm_max_velocity", "arm_max_acceleration")
     _upstream_init = Environment.__init__
     _signature = inspect.signature(_upstream_init)
