@@ -1,6 +1,6 @@
 # The README's commands. Every target sets the environment up first (idempotent: seconds when done).
 #   make train   the main job on the embedded default (Meta-World MT10): collect if missing, train, evaluate, MLflow
-#   make test    the default test suite (what CI runs)
+#   make test    lint (scripts/lint.sh), then the default test suite (what CI runs)
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export MUJOCO_GL ?= egl
@@ -36,7 +36,7 @@ mlflow-ui: setup
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
 lint: setup
-	$(PY) -m ruff check platform policies evaluation tests
+	@bash scripts/lint.sh
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache
