@@ -20,7 +20,7 @@ from evaluation.simulators.instructions import INSTRUCTIONS, instruction_for
 from evaluation.simulators.sim import UnknownTaskError
 
 
-@pytest.mark.sim  # importing Meta-World probes the GL back-end in a child process
+@pytest.mark.unit
 def test_every_metaworld_task_has_an_instruction():
     import metaworld.env_dict as env_dict
 

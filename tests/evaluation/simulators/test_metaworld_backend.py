@@ -25,7 +25,7 @@ def test_train_and_test_variations_are_disjoint_and_cover_the_configurations():
         variations("val")  # type: ignore[arg-type]
 
 
-@pytest.mark.sim  # the task lists come from Meta-World, whose import probes the GL back-end in a child process
+@pytest.mark.unit
 def test_suite_task_names():
     mt10 = suite_task_names("mt10")
     assert len(mt10) == 10 and "pick-place-v3" in mt10
