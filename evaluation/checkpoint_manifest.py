@@ -7,13 +7,12 @@ reader checks a checkpoint against it: training when it resumes, evaluation when
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.files import sha256_file
+from evaluation.files import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -38,10 +37,7 @@ def write_manifest(directory: Path, step: int, names: Iterable[str], metric: flo
         for name in names
     }
     manifest = {"step": step, "metric": metric, "created": time.time(), "files": files}
-    with open(directory / MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_json(directory / MANIFEST, manifest, indent=2)
 
 
 def verify_checkpoint(path: Path) -> CheckpointInfo:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.files import atomic_write_json, atomic_write_text
+from evaluation.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from evaluation.runtime.metrics import EvalReport
 from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from platform.cli import UserFacingError
@@ -45,12 +45,9 @@ VIDEO_DIR = "videos"  # under EVAL_DIR: one folder per evaluated checkpoint
 
 def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
     """``eval.seed``, or ``eval.num_seeds`` consecutive seeds from it (default 3 for RLBench's protocol)."""
-    n = cfg.eval.num_seeds
-    if n is None:
-        from evaluation.simulators.rlbench_tasks import EVAL_SEEDS
+    from evaluation.runtime.run import seeds_for
 
-        n = len(EVAL_SEEDS) if cfg.data.suite == "rlbench" else 1
-    return cfg.eval.seed if n == 1 else [cfg.eval.seed + k for k in range(n)]
+    return seeds_for(cfg.eval.seed, cfg.eval.num_seeds, cfg.data.suite)
 
 
 def protocol_note(cfg: ExperimentConfig) -> str | None:
@@ -147,6 +144,7 @@ def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) ->
     ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here for the task list)."""
     from evaluation.runtime.bundle import INSTRUCTIONS_FILE, load_instructions
     from evaluation.runtime.coordinator import PoolConfig
+    from evaluation.runtime.run import cap_actors
 
     e = cfg.eval
     if e.tasks:
@@ -161,7 +159,7 @@ def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) ->
                 ).tasks
             )
         )
-    actors = min(e.actors, max(1, eval_episodes(cfg, len(tasks))))  # no idle simulators
+    actors, _ = cap_actors(e.actors, eval_episodes(cfg, len(tasks)))  # no idle simulators
     pool = PoolConfig(
         num_actors=actors,
         max_keyposes=e.max_keyposes,
@@ -265,7 +263,7 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
         folder = video_dir(checkpoint)
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in outcome.videos.items():
-            (folder / name).write_bytes(data)
+            atomic_write_bytes(folder / name, data)
         report = report.model_copy(update={"meta": {**report.meta, "video_dir": str(folder)}})
     text = report.to_json()
     atomic_write_text(out_dir / f"step_{step:08d}.json", text)

@@ -284,9 +284,3 @@ def checkpoint_and_prune(
     path = state.save(run_dir, instructions, pointcloud_json, instruction_texts_json)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)
     return path
-
-
-def write_json(path: Path, obj: Any) -> None:
-    from evaluation.files import atomic_write_json
-
-    atomic_write_json(path, obj, indent=2)

@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evaluation.files import atomic_write_text
+from evaluation.files import atomic_write_json, atomic_write_text
 from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import ExperimentConfig, load_config
 from platform.marks import read_marks
@@ -251,28 +251,26 @@ def write_outputs(sweep_dir: Path, points: list[Point]) -> tuple[Path, str]:
     val_target, val_rows = time_to_quality(points, "val_pos_err_cm")
     out = sweep_dir / OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "points.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    (out / "time_to_quality.json").write_text(
-        json.dumps(
-            {
-                "target": target,
-                "rows": [asdict(r) for r in rows],
-                "val_target_cm": val_target,
-                "val_rows": [asdict(r) for r in val_rows],
-            },
-            indent=1,
-        )
+    atomic_write_json(out / "points.json", [asdict(p) for p in points])
+    atomic_write_json(
+        out / "time_to_quality.json",
+        {
+            "target": target,
+            "rows": [asdict(r) for r in rows],
+            "val_target_cm": val_target,
+            "val_rows": [asdict(r) for r in val_rows],
+        },
     )
-    with (out / "points.csv").open("w") as f:
-        f.write("m,mark,train_time_s,step,success,ci_low,ci_high,episodes,val_pos_err_cm,val_within_2cm\n")
-        for p in points:
-            lo, hi = p.success_ci or (math.nan, math.nan)
-            f.write(
-                f"{p.m},{p.mark},{p.train_time_s:.2f},{p.step},{p.success},{lo},{hi},{p.episodes},"
-                f"{p.val_pos_err_cm},{p.val_within_2cm}\n"
-            )
+    lines = ["m,mark,train_time_s,step,success,ci_low,ci_high,episodes,val_pos_err_cm,val_within_2cm"]
+    for p in points:
+        lo, hi = p.success_ci or (math.nan, math.nan)
+        lines.append(
+            f"{p.m},{p.mark},{p.train_time_s:.2f},{p.step},{p.success},{lo},{hi},{p.episodes},"
+            f"{p.val_pos_err_cm},{p.val_within_2cm}"
+        )
+    atomic_write_text(out / "points.csv", "\n".join(lines) + "\n")
     text = table_markdown(target, rows, val_target, val_rows)
-    (out / "time_to_quality.md").write_text(text + "\n")
+    atomic_write_text(out / "time_to_quality.md", text + "\n")
     if points:
         plot(points, out / "time_to_quality.png")
     return out, text

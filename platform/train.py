@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evaluation.files import atomic_write_text
 from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import FAULT_ENV, ExperimentConfig, to_yaml
 
@@ -92,7 +93,7 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
     sized = _cap_actors(cfg, capacity=None, announce=False)  # the episodes to run size a local cluster
     ray_s = connect_ray(sized)
     cfg = _cap_actors(cfg, capacity=_actor_capacity(sized))  # and what a private cluster runs at once
-    (run_dir / "experiment.yaml").write_text(to_yaml(cfg))
+    atomic_write_text(run_dir / "experiment.yaml", to_yaml(cfg))
     tracking = _open_run(cfg, run_dir)
     try:
         report = _train_and_evaluate(cfg, run_dir, tracking, dataset_dir, ray_s)

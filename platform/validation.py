@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evaluation.files import atomic_write_json
 from policies.batch import ConditionBatch
 from policies.rotation import quat_angle_deg
 
@@ -143,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m platform.validation --checkpoint DIR [--set diffusion.sampler=ddpm ...] [--json PATH]``:
     the validation keypose error of a checkpoint, optionally with other inference settings."""
     import argparse
-    import json
     from pathlib import Path
 
     from platform.cli import UserFacingError
@@ -204,9 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {task:<28} " + "  ".join(f"{k} {metrics[f'val/{task}/{k}']:.3f}" for k in METRICS))
         print(format_line(int(ckpt.name.split("_")[-1]) if ckpt.name.startswith("step_") else 0, metrics))
         if args.json:
-            Path(args.json).write_text(
-                json.dumps({"checkpoint": str(ckpt), "set": args.set, **metrics}, indent=1)
-            )
+            atomic_write_json(Path(args.json), {"checkpoint": str(ckpt), "set": args.set, **metrics})
         return 0
 
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from evaluation.filelock import FileLock, LockBusyError
+from evaluation.files import atomic_write_json
 from evaluation.runtime.episode import Instructions
 from evaluation.runtime.progress import format_duration
 from platform.cli import UserFacingError
@@ -28,7 +29,6 @@ from platform.loop import (
     run_steps,
     summarize_window,
     time_is_up,
-    write_json,
 )
 from platform.marks import TimeMarks
 
@@ -222,7 +222,7 @@ def _train(
             val_metrics = log.validate_step(state) if at_mark and rank == 0 else {}
             if rank == 0:
                 ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json, texts_json)
-                write_json(
+                atomic_write_json(
                     run_dir / PROGRESS_FILE,
                     {
                         "step": state.step,
@@ -230,6 +230,7 @@ def _train(
                         "train_time_s": state.train_time_s,
                         "node": _node_id(),
                     },
+                    indent=2,
                 )
                 if at_mark:
                     rec = marks.record(ckpt, state.step, state.train_time_s, val_metrics)

@@ -12,6 +12,7 @@ from typing import Any
 
 from evaluation.datasets.collect import DEFAULT_OUT, CollectError, collect_dataset
 from evaluation.datasets.text import TextEncoderConfig
+from evaluation.files import atomic_write_json
 from evaluation.simulators.rendering import RenderConfig
 from evaluation.simulators.sim import UnknownTaskError
 
@@ -143,7 +144,7 @@ def verify_dataset(
         "per_task": {t: {"episodes": len(v), "success_rate": sum(v) / len(v)} for t, v in per_task.items()},
         "failures": [r for r in results if not r["success"]],
     }
-    (out / "verify.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(out / "verify.json", report)
     return report
 
 

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from evaluation.files import atomic_write_bytes, sha256_file
+from evaluation.datasets.text import pad_tokens
+from evaluation.files import atomic_write_bytes, atomic_write_json, sha256_file
 from evaluation.pointcloud import PointCloudConfig, collate_points, select_points
 from policies.batch import POINT_DIM, POSE_DIM, ConditionBatch
 
@@ -168,7 +169,7 @@ def claim_import_dir(out: Path, settings: dict[str, Any], settings_file: str, wh
         return
     if any(p.name != ".write_probe" for p in out.iterdir()):
         raise ImportDirError(f"{out} is not empty and is not {what}; use an empty or new --out")
-    atomic_write_bytes(path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_json(path, settings, sort_keys=True)
 
 
 def write_instructions(out: Path, rows: Sequence[tuple[str, str]], file: str, encoder: Any) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def write_instructions(out: Path, rows: Sequence[tuple[str, str]], file: str, en
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_json(root / MANIFEST, manifest, sort_keys=True)
 
 
 def read_table(path: Path, schema: pa.Schema, fix: str) -> pa.Table:
@@ -288,13 +289,8 @@ class KeyframeDataset:
         missing = [t for t in self.task_names if t not in self._text]
         if missing:
             raise DatasetError(f"{path} has no instruction embedding for {missing}; {self.fix}")
-        length = max(len(self._text[t][0]) for t in self.task_names)
-        self._text_tokens = np.zeros((len(self.task_names), length, text["dim"]), np.float32)  # (T, L, D)
-        self._text_mask = np.zeros((len(self.task_names), length), bool)  # (T, L)
-        for i, task in enumerate(self.task_names):
-            tokens, mask = self._text[task]
-            self._text_tokens[i, : len(tokens)] = tokens
-            self._text_mask[i, : len(mask)] = mask
+        # (T, L, D) tokens and (T, L) mask, zero-padded to the longest instruction
+        self._text_tokens, self._text_mask = pad_tokens([self._text[t] for t in self.task_names])
 
     def _load_shards(self, verify: bool) -> None:
         task_index = {t: i for i, t in enumerate(self.task_names)}
@@ -356,12 +352,10 @@ class KeyframeDataset:
         if missing:
             raise DatasetError(f"{path} has no embedding for the instructions {missing[:3]}; {self.fix}")
         order = sorted(rows)
-        length = max(len(rows[k]) for k in order)
-        self._text_tokens = np.zeros((len(order), length, text["dim"]), np.float32)  # (K, L, D)
-        self._text_mask = np.zeros((len(order), length), bool)  # (K, L)
-        for i, key in enumerate(order):
-            self._text_tokens[i, : len(rows[key])] = rows[key]
-            self._text_mask[i, : len(rows[key])] = True
+        # (K, L, D) tokens and (K, L) mask, zero-padded to the longest description
+        self._text_tokens, self._text_mask = pad_tokens(
+            [(rows[k], np.ones(len(rows[k]), bool)) for k in order]
+        )
         row_of = {k: i for i, k in enumerate(order)}
         self._sample_text = np.asarray([row_of[k] for k in self.sample_instructions], np.int64)  # (S,)
         self._variation_text = {k: (rows[k], np.ones(len(rows[k]), bool)) for k in order}

@@ -26,7 +26,6 @@ trains), and on the first one when no generator is given.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import sys
@@ -56,7 +55,7 @@ from evaluation.datasets.dataset import (
 )
 from evaluation.datasets.rlbench_keyframes import PerActKeyframeConfig, demo_keyframes
 from evaluation.datasets.text import TextEncoder, TextEncoderConfig, TextEncoderError
-from evaluation.files import atomic_write_bytes, sha256_file
+from evaluation.files import atomic_write_json, sha256_file
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 from evaluation.simulators.rlbench_backend import EpisodeFiles, camera_frame, gripper_pose8, list_episodes
 from evaluation.simulators.rlbench_tasks import (
@@ -359,7 +358,7 @@ def import_dataset(
         "samples_written_this_time": sum(r.samples for r in results),
         "workers": workers,
     }
-    atomic_write_bytes(out / STATS, (json.dumps(stats, indent=1) + "\n").encode())
+    atomic_write_json(out / STATS, stats)
     return manifest
 
 

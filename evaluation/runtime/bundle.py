@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from evaluation.checkpoint_manifest import MANIFEST, CorruptCheckpointError, verify_checkpoint
+from evaluation.datasets.text import pad_tokens
 from evaluation.runtime.episode import ConditionFn, Instruction, Instructions, PointCloudConditioner
 from policies.base import CheckpointError, Policy
 from policies.registry import load_policy, read_policy_files
@@ -156,14 +157,7 @@ def save_instructions(path: str | Path, instructions: Instructions | Mapping[str
         arrays[f"{task}/mask"] = np.asarray(mask, bool)
     if table.texts:
         strings = sorted(table.texts)
-        length = max(len(table.texts[k][0]) for k in strings)
-        dim = table.texts[strings[0]][0].shape[1]
-        tokens_kld = np.zeros((len(strings), length, dim), np.float32)  # (K, L, D) zero-padded
-        mask_kl = np.zeros((len(strings), length), bool)  # (K, L)
-        for i, key in enumerate(strings):
-            tokens, mask = table.texts[key]
-            tokens_kld[i, : len(tokens)] = tokens
-            mask_kl[i, : len(mask)] = mask
+        tokens_kld, mask_kl = pad_tokens([table.texts[k] for k in strings])  # (K, L, D), (K, L) zero-padded
         arrays[TEXTS_PREFIX + "strings"] = np.asarray(strings, dtype=np.str_)
         arrays[TEXTS_PREFIX + "tokens"] = tokens_kld
         arrays[TEXTS_PREFIX + "mask"] = mask_kl

@@ -22,6 +22,7 @@ from evaluation.files import atomic_write_text
 from evaluation.runtime.coordinator import EvaluationStartupError, PoolConfig
 from evaluation.runtime.memory import memory_actor_capacity
 from evaluation.runtime.metrics import EvalReport
+from evaluation.simulators.rlbench_tasks import EVAL_SEEDS
 from policies.base import CheckpointError
 
 SUITES = ("mt10", "mt50", "rlbench", "fake")
@@ -141,9 +142,15 @@ def cap_actors(
     return n, f"{what}={requested} capped to {n} simulator actor{'s' if n != 1 else ''}: {' and '.join(why)}"
 
 
+def seeds_for(seed: int, num_seeds: int | None, suite: str) -> int | list[int]:
+    """``seed``, or ``num_seeds`` consecutive seeds from it; by default RLBench's protocol (its 3 evaluation
+    seeds), one seed elsewhere. The one rule for this command and ``platform.evaluate``."""
+    n = num_seeds if num_seeds is not None else (len(EVAL_SEEDS) if suite == "rlbench" else 1)
+    return seed if n == 1 else [seed + k for k in range(n)]
+
+
 def seeds_of(args: argparse.Namespace) -> int | list[int]:
-    n = args.num_seeds if args.num_seeds is not None else (3 if args.suite == "rlbench" else 1)
-    return args.seed if n == 1 else [args.seed + k for k in range(n)]
+    return seeds_for(args.seed, args.num_seeds, args.suite)
 
 
 def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:

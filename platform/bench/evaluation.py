@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import tempfile
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from evaluation.files import atomic_write_json
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -360,6 +361,6 @@ def main(argv: list[str]) -> int:
     if args.json is not None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "rows": rows, "settings": settings}, indent=2))
+        atomic_write_json(args.json, {"device": device, "rows": rows, "settings": settings}, indent=2)
         print(f"[bench eval] results written to {args.json}")
     return 0

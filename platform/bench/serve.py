@@ -13,7 +13,6 @@ training). ``--json PATH`` writes ``{"device", "rows": [...], "settings": {...}}
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.files import atomic_write_json
 from platform.bench.evaluation import _random_checkpoint, device_description
 
 
@@ -81,7 +81,7 @@ def _checkpoint(args: argparse.Namespace, tasks: list[str], tmp: Path) -> Path:
         "encoder": None,
         "tasks": {t: instruction_for(t) for t in tasks},
     }  # seen texts: no encoder needed
-    (path / INSTRUCTION_TEXTS_FILE).write_text(json.dumps(texts))
+    atomic_write_json(path / INSTRUCTION_TEXTS_FILE, texts)
     return path
 
 
@@ -214,6 +214,6 @@ def main(argv: list[str]) -> int:
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "rows": rows, "settings": settings_out}, indent=2))
+        atomic_write_json(args.json, {"device": device, "rows": rows, "settings": settings_out}, indent=2)
         print(f"[bench serve] results written to {args.json}")
     return 0

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evaluation.files import atomic_write_text
 from platform.compare.published import PublishedMethod, load_mt50, load_published, log_reference_runs
 from platform.compare.report import (
     MAIN_POLICY,
@@ -38,6 +39,7 @@ from platform.compare.runs import (
 )
 from platform.config import data_root
 from platform.tracking import (
+    BUFFER_ROOT,
     DEFAULT_EXPERIMENT,
     TAG_KIND,
     RunTracker,
@@ -173,7 +175,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
     report = render_markdown(summaries, best, published, mt50, levels, context, quality, suite=suite)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(report, encoding="utf-8")
+    atomic_write_text(out / "comparison.md", report)
     csv_mt50 = mt50 if suite in (None, "mt50") else []  # as the markdown: MT50 rows unless another benchmark
     files = [out / "comparison.md", write_csv(out / "comparison.csv", summaries, published, levels, csv_mt50),
              plot_success_bars(best, published, out / "comparison_success.png")]  # fmt: skip
@@ -187,7 +189,7 @@ def run_compare(args: argparse.Namespace) -> tuple[str, list[Path]]:
 def _log_comparison(
     uri: str, experiment: str, out: Path, files: list[Path], summaries: list[RunSummary]
 ) -> None:
-    buffer_dir = out / ".mlflow_buffer" / sanitize_key(experiment).replace("/", "_")
+    buffer_dir = out / f".{BUFFER_ROOT}" / sanitize_key(experiment).replace("/", "_")
     tracker = RunTracker.open(uri, experiment, COMPARISON_RUN, buffer_dir, tags={TAG_KIND: "comparison"})
     tracker.set_tags({"platform.compared_runs": " ".join(s.run_id for s in summaries)[:8000] or "none"})
     for path in files:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from evaluation.files import atomic_write_text
 from evaluation.metaworld_tiers import TIER_LABELS, TIERS
 from platform.compare.published import MT50Published, PublishedMethod
 from platform.compare.runs import TIER_AVERAGES, QualityRow, RunSummary
@@ -298,10 +300,10 @@ def write_csv(
                "tier_average": r.tier_average, "citation": r.source, "note": r.note}  # fmt: skip
         row.update({tier_cols[t]: v for t, v in r.tiers.items()})
         rows.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=headers)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in headers})
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=headers)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in headers})
+    atomic_write_text(path, buf.getvalue())
     return path
