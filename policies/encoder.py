@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from policies.attention import ContextKV, CrossAttention, FeedForward, FiLMNorm, SelfAttention
 from policies.batch import ConditionBatch
 from policies.config import DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig
+from policies.heads import Workspace
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,7 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
-        self.register_buffer("low", torch.tensor(cfg.workspace_low), persistent=False)
-        self.register_buffer("high", torch.tensor(cfg.workspace_high), persistent=False)
+        self.workspace = Workspace(cfg.workspace_low, cfg.workspace_high)
         self.point_embed = nn.Sequential(nn.Linear(7, d), nn.GELU(), nn.Linear(d, d))
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
         self.text_null = nn.Parameter(torch.randn(1, 1, d) * 0.02)
@@ -154,7 +154,7 @@ class ConditionEncoder(nn.Module):
         return tokens, mask, self.text_pool(mean)
 
     def _gripper_features(self, gripper: Tensor) -> Tensor:
-        xyz = 2 * (gripper[:, :3] - self.low) / (self.high - self.low) - 1  # (B, 3) normalised
+        xyz = self.workspace.normalize(gripper[:, :3])  # (B, 3) in [-1, 1]
         return self.gripper_embed(torch.cat([xyz, gripper[:, 3:]], dim=-1))  # (B, d)
 
     def _point_features(self, batch: ConditionBatch) -> Tensor:
@@ -174,7 +174,9 @@ class ConditionEncoder(nn.Module):
         for i, (voxel, proj, blocks) in enumerate(
             zip(self.cfg.voxel_sizes, self.pool_proj, self.blocks, strict=True)
         ):
-            level = voxel_pool(level.feats, level.pos, level.mask, voxel, self.low, self.high)
+            level = voxel_pool(
+                level.feats, level.pos, level.mask, voxel, self.workspace.low, self.workspace.high
+            )
             feats = self.point_embed(level.feats) if i == 0 else level.feats  # (B, V, d)
             level = PointLevel(proj(feats), level.pos, level.mask)
             for block in blocks:
