@@ -332,14 +332,6 @@ def split_episodes(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def episode_counts(dataset: Any) -> dict[str, int]:
-    """Episodes per task in ``dataset`` (a ``KeyframeDataset``)."""
-    out: dict[str, int] = {}
-    for i, task in enumerate(dataset.task_names):
-        out[task] = len(np.unique(dataset.sample_episode[dataset.task_index == i]))
-    return out
-
-
 def has_validation(cfg: Any) -> bool:
     """Whether training will validate: ``train.val_every`` and ``data.val_episodes_per_task`` are set and the
     dataset's manifest holds more episodes of every task than ``data.episodes_per_task`` (read without
@@ -357,12 +349,6 @@ def has_validation(cfg: Any) -> bool:
         return any(counts.get(t, 0) > cfg.data.episodes_per_task for t in tasks)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def open_training_dataset(cfg: Any) -> Any:
-    """The dataset the train loop samples from: the first ``data.episodes_per_task`` episodes of each task
-    of ``data.path`` (restricted to ``data.tasks`` when set)."""
-    return open_split(cfg)[0]
 
 
 def open_split(cfg: Any) -> tuple[Any, Any | None]:

@@ -46,12 +46,6 @@ class RunBusyError(UserFacingError):
 # ---------------------------------------------------------------- paths
 
 
-def check_paths(cfg: Any) -> None:
-    """``data.path`` is usable as a dataset; ``output_dir`` holds a writable run directory (created here)."""
-    check_data_path(cfg)
-    check_output_dir(cfg)
-
-
 def check_output_dir(cfg: Any) -> None:
     """Create the run directory ``<output_dir>/<name>`` and make sure it is writable."""
     _writable_dir(cfg.run_dir, "output_dir", cfg.output_dir, create=True)

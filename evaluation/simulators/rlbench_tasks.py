@@ -72,17 +72,6 @@ PERACT_TASKS: tuple[RLBenchTask, ...] = (
     _task("place_cups", 3),
 )
 PERACT_TASK_NAMES: tuple[str, ...] = tuple(t.name for t in PERACT_TASKS)
-_BY_NAME = {t.name: t for t in PERACT_TASKS}
-
-
-def task_info(name: str) -> RLBenchTask:
-    """The PerAct task ``name``; ``UnknownTaskError`` lists the 18 names for a typo."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise UnknownTaskError(
-            f"{name!r} is not one of the 18 PerAct RLBench tasks: {', '.join(PERACT_TASK_NAMES)}"
-        ) from None
 
 
 def resolve_tasks(names: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
