@@ -142,7 +142,7 @@ class EvalOutcome:
 def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalRequest:
     """The evaluation ``cfg.eval`` asks for of ``checkpoint`` (``bundle``: the checkpoint already read,
     ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here for the task list)."""
-    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, load_instructions
+    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, load_instructions
     from evaluation.runtime.coordinator import PoolConfig
     from evaluation.runtime.run import cap_actors
 

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.runtime.bundle import (
+from evaluation.checkpoint_format import (
     INSTRUCTION_TEXTS_FILE,
     INSTRUCTIONS_FILE,
     POINTCLOUD_FILE,
+    Instructions,
     save_instructions,
 )
-from evaluation.runtime.episode import Instructions
 from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
 from platform.data import Level1Sampler, step_seed

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from evaluation.checkpoint_format import Instructions
 from evaluation.filelock import FileLock, LockBusyError
 from evaluation.files import atomic_write_json
-from evaluation.runtime.episode import Instructions
 from evaluation.runtime.progress import format_duration
 from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig

@@ -23,14 +23,13 @@ from typing import Any
 import ray
 import torch
 
+from evaluation.checkpoint_format import Instruction, Instructions
 from evaluation.runtime.episode import (
     DEFAULT_MAX_KEYPOSES,
     ConditionFn,
     EpisodeOutput,
     EpisodeSpec,
     Inference,
-    Instruction,
-    Instructions,
     LocalInference,
     PlannerErrorRule,
     run_episode,

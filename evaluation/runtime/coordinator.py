@@ -33,6 +33,7 @@ import ray
 from pydantic import Field
 from tqdm import tqdm
 
+from evaluation.checkpoint_format import Instruction, Instructions
 from evaluation.runtime.actors import (
     SIM_RESOURCE,
     EvaluationActor,
@@ -46,8 +47,6 @@ from evaluation.runtime.episode import (
     ConditionFn,
     EpisodeOutput,
     EpisodeSpec,
-    Instruction,
-    Instructions,
     PlannerErrorRule,
 )
 from evaluation.runtime.memory import OomWatch

@@ -27,56 +27,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from evaluation.checkpoint_format import Instruction, Instructions
 from evaluation.simulators.sim import EpisodeResult, Observation, PlannerError, Simulator, SimulatorError
 from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
 
 DEFAULT_MAX_KEYPOSES = 25  # RLBench / PerAct evaluation limit
 PlannerErrorRule = Literal["end", "continue"]
-
-Instruction = tuple[np.ndarray, np.ndarray]  # tokens (L, D) float32, mask (L,) bool
-
-
-class InstructionError(KeyError):
-    """No instruction embedding for a task."""
-
-
-@dataclass(frozen=True)
-class Instructions:
-    """Instruction embeddings of a checkpoint (``instructions.npz``).
-
-    ``tasks``: one per task (``{task: (tokens (L, D) float32, mask (L,) bool)}``), always present.
-    ``texts``: one per distinct instruction text, for datasets whose variations differ by language
-    (RLBench: "close the red jar" / "close the blue jar"); empty for Meta-World, whose instruction is
-    the task's.
-    """
-
-    tasks: Mapping[str, Instruction]
-    texts: Mapping[str, Instruction] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, value: Instructions | Mapping[str, Instruction]) -> Instructions:
-        """``value`` itself, or a plain ``{task: embedding}`` mapping as task-level instructions."""
-        return value if isinstance(value, Instructions) else cls(tasks=dict(value))
-
-    def for_episode(self, task: str, text: str) -> Instruction:
-        """The embedding of instruction ``text`` when the checkpoint has it, else the task's."""
-        if text in self.texts:
-            return self.texts[text]
-        if task not in self.tasks:
-            raise InstructionError(
-                f"no instruction embedding for task {task!r} (have {sorted(self.tasks)}): the checkpoint's "
-                "instructions.npz must contain '<task>/tokens' and '<task>/mask'"
-            )
-        return self.tasks[task]
-
-    def writable(self) -> Instructions:
-        """A copy whose arrays are writable (Ray hands actors read-only views of its object store)."""
-
-        def copy(table: Mapping[str, Instruction]) -> dict[str, Instruction]:
-            return {k: (tokens.copy(), mask.copy()) for k, (tokens, mask) in table.items()}
-
-        return Instructions(tasks=copy(self.tasks), texts=copy(self.texts))
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import ray
 
+from evaluation.checkpoint_format import Instruction, Instructions
 from evaluation.raysession import ray_session
 from evaluation.runtime.actors import SimFactory
 from evaluation.runtime.bundle import BundlePolicy, CheckpointBundle
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
-from evaluation.runtime.episode import ConditionFn, EpisodeSpec, Instruction, Instructions
+from evaluation.runtime.episode import ConditionFn, EpisodeSpec
 from evaluation.runtime.metrics import EvalReport, seed_success, summarize
 from evaluation.runtime.policy_server import PolicyFactory
 from policies.base import CheckpointError

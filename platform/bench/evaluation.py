@@ -125,7 +125,7 @@ def _random_checkpoint(directory: Path, preset: str, tasks: list[str], seed: int
     """A freshly initialised policy of ``preset`` plus random instruction embeddings, as a checkpoint dir."""
     import torch
 
-    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
     from policies.registry import build_policy, parse_policy_config
 
     torch.manual_seed(seed)

@@ -70,7 +70,7 @@ def _observations(tasks: list[str], n: int) -> list[Any]:
 
 
 def _checkpoint(args: argparse.Namespace, tasks: list[str], tmp: Path) -> Path:
-    from evaluation.runtime.bundle import INSTRUCTION_TEXTS_FILE
+    from evaluation.checkpoint_format import INSTRUCTION_TEXTS_FILE
     from evaluation.simulators.instructions import instruction_for
     from platform.serve.run import resolve_checkpoint
 

@@ -615,7 +615,7 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
     import numpy as np
     import torch
 
-    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
     from platform.checkpoint import write_checkpoint
     from policies.registry import build_policy, parse_policy_config
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
 from platform.cli import UserFacingError
 from platform.config import load_config
 from platform.data import ensure_dataset

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.runtime.bundle import (
-    INSTRUCTIONS_FILE,
-    NO_READS_ENV,
-    POINTCLOUD_FILE,
-    BundlePolicy,
-    CheckpointBundle,
-    save_instructions,
-)
+from evaluation.checkpoint_format import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
+from evaluation.runtime.bundle import NO_READS_ENV, BundlePolicy, CheckpointBundle
 from policies.base import CheckpointError, Policy
 from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.synthetic import random_condition_batch

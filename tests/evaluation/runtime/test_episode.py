@@ -7,13 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.runtime.episode import (
-    EpisodeSpec,
-    InstructionError,
-    LocalInference,
-    row_seed,
-    run_episode,
-)
+from evaluation.checkpoint_format import InstructionError
+from evaluation.runtime.episode import EpisodeSpec, LocalInference, row_seed, run_episode
 from evaluation.simulators.fake_sim import START_XYZ, FakeSimConfig, FakeSimulator
 from evaluation.simulators.sim import PlannerError, SimulatorError
 from tests.evaluation.eval_fakes import FakeGoalPolicy, conditioner, fake_instructions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.runtime.bundle import load_instructions, save_instructions
+from evaluation.checkpoint_format import load_instructions, save_instructions
 from evaluation.runtime.episode import EpisodeOutput, StageTimes
 from evaluation.runtime.evaluate import plan_episodes
 from evaluation.runtime.metrics import EvalReport, summarize
@@ -88,7 +88,7 @@ def test_cli_reports_a_bad_checkpoint_before_starting_ray(tmp_path, capsys):
 def test_instructions_file_keeps_per_text_embeddings_of_any_length(tmp_path):
     import numpy as np
 
-    from evaluation.runtime.episode import Instructions
+    from evaluation.checkpoint_format import Instructions
 
     short, long = (
         (np.full((2, 4), 1.0, np.float32), np.ones(2, bool)),

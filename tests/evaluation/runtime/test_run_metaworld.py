@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
 from evaluation.runtime.evaluate import plan_episodes
 from evaluation.runtime.metrics import EvalReport
 from evaluation.runtime.run import main

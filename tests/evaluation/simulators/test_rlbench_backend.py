@@ -496,7 +496,7 @@ def test_3dda_protocol_settings(standin, tmp_path):
 
 
 def test_training_config_selects_the_protocol(standin, tmp_path):
-    from evaluation.runtime.bundle import INSTRUCTIONS_FILE, save_instructions
+    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
     from platform.config import load_config
     from platform.evaluate import eval_request
 
