@@ -8,12 +8,15 @@ deterministic) -> ``subsample`` (fixed-seed permutation to at most ``max_points`
 ``policies.batch``).
 
 ``observation_to_condition`` turns a simulator ``Observation`` into a B = 1 ``ConditionBatch`` with
-exactly the processing used at collection time, so training and evaluation inputs match.
+exactly the processing used at collection time, so training and evaluation inputs match;
+``PointCloudConditioner`` is that as the picklable ``ConditionFn`` evaluation episodes call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -196,3 +199,20 @@ def points_to_condition(
         text_mask=torch.from_numpy(np.asarray(token_mask, bool))[None],  # (1, L)
         gripper=torch.from_numpy(gripper),
     )
+
+
+class ConditionFn(Protocol):
+    def __call__(self, obs: Observation, text: tuple[np.ndarray, np.ndarray]) -> ConditionBatch:
+        """(B=1) condition of one observation and its instruction."""
+
+
+@dataclass(frozen=True)
+class PointCloudConditioner:
+    """The default ``ConditionFn``: ``observation_to_condition`` (picklable)."""
+
+    max_points: int
+    config: PointCloudConfig | None = None  # None = its defaults
+
+    def __call__(self, obs: Observation, text: tuple[np.ndarray, np.ndarray]) -> ConditionBatch:
+        cfg = self.config if self.config is not None else PointCloudConfig()
+        return observation_to_condition(obs, text=text, max_points=self.max_points, cfg=cfg)

@@ -24,9 +24,9 @@ import ray
 import torch
 
 from evaluation.checkpoint_format import Instruction, Instructions
+from evaluation.pointcloud import ConditionFn
 from evaluation.runtime.episode import (
     DEFAULT_MAX_KEYPOSES,
-    ConditionFn,
     EpisodeOutput,
     EpisodeSpec,
     Inference,

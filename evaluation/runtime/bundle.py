@@ -30,7 +30,7 @@ from evaluation.checkpoint_format import (
     load_instructions,
 )
 from evaluation.checkpoint_manifest import MANIFEST, CorruptCheckpointError, verify_checkpoint
-from evaluation.runtime.episode import ConditionFn, PointCloudConditioner
+from evaluation.pointcloud import ConditionFn, PointCloudConditioner
 from policies.base import CheckpointError, Policy
 from policies.registry import load_policy, read_policy_files
 

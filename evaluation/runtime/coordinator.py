@@ -34,6 +34,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from evaluation.checkpoint_format import Instruction, Instructions
+from evaluation.pointcloud import ConditionFn
 from evaluation.runtime.actors import (
     SIM_RESOURCE,
     EvaluationActor,
@@ -44,7 +45,6 @@ from evaluation.runtime.actors import (
 )
 from evaluation.runtime.episode import (
     DEFAULT_MAX_KEYPOSES,
-    ConditionFn,
     EpisodeOutput,
     EpisodeSpec,
     PlannerErrorRule,

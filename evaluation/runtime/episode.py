@@ -22,13 +22,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from evaluation.checkpoint_format import Instruction, Instructions
-from evaluation.simulators.sim import EpisodeResult, Observation, PlannerError, Simulator, SimulatorError
+from evaluation.pointcloud import ConditionFn
+from evaluation.simulators.sim import EpisodeResult, PlannerError, Simulator, SimulatorError
 from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
 
@@ -75,11 +76,6 @@ class EpisodeOutput:
     frames: list[np.ndarray] | None = None  # rollout video frames (evaluation.runtime.video), when recorded
 
 
-class ConditionFn(Protocol):
-    def __call__(self, obs: Observation, text: Instruction) -> ConditionBatch:
-        """(B=1) condition of one observation and its instruction."""
-
-
 class Inference(Protocol):
     def __call__(self, condition: ConditionBatch, row_seed: int) -> np.ndarray:
         """(8,) next keypose of a B=1 condition; ``row_seed`` seeds the sampler's noise."""
@@ -88,20 +84,6 @@ class Inference(Protocol):
 def row_seed(seed: int, keypose_index: int) -> int:
     """Seed of the diffusion noise for keypose ``keypose_index`` of the episode seeded ``seed``."""
     return int(np.random.SeedSequence([seed, keypose_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-@dataclass(frozen=True)
-class PointCloudConditioner:
-    """The default ``ConditionFn``: ``evaluation.pointcloud.observation_to_condition`` (picklable)."""
-
-    max_points: int
-    config: Any = None  # evaluation.pointcloud.PointCloudConfig; None = its defaults
-
-    def __call__(self, obs: Observation, text: Instruction) -> ConditionBatch:
-        from evaluation.pointcloud import PointCloudConfig, observation_to_condition
-
-        cfg = self.config if self.config is not None else PointCloudConfig()
-        return observation_to_condition(obs, text=text, max_points=self.max_points, cfg=cfg)
 
 
 class LocalInference:

@@ -23,11 +23,12 @@ import numpy as np
 import ray
 
 from evaluation.checkpoint_format import Instruction, Instructions
+from evaluation.pointcloud import ConditionFn
 from evaluation.raysession import ray_session
 from evaluation.runtime.actors import SimFactory
 from evaluation.runtime.bundle import BundlePolicy, CheckpointBundle
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
-from evaluation.runtime.episode import ConditionFn, EpisodeSpec
+from evaluation.runtime.episode import EpisodeSpec
 from evaluation.runtime.metrics import EvalReport, seed_success, summarize
 from evaluation.runtime.policy_server import PolicyFactory
 from policies.base import CheckpointError

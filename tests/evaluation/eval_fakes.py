@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from evaluation.pointcloud import PointCloudConfig
-from evaluation.runtime.episode import PointCloudConditioner
+from evaluation.pointcloud import PointCloudConditioner, PointCloudConfig
 from policies.base import LossOutput, Policy
 from policies.batch import ConditionBatch
 

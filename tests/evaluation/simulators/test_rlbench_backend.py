@@ -17,8 +17,8 @@ import torch
 
 from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
 from evaluation.datasets.rlbench_keyframes import demo_keyframes
-from evaluation.pointcloud import frame_to_world
-from evaluation.runtime.episode import EpisodeSpec, PointCloudConditioner, run_episode
+from evaluation.pointcloud import PointCloudConditioner, frame_to_world
+from evaluation.runtime.episode import EpisodeSpec, run_episode
 from evaluation.simulators.rlbench_backend import (
     RLBenchConfig,
     RLBenchSimulator,
