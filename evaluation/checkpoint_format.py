@@ -1,27 +1,52 @@
-"""The checkpoint format that training writes and evaluation reads, beside the policy's own files
-(``policies.base``: ``policy.json``, ``model.pt``, ``ema.pt``) and the manifest (``evaluation.checkpoint_manifest``):
+"""The checkpoint format: every file of a checkpoint directory ``step_N/``, written by training
+(``platform.checkpoint``, ``platform.loop``) and read by evaluation, the policy server and resume, all
+importing it from here.
 
+- the policy's own files (``policies.base``): ``policy.json``, ``model.pt``, ``ema.pt`` (when EMA is on);
+- ``train_state.pt``: optimizer, scheduler, AMP scaler, sampler position, RNG states (resume only);
+- ``experiment.yaml``: the run's resolved config;
 - ``instructions.npz``: the instruction embeddings of the checkpoint's tasks (``save_instructions`` /
   ``load_instructions``; in memory an :class:`Instructions`);
 - ``pointcloud.json``: the point-cloud settings the policy was trained with (an
   ``evaluation.pointcloud.PointCloudConfig``);
-- ``instruction_texts.json``: each task's instruction text and the text encoder's name.
+- ``instruction_texts.json``: each task's instruction text and the text encoder's name;
+- ``manifest.json``, written last: the step, an optional metric, the size and sha256 of every file
+  (``write_manifest`` / ``verify_checkpoint``), so a directory with a manifest is complete and a corrupt file
+  is named before anything loads it.
 
-Training (``platform.loop``) and evaluation (``evaluation.runtime.bundle``) both import it from here.
+:class:`CheckpointBundle` is a checkpoint as evaluation needs it, read once where the checkpoint lives and
+shipped by value. On a cluster the checkpoints are written on the GPU head, while evaluation actors (and the
+policy server) run on other machines that need not see that disk: the evaluating process reads everything
+an episode needs into a bundle (policy config, weight bytes, instruction embeddings, point-cloud settings),
+puts it in Ray's object store once, and the actors rebuild the policy from it
+(``evaluation.runtime.actors.BundlePolicy``); no actor ever opens a checkpoint path.
+``MINIDIFFUSER_TEST_NO_CHECKPOINT_READS=1`` in a process's environment makes reading a checkpoint there an
+error: the multi-node test sets it on its simulation nodes to prove that.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from evaluation.datasets.text import pad_tokens
-from policies.base import CheckpointError
+from evaluation.files import atomic_write_json, sha256_file
+from evaluation.pointcloud import PointCloudConditioner, PointCloudConfig
+from policies.base import CheckpointError, Policy
+from policies.registry import load_policy, read_policy_files
 
+TRAIN_STATE_FILE = "train_state.pt"
+EXPERIMENT_FILE = "experiment.yaml"
 INSTRUCTIONS_FILE = "instructions.npz"
 POINTCLOUD_FILE = "pointcloud.json"
 # {"encoder": "<name>", "tasks": {task: instruction text}}: how the policy server (platform.serve) recognises a
@@ -142,3 +167,145 @@ def load_instructions(path: str | Path) -> Instructions:
                 length = int(mask.sum())  # rows were zero-padded to the longest instruction
                 texts[key] = (tokens[:length].copy(), mask[:length].copy())
     return Instructions(tasks=tasks, texts=texts)
+
+
+# --- manifest.json
+
+MANIFEST = "manifest.json"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint directory fails its manifest check (missing file, size or hash mismatch). Resume raises
+    it as is; ``CheckpointBundle.read`` turns it into a ``policies.base.CheckpointError``."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    metric: float | None  # e.g. eval success, for keep-best
+
+
+def write_manifest(directory: Path, step: int, names: Iterable[str], metric: float | None = None) -> None:
+    """Write ``directory/manifest.json`` for the files ``names`` (already written and fsync'd), fsync'd."""
+    files = {
+        name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+        for name in names
+    }
+    manifest = {"step": step, "metric": metric, "created": time.time(), "files": files}
+    atomic_write_json(directory / MANIFEST, manifest, indent=2)
+
+
+def verify_checkpoint(path: Path) -> CheckpointInfo:
+    """Check a checkpoint against its manifest; raise ``CorruptCheckpointError`` naming what is wrong."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise CorruptCheckpointError(f"{path}: no {MANIFEST} (interrupted write or not a checkpoint)")
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+        step = int(manifest["step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpointError(f"{mpath}: unreadable manifest ({exc})") from None
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CorruptCheckpointError(f"{path}: file {name} listed in the manifest is missing")
+        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+            raise CorruptCheckpointError(
+                f"{path}: {name} does not match its manifest hash (corrupted): use another "
+                "checkpoint of the run, or retrain"
+            )
+    return CheckpointInfo(path=path, step=step, metric=manifest.get("metric"))
+
+
+# --- the checkpoint in memory, for evaluation
+
+NO_READS_ENV = "MINIDIFFUSER_TEST_NO_CHECKPOINT_READS"  # tests only (see the module docstring)
+
+
+def check_reads_allowed(directory: str | Path) -> None:
+    if os.environ.get(NO_READS_ENV) == "1":
+        raise CheckpointError(
+            f"this process may not read checkpoints ({NO_READS_ENV}=1) but was asked to read "
+            f"{directory}: the checkpoint should have arrived through Ray's object store"
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointBundle:
+    """Everything an evaluation episode needs from a checkpoint directory, in memory."""
+
+    source: str  # the directory it was read from: for messages only, never opened again
+    policy_config: dict[str, Any]  # policy.json
+    weights: bytes  # the weights file's bytes (ema.pt when present, else model.pt)
+    weights_file: str
+    instructions: Instructions
+    max_points: int
+    pointcloud: (
+        dict[str, Any] | None
+    )  # pointcloud.json (an evaluation.pointcloud.PointCloudConfig), if stored
+    instruction_texts: dict[str, str] = field(default_factory=dict)  # {task: text} (instruction_texts.json)
+    text_encoder: str | None = None  # the dataset's encoder name, e.g. "minilm:all-MiniLM-L6-v2", if stored
+
+    @classmethod
+    def read(
+        cls, directory: str | Path, prefer_ema: bool = True, instructions: Instructions | None = None
+    ) -> CheckpointBundle:
+        """Read and check a checkpoint directory (``instructions``: use these instead of its own): every file
+        against the checkpoint's manifest when it has one (``verify_checkpoint``), and the
+        weights to be used loadable; ``CheckpointError`` names the file otherwise."""
+        directory = Path(directory)
+        check_reads_allowed(directory)
+        if (directory / MANIFEST).is_file():  # written by platform.checkpoint: every file must match it
+            try:
+                verify_checkpoint(directory)
+            except CorruptCheckpointError as exc:
+                raise CheckpointError(str(exc)) from None
+        config, weights = read_policy_files(directory, prefer_ema)
+        data = weights.read_bytes()
+        try:  # here, in one line, rather than in every actor that would rebuild the policy from it
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{weights} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+                "use another checkpoint, or retrain"
+            ) from None
+        if instructions is None:
+            instructions = load_instructions(directory / INSTRUCTIONS_FILE)
+        pc_path = directory / POINTCLOUD_FILE
+        try:
+            pointcloud = json.loads(pc_path.read_text()) if pc_path.is_file() else None
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{pc_path} is not valid JSON: {exc}") from exc
+        texts_path = directory / INSTRUCTION_TEXTS_FILE
+        try:
+            texts = json.loads(texts_path.read_text()) if texts_path.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{texts_path} is not valid JSON: {exc}") from exc
+        return cls(
+            source=str(directory),
+            policy_config=config,
+            weights=data,
+            weights_file=weights.name,
+            instructions=Instructions.of(instructions),
+            max_points=int(config.get("max_points", 2048)),
+            pointcloud=pointcloud,
+            instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
+            text_encoder=texts.get("encoder"),
+        )
+
+    def build_policy(self, map_location: str = "cpu") -> Policy:
+        return load_policy(
+            self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}"
+        )
+
+    def condition_fn(self) -> PointCloudConditioner:
+        """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""
+        cfg = (
+            PointCloudConfig.model_validate(self.pointcloud)
+            if self.pointcloud is not None
+            else PointCloudConfig()
+        )
+        return PointCloudConditioner(max_points=self.max_points, config=cfg)

@@ -12,7 +12,7 @@ Layout: ``<run_dir>/checkpoints/step_<00000123>/`` holding
 A checkpoint is written into a temp directory, fsync'd, then renamed into place, so a SIGKILL leaves either
 nothing or a complete checkpoint. On load, a directory whose manifest is missing or whose hashes do not match
 is reported and skipped; the newest valid one wins. The manifest's format and check live in
-``evaluation.checkpoint_manifest``: evaluation checks every checkpoint it reads against it.
+``evaluation.checkpoint_format``: evaluation checks every checkpoint it reads against it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from evaluation.checkpoint_manifest import (  # the manifest format, shared with evaluation
+from evaluation.checkpoint_format import (  # the manifest format, shared with evaluation
     MANIFEST,
     CheckpointInfo,
     CorruptCheckpointError,

@@ -141,7 +141,7 @@ class EvalOutcome:
 
 def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalRequest:
     """The evaluation ``cfg.eval`` asks for of ``checkpoint`` (``bundle``: the checkpoint already read,
-    ``evaluation.runtime.bundle.CheckpointBundle``; else its instructions are read here for the task list)."""
+    ``evaluation.checkpoint_format.CheckpointBundle``; else its instructions are read here for the task list)."""
     from evaluation.checkpoint_format import INSTRUCTIONS_FILE, load_instructions
     from evaluation.runtime.coordinator import PoolConfig
     from evaluation.runtime.run import cap_actors
@@ -214,7 +214,7 @@ def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> Ev
     by the submitter, where the checkpoint lives) it may run on any node: it opens no checkpoint path and
     returns the videos as bytes for ``log_eval_report`` to write."""
     try:
-        from evaluation.runtime.bundle import CheckpointBundle
+        from evaluation.checkpoint_format import CheckpointBundle
 
         if bundle is None:
             bundle = CheckpointBundle.read(checkpoint)
@@ -233,7 +233,7 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
     by value: the task may run on any node. A checkpoint that fails its check gives a failed outcome at once."""
     import ray
 
-    from evaluation.runtime.bundle import CheckpointBundle
+    from evaluation.checkpoint_format import CheckpointBundle
 
     try:
         bundle = CheckpointBundle.read(checkpoint)

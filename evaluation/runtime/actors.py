@@ -3,7 +3,7 @@
 The simulator is built inside the actor from a picklable zero-argument factory (``FakeSimConfig.build``,
 ``functools.partial(MetaWorldSimulator, config)``...), so any backend behind ``evaluation.simulators.sim.Simulator``
 works. The policy either runs in the actor (``LocalPolicy``: built by a picklable factory, normally
-``evaluation.runtime.bundle.BundlePolicy``, which brings the checkpoint through the object store) or in a shared ``PolicyServer`` (``ServerPolicy``: the actor fuses the point cloud and
+``BundlePolicy``, which brings the checkpoint through the object store) or in a shared ``PolicyServer`` (``ServerPolicy``: the actor fuses the point cloud and
 sends the condition). Resources: ``num_cpus`` plus one unit of the custom ``sim`` resource of
 ``cluster.yaml`` when the cluster has it, so evaluation actors land on the simulation nodes.
 ``memory()`` reports the actor's RSS now and at its peak (``Coordinator.actor_memory``, ``platform.bench eval``).
@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import torch
 
-from evaluation.checkpoint_format import Instruction, Instructions
+from evaluation.checkpoint_format import CheckpointBundle, Instruction, Instructions
 from evaluation.pointcloud import ConditionFn
 from evaluation.runtime.episode import (
     DEFAULT_MAX_KEYPOSES,
@@ -40,6 +40,19 @@ from policies.base import Policy
 
 SimFactory = Callable[[], Simulator]
 SIM_RESOURCE = "sim"
+
+
+@dataclass(frozen=True)
+class BundlePolicy:
+    """Picklable policy factory for actors and the policy server: the bundle travels as an object-store
+    reference (``ray.put`` once per evaluation), so a pool of N actors does not copy the weights N times
+    through the driver."""
+
+    bundle: Any  # ray.ObjectRef of a CheckpointBundle (or the bundle itself, outside Ray)
+
+    def __call__(self) -> Policy:
+        bundle = self.bundle if isinstance(self.bundle, CheckpointBundle) else ray.get(self.bundle)
+        return bundle.build_policy()
 
 
 @dataclass(frozen=True)

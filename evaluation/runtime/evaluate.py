@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import ray
 
-from evaluation.checkpoint_format import Instruction, Instructions
+from evaluation.checkpoint_format import CheckpointBundle, Instruction, Instructions
 from evaluation.pointcloud import ConditionFn
 from evaluation.raysession import ray_session
-from evaluation.runtime.actors import SimFactory
-from evaluation.runtime.bundle import BundlePolicy, CheckpointBundle
+from evaluation.runtime.actors import BundlePolicy, SimFactory
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
 from evaluation.runtime.episode import EpisodeSpec
 from evaluation.runtime.metrics import EvalReport, seed_success, summarize
@@ -140,7 +139,7 @@ def evaluate_checkpoint(
     ``seed_success`` holds each seed's mean. ``pool`` overrides the pool settings (its ``num_actors``
     is replaced by ``num_actors``). With ``pool.videos``, rollout videos are written to ``video_dir``.
     ``instructions`` replace the checkpoint's own. The actors and the policy server get the checkpoint through
-    Ray's object store (``evaluation.runtime.bundle``): they never open its directory. ``policy_factory`` replaces the bundle's policy
+    Ray's object store (``evaluation.checkpoint_format``): they never open its directory. ``policy_factory`` replaces the bundle's policy
     (tests and benchmarks with fake policies).
     """
     if isinstance(checkpoint, CheckpointBundle):

@@ -212,8 +212,8 @@ def log_to_mlflow(report: EvalReport, run_id: str, tracking_uri: str | None, ste
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evaluation.checkpoint_format import CheckpointBundle
     from evaluation.raysession import ray_session
-    from evaluation.runtime.bundle import CheckpointBundle
     from evaluation.runtime.evaluate import evaluate_checkpoint
 
     try:

@@ -181,7 +181,8 @@ def measure(
     rollout videos, their GIF files written inside the timed span)."""
     import ray
 
-    from evaluation.runtime.bundle import BundlePolicy, CheckpointBundle
+    from evaluation.checkpoint_format import CheckpointBundle
+    from evaluation.runtime.actors import BundlePolicy
     from evaluation.runtime.coordinator import Coordinator, PoolConfig
     from evaluation.runtime.metrics import summarize
 

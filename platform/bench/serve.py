@@ -161,8 +161,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from evaluation.checkpoint_format import CheckpointBundle
     from evaluation.raysession import ray_session
-    from evaluation.runtime.bundle import CheckpointBundle
     from evaluation.runtime.episode import row_seed
     from platform.serve.app import ServeSettings
     from platform.serve.client import request_body

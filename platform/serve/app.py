@@ -33,9 +33,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from evaluation.checkpoint_format import Instruction
+from evaluation.checkpoint_format import CheckpointBundle, Instruction
 from evaluation.pointcloud import PointCloudConfig, cloud_to_points, points_to_condition
-from evaluation.runtime.bundle import CheckpointBundle
 from evaluation.runtime.policy_server import predict_rows, stack_conditions
 from evaluation.simulators.sim import Observation
 from platform.serve.protocol import MAX_SEED, RequestError, ServeRequest, parse_request

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from evaluation.runtime.bundle import CheckpointBundle
+from evaluation.checkpoint_format import CheckpointBundle
 from platform.serve.app import ServeSettings
 from policies.base import CheckpointError
 

@@ -77,6 +77,7 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
         import sys, time
         sys.path.insert(0, {str(REPO_ROOT)!r})
         from platform.checkpoint import write_checkpoint
+        print("ready", flush=True)
         def slow(p):
             with open(p, "wb") as f:
                 for _ in range(200):
@@ -89,6 +90,7 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     """)
     for delay in (0.15, 0.4, 0.7):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+        assert proc.stdout.readline() == b"ready\n"  # imports done (torch takes about a second): now writing
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -1,7 +1,7 @@
 """cluster.yaml's layout on one machine: a head that trains (no ``sim`` resource) and two simulation nodes
 (``sim: 1`` each), as separate Ray nodes (``ray.cluster_utils.Cluster``, Ray's own multi-node test utility).
 
-The simulation nodes' processes may not read checkpoints (``evaluation.runtime.bundle.NO_READS_ENV``): everything an
+The simulation nodes' processes may not read checkpoints (``evaluation.checkpoint_format.NO_READS_ENV``): everything an
 evaluation actor needs must arrive through the object store. The cluster is shared by the module's tests.
 """
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from evaluation.runtime.bundle import NO_READS_ENV
+from evaluation.checkpoint_format import NO_READS_ENV
 from tests.platform.conftest import (
     FINAL_LINE,
     _free_port,
@@ -61,7 +61,7 @@ def test_simulation_nodes_cannot_read_checkpoints(sim_cluster, tmp_path):
     import ray
 
     def read(path: str) -> str:
-        from evaluation.runtime.bundle import CheckpointBundle
+        from evaluation.checkpoint_format import CheckpointBundle
 
         try:
             CheckpointBundle.read(path)

@@ -655,7 +655,7 @@ def test_a_corrupt_weights_file_is_named_before_any_actor_starts(tmp_path, capsy
 
 @pytest.mark.unit
 def test_unloadable_weights_without_a_manifest_are_named(tmp_path):
-    from evaluation.runtime.bundle import CheckpointBundle
+    from evaluation.checkpoint_format import CheckpointBundle
     from policies.base import CheckpointError
 
     ckpt = _tiny_checkpoint(tmp_path)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.checkpoint_format import CheckpointBundle
 from evaluation.datasets.episode_export import export_episodes
 from evaluation.raysession import ray_session
-from evaluation.runtime.bundle import CheckpointBundle
 from evaluation.runtime.coordinator import PoolConfig
 from evaluation.runtime.episode import LocalInference, row_seed, run_episode
 from evaluation.runtime.evaluate import (

@@ -298,10 +298,9 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(
 ):
     """Import -> train (2 steps, in process) -> checkpoint -> an RLBench episode restored from a demo: the
     policy is conditioned on the variation's own instruction, exactly as its training samples were."""
-    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, load_instructions
+    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, CheckpointBundle, load_instructions
     from evaluation.datasets.rlbench_import import rlbench_pointcloud_config
     from evaluation.pointcloud import PointCloudConditioner
-    from evaluation.runtime.bundle import CheckpointBundle
     from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
     from evaluation.simulators.rlbench_backend import RLBenchConfig, RLBenchSimulator
     from platform.checkpoint import latest_checkpoint

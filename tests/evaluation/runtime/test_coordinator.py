@@ -83,8 +83,7 @@ def test_results_complete_ordered_and_deterministic(pool):
 
 def test_several_seeds_run_on_one_pool_and_report_each_seed(pool, tmp_path):
     """The RLBench protocol's 3 seeds: each seed plans its own episodes; per-task rates are the seed mean."""
-    from evaluation.checkpoint_format import Instructions
-    from evaluation.runtime.bundle import CheckpointBundle
+    from evaluation.checkpoint_format import CheckpointBundle, Instructions
     from evaluation.runtime.evaluate import evaluate_checkpoint
     from evaluation.runtime.metrics import EvalReport
 

@@ -1,4 +1,4 @@
-"""The checkpoint bundle: read once, rebuilt anywhere from memory, refused where reads are forbidden."""
+"""The checkpoint format: the bundle read once, rebuilt anywhere from memory, refused where reads are forbidden."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.checkpoint_format import INSTRUCTIONS_FILE, POINTCLOUD_FILE, save_instructions
-from evaluation.runtime.bundle import NO_READS_ENV, BundlePolicy, CheckpointBundle
+from evaluation.checkpoint_format import (
+    INSTRUCTIONS_FILE,
+    NO_READS_ENV,
+    POINTCLOUD_FILE,
+    CheckpointBundle,
+    save_instructions,
+)
+from evaluation.runtime.actors import BundlePolicy
 from policies.base import CheckpointError, Policy
 from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.synthetic import random_condition_batch
