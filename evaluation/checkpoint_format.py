@@ -1,5 +1,5 @@
 """The checkpoint format: every file of a checkpoint directory ``step_N/``, written by training
-(``platform.checkpoint``, ``platform.loop``) and read by evaluation, the policy server and resume, all
+(``platform.train.checkpoint``, ``platform.train.loop``) and read by evaluation, the policy server and resume, all
 importing it from here.
 
 - the policy's own files (``policies.base``): ``policy.json``, ``model.pt``, ``ema.pt`` (when EMA is on);
@@ -258,7 +258,7 @@ class CheckpointBundle:
         weights to be used loadable; ``CheckpointError`` names the file otherwise."""
         directory = Path(directory)
         check_reads_allowed(directory)
-        if (directory / MANIFEST).is_file():  # written by platform.checkpoint: every file must match it
+        if (directory / MANIFEST).is_file():  # written by platform.train.checkpoint: every file must match it
             try:
                 verify_checkpoint(directory)
             except CorruptCheckpointError as exc:

@@ -1,8 +1,8 @@
 """Exclusive ``flock`` locks on a file, released by ``release()`` or by the holder's death (even SIGKILL).
 
 Used for one collection per dataset directory (``evaluation.datasets.collect``), one writer per MLflow outage buffer (``platform.tracking.buffer``), one driver per run
-(``platform.preflight``: ``<run dir>/.driver.lock``, held for the driver's whole life, a second driver is
-refused at once) and one training process per run directory (``platform.worker``: a driver killed while
+(``platform.train.preflight``: ``<run dir>/.driver.lock``, held for the driver's whole life, a second driver is
+refused at once) and one training process per run directory (``platform.train.worker``: a driver killed while
 joined to a cluster leaves its train worker alive until Ray reaps it, and a relaunch waits for it instead of
 training beside it).
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from evaluation import REPO_ROOT
 from policies.config import CONFIG_CLASSES, FrozenModel, MiniDiffuserConfig, PolicyConfig
 
-# Reliability tests only: the worker crashes once after the checkpoint at this step (platform.worker).
+# Reliability tests only: the worker crashes once after the checkpoint at this step (platform.train.worker).
 FAULT_ENV = "MINIDIFFUSER_FAULT_CRASH_AT_STEP"
 _POLICY_CLASSES: dict[str, type[BaseModel]] = dict(CONFIG_CLASSES)
 _POLICY_TYPES = tuple(_POLICY_CLASSES)
@@ -79,7 +79,9 @@ class TrainConfig(FrozenModel):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.995, ge=0, lt=1)  # 0 disables EMA
-    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) after n steps (platform.steps.EMA)
+    ema_warmup: bool = (
+        True  # decay min(ema_decay, (1 + n) / (10 + n)) after n steps (platform.train.step.EMA)
+    )
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -92,7 +94,7 @@ class TrainConfig(FrozenModel):
     # nothing evaluates beside the training (eval.every_steps=0), else ray.cpus_per_worker (Ray's default).
     cpu_threads: int | None = Field(None, ge=1, le=1024)
     # Training-time marks (seconds of training steps, validation and checkpointing excluded): at each, a
-    # checkpoint is kept under runs/<name>/marks/ and validated (platform.marks); training stops at the last
+    # checkpoint is kept under runs/<name>/marks/ and validated (platform.train.marks); training stops at the last
     # one. What platform.quality evaluates to draw success against training time.
     time_marks_s: tuple[float, ...] = ()
     # keypose error on the validation episodes (data.val_episodes_per_task) every N steps and at the end; 0: never

@@ -22,9 +22,9 @@ from typing import Any
 
 from evaluation.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from evaluation.runtime.metrics import EvalReport
-from platform.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
+from platform.train.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
 from policies.base import CheckpointError
 
 EVAL_DIR = "eval"
@@ -338,7 +338,7 @@ def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> EvalOutcome:
 def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     """What decides an evaluation's episodes and outcome: the checkpoint's files (manifest hashes), the
     suite and the ``eval.*`` settings (not the number of actors, a timeout or where the policy runs)."""
-    from platform.checkpoint import MANIFEST
+    from platform.train.checkpoint import MANIFEST
 
     try:
         files = json.loads((checkpoint / MANIFEST).read_text())["files"]

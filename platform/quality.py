@@ -6,7 +6,7 @@
 1. A Ray Tune grid over ``policy.m`` (M = 1 is one-to-one training) at equal training time: every trial
    trains for ``--budget-s`` seconds of training steps (validation and checkpointing excluded) and keeps a
    validated checkpoint at each of ``--marks`` training-time marks, geometrically spaced up to the budget
-   (``train.time_marks_s``, ``platform.marks``). The learning rate is constant after warm-up (the
+   (``train.time_marks_s``, ``platform.train.marks``). The learning rate is constant after warm-up (the
    schedule cannot know how many steps fit in the budget).
 2. After the trials (so the simulator never takes the training's CPU on a small machine), every kept
    checkpoint is evaluated in the simulator on the test variations; reports are cached beside the
@@ -34,7 +34,7 @@ from pathlib import Path
 from evaluation.files import atomic_write_json, atomic_write_text
 from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import ExperimentConfig, load_config
-from platform.marks import read_marks
+from platform.train.marks import read_marks
 
 REPORT_FILE = "eval_report.json"  # beside a kept mark checkpoint
 OUT_DIR = "quality"
@@ -317,7 +317,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         raise UserFacingError(f"--ms {args.ms!r}: every M must be >= 1")
     cfg = cfg.with_absolute_paths()
     sweep = args.name or f"{cfg.name}-quality"
-    from platform.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+    from platform.train.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
 
     check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     sweep_dir = cfg.resolve_path(cfg.output_dir) / sweep
@@ -347,9 +347,9 @@ def _train_and_evaluate(
 ) -> None:
     from ray import tune
 
-    from platform.data import ensure_dataset
     from platform.session import connect_ray
     from platform.sweep import _end_unfinished_trial_runs, _parent_run, ranking_metric, run_tuner, trial_meta
+    from platform.train.dataset import ensure_dataset
 
     trial_cfg = cfg.model_copy(
         update={

@@ -29,7 +29,9 @@ from platform.cli import UserFacingError, add_config_arguments, run_cli
 from platform.config import ConfigError, ExperimentConfig, parse_override, set_dotted
 
 _DIST = re.compile(r"^(uniform|loguniform|randint|choice)\((.*)\)$")
-VAL_METRIC = "val_pos_err_cm"  # validation keypose position error (platform.validation), reported by trials
+VAL_METRIC = (
+    "val_pos_err_cm"  # validation keypose position error (platform.train.validation), reported by trials
+)
 LOSS_METRIC = "train_loss"
 
 
@@ -37,7 +39,7 @@ def ranking_metric(cfg: ExperimentConfig) -> str:
     """Trials are ranked (and ASHA stops them) by the validation position error, or by the training loss
     when there is no validation (``train.val_every=0``, ``data.val_episodes_per_task=0``, or a dataset with
     no episode beyond the training ones). Call it once the dataset exists."""
-    from platform.data import has_validation
+    from platform.train.dataset import has_validation
 
     return VAL_METRIC if has_validation(cfg) else LOSS_METRIC
 
@@ -86,7 +88,7 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, TAG_SUITE, TAG_SWEEP
-    from platform.trainer import WorkerPayload, build_trainer
+    from platform.train.launch import WorkerPayload, build_trainer
 
     overrides = dict(tune_cfg)
     trial_id = tune.get_context().get_trial_id()
@@ -143,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     from ray import tune
 
-    from platform.data import ensure_dataset
     from platform.session import connect_ray
+    from platform.train.dataset import ensure_dataset
 
     if args.num_samples < 1 or args.max_concurrent < 1:
         raise UserFacingError("--num-samples and --max-concurrent must be >= 1")
@@ -154,7 +156,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         space[key], candidates[key] = domain, values
     cfg = cfg.with_absolute_paths()
     base = cfg.model_dump(mode="json")
-    from platform.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+    from platform.train.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
 
     check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     for key, values in candidates.items():  # fail before launching anything

@@ -28,9 +28,9 @@ def main() -> int:
     import torch
 
     from platform.config import load_config
-    from platform.data import open_split
-    from platform.loop import build_training, run_steps
-    from platform.validation import ValidationSet, format_line, validate
+    from platform.train.dataset import open_split
+    from platform.train.loop import build_training, run_steps
+    from platform.train.validation import ValidationSet, format_line, validate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")

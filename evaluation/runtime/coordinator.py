@@ -14,7 +14,7 @@ the task it ran last, else of a task no other actor holds, else the next waiting
 each task about once and its simulator's bounded cache of task envs (``MetaWorldConfig.max_cached_tasks``)
 rarely rebuilds one. Results do not depend on which actor ran an episode.
 
-Progress (``evaluation.runtime.progress.ProgressLines``): a run that lasts longer than ``progress_every_s``
+Progress (``evaluation.progress.ProgressLines``): a run that lasts longer than ``progress_every_s``
 prints one ``[eval]`` line at every 10 % of its episodes and at least every ``progress_every_s`` (done /
 total, success so far, episodes/s, ETA), and one when it ends; shorter runs print none.
 """
@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from evaluation.checkpoint_format import Instruction, Instructions
 from evaluation.pointcloud import ConditionFn
+from evaluation.progress import ProgressLines
 from evaluation.runtime.actors import (
     SIM_RESOURCE,
     EvaluationActor,
@@ -51,7 +52,6 @@ from evaluation.runtime.episode import (
 )
 from evaluation.runtime.memory import OomWatch
 from evaluation.runtime.policy_server import PolicyFactory, PolicyServer
-from evaluation.runtime.progress import ProgressLines
 from evaluation.simulators.sim import EpisodeResult, EpisodeStatus
 from policies.config import FrozenModel
 

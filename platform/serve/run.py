@@ -25,7 +25,7 @@ APP_NAME = "minidiffuser-policy"
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or the newest valid checkpoint of a run directory (``runs/NAME``)."""
-    from platform.checkpoint import latest_checkpoint
+    from platform.train.checkpoint import latest_checkpoint
 
     path = Path(path)
     if not path.exists():

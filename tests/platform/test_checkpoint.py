@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from platform.checkpoint import (
+from platform.train.checkpoint import (
     CorruptCheckpointError,
     best_checkpoint,
     latest_checkpoint,
@@ -76,7 +76,7 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from platform.checkpoint import write_checkpoint
+        from platform.train.checkpoint import write_checkpoint
         print("ready", flush=True)
         def slow(p):
             with open(p, "wb") as f:

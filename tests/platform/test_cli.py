@@ -74,9 +74,7 @@ def test_missing_config_file():
 
 @pytest.mark.process
 def test_run_as_script_gives_one_line():
-    one_line_error(
-        run([str(REPO_ROOT / "platform" / "train.py")]), "python -m platform.train", str(REPO_ROOT)
-    )
+    one_line_error(run([str(REPO_ROOT / "platform" / "train")]), "python -m platform.train", str(REPO_ROOT))
 
 
 @pytest.mark.process

@@ -27,8 +27,8 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from platform.config import load_config
-    from platform.loop import time_is_up
-    from platform.steps import train_step
+    from platform.train.loop import time_is_up
+    from platform.train.step import train_step
     from policies.registry import build_policy
     from tests.platform.fakes import FakeKeyframeDataset
 

@@ -64,7 +64,7 @@ def test_waits_for_a_holder_that_exits(tmp_path):
 
 
 def _fake_training(tmp_path, monkeypatch):
-    import platform.data
+    import platform.train.dataset
     from platform.config import load_config
     from tests.platform.fakes import FakeKeyframeDataset
 
@@ -83,7 +83,7 @@ def _fake_training(tmp_path, monkeypatch):
             f"output_dir={tmp_path}",
         ],
     )
-    monkeypatch.setattr(platform.data, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
+    monkeypatch.setattr(platform.train.dataset, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
 
@@ -91,8 +91,8 @@ def _fake_training(tmp_path, monkeypatch):
 def test_worker_waits_for_a_previous_worker_then_refuses_a_live_one(tmp_path, monkeypatch, capsys):
     import ray.train  # noqa: F401  # imported by the worker before its lock: seconds on a loaded machine
 
-    import platform.worker as worker
-    from platform.checkpoint import latest_checkpoint
+    import platform.train.worker as worker
+    from platform.train.checkpoint import latest_checkpoint
 
     cfg, payload = _fake_training(tmp_path, monkeypatch)
     lock_path = cfg.run_dir / worker.RUN_LOCK_FILE

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from platform.config import ConfigError, load_config
-from platform.data import DatasetSubset
-from platform.marks import MARKS_FILE, TimeMarks, read_marks
+from platform.train.dataset import DatasetSubset
+from platform.train.marks import MARKS_FILE, TimeMarks, read_marks
 from tests.platform.fakes import FakeKeyframeDataset
 
 pytestmark = pytest.mark.unit
 
 
 def _payload(tmp_path, monkeypatch, *overrides: str):
-    import platform.data
+    import platform.train.dataset
 
     cfg = load_config(
         None,
@@ -40,13 +40,13 @@ def _payload(tmp_path, monkeypatch, *overrides: str):
         full = FakeKeyframeDataset(c.policy, num_samples=12)
         return DatasetSubset(full, np.arange(8)), DatasetSubset(full, np.arange(8, 12))
 
-    monkeypatch.setattr(platform.data, "open_split", split)
+    monkeypatch.setattr(platform.train.dataset, "open_split", split)
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
 
 
 def test_marks_keep_validated_checkpoints_and_stop_training(tmp_path, monkeypatch, capsys):
-    import platform.worker as worker
+    import platform.train.worker as worker
 
     cfg, payload = _payload(tmp_path, monkeypatch, "train.time_marks_s=[0.2,0.5]")
     worker.train_loop_per_worker(payload)

@@ -16,7 +16,7 @@ import pytest
 
 from platform.cli import INTERRUPTED_LINE, run_cli
 from platform.config import load_config
-from platform.train import build_parser, main
+from platform.train.command import build_parser, main
 from tests.platform.conftest import (
     kill_tree,
     metric_steps,
@@ -119,7 +119,7 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
         def read_only(directory):
             raise OSError(errno.EROFS, "Read-only file system", str(directory))
 
-        monkeypatch.setattr("platform.preflight._probe_write", read_only)
+        monkeypatch.setattr("platform.train.preflight._probe_write", read_only)
     else:
         out.chmod(0o555)
     try:
@@ -177,7 +177,7 @@ def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
 
 @pytest.mark.unit
 def test_known_eval_tasks_pass():
-    from platform.preflight import check_eval_tasks
+    from platform.train.preflight import check_eval_tasks
 
     check_eval_tasks(load_config(None, ["eval.tasks=[reach-v3,push-v3]"]).with_absolute_paths())
     check_eval_tasks(
@@ -293,8 +293,8 @@ def test_rerun_of_a_finished_run_reuses_its_evaluation(sqlite_uri, tmp_path, mon
     """The final evaluation of an already evaluated checkpoint is neither run nor logged again; with other
     settings it runs, and MLflow keeps the first values of that step."""
     import platform.evaluate as pe
-    from platform.checkpoint import write_checkpoint
     from platform.tracking import RunTracker
+    from platform.train.checkpoint import write_checkpoint
 
     run_dir = tmp_path / "runs" / "finished"
     write_checkpoint(run_dir, 20, {"model.pt": lambda p: p.write_bytes(b"weights")})
@@ -346,7 +346,7 @@ def test_standalone_evaluation_does_not_log_a_step_twice(sqlite_uri, tmp_path):
 def test_sync_uploads_every_buffer_of_a_run(sqlite_uri, tmp_path, capsys):
     from platform.tracking import RunTracker, buffer_backlog
     from platform.tracking import main as tracking_main
-    from platform.train import _close
+    from platform.train.command import _close
 
     run_dir = tmp_path / "runs" / "outage"
     root = run_dir / "mlflow_buffer"
@@ -381,10 +381,10 @@ def test_an_interrupted_or_failed_run_is_not_left_running(
     sqlite_uri, tmp_path, capsys, monkeypatch, failure, code, status
 ):
     """Ctrl-C -> KILLED, the interrupted line, 130; a failed final evaluation -> FAILED, one error line, 2."""
-    import platform.data
     import platform.evaluate
     import platform.session
-    import platform.train as train
+    import platform.train.command as train
+    import platform.train.dataset
     from platform.cli import UserFacingError
 
     def fit(cfg, payload, run_dir):
@@ -394,7 +394,7 @@ def test_an_interrupted_or_failed_run_is_not_left_running(
     def final_evaluation(cfg, run_dir, tracker):
         raise UserFacingError("final evaluation of step_00000010 failed: ValueError: no simulator")
 
-    monkeypatch.setattr(platform.data, "ensure_dataset", lambda cfg: tmp_path / "data")
+    monkeypatch.setattr(platform.train.dataset, "ensure_dataset", lambda cfg: tmp_path / "data")
     monkeypatch.setattr(platform.session, "connect_ray", lambda cfg: 0.0)
     monkeypatch.setattr(train, "_actor_capacity", lambda cfg: None)
     monkeypatch.setattr(train, "_fit", fit)
@@ -506,8 +506,8 @@ def _read(path: Path) -> str:
 def _finished_run(tmp_path: Path, *extra: str) -> Path:
     """A run directory as a finished tiny run leaves it: one valid checkpoint with its policy.json and
     experiment.yaml (written by the real checkpoint writer; no training needed to refuse a resume of it)."""
-    from platform.checkpoint import write_checkpoint
     from platform.config import to_yaml
+    from platform.train.checkpoint import write_checkpoint
 
     cfg = load_config(None, [*base(tmp_path, "policy.preset=tiny", *extra)]).with_absolute_paths()
     return write_checkpoint(
@@ -553,7 +553,7 @@ def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, caps
 
 @pytest.mark.unit
 def test_settings_a_resume_may_change_still_resume(tmp_path):
-    from platform.preflight import check_resume
+    from platform.train.preflight import check_resume
 
     _finished_run(tmp_path)
     for change in (
@@ -591,7 +591,7 @@ def test_a_bad_mlflow_tracking_uri_variable_is_named(tmp_path, capsys, monkeypat
 
 @pytest.mark.unit
 def test_a_well_formed_uri_of_a_server_that_is_down_is_an_outage_not_an_error(tmp_path):
-    from platform.preflight import check_tracking
+    from platform.train.preflight import check_tracking
 
     for uri in (
         UNREACHABLE,
@@ -616,7 +616,7 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
     import torch
 
     from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
-    from platform.checkpoint import write_checkpoint
+    from platform.train.checkpoint import write_checkpoint
     from policies.registry import build_policy, parse_policy_config
 
     policy = build_policy(parse_policy_config({"type": "mini_diffuser", "preset": "tiny"}))
@@ -697,7 +697,7 @@ def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, mon
 def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatch, capsys, tmp_path):
     from evaluation.runtime import memory
     from evaluation.runtime.run import cap_actors
-    from platform.train import _cap_actors
+    from platform.train.command import _cap_actors
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    4608000 kB\n")

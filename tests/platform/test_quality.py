@@ -9,8 +9,8 @@ import pytest
 from evaluation.runtime.metrics import EvalReport, TaskSummary
 from platform.cli import UserFacingError
 from platform.config import load_config, to_yaml
-from platform.marks import TimeMarks
 from platform.quality import REPORT_FILE, Point, build_parser, geometric_marks, main, time_to_quality
+from platform.train.marks import TimeMarks
 
 pytestmark = pytest.mark.unit
 

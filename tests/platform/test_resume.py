@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from platform.config import load_config
-from platform.loop import NonFiniteLossError, build_training, resume_if_possible, run_steps
+from platform.train.loop import NonFiniteLossError, build_training, resume_if_possible, run_steps
 from tests.platform.fakes import FakeKeyframeDataset
 
 pytestmark = pytest.mark.unit

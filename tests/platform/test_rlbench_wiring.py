@@ -8,8 +8,8 @@ import pytest
 from evaluation.checkpoint_format import INSTRUCTIONS_FILE, save_instructions
 from platform.cli import UserFacingError
 from platform.config import load_config
-from platform.data import ensure_dataset
 from platform.evaluate import eval_request
+from platform.train.dataset import ensure_dataset
 from tests import REPO_ROOT
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from platform.data import Level1Sampler, step_seed
-from platform.steps import EMA, train_step, warmup_cosine
+from platform.train.dataset import Level1Sampler, step_seed
+from platform.train.step import EMA, train_step, warmup_cosine
 from policies.base import LossOutput
 
 pytestmark = pytest.mark.unit
@@ -55,7 +55,7 @@ def test_task_balanced_sampler_draws_every_task_equally_and_resumes_exactly():
 
 def test_data_balance_reaches_the_training_sampler():
     from platform.config import load_config
-    from platform.loop import build_training
+    from platform.train.loop import build_training
 
     class Data:
         task_index = np.array([0, 0, 0, 1])
@@ -82,7 +82,7 @@ def test_step_seeds_differ_by_step_and_stream():
 def test_ddp_ranks_draw_their_own_step_noise():
     """Under DDP every rank must draw its own timesteps, noise and augmentation; rank 0 draws what a
     single-worker run draws (so single-GPU results do not change)."""
-    from platform.loop import step_generator
+    from platform.train.loop import step_generator
 
     cpu = torch.device("cpu")
     draws = [torch.rand(8, generator=step_generator(0, 7, cpu, rank=r)) for r in range(3)]

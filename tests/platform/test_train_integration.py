@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from evaluation.filelock import FileLock
-from platform.checkpoint import list_checkpoints, verify_checkpoint
-from platform.worker import RUN_LOCK_FILE
+from platform.train.checkpoint import list_checkpoints, verify_checkpoint
+from platform.train.worker import RUN_LOCK_FILE
 from tests import REPO_ROOT
 from tests.platform.conftest import (
     FINAL_LINE,

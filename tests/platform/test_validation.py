@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from platform.config import load_config
-from platform.data import DatasetSubset, split_episodes
-from platform.validation import ValidationSet, cap_per_task, keypose_errors, validate
-from platform.worker import _MetricLog, _validation_set
+from platform.train.dataset import DatasetSubset, split_episodes
+from platform.train.validation import ValidationSet, cap_per_task, keypose_errors, validate
+from platform.train.worker import _MetricLog, _validation_set
 from policies.registry import build_policy
 from tests.platform.fakes import FakeKeyframeDataset
 
@@ -122,8 +122,8 @@ def test_has_validation_reads_the_manifest(tmp_path):
     """Sweeps rank trials by validation only when training will validate (else Tune misses the metric)."""
     import json
 
-    from platform.data import has_validation
     from platform.sweep import LOSS_METRIC, VAL_METRIC, ranking_metric
+    from platform.train.dataset import has_validation
 
     shards = [{"task": t} for t in ("a", "a", "a", "b", "b")]
     (tmp_path / "manifest.json").write_text(json.dumps({"tasks": ["a", "b"], "shards": shards}))

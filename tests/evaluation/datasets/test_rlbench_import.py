@@ -303,11 +303,11 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(
     from evaluation.pointcloud import PointCloudConditioner
     from evaluation.runtime.episode import EpisodeSpec, LocalInference, run_episode
     from evaluation.simulators.rlbench_backend import RLBenchConfig, RLBenchSimulator
-    from platform.checkpoint import latest_checkpoint
     from platform.cli import UserFacingError
     from platform.config import load_config
-    from platform.data import ensure_dataset
-    from platform.worker import train_loop_per_worker
+    from platform.train.checkpoint import latest_checkpoint
+    from platform.train.dataset import ensure_dataset
+    from platform.train.worker import train_loop_per_worker
 
     for name in ("rlbench", "pyrep"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -382,7 +382,7 @@ def test_platform_train_imports_rlbench_data_on_first_run(peract_split, tmp_path
     """One command: with data.rlbench_root set, a missing dataset is imported (real MiniLM encoder)."""
     from platform.cli import UserFacingError
     from platform.config import load_config
-    from platform.data import ensure_dataset
+    from platform.train.dataset import ensure_dataset
 
     for name in ("rlbench", "pyrep"):
         monkeypatch.setitem(sys.modules, name, None)

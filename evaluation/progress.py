@@ -1,5 +1,6 @@
-"""The ``[eval]`` progress lines of a long evaluation (``Coordinator.run``): done / total, success so far,
-episodes/s and ETA, printed through tqdm so that a terminal's progress bar stays intact.
+"""Progress lines: the ``[eval]`` lines of a long evaluation (``Coordinator.run``: done / total, success so
+far, episodes/s and ETA, printed through tqdm so that a terminal's progress bar stays intact), and the ETA
+format of training's ``[train]`` lines (``format_duration``).
 
 A terminal shows the tqdm bar, but a Ray task, a log file or ``ray job submit`` does not: a 500-episode
 MT50 evaluation at 1 episode/s printed nothing for 8 minutes. These lines are the same everywhere.

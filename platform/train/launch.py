@@ -1,5 +1,5 @@
 """One Ray Train run, as ``platform.train`` and every sweep trial start it: the typed worker payload and the
-``TorchTrainer`` built from it (the loop each worker runs is ``platform.worker.train_loop_per_worker``)."""
+``TorchTrainer`` built from it (the loop each worker runs is ``platform.train.worker.train_loop_per_worker``)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class WorkerPayload:
         default_factory=dict
     )  # sweep trials: extra MLflow params (the worker logs them)
     close_run: bool = False  # sweep trials: the worker owns the MLflow run and closes it
-    fault_crash_at_step: str | None = None  # reliability tests only (R1), see platform.worker
+    fault_crash_at_step: str | None = None  # reliability tests only (R1), see platform.train.worker
 
     @classmethod
     def for_run(
@@ -68,7 +68,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     from platform.session import train_worker_resources
-    from platform.worker import train_loop_per_worker
+    from platform.train.worker import train_loop_per_worker
 
     return (trainer_class or TorchTrainer)(
         train_loop_per_worker,

@@ -1,7 +1,7 @@
 """The one training loop for every policy type; runs inside a Ray Train worker (or the driver when
 ``ray.num_workers=0``). It only wires data, ``train_step``, checkpoints, reports and tracking.
 
-State needed for an exact resume lives in the checkpoint (``platform.checkpoint``): weights, EMA,
+State needed for an exact resume lives in the checkpoint (``platform.train.checkpoint``): weights, EMA,
 optimizer, scheduler, AMP scaler, sampler position, RNG states and counters. Per-step randomness is drawn
 from generators seeded by ``(seed, step)``, so a resumed run is bitwise identical to an uninterrupted one
 on CPU (R2). Whatever the restart cause (Ray Train fault tolerance after a worker crash, R1, or the user
@@ -25,10 +25,10 @@ from evaluation.checkpoint_format import (
     Instructions,
     save_instructions,
 )
-from platform.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.config import ExperimentConfig, to_yaml
-from platform.data import Level1Sampler, step_seed
-from platform.steps import EMA, StepMetrics, all_ranks_agree, train_step, warmup_cosine
+from platform.train.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from platform.train.dataset import Level1Sampler, step_seed
+from platform.train.step import EMA, StepMetrics, all_ranks_agree, train_step, warmup_cosine
 from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, Policy
 from policies.registry import build_policy
 

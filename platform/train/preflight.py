@@ -5,7 +5,7 @@
 - ``driver_lock``: one driver per run. The driver holds ``<run dir>/.driver.lock`` (``evaluation.filelock``)
   for its whole life, taken before anything else touches the run (its ``experiment.yaml``, Ray, MLflow), so a
   second command with the same ``name`` is refused within seconds and changes nothing of the first. The
-  train worker's own ``.train.lock`` (``platform.worker``) stays: it covers a killed driver's worker that Ray
+  train worker's own ``.train.lock`` (``platform.train.worker``) stays: it covers a killed driver's worker that Ray
   has not reaped yet.
 - ``check_eval_tasks``: ``eval.tasks`` are tasks the run trains on (the dataset's, or the suite's when it is
   not collected yet), so a typo fails now and not after the whole training run.
@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 from evaluation.filelock import FileLock, LockBusyError
-from platform.checkpoint import latest_checkpoint
 from platform.cli import UserFacingError
+from platform.train.checkpoint import latest_checkpoint
 from policies.base import POLICY_CONFIG_FILE
 from policies.registry import shape_changes
 

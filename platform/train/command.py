@@ -1,4 +1,4 @@
-"""``python -m platform.train``: the main job (collect if missing -> train -> parallel eval -> MLflow).
+"""The driver of ``python -m platform.train``: the main job (collect if missing -> train -> parallel eval -> MLflow).
 
     python -m platform.train                              # the embedded default: Meta-World MT10, laptop preset
     python -m platform.train --config configs/tiny.yaml   # a YAML experiment
@@ -12,33 +12,22 @@ the same MLflow run; a new ``name`` starts fresh. The last line printed is
 ``mean success: <percent>% over <N> episodes (MLflow run <id>, tracking URI <uri>)``.
 
 Before Ray starts, the driver checks the paths, ``eval.tasks`` and that no other live driver runs under the
-same ``name`` (``platform.preflight``); each problem is one line (exit status 2). Ctrl-C stops training
+same ``name`` (``platform.train.preflight``); each problem is one line (exit status 2). Ctrl-C stops training
 (checkpoints are kept), marks the MLflow run KILLED, prints ``interrupted: rerun the same command to resume``
 and exits 130; an error marks it FAILED.
 """
 
 from __future__ import annotations
 
-import sys
-
-if not __package__:  # run as a script (python platform/train.py): `platform` would be the stdlib module
-    import os
-
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.stderr.write(
-        f"error: run this as a module from the repository root: cd {_root} && "
-        "python -m platform.train (or use `make train`)\n"
-    )
-    raise SystemExit(2)
-
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from evaluation.files import atomic_write_text
-from platform.cli import UserFacingError, add_config_arguments, run_cli
+from platform.cli import UserFacingError, add_config_arguments
 from platform.config import FAULT_ENV, ExperimentConfig, to_yaml
 
 
@@ -65,7 +54,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     if args.no_eval:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"enabled": False})})
     cfg = cfg.with_absolute_paths()
-    from platform.preflight import (
+    from platform.train.preflight import (
         check_data_path,
         check_eval_tasks,
         check_output_dir,
@@ -84,7 +73,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def _run(cfg: ExperimentConfig, t_start: float) -> int:
-    from platform.data import ensure_dataset
+    from platform.train.dataset import ensure_dataset
 
     dataset_dir = ensure_dataset(cfg)
     run_dir = cfg.run_dir
@@ -148,7 +137,7 @@ def _train_and_evaluate(
     cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path, ray_s: float
 ) -> Any:
     """Train (resuming), then evaluate the final checkpoint; the report, or None with evaluation disabled."""
-    from platform.trainer import WorkerPayload
+    from platform.train.launch import WorkerPayload
 
     payload = WorkerPayload.for_run(
         cfg,
@@ -188,8 +177,8 @@ def _cap_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = Tr
         return cfg
     from evaluation.runtime.memory import memory_actor_capacity
     from platform.evaluate import plan_actors
-    from platform.preflight import eval_task_count
     from platform.session import joins_cluster
+    from platform.train.preflight import eval_task_count
 
     tasks = eval_task_count(cfg)
     if tasks is None:
@@ -263,7 +252,7 @@ def _trainer_class(interrupted: _Interrupted) -> type:
 
 
 def _fit(cfg: ExperimentConfig, payload: Any, run_dir: Path) -> None:
-    from platform.worker import train_loop_per_worker  # lazy: keeps --help fast
+    from platform.train.worker import train_loop_per_worker  # lazy: keeps --help fast
 
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
         train_loop_per_worker(payload.to_dict())
@@ -271,7 +260,7 @@ def _fit(cfg: ExperimentConfig, payload: Any, run_dir: Path) -> None:
     import signal
     import threading
 
-    from platform.trainer import build_trainer
+    from platform.train.launch import build_trainer
 
     interrupted = _Interrupted()
     trainer = build_trainer(cfg, payload, _use_gpu(cfg), trainer_class=_trainer_class(interrupted))
@@ -361,7 +350,3 @@ def _close(tracker: Any, status: str, run_dir: Path) -> None:
             file=sys.stderr,
             flush=True,
         )
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main, build_parser()))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from evaluation.progress import ProgressLines, format_duration, progress_line
 from evaluation.runtime.coordinator import next_episode
 from evaluation.runtime.episode import EpisodeSpec
-from evaluation.runtime.progress import ProgressLines, format_duration, progress_line
 
 pytestmark = pytest.mark.unit
 

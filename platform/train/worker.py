@@ -18,10 +18,10 @@ import torch
 from evaluation.checkpoint_format import Instructions
 from evaluation.filelock import FileLock, LockBusyError
 from evaluation.files import atomic_write_json
-from evaluation.runtime.progress import format_duration
+from evaluation.progress import format_duration
 from platform.cli import UserFacingError
 from platform.config import FAULT_ENV, ExperimentConfig
-from platform.loop import (
+from platform.train.loop import (
     TrainingState,
     build_training,
     checkpoint_and_prune,
@@ -30,7 +30,7 @@ from platform.loop import (
     summarize_window,
     time_is_up,
 )
-from platform.marks import TimeMarks
+from platform.train.marks import TimeMarks
 
 PROGRESS_FILE = "progress.json"
 
@@ -80,11 +80,11 @@ class RunDirBusyError(UserFacingError):
 
 
 def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
-    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: a ``platform.trainer.WorkerPayload`` as dict."""
-    from platform.trainer import WorkerPayload
+    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: a ``platform.train.launch.WorkerPayload`` as dict."""
+    from platform.train.launch import WorkerPayload
 
     payload = WorkerPayload.from_dict(payload_dict)
-    from platform.data import open_split
+    from platform.train.dataset import open_split
 
     cfg = ExperimentConfig.model_validate(payload.config)
     rank, world, train_mod = _ray_context()
@@ -109,7 +109,7 @@ def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
 
 def _validation_set(cfg: ExperimentConfig, val_dataset: Any) -> Any:
     """The collated validation episodes, or None (with a line saying why) when there are none."""
-    from platform.validation import ValidationSet
+    from platform.train.validation import ValidationSet
 
     if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
         return None
@@ -287,7 +287,7 @@ class _MetricLog:
     ) -> None:
         self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
         self.fault = fault
-        self.val = val  # platform.validation.ValidationSet (rank 0) or None
+        self.val = val  # platform.train.validation.ValidationSet (rank 0) or None
         self.last_val: dict[str, float] = {}  # the newest mean validation metrics, carried into every report
         self.pending: list[tuple[int, dict[str, float]]] = []
         self.last = self.t0 = time.perf_counter()
@@ -344,7 +344,7 @@ class _MetricLog:
         return metrics
 
     def _validate(self, st: TrainingState) -> dict[str, float]:
-        from platform.validation import format_line, validate
+        from platform.train.validation import format_line, validate
 
         model = st.ema.shadow if st.ema is not None else getattr(st.policy, "module", st.policy)
         metrics = validate(model, self.val, st.device, seed=self.cfg.train.seed)
