@@ -1,5 +1,5 @@
 """The checkpoint format: every file of a checkpoint directory ``step_N/``, written by training
-(``platform.train.checkpoint``, ``platform.train.loop``) and read by evaluation, the policy server and resume, all
+(``platform.train.checkpoint``, ``platform.train.state``) and read by evaluation, the policy server and resume, all
 importing it from here.
 
 - the policy's own files (``policies.base``): ``policy.json``, ``model.pt``, ``ema.pt`` (when EMA is on);

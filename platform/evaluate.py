@@ -382,3 +382,46 @@ def _log_plots(tracker: Any, report: Any, run_dir: Path) -> None:
         tracker.log_artifact(path, "plots")
     except Exception as exc:  # a plot must never fail the run
         print(f"[eval] could not plot success per task: {exc}", flush=True)
+
+
+def size_eval_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = True) -> ExperimentConfig:
+    """``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the cluster runs at
+    once; None: unknown) and, on a private local cluster, to what this machine's free memory holds; one
+    printed line when capped and ``announce``."""
+    if not cfg.eval.enabled:
+        return cfg
+    from evaluation.runtime.memory import memory_actor_capacity
+    from platform.session import joins_cluster
+    from platform.train.preflight import eval_task_count
+
+    tasks = eval_task_count(cfg)
+    if tasks is None:
+        return cfg
+    memory = (
+        None if joins_cluster(cfg) else memory_actor_capacity(cfg.data.suite)
+    )  # this machine's, when private
+    capped, note = plan_actors(cfg, tasks, capacity, memory)
+    if note and announce:
+        print(f"[eval] {note}", flush=True)
+    return capped
+
+
+def eval_actor_capacity(cfg: ExperimentConfig) -> int | None:
+    """Evaluation actors a private local cluster runs at once (the final evaluation has it to itself). None
+    for a joined cluster, which an autoscaler may grow by evaluation time (its size now is only noted; the
+    evaluation pool refuses what the cluster cannot place then)."""
+    if not cfg.eval.enabled:
+        return None
+    from evaluation.runtime.run import cluster_actor_capacity
+    from platform.session import joins_cluster
+
+    capacity = cluster_actor_capacity()
+    if not joins_cluster(cfg):
+        return capacity
+    if capacity is not None and cfg.eval.actors > capacity:
+        print(
+            f"[eval] note: eval.actors={cfg.eval.actors} is more than the Ray cluster runs at once now "
+            f"({capacity}); the final evaluation fails unless the cluster grows by then: lower eval.actors",
+            flush=True,
+        )
+    return None

@@ -88,7 +88,8 @@ def _trial(tune_cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from platform.tracking import TAG_KIND, TAG_POLICY_TYPE, TAG_SUITE, TAG_SWEEP
-    from platform.train.launch import WorkerPayload, build_trainer
+    from platform.train.launch import build_trainer
+    from platform.train.worker import WorkerPayload
 
     overrides = dict(tune_cfg)
     trial_id = tune.get_context().get_trial_id()

@@ -29,7 +29,8 @@ def main() -> int:
 
     from platform.config import load_config
     from platform.train.dataset import open_split
-    from platform.train.loop import build_training, run_steps
+    from platform.train.loop import run_steps
+    from platform.train.state import build_training
     from platform.train.validation import ValidationSet, format_line, validate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

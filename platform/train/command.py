@@ -19,16 +19,22 @@ and exits 130; an error marks it FAILED.
 
 from __future__ import annotations
 
+# The stages are imported in the functions that run them, not here: `--help`, `--print-config` and a bad
+# override answer in about 0.6 s instead of the 4 s that torch, Ray Train and the simulators take to import.
 import argparse
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from evaluation.files import atomic_write_text
-from platform.cli import UserFacingError, add_config_arguments
+from platform.cli import add_config_arguments
 from platform.config import FAULT_ENV, ExperimentConfig, to_yaml
+
+if TYPE_CHECKING:  # type-only: importing them here would slow --help (see above)
+    from evaluation.runtime.metrics import EvalReport
+    from platform.tracking import RunTracker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,16 +79,20 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def _run(cfg: ExperimentConfig, t_start: float) -> int:
+    from evaluation.checkpoint_format import EXPERIMENT_FILE
     from platform.train.dataset import ensure_dataset
 
     dataset_dir = ensure_dataset(cfg)
     run_dir = cfg.run_dir
+    from platform.evaluate import eval_actor_capacity, size_eval_actors
     from platform.session import connect_ray
 
-    sized = _cap_actors(cfg, capacity=None, announce=False)  # the episodes to run size a local cluster
+    sized = size_eval_actors(cfg, capacity=None, announce=False)  # the episodes to run size a local cluster
     ray_s = connect_ray(sized)
-    cfg = _cap_actors(cfg, capacity=_actor_capacity(sized))  # and what a private cluster runs at once
-    atomic_write_text(run_dir / "experiment.yaml", to_yaml(cfg))
+    cfg = size_eval_actors(
+        cfg, capacity=eval_actor_capacity(sized)
+    )  # and what a private cluster runs at once
+    atomic_write_text(run_dir / EXPERIMENT_FILE, to_yaml(cfg))
     tracking = _open_run(cfg, run_dir)
     try:
         report = _train_and_evaluate(cfg, run_dir, tracking, dataset_dir, ray_s)
@@ -110,7 +120,9 @@ def _run(cfg: ExperimentConfig, t_start: float) -> int:
     return 0
 
 
-def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, report: Any) -> None:
+def _print_where_to_look(
+    cfg: ExperimentConfig, run_dir: Path, tracking: RunTracker | None, report: EvalReport
+) -> None:
     """Where the results are: the run's dashboard page, the videos and plots on disk."""
     from platform.evaluate import EVAL_DIR
 
@@ -134,10 +146,11 @@ def _print_where_to_look(cfg: ExperimentConfig, run_dir: Path, tracking: Any, re
 
 
 def _train_and_evaluate(
-    cfg: ExperimentConfig, run_dir: Path, tracking: Any, dataset_dir: Path, ray_s: float
-) -> Any:
+    cfg: ExperimentConfig, run_dir: Path, tracking: RunTracker | None, dataset_dir: Path, ray_s: float
+) -> EvalReport | None:
     """Train (resuming), then evaluate the final checkpoint; the report, or None with evaluation disabled."""
-    from platform.train.launch import WorkerPayload
+    from platform.train.launch import fit
+    from platform.train.worker import WorkerPayload
 
     payload = WorkerPayload.for_run(
         cfg,
@@ -158,7 +171,7 @@ def _train_and_evaluate(
             flush=True,
         )
     t_fit = time.perf_counter()
-    _fit(cfg, payload, run_dir)
+    fit(cfg, payload, run_dir)
     fit_s = time.perf_counter() - t_fit
     if tracking is not None:  # a rerun of a finished run keeps the first values (one value per step)
         tracking.log_metrics({"time/ray_start_s": ray_s, "time/fit_wall_s": fit_s}, step=cfg.train.steps)
@@ -169,129 +182,10 @@ def _train_and_evaluate(
     return final_evaluation(cfg, run_dir, tracking)
 
 
-def _cap_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool = True) -> ExperimentConfig:
-    """``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the cluster runs at
-    once; None: unknown) and, on a private local cluster, to what this machine's free memory holds; one
-    printed line when capped and ``announce``."""
-    if not cfg.eval.enabled:
-        return cfg
-    from evaluation.runtime.memory import memory_actor_capacity
-    from platform.evaluate import plan_actors
-    from platform.session import joins_cluster
-    from platform.train.preflight import eval_task_count
-
-    tasks = eval_task_count(cfg)
-    if tasks is None:
-        return cfg
-    memory = (
-        None if joins_cluster(cfg) else memory_actor_capacity(cfg.data.suite)
-    )  # this machine's, when private
-    capped, note = plan_actors(cfg, tasks, capacity, memory)
-    if note and announce:
-        print(f"[eval] {note}", flush=True)
-    return capped
-
-
-def _actor_capacity(cfg: ExperimentConfig) -> int | None:
-    """Evaluation actors a private local cluster runs at once (the final evaluation has it to itself). None
-    for a joined cluster, which an autoscaler may grow by evaluation time (its size now is only noted; the
-    evaluation pool refuses what the cluster cannot place then)."""
-    if not cfg.eval.enabled:
-        return None
-    from evaluation.runtime.run import cluster_actor_capacity
-    from platform.session import joins_cluster
-
-    capacity = cluster_actor_capacity()
-    if not joins_cluster(cfg):
-        return capacity
-    if capacity is not None and cfg.eval.actors > capacity:
-        print(
-            f"[eval] note: eval.actors={cfg.eval.actors} is more than the Ray cluster runs at once now "
-            f"({capacity}); the final evaluation fails unless the cluster grows by then: lower eval.actors",
-            flush=True,
-        )
-    return None
-
-
-class _Interrupted:
-    """Set by Ctrl-C during ``trainer.fit()``: the first asks Ray Train's controller to abort the run (its
-    workers stop; written checkpoints stay), a second one stops waiting for that."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def handler(self, controller: Any) -> Any:
-        def on_sigint(signum: int, frame: Any) -> None:
-            self.count += 1
-            if self.count > 1:
-                raise KeyboardInterrupt
-            print(
-                "[train] Ctrl-C: stopping training (checkpoints are kept; Ctrl-C again to stop at once)",
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                controller.abort.remote()
-            except Exception:  # the controller is gone already: fit() returns or raises by itself
-                raise KeyboardInterrupt from None
-
-        return on_sigint
-
-
-def _trainer_class(interrupted: _Interrupted) -> type:
-    """``TorchTrainer`` whose Ctrl-C handler records the interrupt (Ray Train's own one calls sys.exit)."""
-    import signal
-
-    from ray.train.torch import TorchTrainer
-
-    class InterruptibleTrainer(TorchTrainer):
-        def _register_sigint_handler(self, controller: Any) -> None:
-            signal.signal(signal.SIGINT, interrupted.handler(controller))
-
-    return InterruptibleTrainer
-
-
-def _fit(cfg: ExperimentConfig, payload: Any, run_dir: Path) -> None:
-    from platform.train.worker import train_loop_per_worker  # lazy: keeps --help fast
-
-    if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
-        train_loop_per_worker(payload.to_dict())
-        return
-    import signal
-    import threading
-
-    from platform.train.launch import build_trainer
-
-    interrupted = _Interrupted()
-    trainer = build_trainer(cfg, payload, _use_gpu(cfg), trainer_class=_trainer_class(interrupted))
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main_thread else None
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        raise
-    except (Exception, SystemExit) as exc:  # Ray wraps worker errors; surface the root cause in one line
-        if interrupted.count:
-            raise KeyboardInterrupt from None  # the aborted run's controller/worker errors are expected
-        if isinstance(exc, SystemExit):
-            raise
-        cause = exc
-        while getattr(cause, "__cause__", None) is not None:
-            cause = cause.__cause__
-        raise UserFacingError(
-            f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
-            "same command to resume from the last valid checkpoint)"
-        ) from exc
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-    if interrupted.count:
-        raise KeyboardInterrupt
-
-
-def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
+def _open_run(cfg: ExperimentConfig, run_dir: Path) -> RunTracker | None:
     if not cfg.tracking.enabled:
         return None
+    from evaluation.checkpoint_format import EXPERIMENT_FILE
     from platform.config import data_root
     from platform.tracking import (
         BUFFER_ROOT,
@@ -308,21 +202,14 @@ def _open_run(cfg: ExperimentConfig, run_dir: Path) -> Any:
     tracker.log_params(flatten_config(cfg.model_dump(mode="json")))
     # Versions, git commit, host: tags, since they may legitimately change when a run is resumed.
     tracker.set_tags({k: str(v) for k, v in run_environment_params().items()})
-    tracker.log_text(to_yaml(cfg), "experiment.yaml")
+    tracker.log_text(to_yaml(cfg), EXPERIMENT_FILE)
     return tracker
 
 
-def _use_gpu(cfg: ExperimentConfig) -> bool:
-    """Train on GPUs when asked, or (``ray.use_gpu`` unset) when the cluster has one and train.device allows."""
-    if cfg.ray.use_gpu is not None:
-        return cfg.ray.use_gpu
-    import ray
-
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"
-
-
 def _tags(cfg: ExperimentConfig) -> dict[str, str]:
-    gpus = max(1, cfg.ray.num_workers) if _use_gpu(cfg) else 0
+    from platform.train.launch import use_gpu
+
+    gpus = max(1, cfg.ray.num_workers) if use_gpu(cfg) else 0
     from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
 
     return {
@@ -333,7 +220,7 @@ def _tags(cfg: ExperimentConfig) -> dict[str, str]:
     }
 
 
-def _close(tracker: Any, status: str, run_dir: Path) -> None:
+def _close(tracker: RunTracker | None, status: str, run_dir: Path) -> None:
     """Mark the MLflow run ``status``; when MLflow could not take every record (of the driver or the train
     worker), one line naming the command that uploads them all."""
     if tracker is None:

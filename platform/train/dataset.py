@@ -1,115 +1,35 @@
-"""Level-1 sampling: which B conditions a training step sees (the data-flow stage after collection).
+"""The training dataset: found, collected (Meta-World) or imported (RLBench) when missing, checked, and split
+into training and validation episodes.
 
-The sampler walks epoch-wise permutations seeded from ``(seed, epoch)``; its whole state is
-``(epoch, position)``, so ``state_dict()`` / ``load_state_dict()`` give an exact resume. Per-step
-randomness (point subsampling, diffusion noise, augmentation) is seeded from ``(seed, step)`` by
-``step_seed`` so that a resumed run draws exactly what an uninterrupted one would have drawn.
+The driver calls ``ensure_dataset`` before Ray starts (a missing Meta-World dataset is collected, a short one
+topped up, an RLBench one imported from ``data.rlbench_root``, and the result checked against the config); each
+training worker then opens it with ``open_split``: the first ``data.episodes_per_task`` episodes of every task
+train, the next ``data.val_episodes_per_task`` validate.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
-
-def step_seed(seed: int, step: int, stream: int = 0, rank: int = 0) -> int:
-    """A 63-bit seed for (run seed, step, stream, DDP rank), independent across streams and ranks (rank 0
-    draws what a single-worker run draws)."""
-    entropy = [seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream] + ([rank] if rank else [])
-    ss = np.random.SeedSequence(entropy)
-    hi, lo = (int(x) for x in ss.generate_state(2, dtype=np.uint32))
-    return ((hi << 32) | lo) & ((1 << 63) - 1)
+from evaluation.checkpoint_format import Instruction
+from evaluation.datasets.dataset import DatasetError, KeyframeDataset
+from evaluation.datasets.text import TextEncoderError
+from platform.cli import UserFacingError
+from platform.config import ExperimentConfig
+from policies.batch import ConditionBatch
 
 
-class Level1Sampler:
-    """Draws ``batch_size`` condition indices per step from ``num_samples``, epoch by epoch.
-
-    Uniform over samples (``groups=None``): each epoch is one permutation of the samples, every sample drawn
-    once. Balanced over groups (``groups``: (num_samples,) task index of each sample, ``data.balance=tasks``):
-    each epoch draws every group as often as the largest one (a smaller group's samples repeat, in fresh
-    permutations), all shuffled together. Either way an epoch is a function of (seed, epoch), so the state
-    is (epoch, position) and resume is exact."""
-
-    def __init__(
-        self, num_samples: int, batch_size: int, seed: int, groups: np.ndarray | None = None
-    ) -> None:
-        if num_samples < 1:
-            raise ValueError("the dataset is empty: nothing to sample")
-        if groups is not None and len(groups) != num_samples:
-            raise ValueError(f"groups has {len(groups)} entries for {num_samples} samples")
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.groups = None if groups is None else np.asarray(groups, np.int64)
-        self.epoch = 0
-        self.position = 0
-        self._perm = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0x5A])
-        if self.groups is None:
-            return rng.permutation(self.num_samples)
-        members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
-        size = max(len(m) for m in members)
-        parts = [
-            np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size] for m in members
-        ]
-        return rng.permutation(np.concatenate(parts))  # (groups * size,)
-
-    def next_indices(self) -> np.ndarray:
-        """(B,) int64 indices; crosses epoch boundaries seamlessly (a batch may span two epochs)."""
-        out = np.empty(self.batch_size, dtype=np.int64)
-        filled = 0
-        while filled < self.batch_size:
-            take = min(self.batch_size - filled, len(self._perm) - self.position)
-            out[filled : filled + take] = self._perm[self.position : self.position + take]
-            filled += take
-            self.position += take
-            if self.position == len(self._perm):
-                self.epoch += 1
-                self.position = 0
-                self._perm = self._permutation(self.epoch)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "position": self.position,
-            "balanced": self.groups is not None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["num_samples"] != self.num_samples:
-            raise ValueError(
-                f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
-                f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name"
-            )
-        if bool(state.get("balanced", False)) != (self.groups is not None):
-            raise ValueError(
-                "the checkpoint was trained with another data.balance: resuming with a different "
-                "level-1 sampling is not exact; use the run's setting or a new run name"
-            )
-        self.batch_size = state["batch_size"]
-        self.seed = state["seed"]
-        self.epoch = state["epoch"]
-        self.position = state["position"]
-        self._perm = self._permutation(self.epoch)
-
-
-def ensure_dataset(cfg: Any) -> Any:
+def ensure_dataset(cfg: ExperimentConfig) -> Path:
     """The dataset directory of ``cfg.data``; collected (Meta-World) or imported from ``data.rlbench_root``
     (RLBench) first, with progress output, when missing.
 
     Raises ``platform.cli.UserFacingError`` when it is missing and ``data.collect_if_missing`` is false, or
     when it exists but does not validate (the reader names the file and the fix).
     """
-    from platform.cli import UserFacingError
-
     path = cfg.resolve_path(cfg.data.path)
     if (path / "manifest.json").is_file() and cfg.data.suite != "rlbench" and cfg.data.collect_if_missing:
         _top_up(cfg, path)
@@ -134,13 +54,13 @@ def ensure_dataset(cfg: Any) -> Any:
     return _check_dataset(cfg, path)
 
 
-def _episodes_needed(cfg: Any) -> int:
+def _episodes_needed(cfg: ExperimentConfig) -> int:
     return cfg.data.episodes_per_task + cfg.data.val_episodes_per_task
 
 
-def _collect(cfg: Any, path: Any) -> None:
+def _collect(cfg: ExperimentConfig, path: Path) -> None:
+    # Lazy: the simulator stack (MuJoCo, Meta-World) loads only when a dataset is collected.
     from evaluation.datasets.collect import CollectError, collect_dataset
-    from platform.cli import UserFacingError
 
     try:
         collect_dataset(
@@ -155,11 +75,9 @@ def _collect(cfg: Any, path: Any) -> None:
         raise UserFacingError(f"collecting {path} failed: {exc}") from None
 
 
-def _top_up(cfg: Any, path: Any) -> None:
+def _top_up(cfg: ExperimentConfig, path: Path) -> None:
     """A Meta-World dataset with fewer episodes per task than training + validation need is extended
     (collection is per variation and deterministic: existing episodes are kept as they are)."""
-    import json
-
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         have = min(len(manifest["episodes"][t]) for t in (cfg.data.tasks or manifest["tasks"]))
@@ -178,10 +96,8 @@ def _top_up(cfg: Any, path: Any) -> None:
     _collect(cfg, path)
 
 
-def _import_rlbench(cfg: Any, path: Any) -> None:
+def _import_rlbench(cfg: ExperimentConfig, path: Path) -> None:
     """Import RLBench demonstrations from ``data.rlbench_root`` into ``path`` (the one-command path)."""
-    from platform.cli import UserFacingError
-
     root = cfg.data.rlbench_root
     how = (
         f"python -m evaluation.rlbench_import --root <RLBench data> --tasks peract18 --out {path}, or set "
@@ -189,8 +105,8 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
     )
     if root is None or not cfg.data.collect_if_missing:
         raise UserFacingError(f"no RLBench dataset at {path}: import demonstrations with {how}")
+    # Lazy: RLBench's reader needs its optional packages only when a dataset is imported.
     from evaluation.datasets.rlbench_import import RLBenchImportError, import_dataset
-    from evaluation.datasets.text import TextEncoderError
 
     src = cfg.resolve_path(root)
     tasks = list(cfg.data.tasks) if cfg.data.tasks else "peract18"
@@ -211,11 +127,8 @@ def _import_rlbench(cfg: Any, path: Any) -> None:
     )
 
 
-def _check_dataset(cfg: Any, path: Any) -> Any:
+def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
     """Open the dataset once to validate it against the config (text features, workspace, tasks)."""
-    from evaluation.datasets.dataset import DatasetError, KeyframeDataset
-    from platform.cli import UserFacingError
-
     try:
         ds = KeyframeDataset(path)
     except DatasetError as exc:
@@ -235,18 +148,14 @@ def _check_dataset(cfg: Any, path: Any) -> Any:
     return path
 
 
-def check_workspace(cfg: Any, ds: Any) -> None:
+def check_workspace(cfg: ExperimentConfig, ds: KeyframeDataset) -> None:
     """Every target position must lie in the policy's workspace (positions are normalised over it and
     sampled keyposes are clipped to it): a Meta-World workspace on RLBench data would silently clip."""
-    import numpy as np
-
     low, high = np.asarray(cfg.policy.workspace_low), np.asarray(cfg.policy.workspace_high)
     xyz = ds.target[:, :3]  # (S, 3)
     lo, hi = xyz.min(0), xyz.max(0)
     if np.all(lo >= low - 1e-6) and np.all(hi <= high + 1e-6):
         return
-    from platform.cli import UserFacingError
-
     crop = ds.manifest.get("pointcloud", {})  # the dataset's point-cloud crop, widened to hold every target
     suggest_lo = np.minimum(lo, np.asarray(crop.get("workspace_low", lo))).tolist()
     suggest_hi = np.maximum(hi, np.asarray(crop.get("workspace_high", hi))).tolist()
@@ -262,7 +171,7 @@ class DatasetSubset:
     """Samples ``index`` of a dataset (a task subset, the training or the validation episodes), with the
     interface of the dataset it wraps."""
 
-    def __init__(self, dataset: Any, index: np.ndarray) -> None:
+    def __init__(self, dataset: KeyframeDataset, index: np.ndarray) -> None:
         self._dataset = dataset
         self._index = np.asarray(index, np.int64)  # (S_subset,) indices into the full dataset
         kept = set(np.unique(dataset.task_index[self._index]).tolist())
@@ -278,10 +187,10 @@ class DatasetSubset:
     def __len__(self) -> int:
         return len(self._index)
 
-    def instruction_embedding(self, task: str) -> Any:
+    def instruction_embedding(self, task: str) -> Instruction:
         return self._dataset.instruction_embedding(task)
 
-    def variation_instructions(self) -> dict[str, Any]:
+    def variation_instructions(self) -> dict[str, Instruction]:
         """The per-text embeddings of the kept tasks (see ``KeyframeDataset``): every text any of their
         episodes was recorded with (training or not: evaluation may meet any variation), and every other
         description of those variations (manifest ``text_variations.alternatives``)."""
@@ -299,14 +208,14 @@ class DatasetSubset:
 
     def batch(
         self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None
-    ) -> Any:
+    ) -> ConditionBatch:
         return self._dataset.batch(
             self._index[np.asarray(indices)], max_points=max_points, generator=generator
         )
 
 
 def split_episodes(
-    dataset: Any, tasks: Sequence[str] | None, train_per_task: int, val_per_task: int
+    dataset: KeyframeDataset, tasks: Sequence[str] | None, train_per_task: int, val_per_task: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train sample indices, validation sample indices) of ``dataset``.
 
@@ -332,12 +241,10 @@ def split_episodes(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def has_validation(cfg: Any) -> bool:
+def has_validation(cfg: ExperimentConfig) -> bool:
     """Whether training will validate: ``train.val_every`` and ``data.val_episodes_per_task`` are set and the
     dataset's manifest holds more episodes of every task than ``data.episodes_per_task`` (read without
     loading the dataset; False when it is missing or unreadable)."""
-    import json
-
     if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
         return False
     try:
@@ -351,11 +258,9 @@ def has_validation(cfg: Any) -> bool:
         return False
 
 
-def open_split(cfg: Any) -> tuple[Any, Any | None]:
+def open_split(cfg: ExperimentConfig) -> tuple[DatasetSubset, DatasetSubset | None]:
     """(training subset, validation subset or None when ``data.val_episodes_per_task`` is 0 or the dataset
     holds no episode beyond the training ones); see ``split_episodes``."""
-    from evaluation.datasets.dataset import KeyframeDataset
-
     dataset = KeyframeDataset(cfg.resolve_path(cfg.data.path))
     train, val = split_episodes(
         dataset, cfg.data.tasks, cfg.data.episodes_per_task, cfg.data.val_episodes_per_task

@@ -1,58 +1,23 @@
-"""One Ray Train run, as ``platform.train`` and every sweep trial start it: the typed worker payload and the
-``TorchTrainer`` built from it (the loop each worker runs is ``platform.train.worker.train_loop_per_worker``)."""
+"""One Ray Train run, as ``platform.train`` and every sweep trial start it: the typed worker payload, the
+``TorchTrainer`` built from it (each worker runs ``platform.train.worker.train_loop_per_worker``), and
+``fit``, which runs it with Ctrl-C handling and a one-line error naming a worker's root cause."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
-
-
-@dataclass(frozen=True)
-class WorkerPayload:
-    """What every Ray Train worker of a run receives (Ray Train passes it on as a plain dict)."""
-
-    config: dict[str, Any]  # ExperimentConfig.model_dump(mode="json")
-    run_dir: str
-    run_name: str = ""
-    experiment: str = ""
-    tracking_uri: str | None = None  # None: no MLflow from the workers
-    tags: dict[str, str] = field(default_factory=dict)
-    periodic_eval: bool = False
-    params: dict[str, str] = field(
-        default_factory=dict
-    )  # sweep trials: extra MLflow params (the worker logs them)
-    close_run: bool = False  # sweep trials: the worker owns the MLflow run and closes it
-    fault_crash_at_step: str | None = None  # reliability tests only (R1), see platform.train.worker
-
-    @classmethod
-    def for_run(
-        cls,
-        cfg: ExperimentConfig,
-        run_dir: Path,
-        tracking_uri: str | None,
-        tags: dict[str, str],
-        **extra: Any,
-    ) -> WorkerPayload:
-        return cls(
-            config=cfg.model_dump(mode="json"),
-            run_dir=str(run_dir),
-            run_name=cfg.name,
-            experiment=cfg.tracking.experiment,
-            tracking_uri=tracking_uri,
-            tags=tags,
-            periodic_eval=cfg.eval.enabled and cfg.eval.every_steps > 0,
-            **extra,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | WorkerPayload) -> WorkerPayload:
-        return data if isinstance(data, WorkerPayload) else cls(**data)
+from platform.session import train_worker_resources
+from platform.train.worker import WorkerPayload, train_loop_per_worker
 
 
 def build_trainer(
@@ -61,15 +26,9 @@ def build_trainer(
     use_gpu: bool,
     callbacks: list[Any] | None = None,
     trainer_class: type | None = None,
-) -> Any:
+) -> TorchTrainer:
     """The ``TorchTrainer`` of one run: ``cfg.ray.num_workers`` workers (pinned to the head when simulation
     nodes exist), Ray Train's fault tolerance, its storage under the run directory, no per-report INFO lines."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from platform.session import train_worker_resources
-    from platform.train.worker import train_loop_per_worker
-
     return (trainer_class or TorchTrainer)(
         train_loop_per_worker,
         train_loop_config=payload.to_dict(),
@@ -86,3 +45,78 @@ def build_trainer(
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+class _Interrupted:
+    """Set by Ctrl-C during ``trainer.fit()``: the first asks Ray Train's controller to abort the run (its
+    workers stop; written checkpoints stay), a second one stops waiting for that."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def handler(self, controller: Any) -> Any:
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.count += 1
+            if self.count > 1:
+                raise KeyboardInterrupt
+            print(
+                "[train] Ctrl-C: stopping training (checkpoints are kept; Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                controller.abort.remote()
+            except Exception:  # the controller is gone already: fit() returns or raises by itself
+                raise KeyboardInterrupt from None
+
+        return on_sigint
+
+
+def _trainer_class(interrupted: _Interrupted) -> type:
+    """``TorchTrainer`` whose Ctrl-C handler records the interrupt (Ray Train's own one calls sys.exit)."""
+
+    class InterruptibleTrainer(TorchTrainer):
+        def _register_sigint_handler(self, controller: Any) -> None:
+            signal.signal(signal.SIGINT, interrupted.handler(controller))
+
+    return InterruptibleTrainer
+
+
+def fit(cfg: ExperimentConfig, payload: WorkerPayload, run_dir: Path) -> None:
+    """Train: the loop in this process (``ray.num_workers=0``) or a ``TorchTrainer``'s workers; Ctrl-C aborts
+    the run (checkpoints stay) and raises ``KeyboardInterrupt``, a worker's failure is one ``UserFacingError``."""
+    if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
+        train_loop_per_worker(payload.to_dict())
+        return
+    interrupted = _Interrupted()
+    trainer = build_trainer(cfg, payload, use_gpu(cfg), trainer_class=_trainer_class(interrupted))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # Ray wraps worker errors; surface the root cause in one line
+        if interrupted.count:
+            raise KeyboardInterrupt from None  # the aborted run's controller/worker errors are expected
+        if isinstance(exc, SystemExit):
+            raise
+        cause = exc
+        while getattr(cause, "__cause__", None) is not None:
+            cause = cause.__cause__
+        raise UserFacingError(
+            f"training failed: {type(cause).__name__}: {cause} (run dir {run_dir}; rerun the "
+            "same command to resume from the last valid checkpoint)"
+        ) from exc
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.count:
+        raise KeyboardInterrupt
+
+
+def use_gpu(cfg: ExperimentConfig) -> bool:
+    """Train on GPUs when asked, or (``ray.use_gpu`` unset) when the cluster has one and train.device allows."""
+    if cfg.ray.use_gpu is not None:
+        return cfg.ray.use_gpu
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"

@@ -30,7 +30,10 @@ from typing import Any
 import yaml
 
 from evaluation.filelock import FileLock, LockBusyError
+from evaluation.simulators.rlbench_tasks import resolve_tasks
 from platform.cli import UserFacingError
+from platform.config import ExperimentConfig, data_root
+from platform.tracking.uri import resolve_tracking_uri
 from platform.train.checkpoint import latest_checkpoint
 from policies.base import POLICY_CONFIG_FILE
 from policies.registry import shape_changes
@@ -46,12 +49,12 @@ class RunBusyError(UserFacingError):
 # ---------------------------------------------------------------- paths
 
 
-def check_output_dir(cfg: Any) -> None:
+def check_output_dir(cfg: ExperimentConfig) -> None:
     """Create the run directory ``<output_dir>/<name>`` and make sure it is writable."""
     _writable_dir(cfg.run_dir, "output_dir", cfg.output_dir, create=True)
 
 
-def check_data_path(cfg: Any) -> None:
+def check_data_path(cfg: ExperimentConfig) -> None:
     path = cfg.resolve_path(cfg.data.path)
     blocker = _file_in_the_way(path)
     if blocker is not None:
@@ -134,7 +137,7 @@ def driver_lock(run_dir: Path, name: str) -> Iterator[FileLock]:
 # ---------------------------------------------------------------- tasks
 
 
-def trained_tasks(cfg: Any) -> tuple[list[str] | None, str]:
+def trained_tasks(cfg: ExperimentConfig) -> tuple[list[str] | None, str]:
     """The tasks this run trains on, and where that list comes from: ``data.tasks``, else the dataset's
     manifest, else (not collected yet) the suite's tasks. (None, reason) when it cannot be known here."""
     if cfg.data.tasks:
@@ -147,15 +150,14 @@ def trained_tasks(cfg: Any) -> tuple[list[str] | None, str]:
         except (OSError, ValueError, KeyError, TypeError):
             return None, f"unreadable {manifest}"  # the dataset check names the problem
     if cfg.data.suite == "rlbench":
-        from evaluation.simulators.rlbench_tasks import resolve_tasks
-
         return list(resolve_tasks(None)), "RLBench's PerAct-18 tasks (imported when data.tasks is unset)"
+    # Lazy: Meta-World's task list comes with its simulator (MuJoCo), loaded only when no dataset says it.
     from evaluation.simulators.metaworld_backend import suite_task_names
 
     return suite_task_names(cfg.data.suite), f"suite {cfg.data.suite}"
 
 
-def check_eval_tasks(cfg: Any) -> None:
+def check_eval_tasks(cfg: ExperimentConfig) -> None:
     """``eval.tasks`` must be tasks the run trains on (its checkpoints hold their instructions only)."""
     if not cfg.eval.enabled or not cfg.eval.tasks:
         return
@@ -171,7 +173,7 @@ def check_eval_tasks(cfg: Any) -> None:
         )
 
 
-def eval_task_count(cfg: Any) -> int | None:
+def eval_task_count(cfg: ExperimentConfig) -> int | None:
     """How many tasks the final evaluation runs (None when unknown)."""
     if cfg.eval.tasks:
         return len(cfg.eval.tasks)
@@ -182,12 +184,9 @@ def eval_task_count(cfg: Any) -> int | None:
 # ---------------------------------------------------------------- tracking
 
 
-def check_tracking(cfg: Any) -> None:
+def check_tracking(cfg: ExperimentConfig) -> None:
     """The run's tracking URI can work (when tracking is enabled)."""
     if cfg.tracking.enabled:
-        from platform.config import data_root
-        from platform.tracking.uri import resolve_tracking_uri
-
         resolve_tracking_uri(cfg.tracking.uri, data_root())
 
 
@@ -198,7 +197,7 @@ def check_tracking(cfg: Any) -> None:
 RESUME_FIXED_DATA_KEYS = ("suite", "tasks", "episodes_per_task", "balance")
 
 
-def check_resume(cfg: Any) -> None:
+def check_resume(cfg: ExperimentConfig) -> None:
     """Refuse, in one line, a resume whose settings cannot continue the run's newest checkpoint."""
     ckpt = latest_checkpoint(cfg.run_dir)
     if ckpt is None:

@@ -19,17 +19,26 @@ weights give the same numbers, and a resumed run logs what an uninterrupted one 
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from evaluation.checkpoint_format import EXPERIMENT_FILE
 from evaluation.files import atomic_write_json
+from platform.cli import UserFacingError
+from platform.config import ConfigError, load_config, parse_override, set_dotted
+from platform.train.dataset import DatasetSubset, open_split
+from policies.base import CheckpointError, Policy
 from policies.batch import ConditionBatch
+from policies.registry import load_checkpoint
 from policies.rotation import quat_angle_deg
 
 METRICS = ("pos_err_cm", "rot_err_deg", "gripper_acc", "within_2cm")
@@ -47,7 +56,9 @@ class ValidationSet:
     size: int
 
     @classmethod
-    def from_dataset(cls, dataset: Any, max_points: int, per_task: int | None = None) -> ValidationSet:
+    def from_dataset(
+        cls, dataset: DatasetSubset, max_points: int, per_task: int | None = None
+    ) -> ValidationSet:
         """The samples of ``dataset`` (a validation subset), points chosen by the evaluation rule; with
         ``per_task``, at most that many per task, evenly spaced over the task's samples (so every episode
         and every stage of it stays represented) - the same ones at every validation."""
@@ -89,7 +100,7 @@ def keypose_errors(pred: Tensor, target: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def validate(policy: Any, val: ValidationSet, device: torch.device, seed: int = 0) -> dict[str, float]:
+def validate(policy: Policy, val: ValidationSet, device: torch.device, seed: int = 0) -> dict[str, float]:
     """``val/*`` metrics (see the module docstring) of ``policy`` on ``val``; plus ``val/time_s``."""
     t0 = time.perf_counter()
     was_training = policy.training
@@ -143,12 +154,6 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m platform.validation --checkpoint DIR [--set diffusion.sampler=ddpm ...] [--json PATH]``:
     the validation keypose error of a checkpoint, optionally with other inference settings."""
-    import argparse
-    from pathlib import Path
-
-    from platform.cli import UserFacingError
-    from platform.config import ConfigError
-
     parser = argparse.ArgumentParser(prog="python -m platform.validation", description=main.__doc__)
     parser.add_argument(
         "--checkpoint", required=True, help="a checkpoint directory (runs/<name>/checkpoints/step_*)"
@@ -167,13 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from platform.config import load_config, parse_override, set_dotted
-        from platform.train.dataset import open_split
-        from policies.base import CheckpointError
-        from policies.registry import load_checkpoint
-
         ckpt = Path(args.checkpoint)
-        exp = ckpt / "experiment.yaml"
+        exp = ckpt / EXPERIMENT_FILE
         if not exp.is_file():
             raise UserFacingError(
                 f"{exp} is missing: --checkpoint must be a checkpoint directory of platform.train"
@@ -210,7 +210,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run()
     except (UserFacingError, ConfigError) as exc:
-        import sys
-
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,45 +1,94 @@
-"""``train_loop_per_worker``: what each Ray Train worker runs (rank 0 is the run's one MLflow writer).
+"""``train_loop_per_worker``: what each Ray Train worker runs (rank 0 is the run's one MLflow writer), given
+a ``WorkerPayload``.
 
-Wires: dataset -> ``TrainingState`` (resumed from the newest valid checkpoint) -> ``run_steps`` in chunks
-of ``train.checkpoint_every`` -> atomic checkpoint -> ``ray.train.report`` -> MLflow. Periodic evaluation
-of checkpoints is submitted to the evaluation actors asynchronously (training goes on) and its per-task
-success is logged against the checkpoint's training step when it arrives.
+Wires: dataset (``platform.train.dataset``) -> ``TrainingState`` (``state``: resumed from the newest valid
+checkpoint) -> ``run_steps`` (``loop``) in chunks of ``train.checkpoint_every`` -> atomic checkpoint
+(``state`` -> ``checkpoint``) -> metrics of the checkpointed steps to ``ray.train.report`` and MLflow
+(``metrics``). Periodic evaluation of checkpoints (``periodic_eval``) goes on beside the training;
+training-time marks keep their checkpoints (``marks``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
 
 from evaluation.checkpoint_format import Instructions
 from evaluation.filelock import FileLock, LockBusyError
 from evaluation.files import atomic_write_json
-from evaluation.progress import format_duration
+from evaluation.raysession import quiet_train_logger
 from platform.cli import UserFacingError
-from platform.config import FAULT_ENV, ExperimentConfig
-from platform.train.loop import (
-    TrainingState,
-    build_training,
-    checkpoint_and_prune,
-    resume_if_possible,
-    run_steps,
-    summarize_window,
-    time_is_up,
-)
+from platform.config import ExperimentConfig
+from platform.tracking import BUFFER_ROOT, RunTracker, flatten_config
+from platform.train.dataset import DatasetSubset, open_split
+from platform.train.loop import run_steps, time_is_up
 from platform.train.marks import TimeMarks
+from platform.train.metrics import MetricLog
+from platform.train.periodic_eval import PeriodicEval
+from platform.train.state import TrainingState, build_training, checkpoint_and_prune, resume_if_possible
+from platform.train.validation import ValidationSet
 
 PROGRESS_FILE = "progress.json"
 
 
-def _ray_context() -> tuple[int, int, Any]:
+@dataclass(frozen=True)
+class WorkerPayload:
+    """What every Ray Train worker of a run receives (Ray Train passes it on as a plain dict)."""
+
+    config: dict[str, Any]  # ExperimentConfig.model_dump(mode="json")
+    run_dir: str
+    run_name: str = ""
+    experiment: str = ""
+    tracking_uri: str | None = None  # None: no MLflow from the workers
+    tags: dict[str, str] = field(default_factory=dict)
+    periodic_eval: bool = False
+    params: dict[str, str] = field(
+        default_factory=dict
+    )  # sweep trials: extra MLflow params (the worker logs them)
+    close_run: bool = False  # sweep trials: the worker owns the MLflow run and closes it
+    fault_crash_at_step: str | None = None  # reliability tests only (R1), see platform.train.worker
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        tracking_uri: str | None,
+        tags: dict[str, str],
+        **extra: Any,
+    ) -> WorkerPayload:
+        return cls(
+            config=cfg.model_dump(mode="json"),
+            run_dir=str(run_dir),
+            run_name=cfg.name,
+            experiment=cfg.tracking.experiment,
+            tracking_uri=tracking_uri,
+            tags=tags,
+            periodic_eval=cfg.eval.enabled and cfg.eval.every_steps > 0,
+            **extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | WorkerPayload) -> WorkerPayload:
+        return data if isinstance(data, WorkerPayload) else cls(**data)
+
+
+def _ray_context() -> tuple[int, int, ModuleType | None]:
     """(rank, world size, ray.train module or None when running outside Ray Train)."""
     try:
-        import ray.train
-
         ctx = ray.train.get_context()
         return ctx.get_world_rank(), ctx.get_world_size(), ray.train
     except Exception:  # not inside a Ray Train worker (num_workers=0 driver mode, unit tests)
@@ -48,8 +97,6 @@ def _ray_context() -> tuple[int, int, Any]:
 
 def cpu_threads(cfg: ExperimentConfig, world: int) -> int:
     """Intra-op threads of a CPU training worker (``train.cpu_threads``; see its comment in the config)."""
-    import os
-
     if cfg.train.cpu_threads is not None:
         return cfg.train.cpu_threads
     if cfg.eval.enabled and cfg.eval.every_steps > 0:  # simulator actors run beside the training
@@ -61,8 +108,6 @@ def _device(cfg: ExperimentConfig, in_ray: bool) -> torch.device:
     if cfg.train.device == "cpu":
         return torch.device("cpu")
     if in_ray and cfg.train.device == "auto":
-        import ray.train.torch
-
         return ray.train.torch.get_device()
     if cfg.train.device == "cuda" or torch.cuda.is_available():
         if not torch.cuda.is_available():
@@ -80,17 +125,11 @@ class RunDirBusyError(UserFacingError):
 
 
 def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
-    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: a ``platform.train.launch.WorkerPayload`` as dict."""
-    from platform.train.launch import WorkerPayload
-
+    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: a ``WorkerPayload`` as dict."""
     payload = WorkerPayload.from_dict(payload_dict)
-    from platform.train.dataset import open_split
-
     cfg = ExperimentConfig.model_validate(payload.config)
     rank, world, train_mod = _ray_context()
     if train_mod is not None:
-        from evaluation.raysession import quiet_train_logger
-
         quiet_train_logger()
     device = _device(cfg, train_mod is not None)
     if device.type == "cpu":
@@ -107,10 +146,8 @@ def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
             run_lock.release()
 
 
-def _validation_set(cfg: ExperimentConfig, val_dataset: Any) -> Any:
+def _validation_set(cfg: ExperimentConfig, val_dataset: DatasetSubset | None) -> ValidationSet | None:
     """The collated validation episodes, or None (with a line saying why) when there are none."""
-    from platform.train.validation import ValidationSet
-
     if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
         return None
     if val_dataset is None:
@@ -158,15 +195,15 @@ def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
 
 def _train(
     cfg: ExperimentConfig,
-    payload: Any,
+    payload: WorkerPayload,
     run_dir: Path,
-    dataset: Any,
+    dataset: DatasetSubset,
     state: TrainingState,
     device: torch.device,
     rank: int,
     world: int,
-    train_mod: Any,
-    val: Any = None,
+    train_mod: ModuleType | None,
+    val: ValidationSet | None = None,
 ) -> None:
     instructions = Instructions(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
@@ -182,11 +219,9 @@ def _train(
     )
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
-        from ray.train.torch import prepare_model
-
-        state.policy = prepare_model(state.policy)
+        state.policy = ray.train.torch.prepare_model(state.policy)
     tracker = _open_tracker(payload, run_dir) if rank == 0 else None
-    evals = _PeriodicEval(cfg, tracker) if rank == 0 and payload.periodic_eval else None
+    evals = PeriodicEval(cfg, tracker) if rank == 0 and payload.periodic_eval else None
     if rank == 0:
         print(
             f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
@@ -198,7 +233,7 @@ def _train(
     deadline = None
     if cfg.train.time_budget_s is not None:
         deadline = time.monotonic() + max(0.0, cfg.train.time_budget_s - state.train_time_s)
-    log = _MetricLog(
+    log = MetricLog(
         cfg,
         rank,
         tracker,
@@ -261,148 +296,14 @@ def _train(
 def _node_id() -> str:
     """The Ray node this worker runs on ("" outside Ray): where the checkpoints are written."""
     try:
-        import ray
-
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # noqa: BLE001 - informational only
         return ""
 
 
-class _MetricLog:
-    """Per-window metrics, printed at once but logged (MLflow, Ray report) when their steps are checkpointed.
-
-    After a crash, training resumes from the last checkpoint and replays the steps after it; holding their
-    metrics back until the next checkpoint means no step is ever logged or reported twice (R1).
-    """
-
-    def __init__(
-        self,
-        cfg: ExperimentConfig,
-        rank: int,
-        tracker: Any,
-        train_mod: Any,
-        fault: tuple[Path, str | None] = (Path("."), None),
-        val: Any = None,
-        start_step: int = 0,
-    ) -> None:
-        self.cfg, self.rank, self.tracker, self.train_mod = cfg, rank, tracker, train_mod
-        self.fault = fault
-        self.val = val  # platform.train.validation.ValidationSet (rank 0) or None
-        self.last_val: dict[str, float] = {}  # the newest mean validation metrics, carried into every report
-        self.pending: list[tuple[int, dict[str, float]]] = []
-        self.last = self.t0 = time.perf_counter()
-        self.start_step = start_step
-
-    def eta_s(self, st: TrainingState) -> float | None:
-        """Seconds to the end of the run at this process's pace so far (validation and checkpoints included);
-        with training-time marks or a time budget, the training time left (validation excluded)."""
-        t = self.cfg.train
-        if t.time_marks_s or t.time_budget_s is not None:
-            ends = [
-                x for x in (t.time_marks_s[-1] if t.time_marks_s else None, t.time_budget_s) if x is not None
-            ]
-            return max(0.0, min(ends) - st.train_time_s)
-        done = st.step - self.start_step
-        if done <= 0:
-            return None
-        return (time.perf_counter() - self.t0) / done * max(0, t.steps - st.step)
-
-    def window(self, st: TrainingState, window: list) -> None:
-        now = time.perf_counter()
-        metrics = summarize_window(st, window, now - self.last)
-        self.last = now
-        self.pending.append((st.step, metrics))
-        if self.rank == 0:
-            eta = self.eta_s(st)
-            total = (
-                ""
-                if self.cfg.train.time_marks_s or self.cfg.train.time_budget_s
-                else f"/{self.cfg.train.steps}"
-            )
-            print(
-                f"[train] step {st.step:>6}{total}  loss {metrics['train/loss']:.4f}  "
-                f"lr {metrics['train/lr']:.2e}  {metrics.get('train/samples_per_s', 0):,.0f} samples/s"
-                + ("" if eta is None else f"  ETA {format_duration(eta)}"),
-                flush=True,
-            )
-        if self.val is not None and self._validate_now(st.step, len(window)):
-            metrics.update(self._validate(st))
-        if self.fault[1] is not None:
-            _maybe_inject_fault(self.fault[0], st.step, self.fault[1])
-
-    def validate_step(self, st: TrainingState) -> dict[str, float]:
-        """Validate now (a time mark) and log the metrics at this step with its window's (if any)."""
-        if self.val is None:
-            return {}
-        if self.pending and self.pending[-1][0] == st.step and "val/pos_err_cm" in self.pending[-1][1]:
-            return {k: v for k, v in self.pending[-1][1].items() if k.startswith("val/")}
-        metrics = self._validate(st)
-        if self.pending and self.pending[-1][0] == st.step:
-            self.pending[-1][1].update(metrics)
-        else:
-            self.pending.append((st.step, {**metrics, "time/elapsed_s": st.train_time_s}))
-        return metrics
-
-    def _validate(self, st: TrainingState) -> dict[str, float]:
-        from platform.train.validation import format_line, validate
-
-        model = st.ema.shadow if st.ema is not None else getattr(st.policy, "module", st.policy)
-        metrics = validate(model, self.val, st.device, seed=self.cfg.train.seed)
-        print(format_line(st.step, metrics), flush=True)
-        self.last = time.perf_counter()  # validation time is not training throughput
-        return metrics
-
-    def _validate_now(self, step: int, window_len: int) -> bool:
-        """At the window that crosses a multiple of ``train.val_every``, and at the last step."""
-        every = self.cfg.train.val_every
-        return every > 0 and (step // every > (step - window_len) // every or step == self.cfg.train.steps)
-
-    def commit(self, checkpoint_step: int, st: TrainingState | None = None) -> None:
-        if (
-            st is not None
-            and self.val is not None
-            and not self.last_val
-            and self.pending
-            and not any("val/pos_err_cm" in m for _, m in self.pending)
-        ):
-            self.validate_step(st)  # the first report carries a validation (sweeps rank trials by it)
-        if self.tracker is not None:
-            for step, metrics in self.pending:
-                self.tracker.log_metrics(metrics, step=step)
-        for _, metrics in self.pending:
-            if "val/pos_err_cm" in metrics:
-                self.last_val = {
-                    k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1
-                }
-        if self.train_mod is not None and self.pending:
-            # One Ray report per checkpoint: Ray Train hands reports to its controller one per poll
-            # (platform.session.TRAIN_POLL_S, 0.5 s), so reporting every window would stall training. Tune (ASHA) sees the newest window, and the
-            # newest validation (sweeps rank trials by it).
-            step, metrics = self.pending[-1]
-            report = {**self.last_val, **metrics}
-            self.train_mod.report({"step": step, **{k.replace("/", "_"): v for k, v in report.items()}})
-        self.pending = []
-        self.last = time.perf_counter()  # checkpoint/report time is not training throughput
-
-
-def _maybe_inject_fault(run_dir: Path, step: int, at: str | None) -> None:
-    """Fault injection for the reliability tests (R1): ``MINIDIFFUSER_FAULT_CRASH_AT_STEP=<n>`` in the
-    driver's environment kills the worker process once, at the first logging step >= n, i.e. between two
-    checkpoints, with metrics printed but not yet committed (a marker file makes it happen once)."""
-    import os
-
-    marker = run_dir / ".fault_injected"
-    if step >= int(at) and not marker.exists():
-        marker.write_text(str(step))
-        print(f"[train] injecting a crash at step {step} ({FAULT_ENV})", flush=True)
-        os._exit(17)
-
-
-def _open_tracker(payload: Any, run_dir: Path) -> Any:
+def _open_tracker(payload: WorkerPayload, run_dir: Path) -> RunTracker | None:
     if not payload.tracking_uri:
         return None
-    from platform.tracking import BUFFER_ROOT, RunTracker, flatten_config
-
     tracker = RunTracker.open(
         payload.tracking_uri,
         payload.experiment,
@@ -413,42 +314,3 @@ def _open_tracker(payload: Any, run_dir: Path) -> Any:
     if payload.params:  # sweep trials: the driver never sees their run, so the worker logs the config
         tracker.log_params({**flatten_config(payload.config), **payload.params})
     return tracker
-
-
-class _PeriodicEval:
-    """Submits checkpoint evaluations to the evaluation actors without blocking training."""
-
-    def __init__(self, cfg: ExperimentConfig, tracker: Any) -> None:
-        self.cfg = cfg
-        self.tracker = tracker
-        self.pending: list[tuple[int, Path, Any]] = []
-        self.last_submitted = 0
-
-    def maybe_submit(self, ckpt: Path, step: int) -> None:
-        every = self.cfg.eval.every_steps
-        if every <= 0 or step >= self.cfg.train.steps or step - self.last_submitted < every:
-            return  # the final checkpoint is evaluated by the driver once training has finished
-        if self.tracker is not None and self.tracker.has_metric("eval/success", step) is True:
-            self.last_submitted = step  # a step replayed after a resume, already evaluated
-            return
-        from platform.evaluate import submit_evaluation
-
-        self.pending.append((step, ckpt, submit_evaluation(self.cfg, ckpt)))
-        self.last_submitted = step
-
-    def poll(self, timeout: float = 0.0) -> None:
-        import ray
-
-        from platform.evaluate import log_eval_report
-
-        still = []
-        for step, ckpt, ref in self.pending:
-            done, _ = ray.wait([ref], timeout=timeout)
-            if done:
-                log_eval_report(self.tracker, ckpt, step, ray.get(ref))
-            else:
-                still.append((step, ckpt, ref))
-        self.pending = still
-
-    def wait_all(self) -> None:
-        self.poll(timeout=self.cfg.eval.episode_timeout_s * 4)

@@ -64,7 +64,7 @@ def test_waits_for_a_holder_that_exits(tmp_path):
 
 
 def _fake_training(tmp_path, monkeypatch):
-    import platform.train.dataset
+    import platform.train.worker
     from platform.config import load_config
     from tests.platform.fakes import FakeKeyframeDataset
 
@@ -83,7 +83,7 @@ def _fake_training(tmp_path, monkeypatch):
             f"output_dir={tmp_path}",
         ],
     )
-    monkeypatch.setattr(platform.train.dataset, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
+    monkeypatch.setattr(platform.train.worker, "open_split", lambda c: (FakeKeyframeDataset(c.policy), None))
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
 

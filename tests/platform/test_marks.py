@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 
 
 def _payload(tmp_path, monkeypatch, *overrides: str):
-    import platform.train.dataset
+    import platform.train.worker
 
     cfg = load_config(
         None,
@@ -40,7 +40,7 @@ def _payload(tmp_path, monkeypatch, *overrides: str):
         full = FakeKeyframeDataset(c.policy, num_samples=12)
         return DatasetSubset(full, np.arange(8)), DatasetSubset(full, np.arange(8, 12))
 
-    monkeypatch.setattr(platform.train.dataset, "open_split", split)
+    monkeypatch.setattr(platform.train.worker, "open_split", split)
     cfg.run_dir.mkdir(parents=True)
     return cfg, {"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)}
 

@@ -383,8 +383,8 @@ def test_an_interrupted_or_failed_run_is_not_left_running(
     """Ctrl-C -> KILLED, the interrupted line, 130; a failed final evaluation -> FAILED, one error line, 2."""
     import platform.evaluate
     import platform.session
-    import platform.train.command as train
     import platform.train.dataset
+    import platform.train.launch
     from platform.cli import UserFacingError
 
     def fit(cfg, payload, run_dir):
@@ -396,8 +396,8 @@ def test_an_interrupted_or_failed_run_is_not_left_running(
 
     monkeypatch.setattr(platform.train.dataset, "ensure_dataset", lambda cfg: tmp_path / "data")
     monkeypatch.setattr(platform.session, "connect_ray", lambda cfg: 0.0)
-    monkeypatch.setattr(train, "_actor_capacity", lambda cfg: None)
-    monkeypatch.setattr(train, "_fit", fit)
+    monkeypatch.setattr(platform.evaluate, "eval_actor_capacity", lambda cfg: None)
+    monkeypatch.setattr(platform.train.launch, "fit", fit)
     monkeypatch.setattr(platform.evaluate, "final_evaluation", final_evaluation)
     name = f"exit-{status.lower()}"
     args = [
@@ -697,7 +697,7 @@ def test_a_periodic_evaluation_of_a_corrupt_checkpoint_fails_alone(tmp_path, mon
 def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatch, capsys, tmp_path):
     from evaluation.runtime import memory
     from evaluation.runtime.run import cap_actors
-    from platform.train.command import _cap_actors
+    from platform.evaluate import size_eval_actors
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    4608000 kB\n")
@@ -711,7 +711,7 @@ def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatc
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     monkeypatch.setattr(memory, "available_memory_mb", lambda: 3200.0)
     cfg = load_config(None, ["data.suite=mt50", "eval.actors=12", f"data.path={tmp_path / 'none'}"])
-    assert _cap_actors(cfg, capacity=16).eval.actors == 2
+    assert size_eval_actors(cfg, capacity=16).eval.actors == 2
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [
         "[eval] eval.actors=12 capped to 2 simulator actors: this machine's free memory (3.1 GB) holds 2 "
@@ -720,7 +720,7 @@ def test_actors_that_would_not_fit_in_memory_are_capped_with_one_line(monkeypatc
     joined = load_config(
         None, ["data.suite=mt50", "eval.actors=12", "ray.address=auto", f"data.path={tmp_path / 'none'}"]
     )
-    assert _cap_actors(joined, capacity=None).eval.actors == 12, (
+    assert size_eval_actors(joined, capacity=None).eval.actors == 12, (
         "a joined cluster's memory is not this machine's"
     )
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from platform.config import load_config
-from platform.train.loop import NonFiniteLossError, build_training, resume_if_possible, run_steps
+from platform.train.loop import NonFiniteLossError, run_steps
+from platform.train.state import build_training, resume_if_possible
 from tests.platform.fakes import FakeKeyframeDataset
 
 pytestmark = pytest.mark.unit

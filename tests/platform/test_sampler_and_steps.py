@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from platform.train.dataset import Level1Sampler, step_seed
+from platform.train.sampler import Level1Sampler, step_seed
 from platform.train.step import EMA, train_step, warmup_cosine
 from policies.base import LossOutput
 
@@ -55,7 +55,7 @@ def test_task_balanced_sampler_draws_every_task_equally_and_resumes_exactly():
 
 def test_data_balance_reaches_the_training_sampler():
     from platform.config import load_config
-    from platform.train.loop import build_training
+    from platform.train.state import build_training
 
     class Data:
         task_index = np.array([0, 0, 0, 1])

@@ -8,8 +8,9 @@ import torch
 
 from platform.config import load_config
 from platform.train.dataset import DatasetSubset, split_episodes
+from platform.train.metrics import MetricLog
 from platform.train.validation import ValidationSet, cap_per_task, keypose_errors, validate
-from platform.train.worker import _MetricLog, _validation_set
+from platform.train.worker import _validation_set
 from policies.registry import build_policy
 from tests.platform.fakes import FakeKeyframeDataset
 
@@ -113,7 +114,7 @@ def test_validation_is_deterministic_per_task_and_zero_for_an_oracle():
 )
 def test_validation_schedule(every, log_every, expected):
     cfg = _cfg(f"train.val_every={every}")
-    log = _MetricLog(cfg, 0, None, None)
+    log = MetricLog(cfg, 0, None, None)
     windows = [(s, log_every) for s in range(log_every, 41, log_every)]
     assert [s for s, n in windows if log._validate_now(s, n)] == expected
 

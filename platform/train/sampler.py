@@ -1,0 +1,100 @@
+"""Level-1 sampling: which B conditions a training step sees (the data-flow stage after collection).
+
+The sampler walks epoch-wise permutations seeded from ``(seed, epoch)``; its whole state is
+``(epoch, position)``, so ``state_dict()`` / ``load_state_dict()`` give an exact resume. Per-step
+randomness (point subsampling, diffusion noise, augmentation) is seeded from ``(seed, step)`` by
+``step_seed`` so that a resumed run draws exactly what an uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def step_seed(seed: int, step: int, stream: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed for (run seed, step, stream, DDP rank), independent across streams and ranks (rank 0
+    draws what a single-worker run draws)."""
+    entropy = [seed & 0xFFFFFFFF, step & 0xFFFFFFFF, stream] + ([rank] if rank else [])
+    ss = np.random.SeedSequence(entropy)
+    hi, lo = (int(x) for x in ss.generate_state(2, dtype=np.uint32))
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
+
+
+class Level1Sampler:
+    """Draws ``batch_size`` condition indices per step from ``num_samples``, epoch by epoch.
+
+    Uniform over samples (``groups=None``): each epoch is one permutation of the samples, every sample drawn
+    once. Balanced over groups (``groups``: (num_samples,) task index of each sample, ``data.balance=tasks``):
+    each epoch draws every group as often as the largest one (a smaller group's samples repeat, in fresh
+    permutations), all shuffled together. Either way an epoch is a function of (seed, epoch), so the state
+    is (epoch, position) and resume is exact."""
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, groups: np.ndarray | None = None
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError("the dataset is empty: nothing to sample")
+        if groups is not None and len(groups) != num_samples:
+            raise ValueError(f"groups has {len(groups)} entries for {num_samples} samples")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.groups = None if groups is None else np.asarray(groups, np.int64)
+        self.epoch = 0
+        self.position = 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0x5A])
+        if self.groups is None:
+            return rng.permutation(self.num_samples)
+        members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
+        size = max(len(m) for m in members)
+        parts = [
+            np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size] for m in members
+        ]
+        return rng.permutation(np.concatenate(parts))  # (groups * size,)
+
+    def next_indices(self) -> np.ndarray:
+        """(B,) int64 indices; crosses epoch boundaries seamlessly (a batch may span two epochs)."""
+        out = np.empty(self.batch_size, dtype=np.int64)
+        filled = 0
+        while filled < self.batch_size:
+            take = min(self.batch_size - filled, len(self._perm) - self.position)
+            out[filled : filled + take] = self._perm[self.position : self.position + take]
+            filled += take
+            self.position += take
+            if self.position == len(self._perm):
+                self.epoch += 1
+                self.position = 0
+                self._perm = self._permutation(self.epoch)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "balanced": self.groups is not None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(
+                f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
+                f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name"
+            )
+        if bool(state.get("balanced", False)) != (self.groups is not None):
+            raise ValueError(
+                "the checkpoint was trained with another data.balance: resuming with a different "
+                "level-1 sampling is not exact; use the run's setting or a new run name"
+            )
+        self.batch_size = state["batch_size"]
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self.position = state["position"]
+        self._perm = self._permutation(self.epoch)

@@ -1,0 +1,177 @@
+"""``TrainingState``: everything the training loop mutates (policy, AdamW, warmup-cosine schedule, AMP scaler,
+EMA, level-1 sampler, counters), with its checkpoint save and exact restore.
+
+State needed for an exact resume lives in the checkpoint (``platform.train.checkpoint`` writes the directory,
+``evaluation.checkpoint_format`` names its files): weights, EMA, optimizer, scheduler, AMP scaler, sampler
+position, RNG states and counters. Whatever the restart cause (Ray Train fault tolerance after a worker crash,
+R1, or the user rerunning the same command, R3), training starts from the newest valid checkpoint of the run
+directory (``resume_if_possible``).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.checkpoint_format import (
+    EXPERIMENT_FILE,
+    INSTRUCTION_TEXTS_FILE,
+    INSTRUCTIONS_FILE,
+    POINTCLOUD_FILE,
+    TRAIN_STATE_FILE,
+    Instructions,
+    save_instructions,
+)
+from platform.config import ExperimentConfig, to_yaml
+from platform.train.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from platform.train.dataset import DatasetSubset
+from platform.train.sampler import Level1Sampler
+from platform.train.step import EMA, warmup_cosine
+from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, Policy
+from policies.registry import build_policy
+
+
+class TrainingState:
+    """Everything the loop mutates, with save/restore."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        policy: Policy,
+        num_samples: int,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        groups: np.ndarray | None = None,
+    ) -> None:
+        t = cfg.train
+        if world > t.batch_size:
+            raise ValueError(
+                f"train.batch_size ({t.batch_size}) must be at least the number of workers ({world})"
+            )
+        self.cfg = cfg
+        self.rank, self.world = rank, world
+        self.policy = policy
+        self.device = device
+        decay, no_decay = [], []
+        for name, p in policy.named_parameters():
+            (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            betas=t.betas,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps, t.min_lr_ratio)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
+        self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
+        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups)  # groups: data.balance=tasks
+        self.step = 0
+        self.consecutive_nonfinite = 0
+        self.skipped_total = 0
+        self.train_time_s = 0.0  # training time summed over restarts (time budgets, time-to-success)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "skipped_total": self.skipped_total,
+            "train_time_s": self.train_time_s,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def save(
+        self,
+        run_dir: Path,
+        instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
+        pointcloud_json: str | None = None,
+        instruction_texts_json: str | None = None,
+    ) -> Path:
+        """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
+        its inputs exactly as the training set was built; ``instruction_texts_json``: each task's instruction
+        text and the text encoder's name (``INSTRUCTION_TEXTS_FILE``, for the policy server)."""
+        policy = _unwrap(self.policy)
+        writers = {
+            POLICY_CONFIG_FILE: lambda p: p.write_text(self.cfg.policy.model_dump_json(indent=2)),
+            WEIGHTS_FILE: lambda p: torch.save(policy.state_dict(), p),
+            TRAIN_STATE_FILE: lambda p: torch.save(self.state_dict(), p),
+            EXPERIMENT_FILE: lambda p: p.write_text(to_yaml(self.cfg)),
+            INSTRUCTIONS_FILE: lambda p: save_instructions(p, instructions),
+        }
+        if pointcloud_json is not None:
+            writers[POINTCLOUD_FILE] = lambda p: p.write_text(pointcloud_json)
+        if instruction_texts_json is not None:
+            writers[INSTRUCTION_TEXTS_FILE] = lambda p: p.write_text(instruction_texts_json)
+        if self.ema is not None:
+            writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
+        return write_checkpoint(run_dir, self.step, writers)
+
+    def restore(self, ckpt: Path) -> None:
+        policy = _unwrap(self.policy)
+        policy.load_state_dict(torch.load(ckpt / WEIGHTS_FILE, map_location=self.device, weights_only=True))
+        if self.ema is not None and (ckpt / EMA_WEIGHTS_FILE).is_file():
+            self.ema.load_state_dict(
+                torch.load(ckpt / EMA_WEIGHTS_FILE, map_location=self.device, weights_only=True)
+            )
+        state = torch.load(ckpt / TRAIN_STATE_FILE, map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        self.consecutive_nonfinite = state["consecutive_nonfinite"]
+        self.skipped_total = state["skipped_total"]
+        self.train_time_s = state["train_time_s"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+
+def _unwrap(model: torch.nn.Module) -> Policy:
+    return getattr(model, "module", model)  # DDP wraps the policy
+
+
+def build_training(
+    cfg: ExperimentConfig, dataset: DatasetSubset, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainingState:
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed & 0xFFFFFFFF)
+    random.seed(cfg.train.seed)
+    policy = build_policy(cfg.policy).to(device)
+    groups = (
+        np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None
+    )  # (S,) task of each sample
+    return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
+
+
+def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        state.restore(ckpt.path)
+        return ckpt.path
+    return None
+
+
+def checkpoint_and_prune(
+    state: TrainingState,
+    run_dir: Path,
+    instructions: Instructions | dict,
+    pointcloud_json: str | None = None,
+    instruction_texts_json: str | None = None,
+) -> Path:
+    path = state.save(run_dir, instructions, pointcloud_json, instruction_texts_json)
+    prune_checkpoints(run_dir, state.cfg.train.keep_last)
+    return path
