@@ -212,6 +212,79 @@ def _flat_list(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
+def recollect_hint(root: Path) -> str:
+    """The fix every ``DatasetError`` about a broken dataset at ``root`` ends with."""
+    return f"re-collect it: python -m evaluation.collect --suite mt10 --episodes-per-task 20 --out {root}"
+
+
+def read_manifest(root: Path, fix: str) -> dict[str, Any]:
+    """``root/manifest.json``, checked for the format, the schema version and every required entry."""
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise DatasetError(f"no dataset directory at {root}; {fix.replace('re-collect it', 'collect one')}")
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing (an unfinished or interrupted collection); finish it with the same "
+            f"command (finished episodes are kept) or {fix}"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}); {fix}") from err
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; {fix}")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(
+            f"{path}: schema_version {manifest.get('schema_version')} but this code reads version "
+            f"{SCHEMA_VERSION}; {fix}"
+        )
+    for key in ("tasks", "shards", "counts", "pointcloud", "render", "text", "total_samples"):
+        if key not in manifest:
+            raise DatasetError(f"{path} has no {key!r} entry; {fix}")
+    return manifest
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A dataset checked without loading or hashing it: the validated manifest, every listed file present,
+    and the keypose target of every sample (one column of each shard, about 1 % of its bytes). What a
+    driver checks before Ray starts; the training workers then load and verify the whole dataset once
+    (``KeyframeDataset``), where a corrupt shard is named."""
+
+    root: Path
+    manifest: dict[str, Any]
+    task_names: list[str]
+    target: np.ndarray  # (S, 8) float32, in manifest order
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DatasetSummary:
+        root = Path(path)
+        fix = recollect_hint(root)
+        manifest = read_manifest(root, fix)
+        files = [manifest["text"]["file"]] + (
+            [manifest["text_variations"]["file"]] if manifest.get("text_variations") else []
+        )
+        for rel in files:
+            if not (root / rel).is_file():
+                raise DatasetError(f"{root / rel} is listed in {root / MANIFEST} but missing; {fix}")
+        targets = []
+        for shard in manifest["shards"]:
+            file = root / shard["file"]
+            if not file.is_file():
+                raise DatasetError(f"{file} is listed in {root / MANIFEST} but missing; {fix}")
+            try:
+                column = pq.read_table(file, columns=["target_pose"]).column("target_pose")
+            except (pa.ArrowException, OSError, KeyError) as err:
+                raise DatasetError(f"{file} is corrupt or truncated ({err}); {fix}") from err
+            if len(column) != shard["rows"]:
+                raise DatasetError(f"{file} has {len(column)} rows, the manifest says {shard['rows']}; {fix}")
+            targets.append(np.asarray(column.combine_chunks().values, np.float32))
+        target = (
+            np.concatenate(targets).reshape(-1, POSE_DIM) if targets else np.zeros((0, POSE_DIM), np.float32)
+        )
+        return cls(root=root, manifest=manifest, task_names=list(manifest["tasks"]), target=target)
+
+
 class KeyframeDataset:
     """A validated, in-memory keyframe dataset (see the module docstring for the files).
 
@@ -223,8 +296,8 @@ class KeyframeDataset:
 
     def __init__(self, path: str | os.PathLike[str], verify_hashes: bool = True) -> None:
         self.root = Path(path)
-        self.fix = f"re-collect it: python -m evaluation.collect --suite mt10 --episodes-per-task 20 --out {self.root}"
-        self.manifest = self._read_manifest()
+        self.fix = recollect_hint(self.root)
+        self.manifest = read_manifest(self.root, self.fix)
         self.task_names: list[str] = list(self.manifest["tasks"])
         self.pointcloud_config = PointCloudConfig.model_validate(self.manifest["pointcloud"])
         self._load_instructions(verify_hashes)
@@ -233,33 +306,6 @@ class KeyframeDataset:
             self._load_variation_text(verify_hashes)
 
     # ------------------------------------------------------------------ validation + loading
-    def _read_manifest(self) -> dict[str, Any]:
-        path = self.root / MANIFEST
-        if not self.root.is_dir():
-            raise DatasetError(
-                f"no dataset directory at {self.root}; {self.fix.replace('re-collect it', 'collect one')}"
-            )
-        if not path.is_file():
-            raise DatasetError(
-                f"{path} is missing (an unfinished or interrupted collection); finish it with the same "
-                f"command (finished episodes are kept) or {self.fix}"
-            )
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DatasetError(f"{path} is not valid JSON ({err}); {self.fix}") from err
-        if manifest.get("format") != FORMAT:
-            raise DatasetError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; {self.fix}")
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise DatasetError(
-                f"{path}: schema_version {manifest.get('schema_version')} but this code reads version "
-                f"{SCHEMA_VERSION}; {self.fix}"
-            )
-        for key in ("tasks", "shards", "counts", "pointcloud", "render", "text", "total_samples"):
-            if key not in manifest:
-                raise DatasetError(f"{path} has no {key!r} entry; {self.fix}")
-        return manifest
-
     def _check_file(self, rel: str, expected_sha: str, verify: bool) -> Path:
         path = self.root / rel
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""Benchmark commands: ``python -m platform.bench policy|eval|serve ...``.
+"""Benchmark commands: ``python -m platform.bench policy|eval|serve|data ...``.
 
 Each subcommand lives in its own module (``platform.bench.policy``, ``platform.bench.evaluation``) with a
 ``main(argv: list[str]) -> int``, imported only when asked for, so that ``policy`` runs on a bare GPU box
@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS = {
     "policy": ("platform.bench.policy", "two-level vs one-to-one training throughput and memory"),
     "eval": ("platform.bench.evaluation", "parallel simulator evaluation throughput"),
+    "data": ("platform.bench.data", "the driver's dataset check vs a worker's full load (start-up saved)"),
     "serve": (
         "platform.bench.serve",
         "the HTTP policy server's latency and requests/s vs in-process inference",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.checkpoint_format import Instruction
-from evaluation.datasets.dataset import DatasetError, KeyframeDataset
+from evaluation.datasets.dataset import DatasetError, DatasetSummary, KeyframeDataset
 from evaluation.datasets.text import TextEncoderError
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
@@ -128,9 +128,11 @@ def _import_rlbench(cfg: ExperimentConfig, path: Path) -> None:
 
 
 def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
-    """Open the dataset once to validate it against the config (text features, workspace, tasks)."""
+    """Check the dataset against the config (text features, workspace, tasks) without loading it: the
+    manifest and the keypose targets only (``DatasetSummary``). Each training worker loads and verifies the
+    whole dataset once (``open_split``); loading it here too would only delay the start (docs/design.md)."""
     try:
-        ds = KeyframeDataset(path)
+        ds = DatasetSummary.read(path)
     except DatasetError as exc:
         raise UserFacingError(str(exc)) from None
     text_dim = int(ds.manifest.get("text", {}).get("dim", cfg.policy.text_dim))
@@ -148,7 +150,7 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
     return path
 
 
-def check_workspace(cfg: ExperimentConfig, ds: KeyframeDataset) -> None:
+def check_workspace(cfg: ExperimentConfig, ds: DatasetSummary | KeyframeDataset) -> None:
     """Every target position must lie in the policy's workspace (positions are normalised over it and
     sampled keyposes are clipped to it): a Meta-World workspace on RLBench data would silently clip."""
     low, high = np.asarray(cfg.policy.workspace_low), np.asarray(cfg.policy.workspace_high)

@@ -1,4 +1,5 @@
-"""KeyframeDataset: loading, batching, and a clear DatasetError for every kind of bad directory."""
+"""KeyframeDataset: loading, batching, and a clear DatasetError for every kind of bad directory; the
+DatasetSummary a driver checks without loading the shards."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from evaluation.datasets.dataset import (
     MANIFEST,
     SCHEMA_VERSION,
     DatasetError,
+    DatasetSummary,
     KeyframeDataset,
     KeyframeSample,
     instructions_table,
@@ -176,6 +178,26 @@ def test_missing_shard_and_row_count_mismatch(copy_dir):
     (copy_dir / "shards/task-a/var00.parquet").unlink()
     with pytest.raises(DatasetError, match="var00.parquet is listed .* but missing"):
         KeyframeDataset(copy_dir)
+
+
+def test_summary_has_the_manifest_and_every_target_without_loading_the_points(dataset_dir):
+    full = KeyframeDataset(dataset_dir)
+    summary = DatasetSummary.read(dataset_dir)
+    assert summary.task_names == full.task_names and summary.manifest == full.manifest
+    np.testing.assert_array_equal(summary.target, full.target)  # (S, 8), same order
+
+
+def test_summary_names_a_missing_or_unreadable_shard(copy_dir):
+    shard = copy_dir / "shards/task-b/var01.parquet"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-200])
+    with pytest.raises(DatasetError, match="var01.parquet is corrupt or truncated"):
+        DatasetSummary.read(copy_dir)
+    shard.unlink()
+    with pytest.raises(DatasetError, match="var01.parquet is listed in .* but missing"):
+        DatasetSummary.read(copy_dir)
+    with pytest.raises(DatasetError, match="no dataset directory"):
+        DatasetSummary.read(copy_dir / "absent")
 
 
 def test_wrong_schema_shard(copy_dir):

@@ -1,0 +1,52 @@
+"""The driver checks a dataset without loading it (docs/design.md, section 2a): the training workers load
+and verify it once, so the driver's check reads the manifest and the keypose targets only."""
+
+from __future__ import annotations
+
+import pytest
+
+import platform.train.dataset as training_data
+from platform.cli import UserFacingError
+from platform.config import load_config
+from tests.evaluation.datasets.test_dataset import DIM, _write_synthetic_dataset
+
+pytestmark = pytest.mark.unit
+
+
+def _cfg(path, *overrides):
+    # The synthetic targets sit at 0..12 m: a workspace that holds them, unless an override says otherwise.
+    return load_config(
+        None,
+        [
+            f"data.path={path}",
+            f"policy.text_dim={DIM}",
+            "policy.workspace_low=[-1,-1,-1]",
+            "policy.workspace_high=[20,20,20]",
+            *overrides,
+        ],
+    )
+
+
+class _NoFullLoad:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("the driver's dataset check loaded the whole dataset")
+
+
+def test_the_driver_checks_the_dataset_without_loading_it(tmp_path, monkeypatch):
+    path = _write_synthetic_dataset(tmp_path / "data")
+    monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
+    assert training_data.ensure_dataset(_cfg(path)) == path
+
+
+def test_the_cheap_check_still_refuses_what_the_config_cannot_train_on(tmp_path, monkeypatch):
+    path = _write_synthetic_dataset(tmp_path / "data")
+    monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
+    with pytest.raises(UserFacingError, match="outside the policy workspace"):
+        training_data.ensure_dataset(_cfg(path, "policy.workspace_high=[1,1,1]"))
+    with pytest.raises(UserFacingError, match="instruction features are 6-d"):
+        training_data.ensure_dataset(_cfg(path, "policy.text_dim=384"))
+    with pytest.raises(UserFacingError, match=r"data.tasks \['nope'\] are not in the dataset"):
+        training_data.ensure_dataset(_cfg(path, "data.tasks=[nope]"))
+    (path / "shards/task-a/var00.parquet").unlink()
+    with pytest.raises(UserFacingError, match="var00.parquet is listed in .* but missing"):
+        training_data.ensure_dataset(_cfg(path))
