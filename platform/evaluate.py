@@ -20,11 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from evaluation.checkpoint_format import INSTRUCTIONS_FILE, MANIFEST, CheckpointBundle, load_instructions
 from evaluation.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from evaluation.runtime.coordinator import PoolConfig
+from evaluation.runtime.evaluate import evaluate_checkpoint
+from evaluation.runtime.memory import memory_actor_capacity
 from evaluation.runtime.metrics import EvalReport
+from evaluation.runtime.run import cap_actors, cluster_actor_capacity, seeds_for
+from evaluation.simulators.rlbench_backend import RLBenchConfig
+from evaluation.simulators.rlbench_protocol import protocol_kwargs
+from evaluation.simulators.rlbench_tasks import EPISODES_PER_TASK, EVAL_SEEDS, MAX_KEYPOSES
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
+from platform.session import joins_cluster
+from platform.tracking import RunTracker, plot_success_per_task
 from platform.train.checkpoint import best_checkpoint, latest_checkpoint, set_checkpoint_metric
+from platform.train.preflight import eval_task_count
 from policies.base import CheckpointError
 
 EVAL_DIR = "eval"
@@ -45,7 +58,6 @@ VIDEO_DIR = "videos"  # under EVAL_DIR: one folder per evaluated checkpoint
 
 def eval_seeds(cfg: ExperimentConfig) -> int | list[int]:
     """``eval.seed``, or ``eval.num_seeds`` consecutive seeds from it (default 3 for RLBench's protocol)."""
-    from evaluation.runtime.run import seeds_for
 
     return seeds_for(cfg.eval.seed, cfg.eval.num_seeds, cfg.data.suite)
 
@@ -54,7 +66,6 @@ def protocol_note(cfg: ExperimentConfig) -> str | None:
     """Why an RLBench evaluation is not the published protocol (None when it is, or for Meta-World)."""
     if cfg.data.suite != "rlbench":
         return None
-    from evaluation.simulators.rlbench_tasks import EPISODES_PER_TASK, EVAL_SEEDS, MAX_KEYPOSES
 
     seeds = eval_seeds(cfg)
     n_seeds = len(seeds) if isinstance(seeds, list) else 1
@@ -81,7 +92,6 @@ def plan_actors(
     """``cfg`` with ``eval.actors`` capped to the episodes of one evaluation, to ``capacity`` (actors the
     cluster runs at once; None: unknown) and to ``memory`` (``evaluation.runtime.memory.memory_actor_capacity``
     of a private local cluster), and the one line saying so when it was capped."""
-    from evaluation.runtime.run import cap_actors
 
     n, note = cap_actors(
         cfg.eval.actors, eval_episodes(cfg, num_tasks), capacity, what="eval.actors", memory=memory
@@ -103,14 +113,13 @@ class EvalRequest:
         int | tuple[int, ...]
     )  # several seeds: RLBench's protocol, every seed runs episodes_per_task per task
     suite: str
-    pool: Any  # evaluation.runtime.coordinator.PoolConfig (its num_actors is the number of simulator actors)
+    pool: PoolConfig  # its num_actors is the number of simulator actors
     video_dir: Path | None
     variations: tuple[int, ...] | None = None  # None: the suite's test variations
     sim_factory: Any = None  # None: the Meta-World backend; RLBench: its protocol's factory
 
-    def run(self, checkpoint: Any, video_dir: Path | None = None) -> EvalReport:
+    def run(self, checkpoint: Path | CheckpointBundle, video_dir: Path | None = None) -> EvalReport:
         """Evaluate ``checkpoint`` (a directory or a ``CheckpointBundle``); videos to ``video_dir`` if given."""
-        from evaluation.runtime.evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(
             checkpoint,
@@ -139,12 +148,11 @@ class EvalOutcome:
     videos: dict[str, bytes] = field(default_factory=dict)
 
 
-def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalRequest:
+def eval_request(
+    cfg: ExperimentConfig, checkpoint: Path, bundle: CheckpointBundle | None = None
+) -> EvalRequest:
     """The evaluation ``cfg.eval`` asks for of ``checkpoint`` (``bundle``: the checkpoint already read,
     ``evaluation.checkpoint_format.CheckpointBundle``; else its instructions are read here for the task list)."""
-    from evaluation.checkpoint_format import INSTRUCTIONS_FILE, load_instructions
-    from evaluation.runtime.coordinator import PoolConfig
-    from evaluation.runtime.run import cap_actors
 
     e = cfg.eval
     if e.tasks:
@@ -181,8 +189,6 @@ def eval_request(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) ->
     if cfg.data.suite != "rlbench":
         return request
     # PerAct's test demos restored with reset_to_demo; PerAct's or 3DDA's rules
-    from evaluation.simulators.rlbench_backend import RLBenchConfig
-    from evaluation.simulators.rlbench_protocol import protocol_kwargs
 
     if e.rlbench_demo_root is None:
         raise UserFacingError(
@@ -207,15 +213,13 @@ def video_dir(checkpoint: Path) -> Path:
     return checkpoint.parent.parent / EVAL_DIR / VIDEO_DIR / checkpoint.name
 
 
-def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> EvalOutcome:
+def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: CheckpointBundle | None = None) -> EvalOutcome:
     """Run one evaluation; the outcome holds its report or its error (never raises).
 
     Without ``bundle`` it reads the checkpoint here and writes its videos beside it. With a ``bundle`` (read
     by the submitter, where the checkpoint lives) it may run on any node: it opens no checkpoint path and
     returns the videos as bytes for ``log_eval_report`` to write."""
     try:
-        from evaluation.checkpoint_format import CheckpointBundle
-
         if bundle is None:
             bundle = CheckpointBundle.read(checkpoint)
             return EvalOutcome(report=eval_request(cfg, checkpoint, bundle).run(bundle))
@@ -227,13 +231,10 @@ def _evaluate(cfg: ExperimentConfig, checkpoint: Path, bundle: Any = None) -> Ev
         return EvalOutcome(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
 
 
-def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
+def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> ray.ObjectRef:
     """Start evaluating ``checkpoint`` in the background (a zero-CPU Ray task driving the actor pool; its
     result is an ``EvalOutcome``). The checkpoint is read and checked here (where it was written) and travels
     by value: the task may run on any node. A checkpoint that fails its check gives a failed outcome at once."""
-    import ray
-
-    from evaluation.checkpoint_format import CheckpointBundle
 
     try:
         bundle = CheckpointBundle.read(checkpoint)
@@ -245,7 +246,9 @@ def submit_evaluation(cfg: ExperimentConfig, checkpoint: Path) -> Any:
     return remote.remote(cfg, checkpoint, ray.put(bundle))
 
 
-def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutcome) -> EvalReport | None:
+def log_eval_report(
+    tracker: RunTracker | None, checkpoint: Path, step: int, outcome: EvalOutcome
+) -> EvalReport | None:
     """Record an evaluation's outcome: its report as JSON beside the checkpoints (or its error), metrics at
     ``step`` (``EvalReport.mlflow_metrics``: per task, the means, Meta-World's tiers and tier average), the
     keep-best metric; returns the report (None when the evaluation failed)."""
@@ -282,7 +285,7 @@ def log_eval_report(tracker: Any, checkpoint: Path, step: int, outcome: EvalOutc
     return report
 
 
-def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: Any) -> Any:
+def final_evaluation(cfg: ExperimentConfig, run_dir: Path, tracker: RunTracker | None) -> EvalReport:
     """Evaluate the run's last (or best) checkpoint in the driver, print the table, log and return the report.
 
     A checkpoint already evaluated with the same settings (a rerun of a finished run) is not evaluated again:
@@ -338,7 +341,6 @@ def _run_final(cfg: ExperimentConfig, checkpoint: Path) -> EvalOutcome:
 def eval_settings(cfg: ExperimentConfig, checkpoint: Path) -> dict[str, Any]:
     """What decides an evaluation's episodes and outcome: the checkpoint's files (manifest hashes), the
     suite and the ``eval.*`` settings (not the number of actors, a timeout or where the policy runs)."""
-    from platform.train.checkpoint import MANIFEST
 
     try:
         files = json.loads((checkpoint / MANIFEST).read_text())["files"]
@@ -364,7 +366,7 @@ def _previous_report(report_path: Path, settings: dict[str, Any]) -> EvalReport 
     return report if saved == json.loads(json.dumps(settings)) and settings["files"] else None
 
 
-def _log_videos(tracker: Any, report: Any, checkpoint: Path) -> None:
+def _log_videos(tracker: RunTracker, report: EvalReport, checkpoint: Path) -> None:
     """The evaluation's rollout videos as MLflow artifacts ``videos/<checkpoint>/<task>_<outcome>.gif``."""
     folder = report.meta.get("video_dir")
     for name in report.meta.get("videos", []):
@@ -373,10 +375,8 @@ def _log_videos(tracker: Any, report: Any, checkpoint: Path) -> None:
             tracker.log_artifact(path, f"{VIDEO_DIR}/{checkpoint.name}", copy=False)
 
 
-def _log_plots(tracker: Any, report: Any, run_dir: Path) -> None:
+def _log_plots(tracker: RunTracker, report: EvalReport, run_dir: Path) -> None:
     try:
-        from platform.tracking import plot_success_per_task
-
         path = run_dir / EVAL_DIR / "success_per_task.png"
         plot_success_per_task({t: s.success_rate for t, s in report.tasks.items()}, path)
         tracker.log_artifact(path, "plots")
@@ -390,9 +390,6 @@ def size_eval_actors(cfg: ExperimentConfig, capacity: int | None, announce: bool
     printed line when capped and ``announce``."""
     if not cfg.eval.enabled:
         return cfg
-    from evaluation.runtime.memory import memory_actor_capacity
-    from platform.session import joins_cluster
-    from platform.train.preflight import eval_task_count
 
     tasks = eval_task_count(cfg)
     if tasks is None:
@@ -412,8 +409,6 @@ def eval_actor_capacity(cfg: ExperimentConfig) -> int | None:
     evaluation pool refuses what the cluster cannot place then)."""
     if not cfg.eval.enabled:
         return None
-    from evaluation.runtime.run import cluster_actor_capacity
-    from platform.session import joins_cluster
 
     capacity = cluster_actor_capacity()
     if not joins_cluster(cfg):
