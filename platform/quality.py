@@ -25,6 +25,8 @@ if not __package__:
     sys.stderr.write("error: run this as a module from the repository root: python -m platform.quality\n")
     raise SystemExit(2)
 
+# Ray Tune, the training stage and MLflow are imported in the functions that use them, not here: `--help`
+# and a bad override answer at once instead of after torch and Ray load (as in platform/train/command.py).
 import argparse
 import json
 import math
@@ -317,7 +319,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         raise UserFacingError(f"--ms {args.ms!r}: every M must be >= 1")
     cfg = cfg.with_absolute_paths()
     sweep = args.name or f"{cfg.name}-quality"
-    from platform.train.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+    from platform.train.preflight import check_tracking
 
     check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     sweep_dir = cfg.resolve_path(cfg.output_dir) / sweep

@@ -19,6 +19,8 @@ if not __package__:
     sys.stderr.write("error: run this as a module from the repository root: python -m platform.sweep\n")
     raise SystemExit(2)
 
+# Ray Tune, the training stage and MLflow are imported in the functions that use them, not here: `--help`
+# and a bad override answer at once instead of after torch and Ray load (as in platform/train/command.py).
 import argparse
 import math
 import re
@@ -157,7 +159,7 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         space[key], candidates[key] = domain, values
     cfg = cfg.with_absolute_paths()
     base = cfg.model_dump(mode="json")
-    from platform.train.preflight import check_tracking  # lazy, like platform.train's: keeps --help fast
+    from platform.train.preflight import check_tracking
 
     check_tracking(cfg)  # an impossible tracking URI fails now, not after the trials
     for key, values in candidates.items():  # fail before launching anything
