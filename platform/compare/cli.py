@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from evaluation.files import atomic_write_text
 from platform.compare.published import PublishedMethod, load_mt50, load_published, log_reference_runs
@@ -48,6 +48,9 @@ from platform.tracking import (
 )
 from platform.tracking.buffer import sanitize_key
 from platform.tracking.upload import probe_http
+
+if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
+    from mlflow.tracking import MlflowClient
 
 COMPARISON_RUN = "comparison"
 DEFAULT_LEVELS = (0.25, 0.5, 0.75)
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _experiment_id(client: Any, name: str, uri: str, create: bool) -> str | None:
+def _experiment_id(client: MlflowClient, name: str, uri: str, create: bool) -> str | None:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

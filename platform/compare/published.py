@@ -15,10 +15,13 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from evaluation.metaworld_tiers import TIERS
 from platform.tracking import TAG_KIND
+
+if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
+    from mlflow.tracking import MlflowClient
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 RLBENCH_FILE = "rlbench18_published.csv"
@@ -187,7 +190,7 @@ def _tags(benchmark: str, method: str) -> dict[str, str]:
 
 
 def log_reference_runs(
-    client: Any, experiment_id: str, reference_dir: Path = REFERENCE_DIR
+    client: MlflowClient, experiment_id: str, reference_dir: Path = REFERENCE_DIR
 ) -> tuple[int, int]:
     """Create or complete the reference runs in ``experiment_id``. Returns (created, updated) counts."""
     from mlflow.entities import Metric, Param

@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from evaluation.metaworld_tiers import TIERS
 from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
+
+if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 OUR_KINDS = ("train", "sweep_trial")
 TIER_AVERAGES = (
@@ -68,7 +72,7 @@ def _truthy(text: str | None) -> bool:
     return (text or "").strip().lower() in ("true", "1", "yes")
 
 
-def gpu_count(run: Any) -> int:
+def gpu_count(run: Run) -> int:
     """GPUs a run trained on: tag ``platform.num_gpus``, else param ``resources.gpus``, else
     ``ray.num_workers`` when ``ray.use_gpu`` is true (or unset with a CUDA ``env.device``), else 0 (CPU)."""
     tags, params = run.data.tags, run.data.params
@@ -106,11 +110,11 @@ def time_to_level(
     return None if hit is None else elapsed_at(hit, elapsed)
 
 
-def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def summarize_run(client: Any, run: Any, levels: tuple[float, ...]) -> RunSummary:
+def summarize_run(client: MlflowClient, run: Run, levels: tuple[float, ...]) -> RunSummary:
     info, data = run.info, run.data
     rid = info.run_id
     success = _history(client, rid, "eval/success")
@@ -186,7 +190,7 @@ class QualityRow:
 _QUALITY = re.compile(r"^quality/m(?P<m>\d+)/(?P<what>time_to_target_s|ratio_to_m1)$")
 
 
-def find_quality_rows(client: Any, experiment_id: str | None) -> list[QualityRow]:
+def find_quality_rows(client: MlflowClient, experiment_id: str | None) -> list[QualityRow]:
     """Time-to-quality rows of every ``platform.quality`` sweep of the experiment (tag platform.quality)."""
     if experiment_id is None:
         return []
@@ -207,7 +211,7 @@ def find_quality_rows(client: Any, experiment_id: str | None) -> list[QualityRow
     return rows
 
 
-def find_our_runs(client: Any, experiment_id: str | None, run_ids: list[str] | None) -> list[Any]:
+def find_our_runs(client: MlflowClient, experiment_id: str | None, run_ids: list[str] | None) -> list[Run]:
     """Runs given by id, or every active train / sweep-trial run of the experiment (newest first)."""
     if run_ids:
         return [client.get_run(rid) for rid in run_ids]

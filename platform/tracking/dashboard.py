@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from evaluation.metaworld_tiers import TIERS
 from platform.tracking.tags import TAG_KIND
+
+if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
+    from mlflow.tracking import MlflowClient
 
 _log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def experiment_tags() -> dict[str, str]:
     }
 
 
-def ensure_experiment_view(client: Any, experiment_id: str) -> None:
+def ensure_experiment_view(client: MlflowClient, experiment_id: str) -> None:
     """Set the dashboard tags on an experiment where they differ (idempotent; a failure only warns: the data
     matters, the view does not). A user who changed the kind in the UI keeps their choice."""
     try:

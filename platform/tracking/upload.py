@@ -17,9 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from platform.tracking.buffer import MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, RecordBuffer
+
+if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 _log = logging.getLogger("platform.tracking")
 
@@ -120,7 +124,7 @@ class MlflowSink:
         self.buffer = buffer
         self.artifact_location = artifact_location
         self.initial_tags = tags
-        self.client: Any = None
+        self.client: MlflowClient | None = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.remote_params: dict[str, str] = {}
@@ -156,7 +160,7 @@ class MlflowSink:
         self.buffer.save_target(self.tracking_uri, run_id=self.run_id, experiment_id=self.experiment_id)
         return created
 
-    def _read_logged_steps(self, run: Any) -> set[tuple[str, int]]:
+    def _read_logged_steps(self, run: Run) -> set[tuple[str, int]]:
         """The (key, step) pairs of every metric value the run already holds (one history call per key)."""
         pairs: set[tuple[str, int]] = set()
         for key in run.data.metrics:
@@ -173,7 +177,7 @@ class MlflowSink:
         if self.logged_steps is not None:
             self.logged_steps.add((key, int(step)))  # atomic under the GIL; the upload thread only tests
 
-    def _create_run(self) -> Any:
+    def _create_run(self) -> Run:
         """Create the run; if another process created one with the same name concurrently, both keep the
         oldest (start times are creation times) and the newer, still empty run is deleted."""
         run = self.client.create_run(self.experiment_id, tags=self.initial_tags, run_name=self.run_name)
@@ -187,7 +191,7 @@ class MlflowSink:
             return oldest
         return run
 
-    def _stored_run(self) -> Any:
+    def _stored_run(self) -> Run | None:
         run_id = self.buffer.target(self.tracking_uri).get("run_id")
         if not run_id:
             return None
