@@ -244,6 +244,14 @@ def read_manifest(root: Path, fix: str) -> dict[str, Any]:
     return manifest
 
 
+def listed_file(root: Path, rel: str, fix: str) -> Path:
+    """``root / rel``, a file the manifest lists; ``DatasetError`` when it is missing."""
+    path = root / rel
+    if not path.is_file():
+        raise DatasetError(f"{path} is listed in {root / MANIFEST} but missing; {fix}")
+    return path
+
+
 @dataclass(frozen=True)
 class DatasetSummary:
     """A dataset checked without loading or hashing it: the validated manifest, every listed file present,
@@ -261,17 +269,12 @@ class DatasetSummary:
         root = Path(path)
         fix = recollect_hint(root)
         manifest = read_manifest(root, fix)
-        files = [manifest["text"]["file"]] + (
-            [manifest["text_variations"]["file"]] if manifest.get("text_variations") else []
-        )
-        for rel in files:
-            if not (root / rel).is_file():
-                raise DatasetError(f"{root / rel} is listed in {root / MANIFEST} but missing; {fix}")
+        listed_file(root, manifest["text"]["file"], fix)
+        if manifest.get("text_variations"):
+            listed_file(root, manifest["text_variations"]["file"], fix)
         targets = []
         for shard in manifest["shards"]:
-            file = root / shard["file"]
-            if not file.is_file():
-                raise DatasetError(f"{file} is listed in {root / MANIFEST} but missing; {fix}")
+            file = listed_file(root, shard["file"], fix)
             try:
                 column = pq.read_table(file, columns=["target_pose"]).column("target_pose")
             except (pa.ArrowException, OSError, KeyError) as err:
@@ -307,9 +310,7 @@ class KeyframeDataset:
 
     # ------------------------------------------------------------------ validation + loading
     def _check_file(self, rel: str, expected_sha: str, verify: bool) -> Path:
-        path = self.root / rel
-        if not path.is_file():
-            raise DatasetError(f"{path} is listed in {self.root / MANIFEST} but missing; {self.fix}")
+        path = listed_file(self.root, rel, self.fix)
         if verify and sha256_file(path) != expected_sha:
             raise DatasetError(
                 f"{path} does not match its sha256 in the manifest (modified or corrupt); {self.fix}"

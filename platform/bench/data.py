@@ -41,19 +41,16 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def measure(path: Path, repeats: int) -> dict[str, float | int | str]:
     """Median seconds of the driver's check and of a worker's full load of ``path``, interleaved."""
-    full, check = [], []
+    full, check, summary = [], [], None
     for _ in range(repeats):  # interleaved: a noisy machine slows both alike
-        full.append(_time(lambda: KeyframeDataset(path)))
-        check.append(_time(lambda: DatasetSummary.read(path)))
-    summary = DatasetSummary.read(path)
+        t0 = time.perf_counter()
+        KeyframeDataset(path)
+        full.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        summary = DatasetSummary.read(path)
+        check.append(time.perf_counter() - t0)
     mb = sum(f.stat().st_size for f in path.rglob("*.parquet")) / 2**20
     full_s, check_s = statistics.median(full), statistics.median(check)
     return {
