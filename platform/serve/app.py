@@ -38,6 +38,7 @@ from evaluation.pointcloud import PointCloudConfig, cloud_to_points, points_to_c
 from evaluation.runtime.policy_server import predict_rows, stack_conditions
 from evaluation.simulators.sim import Observation
 from platform.serve.protocol import MAX_SEED, RequestError, ServeRequest, parse_request
+from platform.serve.replica_bind import bind_internal_grpc_to_node_ip
 from policies.batch import ConditionBatch
 
 MAX_CACHED_TEXTS = 1024  # encoded new instructions kept per replica (an embedding is ~50 KB)
@@ -120,6 +121,7 @@ class PolicyDeployment:
     checkpoint's description (tasks, instructions seen in training, device, batching)."""
 
     def __init__(self, bundle: CheckpointBundle, settings: ServeSettings) -> None:
+        bind_internal_grpc_to_node_ip()  # before Serve starts this replica's gRPC server (replica_bind.py)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.bundle = bundle
         self.settings = settings

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.listening import process_tree
 from tests.platform.conftest import (
     RayCluster,
     _free_port,
@@ -27,7 +28,6 @@ from tests.platform.conftest import (
     tiny_overrides,
     wait_for,
 )
-from tests.platform.test_loopback import process_tree
 
 pytestmark = pytest.mark.integration
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # Ray's default temp dir: what auto-detection reads
