@@ -87,3 +87,17 @@ def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
     return (mapped or ip).is_loopback
+
+
+def assert_loopback_only(what: str, also: str | None = None) -> None:
+    """Every socket this process's cluster listens on is on loopback, and the GCS, the raylet (and ``also``, a
+    process title such as ``ServeReplica``) are among the listeners, so an empty list cannot pass."""
+    sockets = cluster_sockets()
+    kinds = {command.split()[0] for _, _, command in sockets}
+    assert len(sockets) >= 5, f"{what}: expected the GCS, raylet, agents and workers to listen; saw {sockets}"
+    assert any("gcs_server" in kind for kind in kinds) and any("raylet" in kind for kind in kinds), sockets
+    assert also is None or any(also in command for _, _, command in sockets), f"{what}: no {also}: {sockets}"
+    outside = [s for s in sockets if not is_loopback(s[0])]
+    assert not outside, (
+        f"{what}: {len(outside)} of {len(sockets)} listening sockets outside loopback: {outside}"
+    )

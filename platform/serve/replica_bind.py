@@ -37,8 +37,7 @@ def node_address(ip: str, port: int = 0) -> str:
 def rebinding(add_port: Callable[[Any, str], int], ip: str) -> Callable[[Any, str], int]:
     """``add_port`` with Serve's every-interface address replaced by ``ip``'s; other addresses unchanged."""
 
-    original = getattr(add_port, "original", add_port)  # a replica process builds its deployment once, but
-    # a rebinding of a rebinding would still be one rewrite
+    original = getattr(add_port, "original", add_port)  # rebinding twice still rewrites once
 
     def add_port_on_node(server: Any, address: str) -> int:
         return original(server, node_address(ip) if address == EVERY_INTERFACE else address)

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.listening import HAS_PROC_NET, cluster_sockets, is_loopback
+from tests.listening import HAS_PROC_NET, assert_loopback_only
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,17 +36,6 @@ def _exercise_cluster() -> None:
     assert ray.get(pid.remote()) != ray.get(actor.get.remote())
 
 
-def _assert_loopback_only(what: str) -> None:
-    sockets = cluster_sockets()
-    kinds = {command.split()[0] for _, _, command in sockets}
-    assert len(sockets) >= 5, f"{what}: expected the GCS, raylet, agents and workers to listen; saw {sockets}"
-    assert any("gcs_server" in kind for kind in kinds) and any("raylet" in kind for kind in kinds), sockets
-    outside = [s for s in sockets if not is_loopback(s[0])]
-    assert not outside, (
-        f"{what}: {len(outside)} of {len(sockets)} listening sockets outside loopback: {outside}"
-    )
-
-
 def test_the_platforms_private_cluster_listens_on_loopback_only(monkeypatch):
     import ray
 
@@ -61,7 +50,7 @@ def test_the_platforms_private_cluster_listens_on_loopback_only(monkeypatch):
     )  # what platform.train, platform.sweep and platform.quality start (dashboard on)
     try:
         _exercise_cluster()
-        _assert_loopback_only("platform.session.connect_ray")
+        assert_loopback_only("platform.session.connect_ray")
     finally:
         ray.shutdown()
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # restored for later joins
@@ -73,7 +62,7 @@ def test_the_evaluation_commands_private_cluster_listens_on_loopback_only():
     with ray_session(num_cpus=1, log_to_driver=False) as started:  # evaluation.run, collection, benchmarks
         assert started
         _exercise_cluster()
-        _assert_loopback_only("evaluation.raysession.ray_session")
+        assert_loopback_only("evaluation.raysession.ray_session")
 
 
 def test_the_loopback_setting_is_restored_after_start(monkeypatch):

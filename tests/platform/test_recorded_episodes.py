@@ -28,7 +28,7 @@ from evaluation.runtime.evaluate import (
 from platform.serve import Client, HttpInference, ServeError
 from platform.serve.client import request_body
 from platform.serve.run import resolve_checkpoint
-from tests.listening import HAS_PROC_NET, cluster_sockets, is_loopback
+from tests.listening import HAS_PROC_NET, assert_loopback_only
 from tests.platform.conftest import FINAL_LINE, TINY_TASKS, _free_port, run_platform, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.sim]
@@ -101,13 +101,9 @@ def serve_and_drive_metaworld(checkpoint: Path, max_keyposes: int = 3) -> None:
         assert device == "cpu"
         try:
             client = Client(url)
-            if (
-                HAS_PROC_NET
-            ):  # the private cluster, its HTTP proxy and the replica's own gRPC server: loopback
-                sockets = cluster_sockets()
-                assert any("ServeReplica" in command for _, _, command in sockets), sockets
-                outside = [s for s in sockets if not is_loopback(s[0])]
-                assert not outside, f"listening outside loopback: {outside}"
+            # the private cluster, its HTTP proxy and the replica's own gRPC server: loopback only
+            if HAS_PROC_NET:
+                assert_loopback_only("platform.serve", also="ServeReplica")
             info = client.info()
             assert info["tasks"] == sorted(TINY_TASKS) and len(info["instructions"]) == len(TINY_TASKS)
             http = HttpInference(client)
