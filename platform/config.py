@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
 from evaluation import REPO_ROOT
 from policies.config import CONFIG_CLASSES, FrozenModel, MiniDiffuserConfig, PolicyConfig
@@ -125,6 +125,9 @@ class EvalConfig(FrozenModel):
     tasks: tuple[str, ...] | None = None  # None: the dataset's tasks
     actors: int = Field(2, ge=1, le=1024)
     max_keyposes: int = Field(25, ge=1)
+    # task -> keypose limit replacing max_keyposes for that task: tasks whose demonstrations take more keyposes
+    # than max_keyposes (a policy that imitates them cannot finish within it; configs/mt50.yaml)
+    max_keyposes_per_task: dict[str, PositiveInt] = Field(default_factory=dict)
     episode_timeout_s: float = Field(180.0, gt=0)
     retries: int = Field(1, ge=0, le=10)
     policy_server: Literal["auto", "on", "off"] = "auto"  # auto: on when a GPU is present

@@ -93,6 +93,7 @@ def evaluate(
         "num_actors": pool.num_actors,
         "policy_server": server is not None,
         "max_keyposes": pool.max_keyposes,
+        **({"task_max_keyposes": dict(pool.task_max_keyposes)} if pool.task_max_keyposes else {}),
         "on_planner_error": pool.on_planner_error,
     }
     if server is not None:

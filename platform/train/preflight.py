@@ -158,18 +158,25 @@ def trained_tasks(cfg: ExperimentConfig) -> tuple[list[str] | None, str]:
 
 
 def check_eval_tasks(cfg: ExperimentConfig) -> None:
-    """``eval.tasks`` must be tasks the run trains on (its checkpoints hold their instructions only)."""
-    if not cfg.eval.enabled or not cfg.eval.tasks:
+    """``eval.tasks`` and the tasks of ``eval.max_keyposes_per_task`` must be tasks the run trains on (its
+    checkpoints hold their instructions only; a misspelt task's limit would silently not apply)."""
+    if not cfg.eval.enabled or not (cfg.eval.tasks or cfg.eval.max_keyposes_per_task):
         return
     known, source = trained_tasks(cfg)
     if known is None:
         return
-    unknown = [t for t in cfg.eval.tasks if t not in known]
+    unknown = [t for t in cfg.eval.tasks or () if t not in known]
     if unknown:
         raise UserFacingError(
             f"eval.tasks {unknown} are not tasks this run trains on ({source} has "
             f"{', '.join(known)}): choose eval.tasks among them, or leave eval.tasks unset to "
             "evaluate every trained task"
+        )
+    unknown = [t for t in cfg.eval.max_keyposes_per_task if t not in known]
+    if unknown:
+        raise UserFacingError(
+            f"eval.max_keyposes_per_task names {unknown}, which this run does not train on ({source} has "
+            f"{', '.join(known)}): use the tasks' full names (e.g. handle-pull-v3)"
         )
 
 

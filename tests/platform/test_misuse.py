@@ -176,10 +176,23 @@ def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
 
 
 @pytest.mark.unit
+def test_a_keypose_limit_for_an_unknown_task_is_refused_before_training(tmp_path, capsys):
+    refused(
+        capsys,
+        base(tmp_path, "eval.max_keyposes_per_task.handle-pull=50"),  # the -v3 missing
+        "eval.max_keyposes_per_task names ['handle-pull']",
+        "suite mt10",
+        "handle-pull-v3",
+    )
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
+
+
+@pytest.mark.unit
 def test_known_eval_tasks_pass():
     from platform.train.preflight import check_eval_tasks
 
     check_eval_tasks(load_config(None, ["eval.tasks=[reach-v3,push-v3]"]).with_absolute_paths())
+    check_eval_tasks(load_config(None, ["eval.max_keyposes_per_task.push-v3=40"]).with_absolute_paths())
     check_eval_tasks(
         load_config(None, ["eval.tasks=[nope]", "eval.enabled=false"])
     )  # not evaluated: not checked

@@ -205,6 +205,20 @@ def test_actors_that_cannot_start_raise_a_typed_error(pool):
     coord.shutdown()
 
 
+def test_a_per_task_keypose_limit_replaces_the_pool_limit_for_that_task_only(pool):
+    stuck = FakePolicyFactory(max_step=0.0)  # never reaches a goal: every episode runs to its limit
+    cfg = _pool(num_actors=1, max_keyposes=4, task_max_keyposes={TASKS[0]: 2})
+    coord = Coordinator(SIM.build, stuck, INSTR, conditioner(), cfg).start().wait_ready()
+    try:
+        outputs = coord.run([EpisodeSpec(TASKS[0], 0, 0), EpisodeSpec(TASKS[1], 0, 0)])
+    finally:
+        coord.shutdown()
+    assert [(o.result.task, o.result.steps, o.result.success) for o in outputs] == [
+        (TASKS[0], 2, False),
+        (TASKS[1], 4, False),
+    ]
+
+
 def test_actor_resources_use_the_sim_resource_only_when_present(pool):
     from evaluation.runtime.actors import actor_resources
 
