@@ -9,7 +9,15 @@ export HF_HUB_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl} RAY_USAGE_STATS_ENABLED=0 PY
 # Lint first (seconds): CI runs only this script, and an unformatted file must not land.
 bash scripts/lint.sh || exit 1
 .venv/bin/python -m compileall -q platform policies evaluation tests >/dev/null
-.venv/bin/python -m pytest -q "$@"
+# Several pytest workers (pytest-xdist): the suite mostly waits (Ray clusters starting, subprocesses, sim
+# actors), using about half of one core when run serially; each worker has its own private Ray clusters and
+# temp dirs. One test at a time is handed to the next free worker, longest kinds first (tests/conftest.py), so
+# the end-to-end tests run side by side instead of forming the tail. TEST_WORKERS=0 runs it serially; the
+# measured times are in the README ("Tests").
+WORKERS=${TEST_WORKERS:-3}
+XDIST=()
+if [ "$WORKERS" != 0 ]; then XDIST=(-n "$WORKERS" --dist load --maxschedchunk 1); fi
+.venv/bin/python -m pytest -q "${XDIST[@]}" "$@"
 rc=$?
 if [ "$rc" = 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
 exit "$rc"

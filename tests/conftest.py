@@ -15,6 +15,7 @@ import traceback
 import pytest
 
 KINDS = ("unit", "process", "integration", "sim")
+RUN_ORDER = ("integration", "sim", "process", "unit")  # the first marker a test has decides its place
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,6 +30,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     problems += [f"'unit' mixed with another kind: {n}" for n in mixed]
     if problems:
         raise pytest.UsageError("test markers (tests/conftest.py):\n  " + "\n  ".join(problems))
+    # Longest kinds first (stable within a kind): with several workers (scripts/run_tests.sh hands out one test at
+    # a time) the Ray tests, 30 of which take 10-130 s each, start at once instead of forming the suite's tail.
+    items.sort(
+        key=lambda item: next(i for i, k in enumerate(RUN_ORDER) if item.get_closest_marker(k) is not None)
+    )
 
 
 @pytest.fixture(autouse=True)
