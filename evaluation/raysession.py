@@ -117,10 +117,15 @@ def start_local_ray(**kwargs: Any) -> str:
 
 
 # Whole batches (one flush of one process, e.g. a full traceback) to drop: (actor name, text in the batch).
+# Ray Train's PlacementGroupCleaner monitor thread dies at shutdown when several Ray nodes share the host
+# ("Found multiple active Ray instances"); on a loaded machine its traceback arrives split over several
+# batches, so its head and its frame-only continuations are dropped too (_is_traceback_continuation).
 _BENIGN_BATCHES: tuple[tuple[str, str], ...] = (
     ("PlacementGroupCleaner", "Found multiple active Ray instances"),
+    ("PlacementGroupCleaner", "Exception in thread PlacementGroupCleanerMonitor"),
     ("TrainController", "Failed to send resource request"),
 )
+_SPLIT_TRACEBACK_ACTORS = ("PlacementGroupCleaner",)
 # Single lines to drop wherever they come from.
 _BENIGN_LINES = re.compile(
     r"Reporting training result \d+: TrainingReport\("
@@ -146,7 +151,14 @@ def keep_lines(data: Mapping[str, Any]) -> list[str]:
     text = "\n".join(lines)
     if any(actor == name and needle in text for name, needle in _BENIGN_BATCHES):
         return []
+    if actor in _SPLIT_TRACEBACK_ACTORS and _is_traceback_continuation(lines):
+        return []
     return [ln for ln in lines if not _BENIGN_LINES.search(ln)]
+
+
+def _is_traceback_continuation(lines: list[str]) -> bool:
+    """A batch of traceback frames only (``  File ...`` and the indented source lines under them)."""
+    return bool(lines) and all(ln.startswith((" ", "\t")) or not ln.strip() for ln in lines)
 
 
 def colour_prefix(stream: Any = None) -> bool:

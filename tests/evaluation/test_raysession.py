@@ -22,6 +22,14 @@ def test_benign_ray_internal_tracebacks_are_dropped_whole():
         "ray.exceptions.GetTimeoutError: ...",
     ]
     assert keep_lines({"actor_name": "TrainController", "lines": request}) == []
+    # The same traceback split over three flushes on a loaded machine: every part goes.
+    split = [
+        ["Exception in thread PlacementGroupCleanerMonitor:", "Traceback (most recent call last):"],
+        ['  File "/usr/lib/python3.11/threading.py", line 1045, in _bootstrap_inner', "    self.run()"],
+        ["ConnectionError: Found multiple active Ray instances: {'a', 'b'}."],
+    ]
+    kept = [keep_lines({"actor_name": "PlacementGroupCleaner", "lines": part}) for part in split]
+    assert kept == [[], [], []]
 
 
 def test_real_errors_and_platform_lines_are_kept():
@@ -37,6 +45,10 @@ def test_real_errors_and_platform_lines_are_kept():
     assert keep_lines({"actor_name": "RayTrainWorker", "lines": mixed}) == mixed[:1]
     # The same text from a user's actor is not Ray's: only the named internal actors' batches are dropped.
     assert keep_lines({"actor_name": "MyActor", "lines": ["Found multiple active Ray instances"]})
+    frames = ['  File "mine.py", line 3, in f', "    g()"]  # frames of a user's traceback stay
+    assert keep_lines({"actor_name": "MyActor", "lines": frames}) == frames
+    # Another failure of the same actor is not its known one: kept.
+    assert keep_lines({"actor_name": "PlacementGroupCleaner", "lines": crash}) == crash
 
 
 def test_colour_only_on_a_terminal():
