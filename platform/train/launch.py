@@ -16,7 +16,7 @@ from ray.train.torch import TorchTrainer
 
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
-from platform.session import train_worker_resources
+from platform.session import joins_cluster, train_worker_resources
 from platform.train.worker import WorkerPayload, train_loop_per_worker
 
 
@@ -88,8 +88,13 @@ def fit(cfg: ExperimentConfig, payload: WorkerPayload, run_dir: Path) -> None:
     if cfg.ray.num_workers == 0:  # the loop in the driver (tests, debugging)
         train_loop_per_worker(payload.to_dict())
         return
+    gpu = use_gpu(cfg)
+    if gpu and not joins_cluster(cfg):  # a joined cluster may add GPU nodes: Ray Train waits for them there
+        problem = too_few_gpus(cfg.ray.num_workers, int(ray.cluster_resources().get("GPU", 0)))
+        if problem:
+            raise UserFacingError(problem)
     interrupted = _Interrupted()
-    trainer = build_trainer(cfg, payload, use_gpu(cfg), trainer_class=_trainer_class(interrupted))
+    trainer = build_trainer(cfg, payload, gpu, trainer_class=_trainer_class(interrupted))
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
@@ -120,3 +125,15 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
     if cfg.ray.use_gpu is not None:
         return cfg.ray.use_gpu
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.device != "cpu"
+
+
+def too_few_gpus(num_workers: int, gpus: int) -> str | None:
+    """The one-line problem when ``num_workers`` GPU workers cannot start on a private cluster with ``gpus``
+    GPUs (Ray Train would wait for the missing ones forever), else None."""
+    want = max(1, num_workers)
+    if gpus >= want:
+        return None
+    return (
+        f"ray.num_workers={want} trains on {want} GPUs but this machine has {gpus}: set ray.num_workers={gpus} "
+        "(configs/mt50.yaml sets 2 data-parallel CPU workers for a 2-core machine), or ray.use_gpu=false"
+    )

@@ -755,3 +755,13 @@ def test_an_out_of_memory_kill_is_told_from_a_crash(tmp_path):
     assert watch.killed_for_memory(
         "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
     )
+
+
+@pytest.mark.unit
+def test_more_gpu_workers_than_gpus_is_one_line_naming_the_fix():
+    from platform.train.launch import too_few_gpus
+
+    assert too_few_gpus(1, 1) is None and too_few_gpus(2, 4) is None and too_few_gpus(0, 1) is None
+    problem = too_few_gpus(2, 1)  # configs/mt50.yaml's two CPU workers on a one-GPU machine
+    assert problem is not None and "\n" not in problem
+    assert "ray.num_workers=2 trains on 2 GPUs but this machine has 1: set ray.num_workers=1" in problem
