@@ -14,7 +14,7 @@ bash scripts/lint.sh || exit 1
 # temp dirs. One test at a time is handed to the next free worker, longest kinds first (tests/conftest.py), so
 # the end-to-end tests run side by side instead of forming the tail. TEST_WORKERS=0 runs it serially; the
 # measured times are in the README ("Tests").
-WORKERS=${TEST_WORKERS:-3}
+WORKERS=${TEST_WORKERS:-2}
 XDIST=()
 if [ "$WORKERS" != 0 ]; then XDIST=(-n "$WORKERS" --dist load --maxschedchunk 1); fi
 .venv/bin/python -m pytest -q "${XDIST[@]}" "$@"
