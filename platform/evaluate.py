@@ -171,7 +171,7 @@ def eval_request(
     pool = PoolConfig(
         num_actors=actors,
         max_keyposes=e.max_keyposes,
-        task_max_keyposes=dict(e.max_keyposes_per_task),
+        max_keyposes_per_task=dict(e.max_keyposes_per_task),
         episode_timeout_s=e.episode_timeout_s,
         max_attempts=e.retries + 1,
         policy_server=e.policy_server,

@@ -97,7 +97,7 @@ class EvaluationActor:
         max_keyposes: int = DEFAULT_MAX_KEYPOSES,
         on_planner_error: PlannerErrorRule = "end",
         torch_threads: int = 1,
-        task_max_keyposes: Mapping[str, int] | None = None,
+        max_keyposes_per_task: Mapping[str, int] | None = None,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
         # Mesa's llvmpipe renders with one thread per core by default: keep an actor on its own CPU share.
@@ -106,7 +106,8 @@ class EvaluationActor:
         self.instructions = Instructions.of(instructions).writable()
         self.condition_fn = condition_fn
         self.max_keyposes = max_keyposes
-        self.task_max_keyposes = dict(task_max_keyposes or {})  # replaces max_keyposes for these tasks
+        # replaces max_keyposes for these tasks
+        self.max_keyposes_per_task = dict(max_keyposes_per_task or {})
         self.on_planner_error = on_planner_error
         self.infer: Inference
         if isinstance(policy, LocalPolicy):
@@ -129,7 +130,7 @@ class EvaluationActor:
             self.condition_fn,
             self.instructions,
             spec,
-            self.task_max_keyposes.get(spec.task, self.max_keyposes),
+            self.max_keyposes_per_task.get(spec.task, self.max_keyposes),
             self.on_planner_error,
             record_camera,
         )

@@ -67,7 +67,7 @@ class PoolConfig(FrozenModel):
     cpus_per_actor: float = Field(1.0, gt=0)
     max_keyposes: int = Field(DEFAULT_MAX_KEYPOSES, ge=1)
     # Per-task limits that replace max_keyposes for those tasks (tasks whose demonstrations need more keyposes)
-    task_max_keyposes: dict[str, PositiveInt] = Field(default_factory=dict)
+    max_keyposes_per_task: dict[str, PositiveInt] = Field(default_factory=dict)
     on_planner_error: PlannerErrorRule = "end"  # "continue": 3D Diffuser Actor's evaluation rule
     episode_timeout_s: float = Field(600.0, gt=0)
     startup_timeout_s: float = Field(300.0, gt=0)
@@ -280,7 +280,7 @@ class Coordinator:
             self.instructions,
             self.condition_fn,
             max_keyposes=self.cfg.max_keyposes,
-            task_max_keyposes=self.cfg.task_max_keyposes,
+            max_keyposes_per_task=self.cfg.max_keyposes_per_task,
             on_planner_error=self.cfg.on_planner_error,
             torch_threads=self.cfg.torch_threads,
         )

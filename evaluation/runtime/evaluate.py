@@ -93,7 +93,7 @@ def evaluate(
         "num_actors": pool.num_actors,
         "policy_server": server is not None,
         "max_keyposes": pool.max_keyposes,
-        **({"task_max_keyposes": dict(pool.task_max_keyposes)} if pool.task_max_keyposes else {}),
+        **({"max_keyposes_per_task": dict(pool.max_keyposes_per_task)} if pool.max_keyposes_per_task else {}),
         "on_planner_error": pool.on_planner_error,
     }
     if server is not None:

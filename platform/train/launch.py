@@ -133,7 +133,7 @@ def too_few_gpus(num_workers: int, gpus: int) -> str | None:
     want = max(1, num_workers)
     if gpus >= want:
         return None
-    return (
-        f"ray.num_workers={want} trains on {want} GPUs but this machine has {gpus}: set ray.num_workers={gpus} "
-        "(configs/mt50.yaml sets 2 data-parallel CPU workers for a 2-core machine), or ray.use_gpu=false"
-    )
+    fix = ""
+    if gpus:
+        fix = f"set ray.num_workers={gpus} (configs/mt50.yaml sets 2 data-parallel CPU workers), or "
+    return f"ray.num_workers={want} trains on {want} GPUs but this machine has {gpus}: {fix}set ray.use_gpu=false"

@@ -765,3 +765,5 @@ def test_more_gpu_workers_than_gpus_is_one_line_naming_the_fix():
     problem = too_few_gpus(2, 1)  # configs/mt50.yaml's two CPU workers on a one-GPU machine
     assert problem is not None and "\n" not in problem
     assert "ray.num_workers=2 trains on 2 GPUs but this machine has 1: set ray.num_workers=1" in problem
+    no_gpu = too_few_gpus(1, 0)  # ray.use_gpu=true without a GPU: no worker count can help
+    assert no_gpu is not None and no_gpu.endswith("has 0: set ray.use_gpu=false")

@@ -210,7 +210,7 @@ def test_actors_that_cannot_start_raise_a_typed_error(pool):
 
 def test_a_per_task_keypose_limit_replaces_the_pool_limit_for_that_task_only(pool):
     stuck = FakePolicyFactory(max_step=0.0)  # never reaches a goal: every episode runs to its limit
-    cfg = _pool(num_actors=1, max_keyposes=4, task_max_keyposes={TASKS[0]: 2})
+    cfg = _pool(num_actors=1, max_keyposes=4, max_keyposes_per_task={TASKS[0]: 2})
     coord = Coordinator(SIM.build, stuck, INSTR, conditioner(), cfg).start().wait_ready()
     try:
         outputs = coord.run([EpisodeSpec(TASKS[0], 0, 0), EpisodeSpec(TASKS[1], 0, 0)])
