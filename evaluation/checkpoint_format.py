@@ -308,4 +308,6 @@ class CheckpointBundle:
             if self.pointcloud is not None
             else PointCloudConfig()
         )
-        return PointCloudConditioner(max_points=self.max_points, config=cfg)
+        return PointCloudConditioner(
+            max_points=self.max_points, config=cfg, history=int(self.policy_config.get("history", 0))
+        )

@@ -169,14 +169,30 @@ def observation_to_condition(
     text: tuple[np.ndarray, np.ndarray],
     max_points: int,
     cfg: PointCloudConfig,
+    previous: Sequence[np.ndarray] = (),
+    history: int = 0,
 ) -> ConditionBatch:
     """A live observation as a B = 1 ``ConditionBatch`` (target None), processed exactly as at collection.
 
     ``text`` is ``(tokens (L, D) float32, mask (L,) bool)`` from ``KeyframeDataset.instruction_embedding``
     or ``evaluation.datasets.text``. The cloud is built with ``cfg`` (use the dataset manifest's config) and then
     reduced to ``max_points`` with the deterministic rule of ``KeyframeDataset.batch(generator=None)``.
+    ``previous`` and ``history``: see ``past_poses``.
     """
-    return points_to_condition(frames_to_points(obs.cameras, cfg), obs.gripper_pose, text, max_points, cfg)
+    cloud = frames_to_points(obs.cameras, cfg)
+    return points_to_condition(cloud, obs.gripper_pose, text, max_points, cfg, previous, history)
+
+
+def past_poses(gripper_pose: np.ndarray, previous: Sequence[np.ndarray], history: int) -> np.ndarray:
+    """(history, 8) float32: the gripper poses at the episode's ``history`` previous keyposes, most recent
+    first, from ``previous`` (the poses at its earlier keyposes, oldest first). Before an episode has made that
+    many keyposes its first pose stands in for the missing ones, as ``KeyframeDataset.history`` does."""
+    if not history:
+        return np.zeros((0, POSE_DIM), np.float32)
+    poses = [np.asarray(p, np.float32).reshape(POSE_DIM) for p in previous]
+    first = poses[0] if poses else np.asarray(gripper_pose, np.float32).reshape(POSE_DIM)
+    recent = poses[::-1][:history]
+    return np.stack(recent + [first] * (history - len(recent)))  # (history, 8)
 
 
 def points_to_condition(
@@ -185,9 +201,12 @@ def points_to_condition(
     text: tuple[np.ndarray, np.ndarray],
     max_points: int,
     cfg: PointCloudConfig,
+    previous: Sequence[np.ndarray] = (),
+    history: int = 0,
 ) -> ConditionBatch:
     """(n, 7) point features + (8,) gripper pose + instruction -> a B = 1 ``ConditionBatch`` (the tail of
-    ``observation_to_condition``, also used by the policy server for a ready point cloud)."""
+    ``observation_to_condition``, also used by the policy server for a ready point cloud); with ``history``
+    > 0 also the poses of that many previous keyposes (``past_poses``)."""
     cloud = cloud[select_points(len(cloud), max_points, None, cfg.subsample_seed)]
     points, mask = collate_points([cloud], max_points)
     tokens, token_mask = text
@@ -198,12 +217,16 @@ def points_to_condition(
         text=torch.from_numpy(np.asarray(tokens, np.float32))[None],  # (1, L, D)
         text_mask=torch.from_numpy(np.asarray(token_mask, bool))[None],  # (1, L)
         gripper=torch.from_numpy(gripper),
+        history=torch.from_numpy(past_poses(gripper_pose, previous, history))[None] if history else None,
     )
 
 
 class ConditionFn(Protocol):
-    def __call__(self, obs: Observation, text: tuple[np.ndarray, np.ndarray]) -> ConditionBatch:
-        """(B=1) condition of one observation and its instruction."""
+    def __call__(
+        self, obs: Observation, text: tuple[np.ndarray, np.ndarray], previous: Sequence[np.ndarray] = ()
+    ) -> ConditionBatch:
+        """(B=1) condition of one observation and its instruction; ``previous``: the gripper poses at the
+        episode's earlier keyposes, oldest first (read by policies with ``history`` > 0)."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +235,10 @@ class PointCloudConditioner:
 
     max_points: int
     config: PointCloudConfig | None = None  # None = its defaults
+    history: int = 0  # the policy's ``history``: how many previous keyposes' poses a condition carries
 
-    def __call__(self, obs: Observation, text: tuple[np.ndarray, np.ndarray]) -> ConditionBatch:
+    def __call__(
+        self, obs: Observation, text: tuple[np.ndarray, np.ndarray], previous: Sequence[np.ndarray] = ()
+    ) -> ConditionBatch:
         cfg = self.config if self.config is not None else PointCloudConfig()
-        return observation_to_condition(obs, text=text, max_points=self.max_points, cfg=cfg)
+        return observation_to_condition(obs, text, self.max_points, cfg, previous, self.history)

@@ -2,7 +2,7 @@
 so the M noised copies of a condition share its augmented observation and target).
 
 * ``limit_points``: keep at most ``max_points`` valid points per condition (random subset).
-* ``augment``: random z-rotation about the workspace centre (points, gripper and target poses), xyz jitter
+* ``augment``: random z-rotation about the workspace centre (points, gripper, past and target poses), xyz jitter
   on the points, random point subsampling (keep fraction in [keep_fraction_min, 1]). A condition whose
   rotated target would leave the policy workspace is not rotated (positions are normalised over the
   workspace, and a target outside it could never be sampled: RLBench's scene bounds with +-45 deg did this).
@@ -12,11 +12,12 @@ Padded points stay zero and masked.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from policies.batch import ConditionBatch
+from policies.batch import POSE_DIM, ConditionBatch
 from policies.config import AugmentConfig
 from policies.diffusion import Generators, rand, randn
 from policies.rotation import normalize_quat, quat_multiply, z_rotation_quat
@@ -36,15 +37,7 @@ def limit_points(batch: ConditionBatch, max_points: int, generator: Generators) 
     keep = torch.sort(torch.argsort(scores, dim=1)[:, :max_points], dim=1).values  # (B, max_points)
     points = torch.gather(batch.points, 1, keep[..., None].expand(-1, -1, batch.points.shape[-1]))
     mask = torch.gather(batch.point_mask, 1, keep)
-    return ConditionBatch(
-        points=_masked(points, mask),
-        point_mask=mask,
-        text=batch.text,
-        text_mask=batch.text_mask,
-        gripper=batch.gripper,
-        target=batch.target,
-        task_index=batch.task_index,
-    )
+    return replace(batch, points=_masked(points, mask), point_mask=mask)
 
 
 def _rotate_pose(pose: Tensor, rot: Tensor, q: Tensor, centre: Tensor) -> Tensor:
@@ -100,12 +93,20 @@ def augment(
     )
     mask = batch.point_mask & (keep | first_valid)  # never empty a condition
     points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
-    return ConditionBatch(
+    history = batch.history
+    if history is not None:  # the past poses turn with the scene: (B, H, 8) -> (B*H, 8) -> (B, H, 8)
+        h = history.shape[1]
+        history = _rotate_pose(
+            history.reshape(b * h, POSE_DIM),
+            rot.repeat_interleave(h, dim=0),
+            q.repeat_interleave(h, dim=0),
+            centre,
+        ).reshape(b, h, POSE_DIM)
+    return replace(
+        batch,
         points=points,
         point_mask=mask,
-        text=batch.text,
-        text_mask=batch.text_mask,
         gripper=_rotate_pose(batch.gripper, rot, q, centre),
         target=None if batch.target is None else _rotate_pose(batch.target, rot, q, centre),
-        task_index=batch.task_index,
+        history=history,
     )

@@ -26,6 +26,7 @@ class ConditionBatch:
     text:       (B, L, D_text) float32 instruction token features
     text_mask:  (B, L) bool, True for real tokens
     gripper:    (B, 8) current gripper pose
+    history:    (B, H, 8) gripper poses of the H previous keyposes (most recent first), or None
     target:     (B, 8) next keypose, or None at inference
     task_index: (B,) int64 task id within the dataset, or None
     """
@@ -37,6 +38,7 @@ class ConditionBatch:
     gripper: Tensor
     target: Tensor | None = None
     task_index: Tensor | None = None
+    history: Tensor | None = None
 
     def __post_init__(self) -> None:
         b, n, c = self.points.shape
@@ -54,6 +56,8 @@ class ConditionBatch:
             raise ValueError(f"gripper must be (B, {POSE_DIM}), got {tuple(self.gripper.shape)}")
         if self.target is not None and self.target.shape != (b, POSE_DIM):
             raise ValueError(f"target must be (B, {POSE_DIM}), got {tuple(self.target.shape)}")
+        if self.history is not None and (self.history.dim() != 3 or self.history.shape[::2] != (b, POSE_DIM)):
+            raise ValueError(f"history must be (B, H, {POSE_DIM}), got {tuple(self.history.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -78,4 +82,5 @@ class ConditionBatch:
             gripper=self.gripper[index],
             target=None if self.target is None else self.target[index],
             task_index=None if self.task_index is None else self.task_index[index],
+            history=None if self.history is None else self.history[index],
         )

@@ -74,6 +74,11 @@ class _PolicyBase(FrozenModel):
     # Masked action -> condition attention: "grouped" pads rows per condition (cost B*M*V, any device);
     # "dense_masked" is the (B*M) x (B*V) block-masked reference; "auto" picks "grouped".
     attention: Literal["auto", "grouped", "dense_masked"] = "auto"
+    # Gripper poses of the previous keyposes of the episode the condition also reads (most recent first;
+    # the first keypose repeats its own pose). Keypose demonstrations revisit a scene in different phases
+    # (handle-pull-side re-grasps the handle 3 times: "closed, handle in the gripper" is followed by a lift
+    # once and by a release once); 3DDA reads 3 past poses. 0 = the current pose only.
+    history: int = Field(0, ge=0, le=8)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Point-cloud condition encoder: voxel-pooled point tokens at several resolutions, per-condition
 self-attention with 3D rotary positions, cross-attention to the instruction tokens, FiLM from the pooled
-instruction + current gripper pose.
+instruction + current gripper pose (and the previous keyposes' with ``history``).
 
 Why not a full Point Transformer V3 (docs/policies.md): PTv3 needs serialisation (space-filling curves),
 sparse convolutions and windowed attention, which are CUDA-centric; this encoder keeps PTv3's multi-scale
@@ -121,7 +121,8 @@ class ConditionEncoder(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
         self.text_null = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.text_pool = nn.Linear(cfg.text_dim, d)
-        self.gripper_embed = nn.Sequential(nn.Linear(8, d), nn.GELU(), nn.Linear(d, d))
+        # the current gripper pose and the ``history`` previous ones, read together: (B, 8 * (1 + H)) -> (B, d)
+        self.gripper_embed = nn.Sequential(nn.Linear(8 * (1 + cfg.history), d), nn.GELU(), nn.Linear(d, d))
         self.pool_proj = nn.ModuleList(
             nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d)) for _ in cfg.voxel_sizes
         )
@@ -153,9 +154,21 @@ class ConditionEncoder(nn.Module):
         mean = (batch.text * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D_text)
         return tokens, mask, self.text_pool(mean)
 
-    def _gripper_features(self, gripper: Tensor) -> Tensor:
-        xyz = self.workspace.normalize(gripper[:, :3])  # (B, 3) in [-1, 1]
-        return self.gripper_embed(torch.cat([xyz, gripper[:, 3:]], dim=-1))  # (B, d)
+    def _gripper_features(self, batch: ConditionBatch) -> Tensor:
+        """Current pose (B, 8) and, with ``history`` H > 0, the H previous ones (B, H, 8) -> (B, d)."""
+        poses = batch.gripper[:, None, :]  # (B, 1, 8)
+        h = self.cfg.history
+        if h:
+            if batch.history is None or batch.history.shape[1] < h:
+                got = "none" if batch.history is None else batch.history.shape[1]
+                raise ValueError(
+                    f"the policy reads the gripper poses of the {h} previous keyposes (policy.history={h}) "
+                    f"but the condition has {got}: pass ConditionBatch.history (B, {h}, 8)"
+                )
+            poses = torch.cat([poses, batch.history[:, :h]], dim=1)  # (B, 1 + H, 8)
+        xyz = self.workspace.normalize(poses[..., :3])  # (B, 1 + H, 3) in [-1, 1]
+        feats = torch.cat([xyz, poses[..., 3:]], dim=-1)  # (B, 1 + H, 8)
+        return self.gripper_embed(feats.flatten(1))  # (B, 8 * (1 + H)) -> (B, d)
 
     def _point_features(self, batch: ConditionBatch) -> Tensor:
         """Per-point input features: xyz centred on the cloud mean, rgb, height -> (B, N, 7)."""
@@ -167,7 +180,7 @@ class ConditionEncoder(nn.Module):
     def forward(self, batch: ConditionBatch) -> EncodedCondition:
         self._check(batch)
         text, text_mask, pooled = self._text(batch)
-        cond = pooled + self._gripper_features(batch.gripper)  # (B, d)
+        cond = pooled + self._gripper_features(batch)  # (B, d)
         # level 0: average the raw point features per voxel, then embed (cheaper than embedding every point)
         level = PointLevel(self._point_features(batch), batch.points[..., :3], batch.point_mask)
         levels = []

@@ -7,6 +7,8 @@ Point counts vary per condition (padding is exercised); instruction lengths vary
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -55,9 +57,11 @@ def random_condition_batch(
     workspace_high: tuple[float, float, float] = (0.6, 1.1, 0.6),
     min_fraction: float = 0.7,
     with_target: bool = True,
+    history: int = 0,
     seed: int = 0,
 ) -> ConditionBatch:
-    """B synthetic conditions with between ``min_fraction * n_points`` and ``n_points`` valid points each."""
+    """B synthetic conditions with between ``min_fraction * n_points`` and ``n_points`` valid points each
+    (and ``history`` random previous gripper poses each, for policies with ``history`` > 0)."""
     g = torch.Generator().manual_seed(seed)
     low, high = torch.tensor(workspace_low), torch.tensor(workspace_high)
     points = torch.zeros(b, n_points, 7)
@@ -69,7 +73,7 @@ def random_condition_batch(
     lengths = torch.randint(1, text_len + 1, (b,), generator=g)
     text_mask = torch.arange(text_len)[None, :] < lengths[:, None]  # (B, L)
     text = torch.randn(b, text_len, text_dim, generator=g) * text_mask[..., None]
-    return ConditionBatch(
+    batch = ConditionBatch(
         points=points,
         point_mask=point_mask,
         text=text,
@@ -78,3 +82,7 @@ def random_condition_batch(
         target=random_pose(b, low, high, g) if with_target else None,
         task_index=torch.randint(0, 10, (b,), generator=g),
     )
+    if not history:  # drawn last, so a batch without history is the one this seed always gave
+        return batch
+    past = random_pose(b * history, low, high, g).reshape(b, history, -1)  # (B*H, 8) -> (B, H, 8)
+    return replace(batch, history=past)

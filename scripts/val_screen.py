@@ -33,7 +33,9 @@ def main() -> int:
     from platform.train.state import build_training
     from platform.train.validation import ValidationSet, format_line, validate
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name")
     parser.add_argument("--every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
@@ -45,18 +47,32 @@ def main() -> int:
     train, val_data = open_split(cfg)
     if val_data is None:
         raise SystemExit(f"error: {cfg.data.path} has no validation episodes beyond the training ones")
-    val = ValidationSet.from_dataset(val_data, cfg.policy.max_points)
+    val = ValidationSet.from_dataset(val_data, cfg.policy.max_points, history=cfg.policy.history)
     state = build_training(cfg, train, torch.device("cpu"))
     points = []
     while state.step < cfg.train.steps:
         history = run_steps(state, train, min(cfg.train.steps, state.step + args.every))
-        ema = validate(state.ema.shadow if state.ema is not None else state.policy, val, state.device, cfg.train.seed)
+        ema = validate(
+            state.ema.shadow if state.ema is not None else state.policy, val, state.device, cfg.train.seed
+        )
         raw = validate(state.policy, val, state.device, cfg.train.seed)
         loss = sum(h.loss for h in history) / len(history)
-        print(f"{args.name} loss {loss:.3f} train_s {state.train_time_s:.0f}", format_line(state.step, ema),
-              "| raw", format_line(state.step, raw)[5:], flush=True)
-        points.append({"step": state.step, "train_s": state.train_time_s, "loss": loss, **ema,
-                       **{f"raw_{k}": v for k, v in raw.items()}})
+        print(
+            f"{args.name} loss {loss:.3f} train_s {state.train_time_s:.0f}",
+            format_line(state.step, ema),
+            "| raw",
+            format_line(state.step, raw)[5:],
+            flush=True,
+        )
+        points.append(
+            {
+                "step": state.step,
+                "train_s": state.train_time_s,
+                "loss": loss,
+                **ema,
+                **{f"raw_{k}": v for k, v in raw.items()},
+            }
+        )
     out = ROOT / "runs" / "screens" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"name": args.name, "overrides": args.overrides, "points": points}, indent=1))

@@ -288,6 +288,16 @@ class DatasetSummary:
         return cls(root=root, manifest=manifest, task_names=list(manifest["tasks"]), target=target)
 
 
+def previous_keyframes(episode: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """(S,) episode and frame of every sample -> (S,) the index of the sample one keyframe earlier in the same
+    episode (the sample itself for an episode's first keyframe)."""
+    order = np.lexsort((frame, episode))  # by episode, then frame
+    previous = np.arange(len(episode))
+    same = episode[order[1:]] == episode[order[:-1]]  # (S - 1,) consecutive in one episode
+    previous[order[1:][same]] = order[:-1][same]
+    return previous
+
+
 class KeyframeDataset:
     """A validated, in-memory keyframe dataset (see the module docstring for the files).
 
@@ -341,7 +351,7 @@ class KeyframeDataset:
 
     def _load_shards(self, verify: bool) -> None:
         task_index = {t: i for i, t in enumerate(self.task_names)}
-        points, offsets, gripper, target, tasks, episodes = [], [0], [], [], [], []
+        points, offsets, gripper, target, tasks, episodes, frames = [], [0], [], [], [], [], []
         instructions: list[str] = []
         for shard_no, shard in enumerate(self.manifest["shards"]):
             path = self._check_file(shard["file"], shard["sha256"], verify)
@@ -365,6 +375,7 @@ class KeyframeDataset:
             target.append(np.asarray(table.column("target_pose").combine_chunks().values, np.float32))
             tasks.extend([task_index[shard["task"]]] * table.num_rows)
             episodes.extend([shard_no] * table.num_rows)
+            frames.append(np.asarray(table.column("frame"), np.int64))
             instructions.extend(table.column("instruction").to_pylist())
         n = len(tasks)
         if n != self.manifest["total_samples"] or n == 0:
@@ -377,6 +388,7 @@ class KeyframeDataset:
         self.target = np.concatenate(target).reshape(n, POSE_DIM)  # (S, 8)
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
         self.sample_episode = np.asarray(episodes, np.int64)  # (S,) its shard (= episode) in manifest order
+        self.previous = previous_keyframes(self.sample_episode, np.concatenate(frames))  # (S,)
         self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
         self._variation_text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._text_choices: np.ndarray | None = None  # (K, W) rows a sample's text may be drawn from
@@ -436,18 +448,29 @@ class KeyframeDataset:
         """All stored points of sample ``index``: (n, 7) float32 (a view)."""
         return self.points[self.offsets[index] : self.offsets[index + 1]]
 
+    def history(self, indices: np.ndarray, length: int) -> np.ndarray:
+        """(B,) sample indices -> (B, length, 8) gripper poses of each sample's ``length`` previous keyframes
+        in its episode, most recent first; an episode's first keyframe stands in for the ones before it
+        (what an evaluation episode passes before it has made that many keyposes)."""
+        rows, out = np.asarray(indices, np.int64), []
+        for _ in range(length):
+            rows = self.previous[rows]
+            out.append(self.gripper[rows])
+        return np.stack(out, axis=1) if out else np.zeros((len(rows), 0, POSE_DIM), np.float32)
+
     def batch(
         self,
         indices: Sequence[int],
         max_points: int,
         generator: np.random.Generator | None = None,
+        history: int = 0,
     ) -> ConditionBatch:
         """Collate samples into a ``ConditionBatch`` (points zero-padded to at most ``max_points``).
 
         With ``generator``: a random subset of each cloud (training) and, for variations described several
         ways (RLBench), one of the descriptions at random; without: the first ``max_points`` of a
         fixed-seed permutation (the rule ``observation_to_condition`` uses at evaluation) and the first
-        description.
+        description. ``history`` > 0 adds the gripper poses of that many previous keyframes (``history``).
         """
         idx = np.asarray(indices, np.int64).reshape(-1)
         if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(self):
@@ -471,4 +494,5 @@ class KeyframeDataset:
             gripper=torch.from_numpy(self.gripper[idx]),  # (B, 8)
             target=torch.from_numpy(self.target[idx]),  # (B, 8)
             task_index=torch.from_numpy(task),
+            history=torch.from_numpy(self.history(idx, history)) if history else None,  # (B, H, 8)
         )

@@ -34,6 +34,7 @@ from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
 
 DEFAULT_MAX_KEYPOSES = 25  # RLBench / PerAct evaluation limit
+MAX_HISTORY = 8  # the most previous keyposes a policy reads (policies.config: history <= 8)
 PlannerErrorRule = Literal["end", "continue"]
 
 
@@ -137,9 +138,10 @@ def run_episode(
         from evaluation.runtime.video import Recorder
 
         recorder = Recorder(spec.task, record_camera)
+    previous: list[np.ndarray] = []  # gripper poses at the keyposes made so far (policies with history)
     for k in range(max_keyposes):
         t = time.perf_counter()
-        condition = condition_fn(obs, text)
+        condition = condition_fn(obs, text, previous[-MAX_HISTORY:])
         t2 = time.perf_counter()
         pose = infer(condition, row_seed(spec.seed, k))
         t3 = time.perf_counter()
@@ -162,6 +164,7 @@ def run_episode(
                 times.render += time.perf_counter() - t
             continue
         times.sim += time.perf_counter() - t3
+        previous.append(np.asarray(obs.gripper_pose))  # a planner error moved nothing: not a keypose made
         steps = k + 1
         if outcome.success:
             success, status = True, "ok"

@@ -52,6 +52,7 @@ def stack_conditions(items: Sequence[ConditionBatch]) -> ConditionBatch:
     n = max(c.points.shape[1] for c in items)
     length = max(c.text.shape[1] for c in items)
     have_index = all(c.task_index is not None for c in items)
+    have_history = all(c.history is not None for c in items)
     return ConditionBatch(
         points=torch.cat([_pad_to(c.points, n) for c in items]),  # (B, N, 7)
         point_mask=torch.cat([_pad_to(c.point_mask, n) for c in items]),  # (B, N)
@@ -59,6 +60,7 @@ def stack_conditions(items: Sequence[ConditionBatch]) -> ConditionBatch:
         text_mask=torch.cat([_pad_to(c.text_mask, length) for c in items]),  # (B, L)
         gripper=torch.cat([c.gripper for c in items]),  # (B, 8)
         task_index=torch.cat([c.task_index for c in items]) if have_index else None,  # type: ignore[misc]
+        history=torch.cat([c.history for c in items]) if have_history else None,  # type: ignore[misc]
     )
 
 

@@ -190,6 +190,7 @@ class PolicyDeployment:
             "instructions": sorted(self.instructions.known),
             "text_encoder": self.instructions.encoder_name,
             "max_points": self.bundle.max_points,
+            "history": self.conditioner.history,  # previous keyposes the policy reads: send previous_poses
             "device": self.device,
             "max_batch": self.settings.max_batch,
             "batch_wait_ms": 1e3 * self.settings.batch_wait_s,
@@ -204,11 +205,13 @@ class PolicyDeployment:
 
     def _condition(self, req: ServeRequest) -> tuple[ConditionBatch, bool]:
         text, from_checkpoint = self.instructions.lookup(req.instruction)
+        # a request without previous_poses is the first keypose of an episode (its pose stands in for the rest)
+        previous = [] if req.previous_poses is None else list(req.previous_poses)
         if req.cameras is not None:
             obs = Observation(
                 task="", instruction=req.instruction, cameras=req.cameras, gripper_pose=req.gripper_pose
             )
-            return self.conditioner(obs, text), from_checkpoint
+            return self.conditioner(obs, text, previous), from_checkpoint
         assert req.points is not None
         cloud = cloud_to_points(req.points[:, :3], req.points[:, 3:6], self.pointcloud)  # (n, 7)
         if not len(cloud):
@@ -218,9 +221,16 @@ class PolicyDeployment:
                 "send world-frame metres",
                 422,
             )
-        return points_to_condition(
-            cloud, req.gripper_pose, text, self.bundle.max_points, self.pointcloud
-        ), from_checkpoint
+        condition = points_to_condition(
+            cloud,
+            req.gripper_pose,
+            text,
+            self.bundle.max_points,
+            self.pointcloud,
+            previous,
+            self.conditioner.history,
+        )
+        return condition, from_checkpoint
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batch(

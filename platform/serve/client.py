@@ -58,8 +58,10 @@ def request_body(
     cameras: Sequence[CameraFrame] | None = None,
     points: np.ndarray | None = None,
     seed: int | None = None,
+    previous_poses: Sequence[Sequence[float]] | np.ndarray | None = None,
 ) -> bytes:
-    """The JSON body of one request (docs/serving.md); ``points``: (P, 6) ``[x, y, z, r, g, b]``."""
+    """The JSON body of one request (docs/serving.md); ``points``: (P, 6) ``[x, y, z, r, g, b]``;
+    ``previous_poses``: (K, 8) gripper poses at the episode's earlier keyposes, oldest first."""
     body: dict[str, Any] = {
         "instruction": instruction,
         "gripper_pose": [float(v) for v in np.asarray(gripper_pose, np.float64).reshape(-1)],
@@ -70,6 +72,8 @@ def request_body(
         body["points"] = encode_array(np.asarray(points, np.float32))
     if seed is not None:
         body["seed"] = int(seed)
+    if previous_poses is not None and len(previous_poses):
+        body["previous_poses"] = np.asarray(previous_poses, np.float64).reshape(-1, 8).tolist()
     return json.dumps(body).encode()
 
 
@@ -97,13 +101,22 @@ class Client:
         cameras: Sequence[CameraFrame] | None = None,
         points: np.ndarray | None = None,
         seed: int | None = None,
+        previous_poses: Sequence[Sequence[float]] | np.ndarray | None = None,
     ) -> Prediction:
-        """The next keypose for one observation (cameras, or a ready (P, 6) point cloud)."""
-        return self.send(request_body(instruction, gripper_pose, cameras, points, seed))
+        """The next keypose for one observation (cameras, or a ready (P, 6) point cloud); ``previous_poses``:
+        the gripper poses at the episode's earlier keyposes, oldest first (read by policies with history)."""
+        return self.send(request_body(instruction, gripper_pose, cameras, points, seed, previous_poses))
 
-    def predict_observation(self, obs: Observation, seed: int | None = None) -> Prediction:
+    def predict_observation(
+        self,
+        obs: Observation,
+        seed: int | None = None,
+        previous_poses: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ) -> Prediction:
         """``predict`` for a simulator ``Observation`` (its instruction, gripper pose and cameras)."""
-        return self.predict(obs.instruction, obs.gripper_pose, cameras=obs.cameras, seed=seed)
+        return self.predict(
+            obs.instruction, obs.gripper_pose, cameras=obs.cameras, seed=seed, previous_poses=previous_poses
+        )
 
     def send(self, body: bytes) -> Prediction:
         """POST a prepared request body (``request_body``)."""

@@ -8,6 +8,8 @@ One request is one observation:
                   "intrinsics": (3, 3), "extrinsics": (4, 4) camera-to-world, OpenCV axes}, ...],
      -- or, instead of cameras --
      "points": ARRAY (P, 6) [x, y, z, r, g, b], world frame, metres, rgb in [0, 255],
+     "previous_poses": ARRAY (K, 8),                    # optional: gripper poses at the episode's earlier
+                                                        # keyposes, oldest first (policies with history)
      "seed": 123}                                       # optional: makes the answer reproducible
 
 An ARRAY is a nested JSON list, or ``{"dtype": "float32", "shape": [H, W], "b64": "<base64 of the C-order
@@ -35,6 +37,7 @@ from evaluation.simulators.sim import CameraFrame
 MAX_SEED = 2**63 - 1
 _DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
 MAX_CAMERAS = 16
+MAX_PREVIOUS_POSES = 64  # a policy reads at most 8 (policies.config: history); more is a client's mistake
 MAX_PIXELS = (
     4096 * 4096
 )  # per image: far above any depth camera; bounds what one request can make us allocate
@@ -57,6 +60,7 @@ class ServeRequest:
     cameras: list[CameraFrame] | None
     points: np.ndarray | None  # (P, 6) float64 [x, y, z, r, g, b]
     seed: int | None
+    previous_poses: np.ndarray | None = None  # (K, 8) float64, oldest first
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
@@ -160,11 +164,13 @@ def parse_request(body: bytes) -> ServeRequest:
         raise RequestError(
             "the body must be a JSON object with instruction, gripper_pose and cameras or points"
         )
-    unknown = sorted(set(data) - {"instruction", "gripper_pose", "cameras", "points", "seed"})
+    unknown = sorted(
+        set(data) - {"instruction", "gripper_pose", "cameras", "points", "previous_poses", "seed"}
+    )
     if unknown:
         raise RequestError(
             f"unknown field(s) {', '.join(unknown)}: a request has instruction, gripper_pose, "
-            "cameras or points, and seed"
+            "cameras or points, previous_poses and seed"
         )
     instruction = data.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
@@ -186,9 +192,23 @@ def parse_request(body: bytes) -> ServeRequest:
         points = decode_array(data["points"], "points", 2, 6).astype(np.float64)
         if len(points) > MAX_PIXELS:
             raise RequestError(f"points has {len(points)} rows, more than {MAX_PIXELS}", 413)
+    previous = None
+    if data.get("previous_poses") is not None:
+        previous = decode_array(data["previous_poses"], "previous_poses", 2, POSE_DIM).astype(np.float64)
+        if len(previous) > MAX_PREVIOUS_POSES:
+            raise RequestError(
+                f"previous_poses has {len(previous)} rows; send at most the last {MAX_PREVIOUS_POSES}", 413
+            )
     seed = data.get("seed")
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
     ):
         raise RequestError(f"seed must be an integer in [0, 2^63 - 1], got {seed!r}")
-    return ServeRequest(instruction=instruction, gripper_pose=pose, cameras=cameras, points=points, seed=seed)
+    return ServeRequest(
+        instruction=instruction,
+        gripper_pose=pose,
+        cameras=cameras,
+        points=points,
+        seed=seed,
+        previous_poses=previous,
+    )

@@ -209,10 +209,14 @@ class DatasetSubset:
         return {k: v for k, v in texts.items() if k in kept}
 
     def batch(
-        self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None
+        self,
+        indices: Sequence[int],
+        max_points: int,
+        generator: np.random.Generator | None = None,
+        history: int = 0,
     ) -> ConditionBatch:
         return self._dataset.batch(
-            self._index[np.asarray(indices)], max_points=max_points, generator=generator
+            self._index[np.asarray(indices)], max_points=max_points, generator=generator, history=history
         )
 
 

@@ -73,7 +73,9 @@ def run_steps(
             state.rank :: state.world
         ]  # this worker's share of the B conditions
         np_rng = np.random.default_rng(step_seed(cfg.train.seed, state.step, stream=0, rank=state.rank))
-        batch = dataset.batch(indices, max_points=max_points, generator=np_rng).to(state.device)
+        batch = dataset.batch(
+            indices, max_points=max_points, generator=np_rng, history=cfg.policy.history
+        ).to(state.device)
         m = train_step(
             state.policy,
             batch,

@@ -57,7 +57,7 @@ class ValidationSet:
 
     @classmethod
     def from_dataset(
-        cls, dataset: DatasetSubset, max_points: int, per_task: int | None = None
+        cls, dataset: DatasetSubset, max_points: int, per_task: int | None = None, history: int = 0
     ) -> ValidationSet:
         """The samples of ``dataset`` (a validation subset), points chosen by the evaluation rule; with
         ``per_task``, at most that many per task, evenly spaced over the task's samples (so every episode
@@ -67,7 +67,7 @@ class ValidationSet:
         if n == 0:
             raise ValueError("the validation set is empty")
         batches = tuple(
-            dataset.batch(rows[i : i + CHUNK], max_points=max_points, generator=None)
+            dataset.batch(rows[i : i + CHUNK], max_points=max_points, generator=None, history=history)
             for i in range(0, n, CHUNK)
         )
         names = getattr(dataset, "full_task_names", None) or list(dataset.task_names)
@@ -193,7 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{cfg.data.path} has no episodes beyond the {cfg.data.episodes_per_task} training "
                 "episodes per task: nothing to validate on"
             )
-        val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points)
+        val = ValidationSet.from_dataset(
+            val_dataset,
+            cfg.policy.max_points,
+            history=policy.config.history,  # type: ignore[attr-defined]
+        )
         metrics = validate(policy, val, torch.device("cpu"), seed=cfg.train.seed)
         print(
             f"{val.size} validation keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]

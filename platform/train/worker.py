@@ -157,7 +157,9 @@ def _validation_set(cfg: ExperimentConfig, val_dataset: DatasetSubset | None) ->
             flush=True,
         )
         return None
-    val = ValidationSet.from_dataset(val_dataset, cfg.policy.max_points, cfg.train.val_per_task)
+    val = ValidationSet.from_dataset(
+        val_dataset, cfg.policy.max_points, cfg.train.val_per_task, history=cfg.policy.history
+    )
     cap = f", at most {cfg.train.val_per_task} per task" if cfg.train.val_per_task else ""
     print(
         f"[val] {val.size} held-out keyframes ({cfg.data.val_episodes_per_task} episodes per task{cap}) validated "

@@ -38,7 +38,15 @@ class FakeKeyframeDataset:
         return self._all.text[0].numpy(), self._all.text_mask[0].numpy()
 
     def batch(
-        self, indices: Sequence[int], max_points: int, generator: np.random.Generator | None = None
+        self,
+        indices: Sequence[int],
+        max_points: int,
+        generator: np.random.Generator | None = None,
+        history: int = 0,
     ) -> ConditionBatch:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return self._all.select(idx)
+        batch = self._all.select(idx)
+        if not history:
+            return batch
+        past = batch.gripper[:, None, :].expand(-1, history, -1).clone()  # (B, H, 8): the first keyframe's
+        return ConditionBatch(**{**batch.__dict__, "history": past})

@@ -21,12 +21,13 @@ from evaluation.datasets.dataset import (
     KeyframeDataset,
     KeyframeSample,
     instructions_table,
+    previous_keyframes,
     samples_table,
     write_manifest,
     write_table,
 )
 from evaluation.files import sha256_file
-from evaluation.pointcloud import PointCloudConfig, select_points
+from evaluation.pointcloud import PointCloudConfig, past_poses, select_points
 from evaluation.simulators.rendering import RenderConfig
 
 pytestmark = pytest.mark.unit
@@ -49,10 +50,10 @@ def _write_synthetic_dataset(root: Path, samples_per_shard: int = 3) -> Path:
                     f,
                     f * 10,
                     rng.normal(size=(int(rng.integers(20, 80)), 7)).astype(np.float32),
-                    np.full(8, t, np.float32),
+                    np.full(8, 100 * t + 10 * variation + f, np.float32),  # the gripper pose names its row
                     np.full(8, 10 * t + f, np.float32),
                 )
-                for f in range(samples_per_shard)
+                for f in reversed(range(samples_per_shard))  # rows need not be in frame order
             ]
             rel = f"shards/{task}/var{variation:02d}.parquet"
             write_table(samples_table(samples, f"do {task}"), root / rel)
@@ -122,6 +123,29 @@ def test_loads_everything_and_collates_batches(dataset_dir):
         expected = cloud[select_points(len(cloud), 32, None)]
         assert torch.equal(batch.points[row, :n], torch.from_numpy(expected))
         assert not batch.points[row, n:].any()  # zero padding
+
+
+def test_history_is_the_previous_keyframes_of_the_same_episode_as_an_evaluation_episode_passes_them(
+    dataset_dir,
+):
+    ds = KeyframeDataset(dataset_dir)
+    # rows are stored in reverse frame order: sample 2 is frame 0 of task-a's variation 0, sample 0 frame 2
+    assert ds.previous.tolist()[:3] == [1, 2, 2]
+    batch = ds.batch([0, 1, 2, 9], max_points=16, history=3)
+    assert batch.history.shape == (4, 3, 8)
+    assert batch.history[:, :, 0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0], [111, 110, 110]]
+    assert ds.batch([0], max_points=16).history is None
+    # what the evaluation loop builds from the poses it saw at frames 0 and 1 (oldest first) for frame 2
+    poses = [ds.gripper[2], ds.gripper[1]]
+    assert np.array_equal(past_poses(ds.gripper[0], poses, 3), batch.history[0].numpy())
+    assert np.array_equal(past_poses(ds.gripper[2], [], 3), ds.batch([2], 16, history=3).history[0].numpy())
+    assert past_poses(ds.gripper[0], poses, 0).shape == (0, 8)
+
+
+def test_previous_keyframes_follow_frames_within_each_episode():
+    episode = np.array([1, 0, 1, 0, 1])
+    frame = np.array([5, 3, 2, 1, 9])
+    assert previous_keyframes(episode, frame).tolist() == [2, 3, 2, 3, 0]
 
 
 def test_batches_are_deterministic_without_generator_and_random_with_one(dataset_dir):

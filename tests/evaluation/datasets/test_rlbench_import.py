@@ -362,9 +362,9 @@ def test_training_checkpoint_carries_variation_texts_and_evaluation_uses_them(
     seen: list[np.ndarray] = []
     conditioner = PointCloudConditioner(max_points=cfg.policy.max_points, config=rlbench_pointcloud_config())
 
-    def recording_condition_fn(obs, text):
+    def recording_condition_fn(obs, text, previous=()):
         seen.append(text[0])
-        return conditioner(obs, text)
+        return conditioner(obs, text, previous)
 
     infer = LocalInference(CheckpointBundle.read(ckpt).build_policy())
     for variation, text in ((0, "close jar with the red block"), (1, "close jar with the maroon block")):

@@ -125,3 +125,30 @@ def test_missing_instruction_names_the_file_keys():
             {},
             EpisodeSpec("fake-reach", 0, 0),
         )
+
+
+def test_each_condition_gets_the_poses_of_the_keyposes_made_before_it():
+    """What a policy with ``history`` reads: the gripper poses seen at the earlier keyposes, oldest first; a
+    keypose the planner refused moved nothing and is not one of them."""
+    seen: list[tuple[np.ndarray, list[np.ndarray]]] = []
+    inner = conditioner()
+
+    def recording(obs, text, previous=()):
+        seen.append((np.asarray(obs.gripper_pose).copy(), [np.asarray(p).copy() for p in previous]))
+        return inner(obs, text, previous)
+
+    spec = EpisodeSpec("fake-reach", 0, 0)
+    run_episode(
+        _PlannerFailsOnce(),
+        LocalInference(FakeGoalPolicy(max_step=0.05)),
+        recording,
+        INSTR,
+        spec,
+        max_keyposes=6,
+        on_planner_error="continue",
+    )
+    assert [len(previous) for _, previous in seen] == [0, 1, 1, 1, 2, 3]  # keyposes 2 and 3 were refused
+    for k in range(1, len(seen)):
+        moved = [pose for pose, _ in seen[:k]]
+        kept = [moved[0]] + [moved[i] for i in range(3, k)]  # the poses at which a keypose was made
+        assert all(np.array_equal(a, b) for a, b in zip(seen[k][1], kept, strict=True))

@@ -10,6 +10,7 @@ import torch
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
 from evaluation.runtime.episode import LocalInference, run_episode
 from evaluation.runtime.evaluate import plan_episodes
+from evaluation.pointcloud import PointCloudConditioner
 from evaluation.runtime.policy_server import predict_rows, stack_conditions
 from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
 from policies.batch import ConditionBatch
@@ -50,6 +51,21 @@ def test_stack_conditions_pads_points_and_text_exactly():
         assert torch.equal(batch.text[i, :length], c.text[0]) and not batch.text_mask[i, length:].any()
     with pytest.raises(ValueError, match="at least one"):
         stack_conditions([])
+    assert batch.history is None
+
+
+@pytest.mark.unit
+def test_stack_conditions_keeps_the_past_poses_of_history_policies():
+    sim, cond = FakeSimulator(), PointCloudConditioner(max_points=64, history=2)
+    items = []
+    for i in range(3):
+        obs = sim.reset(TASKS[0], i, i)
+        earlier = [obs.gripper_pose + 0.01 * (j + 1) for j in range(i)]  # 0, 1 and 2 keyposes made
+        items.append(cond(obs, INSTR[TASKS[0]], earlier))
+    batch = stack_conditions(items)
+    assert batch.history.shape == (3, 2, 8)
+    for i, c in enumerate(items):
+        assert torch.equal(batch.history[i], c.history[0])
 
 
 @pytest.mark.unit

@@ -52,6 +52,23 @@ def test_a_point_cloud_request_and_nested_lists():
     body = json.dumps({"instruction": "push", "gripper_pose": POSE, "points": [[0, 0.5, 0.1, 10, 20, 30]]})
     req = parse_request(body.encode())
     assert req.cameras is None and req.points.shape == (1, 6) and req.seed is None
+    assert req.previous_poses is None
+
+
+def test_previous_poses_travel_oldest_first_and_an_empty_list_is_no_history():
+    earlier = [[0.0, 0.5, 0.3, 0, 1, 0, 0, 1], [0.05, 0.55, 0.25, 0, 1, 0, 0, 0]]
+    req = parse_request(request_body("push", POSE, points=np.zeros((1, 6)), previous_poses=earlier))
+    assert np.array_equal(req.previous_poses, earlier)
+    assert (
+        parse_request(request_body("push", POSE, points=np.zeros((1, 6)), previous_poses=[])).previous_poses
+        is None
+    )
+    many = json.dumps(
+        {"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "previous_poses": [POSE] * 65}
+    )
+    with pytest.raises(RequestError, match="at most the last 64") as info:
+        parse_request(many.encode())
+    assert info.value.status == 413
 
 
 @pytest.mark.parametrize(
@@ -80,6 +97,13 @@ def test_a_point_cloud_request_and_nested_lists():
             json.dumps({"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "sed": 1}).encode(),
             400,
             "sed",
+        ),
+        (
+            json.dumps(
+                {"instruction": "a", "gripper_pose": POSE, "points": [[0] * 6], "previous_poses": [POSE[:7]]}
+            ).encode(),
+            400,
+            "previous_poses",
         ),
         (
             json.dumps(
