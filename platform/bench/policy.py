@@ -83,6 +83,7 @@ def _batch(
         text_dim=cfg.text_dim,
         workspace_low=cfg.workspace_low,
         workspace_high=cfg.workspace_high,
+        history=cfg.history,
         seed=seed,
     ).to(device)
 
