@@ -172,13 +172,17 @@ class Client:
 @dataclass
 class HttpInference:
     """Drive ``evaluation.runtime.episode.run_episode`` through the server: the server conditions raw
-    observations itself, so ``condition`` hands the observation through and ``__call__`` posts it with the
-    episode's row seed (what in-process evaluation seeds its sampler with, so outcomes are the same)."""
+    observations itself, so ``condition`` hands the observation (and the episode's earlier keypose poses)
+    through and ``__call__`` posts it with the episode's row seed (what in-process evaluation seeds its
+    sampler with, so outcomes are the same)."""
 
     client: Client
 
-    def condition(self, obs: Observation, text: object) -> Any:
-        return obs  # the server fuses the cameras and looks the instruction up itself
+    def condition(
+        self, obs: Observation, text: object, previous: Sequence[np.ndarray] = ()
+    ) -> tuple[Observation, list[np.ndarray]]:
+        return obs, list(previous)  # the server fuses the cameras and looks the instruction up itself
 
-    def __call__(self, condition: Any, row_seed: int) -> np.ndarray:
-        return self.client.predict_observation(condition, seed=row_seed).pose
+    def __call__(self, condition: tuple[Observation, list[np.ndarray]], row_seed: int) -> np.ndarray:
+        obs, previous = condition
+        return self.client.predict_observation(obs, seed=row_seed, previous_poses=previous).pose

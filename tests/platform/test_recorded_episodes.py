@@ -56,6 +56,7 @@ def test_exported_episodes_import_train_and_serve_like_a_collection(tmp_path):
         "data.episodes_per_task=1",
         "data.val_episodes_per_task=0",
         "train.val_every=0",
+        "policy.history=2",  # served requests then carry previous_poses, checked bit for bit below
     )
     run = run_platform("platform.train", args)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.pointcloud import PointCloudConditioner
 from evaluation.runtime.coordinator import Coordinator, PoolConfig
 from evaluation.runtime.episode import LocalInference, run_episode
 from evaluation.runtime.evaluate import plan_episodes
-from evaluation.pointcloud import PointCloudConditioner
 from evaluation.runtime.policy_server import predict_rows, stack_conditions
 from evaluation.simulators.fake_sim import FakeSimConfig, FakeSimulator
 from policies.batch import ConditionBatch
