@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_HISTORY = 8  # the most previous keyposes a policy may read (``history``)
+
 
 class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,7 +80,7 @@ class _PolicyBase(FrozenModel):
     # the first keypose repeats its own pose). Keypose demonstrations revisit a scene in different phases
     # (handle-pull-side re-grasps the handle 3 times: "closed, handle in the gripper" is followed by a lift
     # once and by a release once); 3DDA reads 3 past poses. 0 = the current pose only.
-    history: int = Field(0, ge=0, le=8)
+    history: int = Field(0, ge=0, le=MAX_HISTORY)
 
     @model_validator(mode="before")
     @classmethod

@@ -32,9 +32,9 @@ from evaluation.pointcloud import ConditionFn
 from evaluation.simulators.sim import EpisodeResult, PlannerError, Simulator, SimulatorError
 from policies.base import Policy
 from policies.batch import POSE_DIM, ConditionBatch
+from policies.config import MAX_HISTORY
 
 DEFAULT_MAX_KEYPOSES = 25  # RLBench / PerAct evaluation limit
-MAX_HISTORY = 8  # the most previous keyposes a policy reads (policies.config: history <= 8)
 PlannerErrorRule = Literal["end", "continue"]
 
 
