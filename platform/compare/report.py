@@ -10,7 +10,7 @@ from pathlib import Path
 from evaluation.files import atomic_write_text
 from evaluation.metaworld_tiers import TIER_LABELS, TIERS
 from platform.compare.published import MT50Published, PublishedMethod
-from platform.compare.runs import TIER_AVERAGES, QualityRow, RunSummary
+from platform.compare.runs import TIER_AVERAGES, QualityRow, RunSummary, seed_groups
 
 MAIN_POLICY = "mini_diffuser"
 PLOTTED_PUBLISHED = "diffuser_actor_3dda"
@@ -144,12 +144,47 @@ def _pct_ci(x: float | None, ci: tuple[float, float] | None) -> str:
     return _pct(x) if ci is None or x is None else f"{_pct(x)} ({_pct(ci[0])}-{_pct(ci[1])})"
 
 
+def _mean_over_seeds(values: Sequence[float | None]) -> float | None:
+    """The mean of one figure over a group's seeds; None unless every seed has it."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None) / len(values)
+
+
+def _over_seeds(values: Sequence[float | None]) -> str:
+    """The mean over a group's seeds with the lowest and highest seed, or a dash (``_mean_over_seeds``)."""
+    mean = _mean_over_seeds(values)
+    if mean is None:
+        return _DASH
+    present = [v for v in values if v is not None]
+    return f"{_pct(mean)} (seeds {_pct(min(present))}-{_pct(max(present))})"
+
+
+def seed_mean_values(group: Sequence[RunSummary]) -> dict[str, float | None]:
+    """A seed group's means: per tier (``TIER_AVERAGES``), ``final_success`` and ``per_episode_success``."""
+    out = {n: _mean_over_seeds([s.tier_success.get(n) for s in group]) for n in TIER_AVERAGES}
+    out["final_success"] = _mean_over_seeds([s.final_success for s in group])
+    out["per_episode_success"] = _mean_over_seeds([s.per_episode_success for s in group])
+    return out
+
+
+def _seed_label(group: Sequence[RunSummary]) -> str:
+    return f"{group[0].policy_type}: mean of {len(group)} seeds ({', '.join(s.run_name for s in group)})"
+
+
 def mt50_table(summaries: list[RunSummary], mt50: list[MT50Published]) -> str:
     """Our MT50 runs (suite mt50) beside the published MT50 rows: success per tier, tier average, the
-    per-task and per-episode means, each row with its setting and source. Ours: 95 % intervals in brackets."""
+    per-task and per-episode means, each row with its setting and source. Ours: 95 % intervals in brackets;
+    first the mean over the seeds of each experiment run with several (``seed_groups``)."""
     headers = ["method", "policies trained", "demos/task", "eval episodes/task", "inputs",
                *(TIER_LABELS[t] for t in TIERS), "tier average", "per-task mean", "per-episode", "source"]  # fmt: skip
     rows = []
+    for g in seed_groups(summaries):
+        rows.append([f"**{_seed_label(g)}** (ours)", "1", _num(g[0].demos_per_task, "d"),
+                     _num(g[0].eval_episodes_per_task, "g"), OUR_INPUTS,
+                     *(_over_seeds([s.tier_success.get(n) for s in g]) for n in TIER_AVERAGES),
+                     _over_seeds([s.final_success for s in g]), _over_seeds([s.per_episode_success for s in g]),
+                     "this platform, MLflow runs " + ", ".join(f"`{s.run_id[:8]}`" for s in g)])  # fmt: skip
     for s in sorted(summaries, key=lambda s: s.tier_success.get("tier_average", -1.0), reverse=True):
         rows.append([f"**{s.policy_type}: {s.run_name}** (ours)", "1", _num(s.demos_per_task, "d"),
                      _num(s.eval_episodes_per_task, "g"), OUR_INPUTS,
@@ -172,6 +207,11 @@ def mt50_notes(summaries: list[RunSummary], mt50: list[MT50Published]) -> list[s
              "Two settings: one policy for all 50 tasks (policies trained 1, as ours) and 50 single-task "
              "policies (DP3's table). Published numbers come from Meta-World v2 and v3 setups that differ in "
              "details: compare, do not equate."]  # fmt: skip
+    if seed_groups(summaries):
+        notes.append(
+            "Mean of N seeds: runs of one experiment that differ only in `train.seed` (and in their name and "
+            "paths); in brackets the lowest and the highest seed."
+        )
     if not summaries:
         notes.append(
             "No MT50 runs of ours yet (tag `platform.suite` = `mt50`): train one with "
@@ -287,6 +327,15 @@ def write_csv(
             ci = s.tier_ci.get(name)
             row.update({col: s.tier_success.get(name), f"{col}_ci_low": ci[0] if ci else None,
                         f"{col}_ci_high": ci[1] if ci else None})  # fmt: skip
+        rows.append(row)
+    for g in seed_groups(summaries):
+        means = seed_mean_values(g)
+        row = {"source": "ours (mean of seeds)", "name": _seed_label(g), "policy_type": g[0].policy_type,
+               "suite": g[0].suite, "run_id": " ".join(s.run_id for s in g), "steps": g[0].steps,
+               "demos_per_task": g[0].demos_per_task, "mean_success": means["final_success"],
+               "policies_trained": 1, "eval_episodes_per_task": g[0].eval_episodes_per_task,
+               "inputs": OUR_INPUTS, "per_episode_success": means["per_episode_success"]}  # fmt: skip
+        row.update({col: means[name] for name, col in tier_cols.items()})
         rows.append(row)
     for m in published:
         row = {"source": "published", "name": m.method, "suite": m.benchmark, "mean_success": m.avg_success,

@@ -15,6 +15,13 @@ if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
     from mlflow.tracking import MlflowClient
 
 OUR_KINDS = ("train", "sweep_trial")
+SEED_PARAM = "train.seed"
+# Params that name or place a run without changing what it trains or measures: two runs that differ only in
+# these and the seed are seeds of one experiment (``seed_groups``).
+RUN_ONLY_PARAMS = frozenset(
+    {"name", "output_dir", "data.path", "data.collect_if_missing", "data.collect_workers", "ray.address",
+     "tracking.enabled", "tracking.uri", "tracking.experiment", "eval.videos", "eval.video_camera"}
+)  # fmt: skip
 TIER_AVERAGES = (
     *TIERS,
     "tier_average",
@@ -53,6 +60,11 @@ class RunSummary:
     tier_success: dict[str, float] = field(default_factory=dict)
     tier_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     per_episode_success: float | None = None  # eval/success/per_episode
+    params: dict[str, str] = field(default_factory=dict)  # the run's MLflow params (its flattened config)
+
+    @property
+    def seed(self) -> str | None:
+        return self.params.get(SEED_PARAM)
 
     @property
     def eval_episodes_per_task(self) -> float | None:
@@ -161,6 +173,7 @@ def summarize_run(client: MlflowClient, run: Run, levels: tuple[float, ...]) -> 
         },
         tier_ci={n: ci for n in TIER_AVERAGES if (ci := _ci(data.metrics, f"eval/success/{n}")) is not None},
         per_episode_success=data.metrics.get("eval/success/per_episode"),
+        params=dict(data.params),
     )
 
 
@@ -225,6 +238,31 @@ def find_our_runs(client: MlflowClient, experiment_id: str | None, run_ids: list
         token = page.token
         if not token:
             return runs
+
+
+def same_experiment(a: RunSummary, b: RunSummary) -> bool:
+    """Whether two runs differ at most in their seed and ``RUN_ONLY_PARAMS``. Params only one of them logged
+    (settings added to the platform between the two runs) are not compared."""
+    if (a.policy_type, a.suite) != (b.policy_type, b.suite):
+        return False
+    shared = (a.params.keys() & b.params.keys()) - RUN_ONLY_PARAMS - {SEED_PARAM}
+    return all(a.params[k] == b.params[k] for k in shared)
+
+
+def seed_groups(summaries: list[RunSummary]) -> list[list[RunSummary]]:
+    """Runs of one experiment with different training seeds (``same_experiment``), in groups of two or
+    more evaluated runs. A run joins the first group without its seed, in the order of ``summaries``
+    (newest first from ``find_our_runs``): a seed run twice is averaged by its newest run."""
+    groups: list[list[RunSummary]] = []
+    for s in summaries:
+        if s.seed is None or s.final_success is None:
+            continue
+        home = next((g for g in groups if all(same_experiment(s, o) and o.seed != s.seed for o in g)), None)
+        if home is None:
+            groups.append([s])
+        else:
+            home.append(s)
+    return [g for g in groups if len(g) > 1]
 
 
 def best_per_policy_type(summaries: list[RunSummary]) -> dict[str, RunSummary]:

@@ -223,7 +223,9 @@ def test_suite_filter_keeps_one_benchmark(fake_runs, tmp_path: Path) -> None:
         assert {row["suite"] for row in csv.DictReader(f) if row["source"] == "ours"} == {"rlbench"}
 
 
-def _log_fake_mt50_run(client, exp_id: str, name: str, tiers: dict[str, float] | None) -> str:
+def _log_fake_mt50_run(
+    client, exp_id: str, name: str, tiers: dict[str, float] | None, params: dict[str, str] | None = None
+) -> str:
     """A finished MT50 run whose final evaluation (10 episodes per task) logged per-tier metrics (or not)."""
     from mlflow.entities import Metric, Param
 
@@ -249,7 +251,8 @@ def _log_fake_mt50_run(client, exp_id: str, name: str, tiers: dict[str, float] |
         ]
     if tiers:
         metrics.append(Metric("eval/success/per_episode", 0.6, ts, 500))
-    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("data.episodes_per_task", "50")])
+    params = {"data.episodes_per_task": "50", **(params or {})}
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -299,3 +302,34 @@ def test_suite_mt50_puts_our_tiers_beside_the_published_rows(fake_runs, tmp_path
     # another benchmark's comparison has no MT50 section
     assert _run(uri, tmp_path / "rl", "--no-log", "--suite", "rlbench") == 0
     assert "## MT50" not in (tmp_path / "rl" / "comparison.md").read_text()
+
+
+def test_seeds_of_one_mt50_experiment_are_averaged_beside_their_runs(fake_runs, tmp_path: Path) -> None:
+    uri, _ = fake_runs
+    client = _client(uri)
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    base = {"train.steps": "7000", "data.path": "/a/data"}
+    low = {"easy": 0.8, "medium": 0.5, "hard": 0.3, "very_hard": 0.2, "tier_average": 0.45}
+    high = {k: v + 0.1 for k, v in low.items()}
+    _log_fake_mt50_run(client, exp_id, "exp-s0", high, {**base, "train.seed": "0", "name": "exp-s0"})
+    # another seed of the same experiment, from another checkout, logged after a new setting existed
+    _log_fake_mt50_run(client, exp_id, "exp-s1", high,
+                       {**base, "train.seed": "1", "name": "exp-s1", "data.path": "/b/data", "policy.history": "0"})  # fmt: skip
+    _log_fake_mt50_run(client, exp_id, "short-s1", high, {**base, "train.seed": "1", "train.steps": "4000"})
+    # seed 0 again, later: the newest run of each seed is the one averaged
+    _log_fake_mt50_run(client, exp_id, "exp-s0-again", low, {**base, "train.seed": "0"})
+    assert _run(uri, tmp_path / "seeds", "--no-log", "--suite", "mt50") == 0
+    report = (tmp_path / "seeds" / "comparison.md").read_text()
+    assert (
+        "| **mini_diffuser: mean of 2 seeds (exp-s0-again, exp-s1)** (ours) | 1 | 50 | 10 | fused point cloud + language "
+        "| 85.0 (seeds 80.0-90.0) | 55.0 (seeds 50.0-60.0) | 35.0 (seeds 30.0-40.0) | 25.0 (seeds 20.0-30.0) "
+        "| 50.0 (seeds 45.0-55.0) | 60.0 (seeds 60.0-60.0) | 60.0 (seeds 60.0-60.0) |"
+    ) in report
+    assert report.count("mean of 2 seeds") == 1 and "differ only in `train.seed`" in report
+    assert (
+        "| **mini_diffuser: exp-s0** (ours) |" in report
+        and "| **mini_diffuser: short-s1** (ours) |" in report
+    )
+    with (tmp_path / "seeds" / "comparison.csv").open() as f:
+        (mean,) = [row for row in csv.DictReader(f) if row["source"] == "ours (mean of seeds)"]
+    assert float(mean["tier_average"]) == pytest.approx(0.5) and len(mean["run_id"].split()) == 2
