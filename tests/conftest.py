@@ -30,21 +30,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     problems += [f"'unit' mixed with another kind: {n}" for n in mixed]
     if problems:
         raise pytest.UsageError("test markers (tests/conftest.py):\n  " + "\n  ".join(problems))
-    # Longest first: the end-to-end tests marked ``long(seconds=...)`` by their measured time, then the kinds in
-    # RUN_ORDER (stable within a kind). With several workers (scripts/run_tests.sh hands out one test at a time)
-    # the 40-100 s tests start at once, longest first, instead of forming the suite's tail (in file order a 98 s
-    # test started last kept one worker busy after the other had finished).
-    items.sort(key=_run_position)
-
-
-def _run_position(item: pytest.Item) -> tuple[float, int]:
-    long = item.get_closest_marker("long")
-    kind = next(i for i, k in enumerate(RUN_ORDER) if item.get_closest_marker(k) is not None)
-    if long is None:
-        return (0.0, kind)
-    if "seconds" not in long.kwargs:
-        raise pytest.UsageError(f"{item.nodeid}: write the marker as long(seconds=<measured time>)")
-    return (-float(long.kwargs["seconds"]), kind)
+    # Longest kinds first (stable within a kind): with several workers (scripts/run_tests.sh hands out one test at
+    # a time) the Ray tests, 30 of which take 10-130 s each, start at once instead of forming the suite's tail.
+    items.sort(
+        key=lambda item: next(i for i, k in enumerate(RUN_ORDER) if item.get_closest_marker(k) is not None)
+    )
 
 
 @pytest.fixture(autouse=True)

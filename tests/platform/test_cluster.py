@@ -78,7 +78,6 @@ def test_simulation_nodes_cannot_read_checkpoints(sim_cluster, tmp_path):
     assert NO_READS_ENV in on_sim and NO_READS_ENV not in on_head
 
 
-@pytest.mark.long(seconds=41)
 def test_training_on_the_head_evaluation_on_the_simulation_nodes(sim_cluster, tmp_path, tiny_dataset):
     """A tiny platform.train joined to the cluster: the train worker on the head, every episode of the
     periodic and the final evaluation on a simulation node, no checkpoint opened there.

@@ -34,7 +34,6 @@ from tests.platform.conftest import FINAL_LINE, TINY_TASKS, _free_port, run_plat
 pytestmark = [pytest.mark.integration, pytest.mark.sim]
 
 
-@pytest.mark.long(seconds=95)
 def test_exported_episodes_import_train_and_serve_like_a_collection(tmp_path):
     recordings = tmp_path / "recordings"
     export_episodes(TINY_TASKS, 1, recordings, log=lambda _: None)

@@ -28,7 +28,6 @@ def trial_progress(sweep_dir: Path) -> dict[str, int]:
     return out
 
 
-@pytest.mark.long(seconds=98)
 def test_sweep_over_m_resumes_without_rerunning_finished_trials(tmp_path, tiny_dataset, ray_cluster):
     steps = 10
     args = [

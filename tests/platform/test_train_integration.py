@@ -32,7 +32,6 @@ from tests.platform.conftest import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.long(seconds=49)
 def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_dataset, ray_cluster):
     """R1: the worker dies between checkpoints; Ray Train restarts it from the last valid checkpoint,
     no step is logged twice, and the run finishes with its evaluation and the final summary line."""
@@ -71,7 +70,6 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
     assert f"crash (`{run_id[:8]}`) | mt10 |" in table and "diffuser_actor_3dda | 81.3" in table
 
 
-@pytest.mark.long(seconds=78)
 def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_dataset, ray_cluster):
     """R3: SIGKILL the whole driver process tree mid-training; the same command resumes from the newest
     valid checkpoint and continues the same MLflow run."""
@@ -117,7 +115,6 @@ def test_driver_killed_and_relaunched_continues_the_same_run(tmp_path, tiny_data
     assert steps == sorted(set(steps)) and steps[-1] == 100
 
 
-@pytest.mark.long(seconds=48)
 def test_ray_job_submit_runs_the_main_job(tmp_path, tiny_dataset, ray_cluster):
     """The README's cluster command, unchanged: ray job submit --working-dir . -- python -m platform.train."""
     args = tiny_overrides(tmp_path, tiny_dataset, "job", "train.steps=10", "eval.enabled=false")

@@ -77,7 +77,6 @@ def _own_gcs_address(pid: int) -> str | None:
     return None
 
 
-@pytest.mark.long(seconds=74)
 def test_a_cluster_started_beside_a_run_does_not_kill_its_training(tmp_path, tiny_dataset):
     """A private run whose cleaner has been asking its own cluster (auto-detection made to find it, as it does
     when the run is the machine's only cluster), then another cluster named the machine's current one (what its
