@@ -60,6 +60,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--max-keyposes", type=int, default=25, help="keypose limit per episode")
     p.add_argument(
+        "--max-keyposes-per-task",
+        nargs="+",
+        default=[],
+        metavar="TASK=N",
+        help="a limit replacing --max-keyposes for these tasks, as eval.max_keyposes_per_task "
+        "(configs/mt50.yaml: handle-pull-v3=50 soccer-v3=70 basketball-v3=40)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced"
     )
     p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
@@ -92,6 +100,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.episodes < 1 or args.actors < 1 or args.retries < 0 or args.max_keyposes < 1:
         p.error("--episodes, --actors and --max-keyposes must be >= 1, --retries >= 0")
+    limits: dict[str, int] = {}
+    for item in args.max_keyposes_per_task:
+        task, sep, n = item.partition("=")
+        if not sep or not task or not n.isdigit() or int(n) < 1:
+            p.error(f"--max-keyposes-per-task takes TASK=N with N >= 1, got {item!r}")
+        limits[task] = int(n)
+    args.max_keyposes_per_task = limits
     if args.num_seeds is not None and not 1 <= args.num_seeds <= 20:
         p.error("--num-seeds must be in 1..20")
     if args.suite == "rlbench" and args.rlbench_demo_root is None:
@@ -218,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tasks, factory, variations = _suite(args)
+        unknown = sorted(set(args.max_keyposes_per_task) - set(tasks))
+        if unknown:
+            raise ValueError(
+                f"--max-keyposes-per-task names {unknown}, which are not evaluated tasks of {args.suite}"
+            )
         bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
         seeds = seeds_of(args)
         episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
@@ -231,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             num_actors=actors,
             cpus_per_actor=args.cpus_per_actor,
             max_keyposes=args.max_keyposes,
+            max_keyposes_per_task=args.max_keyposes_per_task,
             on_planner_error="continue"
             if args.suite == "rlbench" and args.rlbench_protocol == "3dda"
             else "end",

@@ -61,6 +61,8 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
         "2",
         "--max-keyposes",
         "2",
+        "--max-keyposes-per-task",
+        "push-v3=3",
         "--timeout",
         "120",
         "--json",
@@ -81,7 +83,8 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
     assert report.episodes == 4 and set(report.tasks) == set(TASKS)
     assert all(t.episodes == 2 for t in report.tasks.values())
     assert report.status_counts["ok"] == 4, report.failures
-    assert all(1 <= r.steps <= 2 for r in report.results)
+    assert all(1 <= r.steps <= (3 if r.task == "push-v3" else 2) for r in report.results)
+    assert all(r.steps == 3 or r.success for r in report.results if r.task == "push-v3")  # its own limit
     assert {r.variation for r in report.results} <= set(TEST_VARIATIONS)
     assert not set(TEST_VARIATIONS) & set(TRAIN_VARIATIONS)
     expected = plan_episodes(
@@ -101,3 +104,12 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
     assert metrics["eval/episodes"] == 4.0
     history = client.get_metric_history(run_id, "eval/success")
     assert [m.step for m in history] == [7]
+
+
+def test_a_per_task_limit_must_name_an_evaluated_task_as_task_equals_n(tiny_checkpoint, capsys):
+    base = ["--checkpoint", str(tiny_checkpoint), "--suite", "mt10", "--tasks", ",".join(TASKS)]
+    assert main([*base, "--max-keyposes-per-task", "pick-place-v3=5"]) == 2  # before any Ray start
+    assert "--max-keyposes-per-task names ['pick-place-v3']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--max-keyposes-per-task", "push-v3"])
+    assert "TASK=N with N >= 1, got 'push-v3'" in capsys.readouterr().err
