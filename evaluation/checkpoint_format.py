@@ -26,6 +26,7 @@ error: the multi-node test sets it on its simulation nodes to prove that.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -43,7 +44,8 @@ from evaluation.datasets.text import pad_tokens
 from evaluation.files import atomic_write_json, sha256_file
 from evaluation.pointcloud import PointCloudConditioner, PointCloudConfig
 from policies.base import CheckpointError, Policy
-from policies.registry import load_policy, read_policy_files
+from policies.config import deep_merge
+from policies.registry import load_policy, parse_policy_config, read_policy_files
 
 TRAIN_STATE_FILE = "train_state.pt"
 EXPERIMENT_FILE = "experiment.yaml"
@@ -295,6 +297,20 @@ class CheckpointBundle:
             instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
             text_encoder=texts.get("encoder"),
         )
+
+    def with_policy_settings(self, updates: dict[str, Any]) -> CheckpointBundle:
+        """This bundle with ``updates`` (nested inference settings, ``policies.config.parse_policy_settings``)
+        laid over its policy config, checked here so that a bad value fails before any actor starts."""
+        if not updates:
+            return self
+        merged = deep_merge(self.policy_config, updates)
+        try:
+            parse_policy_config(merged)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"{self.source}: the policy settings {updates} are not valid: {exc}"
+            ) from None
+        return dataclasses.replace(self, policy_config=merged)
 
     def build_policy(self, map_location: str = "cpu") -> Policy:
         return load_policy(

@@ -7,6 +7,8 @@ did not set (see ``policies.presets``).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +35,12 @@ class DiffusionConfig(FrozenModel):
     # (abar_99 = 0.485 with 100 scaled-linear steps; 3DDA's and Mini-Diffuser's code do this). "standard":
     # x_t0 = N(0, I), a larger scale than any training input.
     init_sample: Literal["forward", "standard"] = "forward"
+    # Candidates per observation at inference (inference only; training is unchanged). K > 1 denoises K
+    # positions from K initial noises under the one encoded condition (K rows of the masked neck, the encoder
+    # runs once) and keeps the medoid: the candidate with the smallest summed distance to the other K - 1.
+    # A medoid, not a mean, so that two modes (two equally good grasp points) never average to a point
+    # between them. docs/quality.md measures K on MT50.
+    inference_samples: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> DiffusionConfig:
@@ -88,7 +96,7 @@ class _PolicyBase(FrozenModel):
         if isinstance(data, dict) and data.get("preset", "custom") != "custom":
             from policies.presets import preset_values
 
-            return _deep_merge(preset_values(data["preset"], data.get("type", "mini_diffuser")), data)
+            return deep_merge(preset_values(data["preset"], data.get("type", "mini_diffuser")), data)
         return data
 
     @model_validator(mode="after")
@@ -167,11 +175,37 @@ CONFIG_CLASSES: dict[str, type[FrozenModel]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def parse_policy_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``["diffusion.sampler=ddpm", "diffusion.inference_samples=8"]`` -> the nested dict of those settings,
+    to lay over a saved policy config (``load_policy``'s ``config_updates``). A value is read as JSON where it
+    parses (8, 0.5, true, null, [1, 2]) and kept as text otherwise (ddpm). ``ValueError`` on a malformed item."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or any(not part for part in parts):
+            raise ValueError(
+                f"bad policy setting {item!r}: expected dotted.key=value, e.g. diffusion.inference_samples=8"
+            )
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text.strip()
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"bad policy setting {item!r}: {part} was already given a value")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

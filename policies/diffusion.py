@@ -115,15 +115,18 @@ class NoiseSchedule(nn.Module):
 def _draw(
     fn: Any, shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: Any = None
 ) -> Tensor:
-    """``fn(shape)`` on the generator's device, moved to ``device``. With a sequence of generators (one per
-    row of dim 0), row r is ``fn(shape[1:])`` drawn from generator r alone: the draw a batch of one would get."""
+    """``fn(shape)`` on the generator's device, moved to ``device``. With a sequence of G generators (one per
+    observation), dim 0 holds G consecutive groups of shape[0] / G rows (one row per observation, or the K
+    candidates of ``diffusion.inference_samples``), and group g is ``fn((shape[0] / G, *shape[1:]))`` drawn
+    from generator g alone: the draw a batch of one observation would get."""
     kw = {} if dtype is None else {"dtype": dtype}
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
         return fn(shape, generator=generator, device=gen_device, **kw).to(device)
-    if len(generator) != shape[0]:
+    if not generator or shape[0] % len(generator):
         raise ValueError(f"{len(generator)} row generators for {shape[0]} rows")
-    rows = [fn((1, *shape[1:]), generator=g, device=g.device, **kw).to(device) for g in generator]
+    per = shape[0] // len(generator)
+    rows = [fn((per, *shape[1:]), generator=g, device=g.device, **kw).to(device) for g in generator]
     return torch.cat(rows, dim=0)
 
 

@@ -15,7 +15,9 @@ row instead (an ablation: most of those positions are far from the target).
 
 Inference (``predict_action``): encode once, project the neck's keys/values once, run only the rows through
 the diffusion steps (DDPM or DDIM) starting from the forward process at the first timestep
-(``diffusion.init_sample``), then the rotation/gripper head on the denoised position (t = 0).
+(``diffusion.init_sample``), then the rotation/gripper head on the denoised position (t = 0). With
+``diffusion.inference_samples`` K > 1 each observation gets K rows from K initial noises and keeps its medoid
+position before the head runs (``medoid_rows``).
 """
 
 from __future__ import annotations
@@ -240,26 +242,34 @@ class MiniDiffuserPolicy(Policy):
     def sample(
         self, obs: ConditionBatch, generator: Generators = None, initial_noise: Tensor | None = None
     ) -> Tensor:
-        """(B, 8) keyposes; ``initial_noise`` (B, action_dim) fixes x_T (drawn from ``generator`` otherwise)."""
+        """(B, 8) keyposes; ``initial_noise`` (B * K, action_dim) fixes x_T (drawn from ``generator`` otherwise;
+        K = ``diffusion.inference_samples``, observation-major)."""
         obs = limit_points(obs, self.config.max_points, generator)
         device = obs.points.device
         ctx = self.denoiser.prepare(self.encode(obs))  # encoder and neck keys/values: once per observation
-        b = obs.batch_size
-        parent_index = torch.arange(b, device=device)
-        x = (
-            randn((b, self.action_dim), generator, device)
-            if initial_noise is None
-            else initial_noise.to(device)
-        )
+        b, k = obs.batch_size, self.config.diffusion.inference_samples
+        r = b * k  # rows: observation-major, the k candidates of observation i are rows i*k .. i*k + k - 1
+        parent_index = torch.arange(b, device=device).repeat_interleave(k)  # (R,)
+        if initial_noise is None:
+            x = randn((r, self.action_dim), generator, device)
+        elif initial_noise.shape[0] != r:
+            raise ValueError(
+                f"initial_noise has {initial_noise.shape[0]} rows; {b} observations x {k} inference samples "
+                f"need {r}"
+            )
+        else:
+            x = initial_noise.to(device)
         steps = self.schedule.inference_timesteps(self.config.diffusion.inference_steps)
         x = self.initial_sample(x, steps[0])
         for i, t in enumerate(steps):
-            t_now = torch.full((b,), t, dtype=torch.long, device=device)
+            t_now = torch.full((r,), t, dtype=torch.long, device=device)
             t_prev = torch.full(
-                (b,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device
+                (r,), steps[i + 1] if i + 1 < len(steps) else -1, dtype=torch.long, device=device
             )
             eps = self.forward_rows(ctx, parent_index, x, t_now).eps
             x = self.reverse_step(x, eps, t_now, t_prev, generator)
+        x = medoid_rows(x, k)  # (R, action_dim) -> (B, action_dim)
+        parent_index = torch.arange(b, device=device)
         final = self.forward_rows(ctx, parent_index, x, torch.zeros(b, dtype=torch.long, device=device))
         return self.decode(x, final)
 
@@ -269,6 +279,18 @@ class OneToOnePolicy(MiniDiffuserPolicy):
 
     Same encoder, neck and heads as Mini-Diffuser; a step over B' conditions trains on B' noised samples.
     """
+
+
+def medoid_rows(x: Tensor, k: int) -> Tensor:
+    """(B * k, D) candidates, observation-major -> (B, D): per observation the candidate whose position (the
+    first 3 columns) has the smallest summed distance to its other k - 1 candidates (the first on ties)."""
+    if k == 1:
+        return x
+    cand = x.reshape(-1, k, x.shape[-1])  # (B, k, D)
+    pos = cand[..., :3]
+    score = torch.cdist(pos, pos).sum(dim=-1)  # (B, k)
+    best = score.argmin(dim=-1)  # (B,)
+    return cand[torch.arange(cand.shape[0], device=x.device), best]
 
 
 def reduce_row_losses(rows: dict[str, Tensor]) -> LossOutput:

@@ -13,7 +13,14 @@ from pydantic import TypeAdapter
 
 from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, CheckpointError, Policy
 from policies.baselines import DDAStylePolicy
-from policies.config import CONFIG_CLASSES, DDAStyleConfig, MiniDiffuserConfig, OneToOneConfig, PolicyConfig
+from policies.config import (
+    CONFIG_CLASSES,
+    DDAStyleConfig,
+    MiniDiffuserConfig,
+    OneToOneConfig,
+    PolicyConfig,
+    deep_merge,
+)
 from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
 
 _POLICY_CLASSES: dict[str, type[Policy]] = {
@@ -63,10 +70,8 @@ def load_policy(
     ``config_updates``: nested values laid over the saved config, for inference settings such as
     ``{"diffusion": {"sampler": "ddpm", "inference_steps": 100}}`` (an architecture change fails to load).
     """
-    from policies.config import _deep_merge
-
     try:
-        cfg = parse_policy_config(_deep_merge(config, config_updates or {}))
+        cfg = parse_policy_config(deep_merge(config, config_updates or {}))
     except ValueError as exc:
         raise CheckpointError(f"{source}: {POLICY_CONFIG_FILE} is not a valid policy config: {exc}") from exc
     policy = build_policy(cfg)

@@ -24,6 +24,7 @@ from evaluation.runtime.memory import memory_actor_capacity
 from evaluation.runtime.metrics import EvalReport
 from evaluation.simulators.rlbench_tasks import EVAL_SEEDS
 from policies.base import CheckpointError
+from policies.config import parse_policy_settings
 
 SUITES = ("mt10", "mt50", "rlbench", "fake")
 
@@ -68,6 +69,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(configs/mt50.yaml: handle-pull-v3=50 soccer-v3=70 basketball-v3=40)",
     )
     p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy inference settings laid over the checkpoint's, e.g. diffusion.inference_samples=8 "
+        "diffusion.inference_steps=5 (an architecture setting fails to load)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds per episode before the actor is replaced"
     )
     p.add_argument("--retries", type=int, default=1, help="retries of an episode whose actor crashed or hung")
@@ -107,6 +116,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--max-keyposes-per-task takes TASK=N with N >= 1, got {item!r}")
         limits[task] = int(n)
     args.max_keyposes_per_task = limits
+    try:
+        args.policy_settings = parse_policy_settings(args.set)
+    except ValueError as exc:
+        p.error(f"--set: {exc}")
     if args.num_seeds is not None and not 1 <= args.num_seeds <= 20:
         p.error("--num-seeds must be in 1..20")
     if args.suite == "rlbench" and args.rlbench_demo_root is None:
@@ -238,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--max-keyposes-per-task names {unknown}, which are not evaluated tasks of {args.suite}"
             )
-        bundle = CheckpointBundle.read(args.checkpoint)  # fails on a bad checkpoint before Ray starts
+        # fails on a bad checkpoint or setting before Ray starts
+        bundle = CheckpointBundle.read(args.checkpoint).with_policy_settings(args.policy_settings)
+        if args.set:
+            print(f"policy settings: {' '.join(args.set)}", flush=True)
         seeds = seeds_of(args)
         episodes = len(tasks) * args.episodes * (len(seeds) if isinstance(seeds, list) else 1)
         memory = (

@@ -25,7 +25,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +33,11 @@ from torch import Tensor
 from evaluation.checkpoint_format import EXPERIMENT_FILE
 from evaluation.files import atomic_write_json
 from platform.cli import UserFacingError
-from platform.config import ConfigError, load_config, parse_override, set_dotted
+from platform.config import ConfigError, load_config
 from platform.train.dataset import DatasetSubset, open_split
 from policies.base import CheckpointError, Policy
 from policies.batch import ConditionBatch
+from policies.config import parse_policy_settings
 from policies.registry import load_checkpoint
 from policies.rotation import quat_angle_deg
 
@@ -163,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="policy inference settings to change, e.g. diffusion.sampler=ddpm diffusion.inference_steps=100",
+        help="policy inference settings to change, e.g. diffusion.sampler=ddpm diffusion.inference_steps=100 "
+        "diffusion.inference_samples=8",
     )
     parser.add_argument(
         "--weights", choices=["ema", "raw"], default="ema", help="EMA weights (what evaluation uses) or raw"
@@ -179,11 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{exp} is missing: --checkpoint must be a checkpoint directory of platform.train"
             )
         cfg = load_config(exp)
-        updates: dict[str, Any] = {}
-        for item in args.set:
-            key, value = parse_override(item)
-            updates = set_dotted(updates, key, value)
         try:
+            updates = parse_policy_settings(args.set)
             policy = load_checkpoint(ckpt, prefer_ema=args.weights == "ema", config_updates=updates)
         except (CheckpointError, ValueError) as exc:
             raise UserFacingError(str(exc)) from None

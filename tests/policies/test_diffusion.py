@@ -67,6 +67,9 @@ def test_row_generators_draw_each_row_as_a_batch_of_one():
     assert torch.equal(u[1:], torch.rand((1, 40), generator=torch.Generator().manual_seed(2)))
     with pytest.raises(ValueError, match="2 row generators for 3 rows"):
         randn((3, 7), gens[:2], torch.device("cpu"))
+    # K candidates per observation (diffusion.inference_samples): group g is generator g's (K, 7) draw
+    grouped = randn((6, 7), [torch.Generator().manual_seed(s) for s in (3, 4, 5)], torch.device("cpu"))
+    assert torch.equal(grouped[2:4], torch.randn((2, 7), generator=torch.Generator().manual_seed(4)))
 
 
 def test_forward_initial_sample_has_the_training_input_scale():

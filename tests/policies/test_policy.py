@@ -7,7 +7,7 @@ from policies.base import CheckpointError
 from policies.baselines import DDAStylePolicy
 from policies.batch import ConditionBatch
 from policies.config import AugmentConfig
-from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy
+from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy, medoid_rows
 from policies.registry import build_policy, load_checkpoint, parse_policy_config
 from policies.rotation import quat_angle_deg
 from tests.policies.conftest import TEXT_DIM, tiny_batch, tiny_config, tiny_policy
@@ -118,6 +118,53 @@ def test_predict_action_is_batched_per_observation():
         assert torch.allclose(single[0], together[i], atol=1e-5)
 
 
+def test_medoid_keeps_the_candidate_closest_to_the_others():
+    # observation 0: three candidates near (0, 0, 0) and one outlier; observation 1: two modes, 3 against 1
+    x = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 9.0],
+            [0.1, 0.0, 0.0, 8.0],
+            [0.0, 5.0, 0.0, 7.0],
+            [-0.1, 0.0, 0.0, 6.0],
+            [1.0, 1.0, 1.0, 0.0],
+            [1.0, 1.0, 1.1, 1.0],
+            [-1.0, -1.0, -1.0, 2.0],
+            [1.0, 1.1, 1.0, 3.0],
+        ]
+    )
+    out = medoid_rows(x, 4)
+    assert out.shape == (2, 4)
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], x[4])  # a candidate, never a mean of modes
+    assert torch.equal(medoid_rows(x, 1), x)
+
+
+def test_inference_samples_rows_match_one_observation_at_a_time():
+    """K candidates per observation: a batch gives each observation what it gets alone (row generators),
+    the chosen position is one of its own candidates, and K = 1 is the old sampler, draw for draw."""
+    policy = tiny_policy(diffusion={"sampler": "ddpm", "inference_steps": 5, "inference_samples": 3}).eval()
+    obs = tiny_batch(3, 48, with_target=False)
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8, 9)]
+    together = policy.predict_action(obs, gens)
+    for i, s in enumerate((7, 8, 9)):
+        single = policy.predict_action(obs.select(torch.tensor([i])), torch.Generator().manual_seed(s))
+        assert torch.allclose(single[0], together[i], atol=1e-5)
+    ddim = tiny_policy(diffusion={"sampler": "ddim", "inference_steps": 3, "inference_samples": 4}).eval()
+    one = tiny_policy(diffusion={"sampler": "ddim", "inference_steps": 3}).eval()
+    one.load_state_dict(ddim.state_dict())
+    x_t = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    chosen = ddim.sample(obs.select(torch.tensor([0, 1])), initial_noise=x_t)  # (2, 8)
+    for i in range(2):
+        alone = torch.stack(
+            [
+                one.sample(obs.select(torch.tensor([i])), initial_noise=x_t[4 * i + j : 4 * i + j + 1])[0]
+                for j in range(4)
+            ]
+        )
+        assert (alone[:, :3] - chosen[i, :3]).abs().amax(dim=-1).min() < 1e-5
+    with pytest.raises(ValueError, match="3 rows"):
+        ddim.sample(obs.select(torch.tensor([0])), initial_noise=x_t[:3])
+
+
 @pytest.mark.parametrize("policy_type", TYPES)
 def test_checkpoint_round_trip(tmp_path, policy_type):
     policy = tiny_policy(policy_type).eval()
@@ -222,3 +269,16 @@ def test_bf16_autocast_trains_and_samples(policy_type):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         action = policy.eval().predict_action(tiny_batch(2, 64, with_target=False))
     assert action.shape == (2, 8) and action.dtype == torch.float32 and torch.isfinite(action).all()
+
+
+def test_policy_settings_parse_to_nested_updates():
+    from policies.config import parse_policy_settings
+
+    assert parse_policy_settings(
+        ["diffusion.sampler=ddpm", "diffusion.inference_samples=8", "augment.enabled=false"]
+    ) == {"diffusion": {"sampler": "ddpm", "inference_samples": 8}, "augment": {"enabled": False}}
+    for bad in ("diffusion.inference_samples", "=3", "diffusion..x=1"):
+        with pytest.raises(ValueError, match="expected dotted.key=value"):
+            parse_policy_settings([bad])
+    with pytest.raises(ValueError, match="diffusion was already given a value"):
+        parse_policy_settings(["diffusion=1", "diffusion.x=2"])

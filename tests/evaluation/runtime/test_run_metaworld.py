@@ -63,6 +63,8 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
         "2",
         "--max-keyposes-per-task",
         "push-v3=3",
+        "--set",
+        "diffusion.inference_samples=2",
         "--timeout",
         "120",
         "--json",
@@ -78,6 +80,7 @@ def test_metaworld_cli_two_actors_json_and_mlflow(ray_cluster, tiny_checkpoint, 
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "reach-v3" in printed and "mean over tasks" in printed
+    assert "policy settings: diffusion.inference_samples=2" in printed
 
     report = EvalReport.from_json(out.read_text())
     assert report.episodes == 4 and set(report.tasks) == set(TASKS)
@@ -113,3 +116,14 @@ def test_a_per_task_limit_must_name_an_evaluated_task_as_task_equals_n(tiny_chec
     with pytest.raises(SystemExit):
         main([*base, "--max-keyposes-per-task", "push-v3"])
     assert "TASK=N with N >= 1, got 'push-v3'" in capsys.readouterr().err
+
+
+def test_policy_settings_are_checked_before_ray_starts(tiny_checkpoint, capsys):
+    base = ["--checkpoint", str(tiny_checkpoint), "--suite", "mt10", "--tasks", ",".join(TASKS)]
+    assert main([*base, "--set", "diffusion.inference_samples=0"]) == 2
+    err = capsys.readouterr().err
+    assert "the policy settings {'diffusion': {'inference_samples': 0}} are not valid" in err
+    assert "greater than or equal to 1" in err
+    with pytest.raises(SystemExit):
+        main([*base, "--set", "diffusion.inference_samples"])
+    assert "expected dotted.key=value" in capsys.readouterr().err
