@@ -65,6 +65,11 @@ class DataConfig(FrozenModel):
     # What level 1 draws uniformly: keyframe samples (the papers' choice), or tasks (every task as often as the
     # one with the most samples; a task with one keypose per episode, like reach, otherwise gets ~2 % of them)
     balance: Literal["samples", "tasks"] = "samples"
+    # What a Meta-World sample observes before its keypose (evaluation.collect --observe): the expert
+    # trajectory's state at the previous keyframe, or the state the keypose controller reaches replaying the
+    # keyframes, which is what the policy sees at evaluation (docs/metaworld.md). Collection uses it; a dataset
+    # collected the other way is refused with the fix.
+    observe: Literal["expert", "replay"] = "expert"
 
 
 class TrainConfig(FrozenModel):

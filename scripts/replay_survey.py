@@ -37,7 +37,7 @@ def survey(sim: MetaWorldSimulator, task: str, variations: int, cfg: KeyframeCon
         if not traj.success:
             failed_expert.append(v)
             continue
-        frames, rung = plan_keyframes(sim, traj, cfg)
+        frames, rung, _ = plan_keyframes(sim, traj, cfg)
         if rung == NO_RUNG:
             no_replay.append(v)
         else:

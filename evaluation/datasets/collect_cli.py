@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets.collect import DEFAULT_OUT, CollectError, collect_dataset
+from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderConfig
 from evaluation.files import atomic_write_json
 from evaluation.simulators.rendering import RenderConfig
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="dataset directory (default data/metaworld_mt10; previews/ for --preview)"
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--observe",
+        default="expert",
+        choices=["expert", "replay"],
+        help="what each sample observes: the expert's state at the previous keyframe, or the state the keypose "
+        "controller reaches replaying the keyframes (what a policy sees; docs/metaworld.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--executor", default="process", choices=["process", "ray"])
     p.add_argument("--image-size", type=int, default=128, help="square camera images (pixels)")
@@ -85,6 +93,7 @@ def run_cli(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             render=RenderConfig(width=args.image_size, height=args.image_size),
+            keyframes=KeyframeConfig(observe=args.observe),
             text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             executor=args.executor,
             progress=not args.no_progress,

@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets.dataset import samples_table, write_table
-from evaluation.datasets.demos import EpisodeTimes, episode_samples, plan_keyframes, run_expert
-from evaluation.datasets.keyframes import KeyframeConfig
-from evaluation.datasets.keypose_experts import KEYPOSE_EXPERTS, keypose_samples, run_keypose_expert
+from evaluation.datasets.demos import (
+    EpisodeTimes,
+    KeyposeRollout,
+    Trajectory,
+    episode_samples,
+    keypose_samples,
+    plan_keyframes,
+    run_expert,
+)
+from evaluation.datasets.keyframes import Keyframe, KeyframeConfig
+from evaluation.datasets.keypose_experts import KEYPOSE_EXPERTS, run_keypose_expert
 from evaluation.files import atomic_write_bytes
 from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.instructions import instruction_for
@@ -109,9 +117,12 @@ def collect_job(job: CollectJob) -> JobResult:
             job, EXPERT_FAILED, steps, {"physics_s": times.physics_s, "startup_s": startup_s}
         )
     t_replay = time.perf_counter()
-    keyframes, rung = plan_keyframes(sim, traj, KeyframeConfig.model_validate(job.keyframes))
+    kf_cfg = KeyframeConfig.model_validate(job.keyframes)
+    plan = plan_keyframes(sim, traj, kf_cfg)
     replay_s = time.perf_counter() - t_replay
-    return _write_shard(job, sim, keyframes, rung, steps, times, startup_s, replay_s, t0, traj=traj)
+    if kf_cfg.observe == "replay" and plan.replay is not None:  # observations from the replay, to its success
+        return _write_shard(job, sim, plan.replay, plan.rung, steps, times, startup_s, replay_s, t0)
+    return _write_shard(job, sim, plan.keyframes, plan.rung, steps, times, startup_s, replay_s, t0, traj=traj)
 
 
 def _collect_keypose_job(job: CollectJob) -> JobResult:
@@ -132,24 +143,26 @@ def _collect_keypose_job(job: CollectJob) -> JobResult:
 def _write_shard(
     job: CollectJob,
     sim: MetaWorldSimulator,
-    plan: Any,
+    plan: list[Keyframe] | KeyposeRollout,
     rung: int,
     steps: int,
     times: EpisodeTimes,
     startup_s: float,
     replay_s: float,
     t0: float,
-    traj: Any = None,
+    traj: Trajectory | None = None,
 ) -> JobResult:
     """Render the observations, write the shard (rung in its metadata) atomically, and time the job.
-    ``plan``: the keyframes of ``traj`` (a Meta-World expert), or a ``KeyposeRollout`` (a keypose expert)."""
+    ``plan``: the keyframes of ``traj`` (a Meta-World expert, observed on its trajectory), or a
+    ``KeyposeRollout`` (a keypose expert's, or the replay of an expert's keyframes)."""
     t_ctx = time.perf_counter()
     sim._renderer()  # the task's render context, if new: start-up cost, not per-frame rendering
     context_s = time.perf_counter() - t_ctx
     pc_cfg = PointCloudConfig.model_validate(job.pointcloud)
-    if traj is None:
+    if isinstance(plan, KeyposeRollout):
         samples = keypose_samples(sim, plan, job.variation, pc_cfg, times)
     else:
+        assert traj is not None, "expert keyframes are observed on the expert's trajectory"
         samples = episode_samples(sim, traj, job.variation, pc_cfg, plan, times)
     t_write = time.perf_counter()
     table = samples_table(samples, instruction_for(job.task))

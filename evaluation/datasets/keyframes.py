@@ -48,6 +48,15 @@ class KeyframeConfig(FrozenModel):
     # Collection replays each episode's keyframes through the keypose controller and, when they do not
     # solve the task, retries with the next, denser rung of REFINEMENTS (collection.md: why per task).
     refine: bool = True
+    # What the samples observe before each keypose: the expert trajectory's state at the previous keyframe
+    # ("expert"), or the state the keypose controller reached replaying the keyframes ("replay": what a policy
+    # sees at evaluation; the keyframes after the replay's first success are dropped). demos.py: why.
+    observe: Literal["expert", "replay"] = "expert"
+
+    def settings(self) -> dict[str, object]:
+        """The config as collection settings record it; ``observe`` only when not the default, so that a
+        dataset collected before the option existed keeps its settings (and can be extended)."""
+        return self.model_dump(mode="json", exclude={"observe"} if self.observe == "expert" else None)
 
 
 # Keyframe settings tried in order when an episode's keyframes do not replay (rung 0 is the config

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from evaluation.datasets.dataset import KeyframeSample
-from evaluation.datasets.demos import EpisodeTimes, render_points
-from evaluation.pointcloud import PointCloudConfig
+from evaluation.datasets.demos import KeyposeRollout
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
 
 
@@ -55,18 +52,6 @@ KeyposePolicy = Callable[[MetaWorldSimulator, int], tuple[np.ndarray, bool]]
 KEYPOSE_EXPERTS: dict[str, Callable[[], KeyposePolicy]] = {"handle-pull-side-v3": HandlePullSideRatchet}
 
 
-@dataclass
-class KeyposeRollout:
-    task: str
-    variation: int
-    seed: int
-    states: list[np.ndarray] = field(default_factory=list)  # (K) snapshots, state i = before keypose i
-    grippers: list[np.ndarray] = field(default_factory=list)  # (K) current gripper poses (8,)
-    targets: list[np.ndarray] = field(default_factory=list)  # (K) keyposes sent (8,)
-    success: bool = False
-    physics_s: float = 0.0
-
-
 def run_keypose_expert(
     sim: MetaWorldSimulator, task: str, variation: int, seed: int, max_keyposes: int = 25
 ) -> KeyposeRollout:
@@ -78,37 +63,6 @@ def run_keypose_expert(
     rollout = KeyposeRollout(task, variation, seed)
     while len(rollout.targets) < max_keyposes and not rollout.success:
         position, gripper_open = policy(sim, len(rollout.targets))
-        target = np.array([*position, *FIXED_QUAT_XYZW, float(gripper_open)], np.float32)
-        rollout.states.append(sim.get_state())
-        rollout.grippers.append(sim.gripper_pose().astype(np.float32))
-        rollout.targets.append(target)
-        rollout.success = sim.step_keypose(target.astype(np.float64)).success
+        rollout.send(sim, np.array([*position, *FIXED_QUAT_XYZW, float(gripper_open)], np.float32))
     rollout.physics_s = time.perf_counter() - start
     return rollout
-
-
-def keypose_samples(
-    sim: MetaWorldSimulator,
-    rollout: KeyposeRollout,
-    episode: int,
-    pc_cfg: PointCloudConfig,
-    times: EpisodeTimes,
-) -> list[KeyframeSample]:
-    """Samples (observation before keypose i -> keypose i) of a successful keypose rollout."""
-    samples = []
-    steps = zip(rollout.states, rollout.grippers, rollout.targets, strict=True)
-    for i, (state, gripper, target) in enumerate(steps):
-        points = render_points(sim, state, pc_cfg, times)
-        samples.append(
-            KeyframeSample(
-                task=rollout.task,
-                variation=rollout.variation,
-                episode=episode,
-                frame=i,
-                state_index=i,
-                points=points,
-                gripper_pose=gripper,
-                target_pose=target,
-            )
-        )
-    return samples

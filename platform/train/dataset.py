@@ -17,6 +17,7 @@ import numpy as np
 
 from evaluation.checkpoint_format import Instruction
 from evaluation.datasets.dataset import DatasetError, DatasetSummary, KeyframeDataset
+from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderError
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
@@ -70,6 +71,7 @@ def _collect(cfg: ExperimentConfig, path: Path) -> None:
             out=path,
             workers=cfg.data.collect_workers,
             seed=cfg.data.seed,
+            keyframes=KeyframeConfig(observe=cfg.data.observe),
         )
     except CollectError as exc:
         raise UserFacingError(f"collecting {path} failed: {exc}") from None
@@ -142,6 +144,13 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
             f"{cfg.policy.text_dim}: set policy.text_dim={text_dim}"
         )
     check_workspace(cfg, ds)
+    observed = ds.manifest.get("keyframes", {}).get("observe", "expert")
+    if ds.manifest.get("suite") in ("mt10", "mt50") and observed != cfg.data.observe:
+        raise UserFacingError(
+            f"the dataset at {path} was collected with observations from the {observed} (data.observe="
+            f"{observed}) but data.observe is {cfg.data.observe}: set data.observe={observed}, or use another "
+            "data.path (collected on first use)"
+        )
     if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
         raise UserFacingError(
             f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "

@@ -50,3 +50,18 @@ def test_the_cheap_check_still_refuses_what_the_config_cannot_train_on(tmp_path,
     (path / "shards/task-a/var00.parquet").unlink()
     with pytest.raises(UserFacingError, match="var00.parquet is listed in .* but missing"):
         training_data.ensure_dataset(_cfg(path))
+
+
+def test_a_dataset_observed_another_way_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """data.observe must match how the Meta-World dataset was collected (evaluation.collect --observe)."""
+    import json
+
+    path = _write_synthetic_dataset(tmp_path / "data")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(suite="mt10", keyframes={"observe": "replay"})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
+    with pytest.raises(UserFacingError, match="observations from the replay .* set data.observe=replay"):
+        training_data.ensure_dataset(_cfg(path, "data.collect_if_missing=false"))
+    cfg = _cfg(path, "data.collect_if_missing=false", "data.observe=replay")
+    assert training_data.ensure_dataset(cfg) == path

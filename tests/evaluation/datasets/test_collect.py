@@ -18,6 +18,7 @@ import torch
 from evaluation.datasets.collect import CollectError, collect_dataset
 from evaluation.datasets.collect_cli import main, verify_dataset
 from evaluation.datasets.dataset import MANIFEST, DatasetError, KeyframeDataset
+from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW
 from evaluation.simulators.rendering import RenderConfig
 from evaluation.simulators.sim import UnknownTaskError
@@ -201,6 +202,34 @@ def test_verify_replays_the_stored_keyposes(tiny):
     assert json.loads((tiny / "verify.json").read_text())["per_task"]["pick-place-v3"]["success_rate"] == 1.0
 
 
+def test_replay_observations_are_what_the_keypose_controller_reaches(tiny, tmp_path):
+    """``observe=replay``: each sample observes the state the keypose controller reached replaying the
+    episode's keyframes (so replaying the stored keyposes meets every stored gripper pose), the keyposes are
+    the expert mode's up to the replay's first success, and the setting is recorded and not mixed."""
+    from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
+
+    out = tmp_path / "replay"
+    manifest = _collect(out, keyframes=KeyframeConfig(observe="replay"))
+    assert manifest["keyframes"]["observe"] == "replay" and "observe" not in json.loads(
+        (tiny / MANIFEST).read_text()
+    )["keyframes"]  # the default is not written: datasets collected before the option keep their settings
+    replayed, expert = KeyframeDataset(out), KeyframeDataset(tiny)
+    with MetaWorldSimulator(MetaWorldConfig(render=SMALL)) as sim:
+        for task_index, task in enumerate(TASKS):
+            rows = np.flatnonzero(replayed.task_index == task_index)
+            expert_rows = np.flatnonzero(expert.task_index == task_index)
+            assert 1 <= len(rows) <= len(expert_rows)
+            assert np.array_equal(replayed.target[rows], expert.target[expert_rows[: len(rows)]])
+            sim.reset_state(task, 0, 0)
+            for k, row in enumerate(rows):
+                assert np.allclose(sim.gripper_pose(), replayed.gripper[row], atol=1e-5), (task, k)
+                outcome = sim.step_keypose(replayed.target[row].astype(np.float64))
+                assert outcome.success == (k == len(rows) - 1), (task, k)  # ends at the first success
+    assert replayed.manifest["total_samples"] <= expert.manifest["total_samples"]
+    with pytest.raises(CollectError, match="different settings.*keyframes"):
+        _collect(tiny, keyframes=KeyframeConfig(observe="replay"))
+
+
 def test_preview_writes_pictures(tmp_path):
     from evaluation.datasets.preview import write_preview
 
@@ -260,18 +289,23 @@ def test_plan_keeps_the_sparsest_rung_that_replays(monkeypatch):
     )
     tried: list[int] = []
 
-    def fake_replays(sim, traj, keyframes):
+    def fake_replay(sim, traj, keyframes):
         tried.append(len(keyframes))
-        return any(k.kind == "contact" for k in keyframes)
+        rollout = demos.KeyposeRollout(traj.task, traj.variation, traj.seed)
+        rollout.success = any(k.kind == "contact" for k in keyframes)
+        return rollout
 
-    monkeypatch.setattr(demos, "replays", fake_replays)
-    keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
+    monkeypatch.setattr(demos, "replay", fake_replay)
+    keyframes, rung, replayed = demos.plan_keyframes(None, traj, KeyframeConfig())
     first_contact = next(i for i, c in enumerate(refinement_ladder(KeyframeConfig())) if c.contact_stride)
     assert rung == first_contact == len(tried) - 1
     assert len(keyframes) == tried[-1] > tried[0]  # denser than the config's own keyframes
-    monkeypatch.setattr(demos, "replays", lambda *a: False)
-    keyframes, rung = demos.plan_keyframes(None, traj, KeyframeConfig())
-    assert rung == demos.NO_RUNG and keyframes == demos.keyframes_of(traj, KeyframeConfig())
+    assert replayed is not None and replayed.success  # the replay that chose them
+    monkeypatch.setattr(demos, "replay", lambda *a: demos.KeyposeRollout("reach-v3", 0, 0))
+    keyframes, rung, replayed = demos.plan_keyframes(None, traj, KeyframeConfig())
+    assert (
+        rung == demos.NO_RUNG and keyframes == demos.keyframes_of(traj, KeyframeConfig()) and replayed is None
+    )
 
 
 @pytest.mark.slow  # builds Meta-World's MT50 task list (about 55 s on 2 cores) the first time
