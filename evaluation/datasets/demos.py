@@ -224,25 +224,13 @@ def episode_samples(
     """Samples (observation at keyframe i-1 -> keypose i) of a successful trajectory."""
     if not traj.success:
         raise ExpertError(f"the expert failed {traj.task} variation {traj.variation}")
-    samples = []
+    observed = []
     for i, kf in enumerate(keyframes):
         obs_i = 0 if i == 0 else keyframes[i - 1].index
         gripper_open = True if i == 0 else keyframes[i - 1].gripper_open
-        points = render_points(sim, traj.states[obs_i], pc_cfg, times)
         gripper = np.array([*traj.tcp[obs_i], *traj.quat[obs_i], float(gripper_open)], np.float32)
-        samples.append(
-            KeyframeSample(
-                task=traj.task,
-                variation=traj.variation,
-                episode=episode,
-                frame=i,
-                state_index=obs_i,
-                points=points,
-                gripper_pose=gripper,
-                target_pose=keypose(traj, kf),
-            )
-        )
-    return samples
+        observed.append((traj.states[obs_i], obs_i, gripper, keypose(traj, kf)))
+    return _render_samples(sim, traj.task, traj.variation, episode, observed, pc_cfg, times)
 
 
 def keypose_samples(
@@ -254,20 +242,32 @@ def keypose_samples(
 ) -> list[KeyframeSample]:
     """Samples (observation before keypose i -> keypose i) of a successful keypose rollout (a keypose
     expert's, or the replay of an expert's keyframes)."""
-    samples = []
     steps = zip(rollout.states, rollout.grippers, rollout.targets, strict=True)
-    for i, (state, gripper, target) in enumerate(steps):
-        points = render_points(sim, state, pc_cfg, times)
-        samples.append(
-            KeyframeSample(
-                task=rollout.task,
-                variation=rollout.variation,
-                episode=episode,
-                frame=i,
-                state_index=i,
-                points=points,
-                gripper_pose=gripper,
-                target_pose=target,
-            )
+    observed = [(state, i, gripper, target) for i, (state, gripper, target) in enumerate(steps)]
+    return _render_samples(sim, rollout.task, rollout.variation, episode, observed, pc_cfg, times)
+
+
+def _render_samples(
+    sim: MetaWorldSimulator,
+    task: str,
+    variation: int,
+    episode: int,
+    observed: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]],
+    pc_cfg: PointCloudConfig,
+    times: EpisodeTimes,
+) -> list[KeyframeSample]:
+    """``observed``: per keypose (state snapshot, its index, gripper pose (8,), keypose (8,)); each state is
+    rendered once into the sample's point cloud."""
+    return [
+        KeyframeSample(
+            task=task,
+            variation=variation,
+            episode=episode,
+            frame=i,
+            state_index=state_index,
+            points=render_points(sim, state, pc_cfg, times),
+            gripper_pose=gripper,
+            target_pose=target,
         )
-    return samples
+        for i, (state, state_index, gripper, target) in enumerate(observed)
+    ]
