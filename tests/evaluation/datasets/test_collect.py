@@ -210,9 +210,10 @@ def test_replay_observations_are_what_the_keypose_controller_reaches(tiny, tmp_p
 
     out = tmp_path / "replay"
     manifest = _collect(out, keyframes=KeyframeConfig(observe="replay"))
-    assert manifest["keyframes"]["observe"] == "replay" and "observe" not in json.loads(
-        (tiny / MANIFEST).read_text()
-    )["keyframes"]  # the default is not written: datasets collected before the option keep their settings
+    assert (
+        manifest["keyframes"]["observe"] == "replay"
+        and "observe" not in json.loads((tiny / MANIFEST).read_text())["keyframes"]
+    )  # the default is not written: datasets collected before the option keep their settings
     replayed, expert = KeyframeDataset(out), KeyframeDataset(tiny)
     with MetaWorldSimulator(MetaWorldConfig(render=SMALL)) as sim:
         for task_index, task in enumerate(TASKS):
