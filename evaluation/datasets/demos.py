@@ -162,14 +162,12 @@ class KeyposeRollout:
 def replay(sim: MetaWorldSimulator, traj: Trajectory, keyframes: list[Keyframe]) -> KeyposeRollout:
     """Drive a fresh episode of ``traj``'s (task, variation) through ``keyframes`` with the keypose
     controller until the task reports success (what ``collect --verify`` checks on the stored dataset),
-    recording what a policy would observe before each keypose."""
-    start = time.perf_counter()
+    recording what a policy would observe before each keypose (collection times the whole planning)."""
     sim.reset_state(traj.task, traj.variation, traj.seed)
     rollout = KeyposeRollout(traj.task, traj.variation, traj.seed)
     for kf in keyframes:
         if rollout.send(sim, keypose(traj, kf)):
             break
-    rollout.physics_s = time.perf_counter() - start
     return rollout
 
 
