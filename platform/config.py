@@ -70,6 +70,10 @@ class DataConfig(FrozenModel):
     # keyframes, which is what the policy sees at evaluation (docs/metaworld.md). Collection uses it; a dataset
     # collected the other way is refused with the fix.
     observe: Literal["expert", "replay"] = "expert"
+    # Meta-World collection drops a horizontal surface above the table that holds at least this fraction of a
+    # point cloud's voxels (evaluation.collect --surface-fraction; a fixture's top, e.g. hand-insert's box with a
+    # hole, 75-88 % of its voxels); 0 = off. A dataset collected with another value is refused with the fix.
+    surface_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TrainConfig(FrozenModel):

@@ -94,7 +94,7 @@ def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, te
         "variation_pool": list(TRAIN_VARIATIONS),
         # what shapes the data; how many task models a worker keeps in memory does not
         "sim": sim_cfg.model_dump(mode="json", exclude=RUNTIME_SIM_KEYS),
-        "pointcloud": pc_cfg.model_dump(mode="json"),
+        "pointcloud": pc_cfg.settings(),
         "keyframes": kf_cfg.settings(),
         "text_encoder": text_cfg.model_dump(mode="json"),
         # tasks demonstrated by a keypose-level expert instead of Meta-World's (only present when any are)

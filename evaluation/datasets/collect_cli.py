@@ -14,6 +14,7 @@ from evaluation.datasets.collect import DEFAULT_OUT, CollectError, collect_datas
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderConfig
 from evaluation.files import atomic_write_json
+from evaluation.pointcloud import PointCloudConfig
 from evaluation.simulators.rendering import RenderConfig
 from evaluation.simulators.sim import UnknownTaskError
 
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["expert", "replay"],
         help="what each sample observes: the expert's state at the previous keyframe, or the state the keypose "
         "controller reaches replaying the keyframes (what a policy sees; docs/metaworld.md)",
+    )
+    p.add_argument(
+        "--surface-fraction",
+        type=float,
+        default=0.0,
+        help="drop a horizontal surface above the table that holds at least this fraction of a point cloud's "
+        "voxels (a fixture's top, e.g. hand-insert's box with a hole); 0 = off (docs/metaworld.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--executor", default="process", choices=["process", "ray"])
@@ -93,6 +101,7 @@ def run_cli(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             render=RenderConfig(width=args.image_size, height=args.image_size),
+            pointcloud=PointCloudConfig(surface_fraction=args.surface_fraction),
             keyframes=KeyframeConfig(observe=args.observe),
             text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             executor=args.executor,

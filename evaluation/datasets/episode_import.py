@@ -212,7 +212,7 @@ def import_episodes(
         "source": str(root.resolve()),
         "tasks": names,
         "episodes_per_task": episodes_per_task,
-        "pointcloud": pc_cfg.model_dump(mode="json"),
+        "pointcloud": pc_cfg.settings(),
         "keyframes": kf_cfg.model_dump(mode="json"),
     }
     claim_import_dir(out, settings, SETTINGS, "an episode import")

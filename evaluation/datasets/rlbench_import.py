@@ -327,7 +327,7 @@ def import_dataset(
         "tasks": list(names),
         "episodes_per_task": episodes_per_task,
         "cameras": list(cameras),
-        "pointcloud": pc_cfg.model_dump(mode="json"),
+        "pointcloud": pc_cfg.settings(),
         "keyframes": kf_cfg.model_dump(mode="json"),
     }
     jobs = _jobs(root, out, names, episodes_per_task, settings)

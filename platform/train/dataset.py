@@ -19,6 +19,7 @@ from evaluation.checkpoint_format import Instruction
 from evaluation.datasets.dataset import DatasetError, DatasetSummary, KeyframeDataset
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderError
+from evaluation.pointcloud import PointCloudConfig
 from platform.cli import UserFacingError
 from platform.config import ExperimentConfig
 from policies.batch import ConditionBatch
@@ -71,6 +72,7 @@ def _collect(cfg: ExperimentConfig, path: Path) -> None:
             out=path,
             workers=cfg.data.collect_workers,
             seed=cfg.data.seed,
+            pointcloud=PointCloudConfig(surface_fraction=cfg.data.surface_fraction),
             keyframes=KeyframeConfig(observe=cfg.data.observe),
         )
     except CollectError as exc:
@@ -150,6 +152,13 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
             f"the dataset at {path} was collected with observations from the {observed} (data.observe="
             f"{observed}) but data.observe is {cfg.data.observe}: set data.observe={observed}, or use another "
             "data.path (collected on first use)"
+        )
+    surface = float(ds.manifest["pointcloud"].get("surface_fraction", 0.0))
+    if ds.manifest.get("suite") in ("mt10", "mt50") and surface != cfg.data.surface_fraction:
+        raise UserFacingError(
+            f"the dataset at {path} was collected with data.surface_fraction={surface} but data.surface_fraction "
+            f"is {cfg.data.surface_fraction}: set data.surface_fraction={surface}, or use another data.path "
+            "(collected on first use)"
         )
     if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
         raise UserFacingError(

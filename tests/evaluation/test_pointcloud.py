@@ -8,6 +8,8 @@ import torch
 
 from evaluation.pointcloud import (
     PointCloudConfig,
+    cloud_to_points,
+    drop_surface,
     frame_to_world,
     frames_to_points,
     fuse_and_crop,
@@ -70,6 +72,37 @@ def test_crop_removes_table_and_outside_points_and_features_follow_the_batch_lay
     assert np.all(points[:, :3] >= low - 1e-6) and np.all(points[:, :3] <= high + 1e-6)
     np.testing.assert_allclose(points[:, 3:6], np.tile([-1.0, 1.0, -1.0], (len(points), 1)), atol=1e-6)
     np.testing.assert_allclose(points[:, 6], points[:, 2] - cfg.table_height, atol=1e-6)
+
+
+def _fixture_top_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 40 cm flat top at z = 5 cm (1 cm grid: 1600 points) with a 4 cm puck on it (z 6-9 cm, 64
+    points) and a bare table at z = 0 (removed by the crop): (xyz (P, 3), rgb (P, 3))."""
+    g = np.arange(-0.195, 0.2, 0.01)
+    top = np.array([[x, 0.6 + y, 0.05] for x in g for y in g])  # (1600, 3)
+    c = np.arange(0.005, 0.04, 0.01)  # (4,) voxel centres across 4 cm
+    puck = np.array([[0.1 + x, 0.7 + y, 0.055 + z] for x in c for y in c for z in c])  # (64, 3)
+    table = np.array([[x, 0.6 + y, 0.0] for x in g[::4] for y in g[::4]])
+    xyz = np.concatenate([top, puck, table])
+    rgb = np.concatenate(
+        [np.full((len(top), 3), 120), np.full((len(puck), 3), 60), np.full((len(table), 3), 90)]
+    )
+    return xyz, rgb.astype(np.uint8)
+
+
+@pytest.mark.unit
+def test_a_fixture_top_that_holds_most_voxels_is_dropped_and_what_stands_on_it_is_kept():
+    xyz, rgb = _fixture_top_scene()
+    on = PointCloudConfig(voxel_size=0.01, max_points=10_000, surface_fraction=0.5)
+    points = cloud_to_points(xyz, rgb, on)
+    assert len(points) == 64, "only the puck's voxels remain"
+    assert points[:, 2].min() > 0.05 + on.table_margin and np.allclose(points[:, 3:6], 60 / 127.5 - 1)
+    # off (the default), or a top that holds less than the fraction: nothing changes
+    assert len(cloud_to_points(xyz, rgb, on.model_copy(update={"surface_fraction": 0.0}))) == 1600 + 64
+    assert len(cloud_to_points(xyz, rgb, on.model_copy(update={"surface_fraction": 0.99}))) == 1600 + 64
+    assert drop_surface(np.zeros((0, 3)), np.zeros((0, 3)), on)[0].shape == (0, 3)
+    # recorded in collection settings only when on, so older datasets keep theirs
+    assert "surface_fraction" not in PointCloudConfig().settings()
+    assert on.settings()["surface_fraction"] == 0.5
 
 
 @pytest.mark.unit
