@@ -5,7 +5,9 @@
 
 Prints the per-task success table, writes the JSON report (``--json``) and logs to an MLflow run when
 ``--mlflow-run-id`` is given. The episodes are the suite's *test* variations (disjoint from the
-training ones) with seeds derived from ``--seed``, so two runs of one checkpoint give the same numbers.
+training ones) with seeds derived from ``--seed``, so two runs of one checkpoint give the same numbers;
+``--variations 0-17`` evaluates Meta-World's train variations instead (the demonstrations' scenes: how well a
+policy does where it was shown how, beside the test figure).
 ``--suite rlbench`` is the PerAct / 3DDA protocol: the test split's episodes restored with
 ``reset_to_demo``, 25 per task, 3 seeds, at most 25 keyposes (needs RLBench: docs/rlbench.md).
 """
@@ -38,6 +40,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks")
     p.add_argument("--episodes", type=int, default=25, help="episodes per task (per seed)")
     p.add_argument("--actors", type=int, default=2, help="simulator actors")
+    p.add_argument(
+        "--variations",
+        type=variation_list,
+        default=None,
+        help="Meta-World: the variations the episodes cycle through, e.g. 0-17 or 0,3,5 (default: the test "
+        "variations 25-49; 0-24 are the train variations collection draws demonstrations from)",
+    )
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds derive from it)")
     p.add_argument(
         "--num-seeds",
@@ -181,8 +190,24 @@ def seeds_of(args: argparse.Namespace) -> int | list[int]:
     return seeds_for(args.seed, args.num_seeds, args.suite)
 
 
+def variation_list(text: str) -> list[int]:
+    """``--variations``: ``A-B`` (inclusive) and single numbers, comma-separated, each in 0..49."""
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a variation list such as 0-17 or 0,3,5") from None
+    if not out or not all(0 <= v < 50 for v in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: variations are 0..49 (Meta-World's 50 per task)")
+    return out
+
+
 def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
-    """(tasks, simulator factory, test variations) of the chosen suite."""
+    """(tasks, simulator factory, variations: the test ones unless ``--variations``) of the chosen suite."""
+    if args.variations is not None and args.suite not in ("mt10", "mt50"):
+        raise ValueError(f"--variations is for the Meta-World suites (mt10, mt50), not {args.suite}")
     if args.suite == "fake":
         from evaluation.simulators.fake_sim import FakeSimConfig
 
@@ -206,6 +231,8 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
 
         tasks = suite_task_names(args.suite)
         factory, variations = metaworld_factory(args.suite), list(metaworld_test_variations())
+        if args.variations is not None:
+            variations = args.variations
     if args.tasks:
         chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
         unknown = sorted(set(chosen) - set(tasks))
