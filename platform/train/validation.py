@@ -169,8 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--weights", choices=["ema", "raw"], default="ema", help="EMA weights (what evaluation uses) or raw"
     )
+    parser.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="the held-out validation episodes, or the training episodes (how well the policy fits what it was "
+        "trained on, beside the held-out error)",
+    )
+    parser.add_argument(
+        "--per-task",
+        type=int,
+        default=None,
+        help="at most this many keyframes per task, evenly spaced (default: all; train.val_per_task's rule)",
+    )
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
+    if args.per_task is not None and args.per_task < 1:
+        parser.error(f"--per-task must be at least 1, got {args.per_task}")
 
     def run() -> int:
         ckpt = Path(args.checkpoint)
@@ -185,20 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy = load_checkpoint(ckpt, prefer_ema=args.weights == "ema", config_updates=updates)
         except (CheckpointError, ValueError) as exc:
             raise UserFacingError(str(exc)) from None
-        _, val_dataset = open_split(cfg)
-        if val_dataset is None:
+        train_dataset, val_dataset = open_split(cfg)
+        scored = train_dataset if args.split == "train" else val_dataset
+        if scored is None:
             raise UserFacingError(
                 f"{cfg.data.path} has no episodes beyond the {cfg.data.episodes_per_task} training "
                 "episodes per task: nothing to validate on"
             )
         val = ValidationSet.from_dataset(
-            val_dataset,
+            scored,
             cfg.policy.max_points,
+            per_task=args.per_task,
             history=policy.config.history,  # type: ignore[attr-defined]
         )
         metrics = validate(policy, val, torch.device("cpu"), seed=cfg.train.seed)
+        what = "training" if args.split == "train" else "validation"
         print(
-            f"{val.size} validation keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]
+            f"{val.size} {what} keyframes, {policy.config.diffusion.sampler} with "  # type: ignore[attr-defined]
             f"{policy.config.diffusion.inference_steps} steps"
         )  # type: ignore[attr-defined]
         for task in val.task_names:

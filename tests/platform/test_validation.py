@@ -161,3 +161,37 @@ def test_train_val_per_task_caps_the_validation_set_the_worker_builds(capsys):
     tasks = torch.cat([b.task_index for b in val.batches])
     assert val.size == 4 and torch.bincount(tasks).tolist() == [2, 2]  # 2 of each of the fake's 2 tasks
     assert "at most 2 per task" in capsys.readouterr().out
+
+
+def test_the_validation_command_scores_the_training_or_the_held_out_episodes(tmp_path, capsys):
+    """``python -m platform.validation --split train --per-task N``: the same metric on the training episodes
+    (how well the policy fits what it was trained on), capped per task like ``train.val_per_task``."""
+    import json
+
+    from evaluation.checkpoint_format import EXPERIMENT_FILE
+    from platform.config import to_yaml
+    from platform.train.validation import main
+    from tests.evaluation.datasets.test_dataset import DIM, _write_synthetic_dataset
+
+    data = _write_synthetic_dataset(tmp_path / "data")  # 2 tasks x 2 episodes x 3 keyframes
+    cfg = _cfg(
+        f"data.path={data}",
+        "data.episodes_per_task=1",
+        "data.val_episodes_per_task=1",
+        f"policy.text_dim={DIM}",
+        "policy.workspace_low=[-1,-1,-1]",
+        "policy.workspace_high=[20,20,20]",
+    )
+    ckpt = tmp_path / "step_00000040"
+    build_policy(cfg.policy).save_pretrained(ckpt)
+    (ckpt / EXPERIMENT_FILE).write_text(to_yaml(cfg))
+    assert main(["--checkpoint", str(ckpt), "--split", "train", "--json", str(tmp_path / "t.json")]) == 0
+    assert "6 training keyframes" in capsys.readouterr().out
+    assert main(["--checkpoint", str(ckpt), "--split", "train", "--per-task", "1"]) == 0
+    assert "2 training keyframes" in capsys.readouterr().out
+    assert main(["--checkpoint", str(ckpt)]) == 0
+    assert "6 validation keyframes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t.json").read_text())["val/pos_err_cm"] > 0
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--per-task", "0"])
+    assert "--per-task must be at least 1" in capsys.readouterr().err
