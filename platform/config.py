@@ -70,10 +70,19 @@ class DataConfig(FrozenModel):
     # keyframes, which is what the policy sees at evaluation (docs/metaworld.md). Collection uses it; a dataset
     # collected the other way is refused with the fix.
     observe: Literal["expert", "replay"] = "expert"
+    # Recovery samples per grasp (evaluation.collect --recoveries; needs observe=replay): the grasp sent 3-6 cm
+    # beside its target, observed, and labelled with a return to where it started, open (docs/metaworld.md)
+    recoveries: int = Field(0, ge=0, le=5)
     # Meta-World collection drops a horizontal surface above the table that holds at least this fraction of a
     # point cloud's voxels (evaluation.collect --surface-fraction; a fixture's top, e.g. hand-insert's box with a
     # hole, 75-88 % of its voxels); 0 = off. A dataset collected with another value is refused with the fix.
     surface_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _recoveries_need_replay(self) -> DataConfig:
+        if self.recoveries and self.observe != "replay":
+            raise ValueError("data.recoveries needs data.observe=replay (recoveries branch off the replay)")
+        return self
 
 
 class TrainConfig(FrozenModel):

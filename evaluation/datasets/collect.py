@@ -40,6 +40,7 @@ from evaluation.datasets.dataset import (
     SCHEMA_VERSION,
     STATS,
     instructions_table,
+    is_recovery,
     sample_fields,
     write_manifest,
     write_table,
@@ -194,7 +195,7 @@ def _rung(meta: Any) -> int:
 
 
 def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[str, Any]:
-    shards, counts, rungs = [], {}, {}
+    shards, counts, rungs, recovered = [], {}, {}, {}
     for task, variations in chosen.items():
         samples = 0
         rungs[task] = {}
@@ -206,6 +207,9 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
             if rung:
                 rungs[task][str(variation)] = rung
             samples += rows
+            if settings["keyframes"].get("recoveries"):
+                frames = pq.read_table(path, columns=["frame"]).column("frame").to_numpy()
+                recovered[task] = recovered.get(task, 0) + int(is_recovery(frames).sum())
             shards.append(
                 {
                     "file": str(path.relative_to(out)),
@@ -216,6 +220,8 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
                 }
             )
         counts[task] = {"episodes": len(variations), "samples": samples}
+        if task in recovered:  # of its samples, the recoveries (KeyframeConfig.recoveries)
+            counts[task]["recovery_samples"] = recovered[task]
     import metaworld
     import mujoco
 
@@ -344,7 +350,7 @@ def _collect_locked(
 def _write_stats(
     out: Path, results: list[JobResult], collect_s: float, text_s: float, workers: int, total_s: float
 ):
-    keys = ("startup_s", "physics_s", "replay_s", "render_s", "points_s", "write_s", "job_s")
+    keys = ("startup_s", "physics_s", "replay_s", "recovery_s", "render_s", "points_s", "write_s", "job_s")
     sums = {k: round(sum(r.times.get(k, 0.0) for r in results), 3) for k in keys}
     done = [r for r in results if r.ok]
     stats = {

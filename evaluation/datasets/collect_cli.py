@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "controller reaches replaying the keyframes (what a policy sees; docs/metaworld.md)",
     )
     p.add_argument(
+        "--recoveries",
+        type=int,
+        default=0,
+        help="with --observe replay: recovery samples per grasp (the grasp sent 3-6 cm beside its target, "
+        "observed, labelled with a return to where it started, open; docs/metaworld.md); default 0",
+    )
+    p.add_argument(
         "--surface-fraction",
         type=float,
         default=0.0,
@@ -102,7 +109,7 @@ def run_cli(args: argparse.Namespace) -> int:
             seed=args.seed,
             render=RenderConfig(width=args.image_size, height=args.image_size),
             pointcloud=PointCloudConfig(surface_fraction=args.surface_fraction),
-            keyframes=KeyframeConfig(observe=args.observe),
+            keyframes=KeyframeConfig(observe=args.observe, recoveries=args.recoveries),
             text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             executor=args.executor,
             progress=not args.no_progress,
@@ -131,7 +138,7 @@ def verify_dataset(
     import pyarrow.parquet as pq
 
     from evaluation.datasets.collect_jobs import ReplayJob, replay_job
-    from evaluation.datasets.dataset import KeyframeDataset
+    from evaluation.datasets.dataset import RECOVERY_FRAME, KeyframeDataset
     from evaluation.datasets.parallel import run_pool
     from evaluation.simulators.metaworld_backend import MetaWorldConfig
 
@@ -143,7 +150,8 @@ def verify_dataset(
     jobs = []
     for shard in manifest["shards"]:
         table = pq.read_table(out / shard["file"], columns=["frame", "target_pose"]).to_pydict()
-        order = sorted(range(len(table["frame"])), key=lambda i: table["frame"][i])
+        keyframes = [i for i, f in enumerate(table["frame"]) if f < RECOVERY_FRAME]  # not the recoveries
+        order = sorted(keyframes, key=lambda i: table["frame"][i])
         targets = [list(table["target_pose"][i]) for i in order]
         jobs.append(ReplayJob(shard["task"], shard["variation"], manifest["seed"], sim_cfg, targets))
     from evaluation.datasets.collect_jobs import close_simulators

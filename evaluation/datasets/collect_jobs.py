@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evaluation.datasets.dataset import samples_table, write_table
 from evaluation.datasets.demos import (
     EpisodeTimes,
     KeyposeRollout,
+    Recovery,
     Trajectory,
     episode_samples,
     keypose_samples,
     plan_keyframes,
+    recovery_observations,
     run_expert,
 )
 from evaluation.datasets.keyframes import Keyframe, KeyframeConfig
@@ -121,7 +127,15 @@ def collect_job(job: CollectJob) -> JobResult:
     plan = plan_keyframes(sim, traj, kf_cfg)
     replay_s = time.perf_counter() - t_replay
     if kf_cfg.observe == "replay" and plan.replay is not None:  # observations from the replay, to its success
-        return _write_shard(job, sim, plan.replay, plan.rung, steps, times, startup_s, replay_s, t0)
+        recoveries: list[Recovery] = []
+        if kf_cfg.recoveries:
+            t_rec = time.perf_counter()
+            rng = np.random.default_rng([job.seed, job.variation, zlib.crc32(job.task.encode())])
+            recoveries = recovery_observations(sim, plan.replay, kf_cfg.recoveries, rng)
+            times.extra["recovery_s"] = time.perf_counter() - t_rec
+        return _write_shard(
+            job, sim, plan.replay, plan.rung, steps, times, startup_s, replay_s, t0, recoveries=recoveries
+        )
     return _write_shard(job, sim, plan.keyframes, plan.rung, steps, times, startup_s, replay_s, t0, traj=traj)
 
 
@@ -151,6 +165,7 @@ def _write_shard(
     replay_s: float,
     t0: float,
     traj: Trajectory | None = None,
+    recoveries: Sequence[Recovery] = (),
 ) -> JobResult:
     """Render the observations, write the shard (rung in its metadata) atomically, and time the job.
     ``plan``: the keyframes of ``traj`` (a Meta-World expert, observed on its trajectory), or a
@@ -160,7 +175,7 @@ def _write_shard(
     context_s = time.perf_counter() - t_ctx
     pc_cfg = PointCloudConfig.model_validate(job.pointcloud)
     if isinstance(plan, KeyposeRollout):
-        samples = keypose_samples(sim, plan, job.variation, pc_cfg, times)
+        samples = keypose_samples(sim, plan, job.variation, pc_cfg, times, recoveries)
     else:
         assert traj is not None, "expert keyframes are observed on the expert's trajectory"
         samples = episode_samples(sim, traj, job.variation, pc_cfg, plan, times)
@@ -184,6 +199,7 @@ def _write_shard(
             "render_s": times.render_s,
             "points_s": times.points_s,
             "write_s": write_s,
+            **times.extra,
             "job_s": time.perf_counter() - t0 + startup_s,
         },
         pid=os.getpid(),
@@ -201,8 +217,6 @@ class ReplayJob:
 
 def replay_job(job: ReplayJob) -> dict[str, Any]:
     """Drive a fresh episode through the stored keyposes with the keypose controller."""
-    import numpy as np
-
     sim, _ = _simulator(job.sim)
     start = time.perf_counter()
     sim.reset_state(job.task, job.variation, job.seed)

@@ -70,6 +70,24 @@ INSTRUCTION_SCHEMA = pa.schema(
 )
 
 
+# Frame numbers of recovery samples (``KeyframeConfig.recoveries``): RECOVERY_FRAME + 10 x the grasp's keyframe
+# number + the step's number (``demos.Recovery``: 0 after the missed grasp, 1 after lifting from it; 2, 3 for a
+# second recovery ...), after any episode's keyframes (the longest MT50 episodes have about 70). They are not
+# part of the episode's keyframe sequence: replays skip them, validation does not score them, and the keyframe
+# before one (``history``) is the step before it (the grasp's, for a step 0, 2, ...).
+RECOVERY_FRAME = 100_000
+
+
+def recovery_frame(grasp: int, number: int) -> int:
+    """The frame number of recovery step ``number`` (0..9) of the grasp at keyframe ``grasp``."""
+    return RECOVERY_FRAME + 10 * grasp + number
+
+
+def is_recovery(frame: np.ndarray) -> np.ndarray:
+    """(S,) frame numbers -> (S,) bool: recovery samples."""
+    return np.asarray(frame) >= RECOVERY_FRAME
+
+
 class DatasetError(RuntimeError):
     """A dataset directory is missing, truncated, corrupt or does not match what was asked for."""
 
@@ -290,11 +308,21 @@ class DatasetSummary:
 
 def previous_keyframes(episode: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """(S,) episode and frame of every sample -> (S,) the index of the sample one keyframe earlier in the same
-    episode (the sample itself for an episode's first keyframe)."""
-    order = np.lexsort((frame, episode))  # by episode, then frame
+    episode (the sample itself for an episode's first keyframe). A recovery step's is the step before it: the
+    miss for the lift, and for the miss the grasp's sample (the gripper was where the grasp started)."""
+    recovery = is_recovery(frame)
+    chain = np.flatnonzero(~recovery)
+    order = chain[np.lexsort((frame[chain], episode[chain]))]  # keyframes by episode, then frame
     previous = np.arange(len(episode))
-    same = episode[order[1:]] == episode[order[:-1]]  # (S - 1,) consecutive in one episode
+    same = episode[order[1:]] == episode[order[:-1]]  # consecutive in one episode
     previous[order[1:][same]] = order[:-1][same]
+    index = {(int(episode[i]), int(frame[i])): int(i) for i in range(len(frame))}
+    for i in np.flatnonzero(recovery):
+        grasp, number = divmod(int(frame[i]) - RECOVERY_FRAME, 10)
+        before = (
+            frame[i] - 1 if number % 2 else grasp
+        )  # the lift follows the miss; the miss, the grasp's start
+        previous[i] = index.get((int(episode[i]), int(before)), int(i))
     return previous
 
 
@@ -388,7 +416,9 @@ class KeyframeDataset:
         self.target = np.concatenate(target).reshape(n, POSE_DIM)  # (S, 8)
         self.task_index = np.asarray(tasks, np.int64)  # (S,)
         self.sample_episode = np.asarray(episodes, np.int64)  # (S,) its shard (= episode) in manifest order
-        self.previous = previous_keyframes(self.sample_episode, np.concatenate(frames))  # (S,)
+        frame = np.concatenate(frames)  # (S,)
+        self.previous = previous_keyframes(self.sample_episode, frame)  # (S,)
+        self.recovery = is_recovery(frame)  # (S,) recovery samples (KeyframeConfig.recoveries)
         self.sample_instructions = instructions  # (S,) the instruction text each sample was recorded with
         self._variation_text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._text_choices: np.ndarray | None = None  # (K, W) rows a sample's text may be drawn from

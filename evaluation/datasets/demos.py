@@ -20,12 +20,13 @@ expert had it at the 90th percentile of keyframes (docs/metaworld.md).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-from evaluation.datasets.dataset import KeyframeSample
+from evaluation.datasets.dataset import KeyframeSample, recovery_frame
 from evaluation.datasets.keyframes import Keyframe, KeyframeConfig, detect_keyframes, refinement_ladder
 from evaluation.pointcloud import PointCloudConfig, frames_to_points
 from evaluation.simulators.metaworld_backend import FIXED_QUAT_XYZW, MetaWorldSimulator
@@ -147,15 +148,20 @@ class KeyposeRollout:
     states: list[np.ndarray] = field(default_factory=list)  # (K) snapshots, state i = before keypose i
     grippers: list[np.ndarray] = field(default_factory=list)  # (K) current gripper poses (8,)
     targets: list[np.ndarray] = field(default_factory=list)  # (K) keyposes sent (8,)
+    tcp_after: list[np.ndarray] = field(default_factory=list)  # (K) TCP position after each keypose (3,)
+    objects_after: list[np.ndarray] = field(default_factory=list)  # (K) the task's objects then (n, 3)
     success: bool = False
     physics_s: float = 0.0
 
     def send(self, sim: MetaWorldSimulator, target: np.ndarray) -> bool:
-        """Record the state and gripper pose, send ``target`` (8,); whether the task reports success."""
+        """Record the state and gripper pose, send ``target`` (8,), record where the TCP and the task's
+        objects ended up; whether the task reports success."""
         self.states.append(sim.get_state())
         self.grippers.append(sim.gripper_pose().astype(np.float32))
         self.targets.append(np.asarray(target, np.float32))
         self.success = sim.step_keypose(np.asarray(target, np.float64)).success
+        self.tcp_after.append(sim.tcp_position())
+        self.objects_after.append(_objects(sim).reshape(-1, 3))
         return self.success
 
 
@@ -187,6 +193,101 @@ def plan_keyframes(sim: MetaWorldSimulator, traj: Trajectory, cfg: KeyframeConfi
         if rollout.success:
             return KeyframePlan(keyframes, rung, rollout)
     return KeyframePlan(keyframes_of(traj, cfg), NO_RUNG, None)
+
+
+class Recovery(NamedTuple):
+    """One observed step of recovering from a missed grasp: the state and gripper pose, the keypose that
+    follows, the grasp's keypose number and the step's number among the grasp's recoveries (0, 1: the first
+    recovery's two steps; 2, 3: the second's; ...)."""
+
+    state: np.ndarray
+    gripper: np.ndarray  # (8,)
+    target: np.ndarray  # (8,)
+    grasp: int
+    number: int
+
+
+MISS_RADIUS_M = (0.03, 0.06)  # how far beside the grasp the fingers close: the policies' misses, 3-6 cm
+MISS_LIFT_M = 0.02  # and up to this much higher (never lower: not into the table)
+MISS_MOVED_M = 0.01  # a miss that moves an object more than this touched it: not a clean miss
+MISS_TRIES = 4  # offsets tried per recovery before the grasp is left without one
+HELD_MOVE_M, HELD_SLIP_M = (
+    0.03,
+    0.015,
+)  # a grasp holds an object that moves >= 3 cm with the hand (< 1.5 cm off)
+
+
+def branch(sim: MetaWorldSimulator, rollout: KeyposeRollout, i: int) -> None:
+    """Put ``sim`` where ``rollout`` was before keypose ``i``: a fresh episode sent its first ``i`` keyposes.
+    (Meta-World is deterministic; restoring a state snapshot would not restore the controller's gripper
+    command and the episode's step count.)"""
+    sim.reset_state(rollout.task, rollout.variation, rollout.seed)
+    for target in rollout.targets[:i]:
+        sim.step_keypose(np.asarray(target, np.float64))
+
+
+def held_grasps(rollout: KeyposeRollout) -> list[int]:
+    """Keypose numbers of ``rollout`` that close the gripper (after an open command) on an object that then
+    moves with the hand while it stays closed: a real grasp, not a closed fist pressing or pushing."""
+    tcp, objects = rollout.tcp_after, rollout.objects_after  # (K) after each keypose
+    closes = lambda i: rollout.targets[i][7] < 0.5  # noqa: E731
+    grasps = []
+    for i in range(len(rollout.targets)):
+        if not (rollout.grippers[i][7] >= 0.5 and closes(i)):
+            continue
+        j = i + 1  # the keyposes after the grasp while the gripper stays closed
+        while j < len(rollout.targets) and closes(j):
+            moved = np.linalg.norm(objects[j] - objects[i], axis=1)  # (n,) per object
+            slip = np.linalg.norm((objects[j] - tcp[j]) - (objects[i] - tcp[i]), axis=1)
+            if np.any((moved >= HELD_MOVE_M) & (slip < HELD_SLIP_M)):
+                grasps.append(i)
+                break
+            j += 1
+    return grasps
+
+
+def recovery_observations(
+    sim: MetaWorldSimulator, rollout: KeyposeRollout, per_grasp: int, rng: np.random.Generator
+) -> list[Recovery]:
+    """Up to ``per_grasp`` recoveries of each held grasp of a successful replay (``held_grasps``), two observed
+    steps each.
+
+    A recovery sends the grasp keypose ``MISS_RADIUS_M`` beside its target (random direction, up to
+    ``MISS_LIFT_M`` higher), so that the fingers close on nothing, then lifts straight up, open, to the height
+    the grasp started from (a slanted move back would sweep through the object: measured on pick-place), then
+    moves to where the grasp started. It is kept when no object moved by more than ``MISS_MOVED_M`` during the
+    miss and the lift (a clean miss) and the episode still succeeds after the rest of the replay's keyposes.
+    Steps: (after the miss -> the lift), (after the lift -> where the grasp started). Trained on, they show the
+    policy what a missed grasp looks like and that another try follows, which demonstrations never show.
+    """
+    out = []
+    for i in held_grasps(rollout):
+        start = np.array([*rollout.grippers[i][:3], *FIXED_QUAT_XYZW, 1.0], np.float32)
+        for k in range(per_grasp):
+            for _ in range(MISS_TRIES):
+                angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(*MISS_RADIUS_M)
+                offset = (radius * np.cos(angle), radius * np.sin(angle), rng.uniform(0, MISS_LIFT_M))
+                miss = np.asarray(rollout.targets[i], np.float64).copy()
+                miss[:3] += offset
+                branch(sim, rollout, i)
+                before = _objects(sim)
+                if sim.step_keypose(miss).success:
+                    continue
+                missed = (sim.get_state(), sim.gripper_pose().astype(np.float32))
+                tcp = sim.tcp_position()
+                lift = np.array(
+                    [tcp[0], tcp[1], max(start[2], tcp[2] + 0.03), *FIXED_QUAT_XYZW, 1.0], np.float32
+                )
+                if sim.step_keypose(lift).success or np.max(np.abs(_objects(sim) - before)) > MISS_MOVED_M:
+                    continue
+                lifted = (sim.get_state(), sim.gripper_pose().astype(np.float32))
+                if any(
+                    sim.step_keypose(np.asarray(t, np.float64)).success for t in [start, *rollout.targets[i:]]
+                ):
+                    out.append(Recovery(*missed, lift, i, 2 * k))
+                    out.append(Recovery(*lifted, start, i, 2 * k + 1))
+                    break
+    return out
 
 
 def keypose(traj: Trajectory, kf: Keyframe) -> np.ndarray:
@@ -227,7 +328,7 @@ def episode_samples(
         obs_i = 0 if i == 0 else keyframes[i - 1].index
         gripper_open = True if i == 0 else keyframes[i - 1].gripper_open
         gripper = np.array([*traj.tcp[obs_i], *traj.quat[obs_i], float(gripper_open)], np.float32)
-        observed.append((traj.states[obs_i], obs_i, gripper, keypose(traj, kf)))
+        observed.append((i, traj.states[obs_i], obs_i, gripper, keypose(traj, kf)))
     return _render_samples(sim, traj.task, traj.variation, episode, observed, pc_cfg, times)
 
 
@@ -237,11 +338,16 @@ def keypose_samples(
     episode: int,
     pc_cfg: PointCloudConfig,
     times: EpisodeTimes,
+    recoveries: Sequence[Recovery] = (),
 ) -> list[KeyframeSample]:
     """Samples (observation before keypose i -> keypose i) of a successful keypose rollout (a keypose
-    expert's, or the replay of an expert's keyframes)."""
+    expert's, or the replay of an expert's keyframes), then its ``recoveries`` (frame numbers from
+    ``recovery_frame``; the state index is the grasp's keypose number)."""
     steps = zip(rollout.states, rollout.grippers, rollout.targets, strict=True)
-    observed = [(state, i, gripper, target) for i, (state, gripper, target) in enumerate(steps)]
+    observed = [(i, state, i, gripper, target) for i, (state, gripper, target) in enumerate(steps)]
+    observed += [
+        (recovery_frame(r.grasp, r.number), r.state, r.grasp, r.gripper, r.target) for r in recoveries
+    ]
     return _render_samples(sim, rollout.task, rollout.variation, episode, observed, pc_cfg, times)
 
 
@@ -250,22 +356,22 @@ def _render_samples(
     task: str,
     variation: int,
     episode: int,
-    observed: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]],
+    observed: list[tuple[int, np.ndarray, int, np.ndarray, np.ndarray]],
     pc_cfg: PointCloudConfig,
     times: EpisodeTimes,
 ) -> list[KeyframeSample]:
-    """``observed``: per keypose (state snapshot, its index, gripper pose (8,), keypose (8,)); each state is
-    rendered once into the sample's point cloud."""
+    """``observed``: per sample (frame number, state snapshot, its index, gripper pose (8,), keypose (8,)); each
+    state is rendered once into the sample's point cloud."""
     return [
         KeyframeSample(
             task=task,
             variation=variation,
             episode=episode,
-            frame=i,
+            frame=frame,
             state_index=state_index,
             points=render_points(sim, state, pc_cfg, times),
             gripper_pose=gripper,
             target_pose=target,
         )
-        for i, (state, state_index, gripper, target) in enumerate(observed)
+        for frame, state, state_index, gripper, target in observed
     ]

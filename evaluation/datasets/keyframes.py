@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from policies.config import FrozenModel
 
@@ -52,11 +52,23 @@ class KeyframeConfig(FrozenModel):
     # ("expert"), or the state the keypose controller reached replaying the keyframes ("replay": what a policy
     # sees at evaluation; the keyframes after the replay's first success are dropped). demos.py: why.
     observe: Literal["expert", "replay"] = "expert"
+    # Recoveries per grasp (replay observations only; demos.recovery_observations): the grasp keypose sent 3-6 cm
+    # beside its target so that the fingers close on nothing, then two observed steps (lift straight up, open;
+    # back to where the grasp started), kept when the rest of the episode replays from there. 0 = none.
+    recoveries: int = Field(0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _check(self) -> KeyframeConfig:
+        if self.recoveries and self.observe != "replay":
+            raise ValueError("recoveries need observe='replay' (they branch off the replay of the keyframes)")
+        return self
 
     def settings(self) -> dict[str, object]:
-        """The config as collection settings record it; ``observe`` only when not the default, so that a
-        dataset collected before the option existed keeps its settings (and can be extended)."""
-        return self.model_dump(mode="json", exclude={"observe"} if self.observe == "expert" else None)
+        """The config as collection settings record it; ``observe`` and ``recoveries`` only when not the
+        default, so that a dataset collected before the options existed keeps its settings (and can be
+        extended)."""
+        defaults = {"observe": "expert", "recoveries": 0}
+        return self.model_dump(mode="json", exclude={k for k, v in defaults.items() if getattr(self, k) == v})
 
 
 # Keyframe settings tried in order when an episode's keyframes do not replay (rung 0 is the config

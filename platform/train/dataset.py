@@ -73,7 +73,7 @@ def _collect(cfg: ExperimentConfig, path: Path) -> None:
             workers=cfg.data.collect_workers,
             seed=cfg.data.seed,
             pointcloud=PointCloudConfig(surface_fraction=cfg.data.surface_fraction),
-            keyframes=KeyframeConfig(observe=cfg.data.observe),
+            keyframes=KeyframeConfig(observe=cfg.data.observe, recoveries=cfg.data.recoveries),
         )
     except CollectError as exc:
         raise UserFacingError(f"collecting {path} failed: {exc}") from None
@@ -152,6 +152,13 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
             f"the dataset at {path} was collected with observations from the {observed} (data.observe="
             f"{observed}) but data.observe is {cfg.data.observe}: set data.observe={observed}, or use another "
             "data.path (collected on first use)"
+        )
+    recoveries = int(ds.manifest.get("keyframes", {}).get("recoveries", 0))
+    if ds.manifest.get("suite") in ("mt10", "mt50") and recoveries != cfg.data.recoveries:
+        raise UserFacingError(
+            f"the dataset at {path} was collected with data.recoveries={recoveries} but data.recoveries is "
+            f"{cfg.data.recoveries}: set data.recoveries={recoveries}, or use another data.path (collected on "
+            "first use)"
         )
     surface = float(ds.manifest["pointcloud"].get("surface_fraction", 0.0))
     if ds.manifest.get("suite") in ("mt10", "mt50") and surface != cfg.data.surface_fraction:
@@ -246,7 +253,8 @@ def split_episodes(
     Per task (restricted to ``tasks`` when given), episodes in manifest order (Meta-World: train variations
     0, 1, ...; RLBench: the imported episodes): the first ``train_per_task`` train, the next
     ``val_per_task`` validate. Validation episodes are therefore other train-set variations, never the test
-    variations that evaluation uses, and never episodes the training set sees.
+    variations that evaluation uses, and never episodes the training set sees. Recovery samples
+    (``KeyframeConfig.recoveries``) train but are not validated: the held-out error stays the demonstrations'.
     """
     names = list(dataset.task_names)
     if tasks:
@@ -262,7 +270,11 @@ def split_episodes(
         val_eps = set(episodes[train_per_task : train_per_task + val_per_task])
         train.append(in_task[np.isin(dataset.sample_episode[in_task], list(train_eps))])
         val.append(in_task[np.isin(dataset.sample_episode[in_task], list(val_eps))])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    val_rows = np.sort(np.concatenate(val))
+    recovery = getattr(dataset, "recovery", None)  # (S,) recovery samples: trained on, never validated
+    if recovery is not None:
+        val_rows = val_rows[~recovery[val_rows]]
+    return np.sort(np.concatenate(train)), val_rows
 
 
 def has_validation(cfg: ExperimentConfig) -> bool:

@@ -201,7 +201,15 @@ def check_tracking(cfg: ExperimentConfig) -> None:
 
 # data.* keys that choose the level-1 training set: the checkpoint's sampler state is a position in it, so a
 # resume with another set is not exact (data.path is left out: a moved repository keeps its runs)
-RESUME_FIXED_DATA_KEYS = ("suite", "tasks", "episodes_per_task", "balance", "observe", "surface_fraction")
+RESUME_FIXED_DATA_KEYS = (
+    "suite",
+    "tasks",
+    "episodes_per_task",
+    "balance",
+    "observe",
+    "recoveries",
+    "surface_fraction",
+)
 
 
 def check_resume(cfg: ExperimentConfig) -> None:

@@ -84,3 +84,27 @@ def test_a_dataset_with_another_surface_setting_is_refused_with_the_fix(tmp_path
         training_data.ensure_dataset(_cfg(path, "data.collect_if_missing=false"))
     cfg = _cfg(path, "data.collect_if_missing=false", "data.surface_fraction=0.5")
     assert training_data.ensure_dataset(cfg) == path
+
+
+def test_a_dataset_with_other_recoveries_is_refused_and_recoveries_need_replay_observations(
+    tmp_path, monkeypatch
+):
+    """data.recoveries must match the Meta-World dataset's (evaluation.collect --recoveries), and branches off
+    the replay: without data.observe=replay the config is refused before anything runs."""
+    import json
+
+    from platform.config import ConfigError
+
+    path = _write_synthetic_dataset(tmp_path / "data")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(suite="mt50", keyframes={"observe": "replay", "recoveries": 1})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
+    base = ("data.collect_if_missing=false", "data.observe=replay")
+    with pytest.raises(
+        UserFacingError, match="data.recoveries=1 but data.recoveries is 0: set data.recoveries=1"
+    ):
+        training_data.ensure_dataset(_cfg(path, *base))
+    assert training_data.ensure_dataset(_cfg(path, *base, "data.recoveries=1")) == path
+    with pytest.raises(ConfigError, match="data.recoveries needs data.observe=replay"):
+        _cfg(path, "data.recoveries=1")

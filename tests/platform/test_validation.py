@@ -55,6 +55,10 @@ def test_split_takes_the_first_episodes_for_training_and_the_next_for_validation
     assert len(val) == 0
     with pytest.raises(ValueError, match="not in the dataset"):
         split_episodes(ds, ["c"], 1, 1)
+    ds.recovery = np.zeros(len(ds.task_index), bool)
+    ds.recovery[[4, 16]] = True  # recovery samples of a training and a validation episode
+    train, val = split_episodes(ds, None, train_per_task=2, val_per_task=1)
+    assert 4 in train and 16 not in val and set(ds.sample_episode[val]) == {2, 6}  # trained on, not validated
 
 
 def test_keypose_errors_of_exact_and_shifted_predictions():

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -234,19 +235,47 @@ def test_verify_replays_the_stored_keyposes(tiny):
 def test_replay_observations_are_what_the_keypose_controller_reaches(tiny, tmp_path):
     """``observe=replay``: each sample observes the state the keypose controller reached replaying the
     episode's keyframes (so replaying the stored keyposes meets every stored gripper pose), the keyposes are
-    the expert mode's up to the replay's first success, and the setting is recorded and not mixed."""
+    the expert mode's up to the replay's first success, and the setting is recorded and not mixed. With
+    ``recoveries=1`` pick-place's grasp also gets a recovery sample: the gripper closed 3-6 cm beside the grasp,
+    labelled with the pose the grasp started from, open; reach has no grasp and gets none."""
+    from evaluation.datasets.dataset import RECOVERY_FRAME, recovery_frame
     from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
 
     out = tmp_path / "replay"
-    manifest = _collect(out, keyframes=KeyframeConfig(observe="replay"))
+    manifest = _collect(out, keyframes=KeyframeConfig(observe="replay", recoveries=1))
     assert (
         manifest["keyframes"]["observe"] == "replay"
+        and manifest["keyframes"]["recoveries"] == 1
         and "observe" not in json.loads((tiny / MANIFEST).read_text())["keyframes"]
-    )  # the default is not written: datasets collected before the option keep their settings
+        and "recoveries" not in json.loads((tiny / MANIFEST).read_text())["keyframes"]
+    )  # the defaults are not written: datasets collected before the options keep their settings
     replayed, expert = KeyframeDataset(out), KeyframeDataset(tiny)
+    assert manifest["counts"]["pick-place-v3"]["recovery_samples"] == 2  # one recovery, two steps
+    assert manifest["counts"]["reach-v3"]["recovery_samples"] == 0
+    missed, lifted = np.flatnonzero(replayed.recovery)
+    grasp = replayed.previous[missed]  # the sample of the grasp it missed
+    assert replayed.previous[lifted] == missed and not replayed.recovery[grasp]
+    assert replayed.task_names[replayed.task_index[grasp]] == "pick-place-v3"
+    assert replayed.target[grasp, 7] == 0 and replayed.gripper[grasp, 7] == 1  # the grasp closes the gripper
+    assert replayed.gripper[missed, 7] == 0  # closed, on nothing, 3-6 cm beside the grasp
+    assert 0.025 <= np.linalg.norm(replayed.gripper[missed, :2] - replayed.target[grasp, :2]) <= 0.065
+    start = replayed.gripper[grasp, :3]  # where the grasp started: the lift rises straight up to its height
+    np.testing.assert_allclose(replayed.target[missed, :2], replayed.gripper[missed, :2], atol=1e-6)
+    assert replayed.target[missed, 2] == pytest.approx(max(start[2], replayed.gripper[missed, 2] + 0.03))
+    assert replayed.target[missed, 7] == 1 and replayed.gripper[lifted, 7] == 1
+    np.testing.assert_allclose(replayed.target[lifted, :3], start)  # then back where it started, open
+    assert replayed.target[lifted, 7] == 1 and np.allclose(replayed.target[lifted, 3:7], FIXED_QUAT_XYZW)
+    (shard,) = [s for s in manifest["shards"] if s["task"] == "pick-place-v3"]
+    table = pq.read_table(out / shard["file"], columns=["frame", "target_pose"]).to_pydict()
+    f = min(f for f in table["frame"] if f >= RECOVERY_FRAME)
+    g = table["frame"].index((f - RECOVERY_FRAME) // 10)  # the grasp's row, by the recovery's frame number
+    assert f == recovery_frame(table["frame"][g], 0)
+    np.testing.assert_array_equal(table["target_pose"][g], replayed.target[grasp])
+    report = verify_dataset(out, workers=1, progress=False)  # replays the keyframes, not the recoveries
+    assert report["success_rate"] == 1.0
     with MetaWorldSimulator(MetaWorldConfig(render=SMALL)) as sim:
         for task_index, task in enumerate(TASKS):
-            rows = np.flatnonzero(replayed.task_index == task_index)
+            rows = np.flatnonzero((replayed.task_index == task_index) & ~replayed.recovery)
             expert_rows = np.flatnonzero(expert.task_index == task_index)
             assert 1 <= len(rows) <= len(expert_rows)
             assert np.array_equal(replayed.target[rows], expert.target[expert_rows[: len(rows)]])
@@ -255,7 +284,7 @@ def test_replay_observations_are_what_the_keypose_controller_reaches(tiny, tmp_p
                 assert np.allclose(sim.gripper_pose(), replayed.gripper[row], atol=1e-5), (task, k)
                 outcome = sim.step_keypose(replayed.target[row].astype(np.float64))
                 assert outcome.success == (k == len(rows) - 1), (task, k)  # ends at the first success
-    assert replayed.manifest["total_samples"] <= expert.manifest["total_samples"]
+    assert replayed.manifest["total_samples"] - 2 <= expert.manifest["total_samples"]  # less the recovery
     with pytest.raises(CollectError, match="different settings.*keyframes"):
         _collect(tiny, keyframes=KeyframeConfig(observe="replay"))
 

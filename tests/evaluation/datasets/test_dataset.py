@@ -148,6 +148,17 @@ def test_previous_keyframes_follow_frames_within_each_episode():
     assert previous_keyframes(episode, frame).tolist() == [2, 3, 2, 3, 0]
 
 
+def test_a_recovery_step_follows_the_step_before_it_and_is_outside_the_keyframe_chain():
+    """Recovery samples (KeyframeConfig.recoveries): the miss after grasp keyframe 1 follows the grasp's sample,
+    the lift follows the miss; the keyframes' own chain is unchanged (keyframe 2 still follows keyframe 1)."""
+    from evaluation.datasets.dataset import is_recovery, recovery_frame
+
+    frame = np.array([0, 1, 2, recovery_frame(1, 1), recovery_frame(1, 0), 0])
+    episode = np.array([0, 0, 0, 0, 0, 1])
+    assert previous_keyframes(episode, frame).tolist() == [0, 0, 1, 4, 1, 5]
+    assert is_recovery(frame).tolist() == [False, False, False, True, True, False]
+
+
 def test_batches_are_deterministic_without_generator_and_random_with_one(dataset_dir):
     ds = KeyframeDataset(dataset_dir)
     a, b = ds.batch([3, 4], 16), ds.batch([3, 4], 16)

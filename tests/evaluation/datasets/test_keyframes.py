@@ -165,3 +165,10 @@ def test_refinement_ladder_starts_with_the_config_and_gets_denser():
     assert len(strides) >= 3 and strides == sorted(strides, reverse=True)
     assert any(c.gripper_at == "settled" for c in ladder)
     assert refinement_ladder(KeyframeConfig(refine=False)) == [KeyframeConfig(refine=False)]
+
+
+def test_recoveries_branch_off_the_replay_and_are_recorded_only_when_asked_for():
+    with pytest.raises(ValueError, match="recoveries need observe='replay'"):
+        KeyframeConfig(recoveries=1)
+    assert KeyframeConfig(observe="replay", recoveries=2).settings()["recoveries"] == 2
+    assert "recoveries" not in KeyframeConfig(observe="replay").settings()
