@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
 
 from evaluation import REPO_ROOT
+from evaluation.datasets.keyframes import KeyframeConfig
 from policies.config import CONFIG_CLASSES, FrozenModel, MiniDiffuserConfig, PolicyConfig
 
 # Reliability tests only: the worker crashes once after the checkpoint at this step (platform.train.worker).
@@ -79,10 +80,18 @@ class DataConfig(FrozenModel):
     surface_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _recoveries_need_replay(self) -> DataConfig:
-        if self.recoveries and self.observe != "replay":
-            raise ValueError("data.recoveries needs data.observe=replay (recoveries branch off the replay)")
+    def _keyframes(self) -> DataConfig:
+        self.keyframes()  # the collection's own check (recoveries need replay observations)
         return self
+
+    def keyframes(self) -> KeyframeConfig:
+        """The keyframe settings Meta-World collection runs with (``evaluation.collect --observe --recoveries``)."""
+        try:
+            return KeyframeConfig(observe=self.observe, recoveries=self.recoveries)
+        except ValidationError as exc:
+            raise ValueError(
+                "; ".join(f"data.{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            ) from None
 
 
 class TrainConfig(FrozenModel):

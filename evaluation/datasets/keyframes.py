@@ -60,7 +60,9 @@ class KeyframeConfig(FrozenModel):
     @model_validator(mode="after")
     def _check(self) -> KeyframeConfig:
         if self.recoveries and self.observe != "replay":
-            raise ValueError("recoveries need observe='replay' (they branch off the replay of the keyframes)")
+            raise ValueError(
+                "recoveries needs observe=replay (recoveries branch off the replay of the keyframes)"
+            )
         return self
 
     def settings(self) -> dict[str, object]:

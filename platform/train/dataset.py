@@ -17,7 +17,6 @@ import numpy as np
 
 from evaluation.checkpoint_format import Instruction
 from evaluation.datasets.dataset import DatasetError, DatasetSummary, KeyframeDataset
-from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderError
 from evaluation.pointcloud import PointCloudConfig
 from platform.cli import UserFacingError
@@ -73,7 +72,7 @@ def _collect(cfg: ExperimentConfig, path: Path) -> None:
             workers=cfg.data.collect_workers,
             seed=cfg.data.seed,
             pointcloud=PointCloudConfig(surface_fraction=cfg.data.surface_fraction),
-            keyframes=KeyframeConfig(observe=cfg.data.observe, recoveries=cfg.data.recoveries),
+            keyframes=cfg.data.keyframes(),
         )
     except CollectError as exc:
         raise UserFacingError(f"collecting {path} failed: {exc}") from None

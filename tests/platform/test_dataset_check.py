@@ -106,5 +106,5 @@ def test_a_dataset_with_other_recoveries_is_refused_and_recoveries_need_replay_o
     ):
         training_data.ensure_dataset(_cfg(path, *base))
     assert training_data.ensure_dataset(_cfg(path, *base, "data.recoveries=1")) == path
-    with pytest.raises(ConfigError, match="data.recoveries needs data.observe=replay"):
+    with pytest.raises(ConfigError, match="data.recoveries needs observe=replay"):
         _cfg(path, "data.recoveries=1")

@@ -168,7 +168,7 @@ def test_refinement_ladder_starts_with_the_config_and_gets_denser():
 
 
 def test_recoveries_branch_off_the_replay_and_are_recorded_only_when_asked_for():
-    with pytest.raises(ValueError, match="recoveries need observe='replay'"):
+    with pytest.raises(ValueError, match="recoveries needs observe=replay"):
         KeyframeConfig(recoveries=1)
     assert KeyframeConfig(observe="replay", recoveries=2).settings()["recoveries"] == 2
     assert "recoveries" not in KeyframeConfig(observe="replay").settings()
