@@ -6,7 +6,8 @@ controller in a fresh episode; when they do not solve the task it tries the dens
 ``keyframes.REFINEMENTS`` and keeps the first that does (when none does, the sparsest: a demonstration
 is never dropped for it, and the dataset's manifest lists it).
 ``episode_samples`` restores the snapshots at the observation frames, renders them once each, and
-builds the (observation -> next keypose) samples.
+builds the (observation -> next keypose) samples. ``recovery_observations`` branches a replay at each held grasp
+into a missed grasp and the two steps back (``KeyframeConfig.recoveries``).
 
 Where the observations come from (``KeyframeConfig.observe``): the expert trajectory's states at the previous
 keyframe (``"expert"``), or the states the keypose controller reaches while it replays the keyframes
@@ -211,10 +212,9 @@ MISS_RADIUS_M = (0.03, 0.06)  # how far beside the grasp the fingers close: the 
 MISS_LIFT_M = 0.02  # and up to this much higher (never lower: not into the table)
 MISS_MOVED_M = 0.01  # a miss that moves an object more than this touched it: not a clean miss
 MISS_TRIES = 4  # offsets tried per recovery before the grasp is left without one
-HELD_MOVE_M, HELD_SLIP_M = (
-    0.03,
-    0.015,
-)  # a grasp holds an object that moves >= 3 cm with the hand (< 1.5 cm off)
+HELD_MOVE_M = 0.03  # a grasp holds an object that then moves at least this far with the hand
+HELD_SLIP_M = 0.015  # while staying this close to where it was in the hand
+LIFT_M = 0.03  # the lift after a miss rises to where the grasp started, and at least this much
 
 
 def branch(sim: MetaWorldSimulator, rollout: KeyposeRollout, i: int) -> None:
@@ -253,9 +253,9 @@ def recovery_observations(
     steps each.
 
     A recovery sends the grasp keypose ``MISS_RADIUS_M`` beside its target (random direction, up to
-    ``MISS_LIFT_M`` higher), so that the fingers close on nothing, then lifts straight up, open, to the height
-    the grasp started from (a slanted move back would sweep through the object: measured on pick-place), then
-    moves to where the grasp started. It is kept when no object moved by more than ``MISS_MOVED_M`` during the
+    ``MISS_LIFT_M`` higher), so that the fingers close on nothing, then lifts straight up to the height the grasp
+    started from and opens (a slanted move back swept pick-place's puck away), then moves to where the grasp
+    started. It is kept when no object moved by more than ``MISS_MOVED_M`` during the
     miss and the lift (a clean miss) and the episode still succeeds after the rest of the replay's keyposes.
     Steps: (after the miss -> the lift), (after the lift -> where the grasp started). Trained on, they show the
     policy what a missed grasp looks like and that another try follows, which demonstrations never show.
@@ -276,7 +276,7 @@ def recovery_observations(
                 missed = (sim.get_state(), sim.gripper_pose().astype(np.float32))
                 tcp = sim.tcp_position()
                 lift = np.array(
-                    [tcp[0], tcp[1], max(start[2], tcp[2] + 0.03), *FIXED_QUAT_XYZW, 1.0], np.float32
+                    [tcp[0], tcp[1], max(start[2], tcp[2] + LIFT_M), *FIXED_QUAT_XYZW, 1.0], np.float32
                 )
                 if sim.step_keypose(lift).success or np.max(np.abs(_objects(sim) - before)) > MISS_MOVED_M:
                     continue
