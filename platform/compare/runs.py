@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from evaluation.metaworld_tiers import TIERS
+from platform.config import ExperimentConfig
 from platform.tracking import TAG_KIND, TAG_NUM_GPUS, TAG_POLICY_TYPE, TAG_SUITE
+from platform.tracking.params import flatten_config
 
 if TYPE_CHECKING:  # type-only: MLflow's client is imported where it is used
     from mlflow.entities import Run
@@ -240,13 +243,25 @@ def find_our_runs(client: MlflowClient, experiment_id: str | None, run_ids: list
             return runs
 
 
+@functools.cache
+def default_params() -> dict[str, str]:
+    """The default experiment's settings as MLflow params (``flatten_config``)."""
+    return flatten_config(ExperimentConfig().model_dump(mode="json"))
+
+
 def same_experiment(a: RunSummary, b: RunSummary) -> bool:
-    """Whether two runs differ at most in their seed and ``RUN_ONLY_PARAMS``. Params only one of them logged
-    (settings added to the platform between the two runs) are not compared."""
+    """Whether two runs differ at most in their seed and ``RUN_ONLY_PARAMS``. A setting only one of them logged
+    (added to the platform between the two runs) counts as its default in the other, which ran before it
+    existed: a run that set it to something else is another experiment (MT50's surface drop beside runs
+    collected before it); settings without a platform-wide default (a policy type's own) are not compared."""
     if (a.policy_type, a.suite) != (b.policy_type, b.suite):
         return False
-    shared = (a.params.keys() & b.params.keys()) - RUN_ONLY_PARAMS - {SEED_PARAM}
-    return all(a.params[k] == b.params[k] for k in shared)
+    defaults = default_params()
+    for key in (a.params.keys() | b.params.keys()) - RUN_ONLY_PARAMS - {SEED_PARAM}:
+        va, vb = a.params.get(key, defaults.get(key)), b.params.get(key, defaults.get(key))
+        if va is not None and vb is not None and va != vb:
+            return False
+    return True
 
 
 def seed_groups(summaries: list[RunSummary]) -> list[list[RunSummary]]:

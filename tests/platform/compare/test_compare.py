@@ -318,6 +318,11 @@ def test_seeds_of_one_mt50_experiment_are_averaged_beside_their_runs(fake_runs, 
     _log_fake_mt50_run(client, exp_id, "short-s1", high, {**base, "train.seed": "1", "train.steps": "4000"})
     # seed 0 again, later: the newest run of each seed is the one averaged
     _log_fake_mt50_run(client, exp_id, "exp-s0-again", low, {**base, "train.seed": "0"})
+    # a newer seed 1 with a setting the others ran before it existed, set to other than its default: another
+    # experiment (the others ran with the default)
+    _log_fake_mt50_run(
+        client, exp_id, "surface-s1", high, {**base, "train.seed": "1", "data.surface_fraction": "0.5"}
+    )
     assert _run(uri, tmp_path / "seeds", "--no-log", "--suite", "mt50") == 0
     report = (tmp_path / "seeds" / "comparison.md").read_text()
     assert (
@@ -329,6 +334,7 @@ def test_seeds_of_one_mt50_experiment_are_averaged_beside_their_runs(fake_runs, 
     assert (
         "| **mini_diffuser: exp-s0** (ours) |" in report
         and "| **mini_diffuser: short-s1** (ours) |" in report
+        and "| **mini_diffuser: surface-s1** (ours) |" in report
     )
     with (tmp_path / "seeds" / "comparison.csv").open() as f:
         (mean,) = [row for row in csv.DictReader(f) if row["source"] == "ours (mean of seeds)"]
