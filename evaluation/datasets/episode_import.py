@@ -213,7 +213,7 @@ def import_episodes(
         "tasks": names,
         "episodes_per_task": episodes_per_task,
         "pointcloud": pc_cfg.settings(),
-        "keyframes": kf_cfg.model_dump(mode="json"),
+        "keyframes": kf_cfg.settings(),
     }
     claim_import_dir(out, settings, SETTINGS, "an episode import")
     jobs = [
