@@ -316,12 +316,12 @@ def previous_keyframes(episode: np.ndarray, frame: np.ndarray) -> np.ndarray:
     previous = np.arange(len(episode))
     same = episode[order[1:]] == episode[order[:-1]]  # consecutive in one episode
     previous[order[1:][same]] = order[:-1][same]
+    if not recovery.any():
+        return previous
     index = {(int(episode[i]), int(frame[i])): int(i) for i in range(len(frame))}
     for i in np.flatnonzero(recovery):
         grasp, number = divmod(int(frame[i]) - RECOVERY_FRAME, 10)
-        before = (
-            frame[i] - 1 if number % 2 else grasp
-        )  # the lift follows the miss; the miss, the grasp's start
+        before = frame[i] - 1 if number % 2 else grasp  # a lift follows its miss; a miss, its grasp's sample
         previous[i] = index.get((int(episode[i]), int(before)), int(i))
     return previous
 
