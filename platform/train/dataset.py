@@ -152,20 +152,17 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
             f"{observed}) but data.observe is {cfg.data.observe}: set data.observe={observed}, or use another "
             "data.path (collected on first use)"
         )
-    recoveries = int(ds.manifest.get("keyframes", {}).get("recoveries", 0))
-    if ds.manifest.get("suite") in ("mt10", "mt50") and recoveries != cfg.data.recoveries:
-        raise UserFacingError(
-            f"the dataset at {path} was collected with data.recoveries={recoveries} but data.recoveries is "
-            f"{cfg.data.recoveries}: set data.recoveries={recoveries}, or use another data.path (collected on "
-            "first use)"
-        )
-    surface = float(ds.manifest["pointcloud"].get("surface_fraction", 0.0))
-    if ds.manifest.get("suite") in ("mt10", "mt50") and surface != cfg.data.surface_fraction:
-        raise UserFacingError(
-            f"the dataset at {path} was collected with data.surface_fraction={surface} but data.surface_fraction "
-            f"is {cfg.data.surface_fraction}: set data.surface_fraction={surface}, or use another data.path "
-            "(collected on first use)"
-        )
+    collected = {  # collection settings that shape the samples, as the manifest records them (default: absent)
+        "recoveries": int(ds.manifest.get("keyframes", {}).get("recoveries", 0)),
+        "surface_fraction": float(ds.manifest["pointcloud"].get("surface_fraction", 0.0)),
+    }
+    for key, have in collected.items():
+        want = getattr(cfg.data, key)
+        if ds.manifest.get("suite") in ("mt10", "mt50") and have != want:
+            raise UserFacingError(
+                f"the dataset at {path} was collected with data.{key}={have} but data.{key} is {want}: set "
+                f"data.{key}={have}, or use another data.path (collected on first use)"
+            )
     if cfg.data.tasks and set(cfg.data.tasks) - set(ds.task_names):
         raise UserFacingError(
             f"data.tasks {sorted(set(cfg.data.tasks) - set(ds.task_names))} are not in the "
