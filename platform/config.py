@@ -79,6 +79,9 @@ class DataConfig(FrozenModel):
     # point cloud's voxels (evaluation.collect --surface-fraction; a fixture's top, e.g. hand-insert's box with a
     # hole, 75-88 % of its voxels); 0 = off. A dataset collected with another value is refused with the fix.
     surface_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # Meta-World collection and evaluation render without the robot's links above its gripper (evaluation.collect
+    # --hide-arm; about 45 % of a scene's voxels). A dataset collected the other way is refused with the fix.
+    hide_arm: bool = False
 
     @model_validator(mode="after")
     def _keyframes(self) -> DataConfig:

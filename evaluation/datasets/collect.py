@@ -287,8 +287,10 @@ def collect_dataset(
         raise CollectError(f"--workers must be >= 1, got {workers}")
     out = Path(out)
     _check_out_dir(out)
-    sim_cfg = MetaWorldConfig(suite=suite, render=render or RenderConfig())  # type: ignore[arg-type]
     pc_cfg, kf_cfg = pointcloud or PointCloudConfig(), keyframes or KeyframeConfig()
+    # the cameras draw the arm or not as the clouds are to hold it (the point-cloud setting is what checkpoints keep)
+    render = (render or RenderConfig()).model_copy(update={"hide_arm": pc_cfg.hide_arm})
+    sim_cfg = MetaWorldConfig(suite=suite, render=render)  # type: ignore[arg-type]
     text_cfg = text_encoder or TextEncoderConfig()
     settings = _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, text_cfg)
     with _exclusive(out, progress):

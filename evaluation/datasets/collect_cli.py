@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a horizontal surface above the table that holds at least this fraction of a point cloud's "
         "voxels (a fixture's top, e.g. hand-insert's box with a hole); 0 = off (docs/metaworld.md)",
     )
+    p.add_argument(
+        "--hide-arm",
+        action="store_true",
+        help="the cameras do not see the robot's links above its gripper (about 45 %% of a scene's voxels); "
+        "policies trained on the dataset are evaluated so (docs/metaworld.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--executor", default="process", choices=["process", "ray"])
     p.add_argument("--image-size", type=int, default=128, help="square camera images (pixels)")
@@ -88,7 +94,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 out,
                 suite=args.suite,
                 variation=args.variation,
-                render=RenderConfig(width=args.image_size, height=args.image_size),
+                render=RenderConfig(width=args.image_size, height=args.image_size, hide_arm=args.hide_arm),
             )
             for path in paths:
                 print(path)
@@ -108,7 +114,7 @@ def run_cli(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             render=RenderConfig(width=args.image_size, height=args.image_size),
-            pointcloud=PointCloudConfig(surface_fraction=args.surface_fraction),
+            pointcloud=PointCloudConfig(surface_fraction=args.surface_fraction, hide_arm=args.hide_arm),
             keyframes=KeyframeConfig(observe=args.observe, recoveries=args.recoveries),
             text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             executor=args.executor,

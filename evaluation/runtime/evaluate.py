@@ -105,10 +105,14 @@ def evaluate(
     )
 
 
-def metaworld_factory(suite: str) -> SimFactory:
+def metaworld_factory(suite: str, hide_arm: bool = False) -> SimFactory:
+    """Meta-World simulators of ``suite``; ``hide_arm``: their cameras do not draw the robot's arm (a policy
+    trained on clouds without it, ``PointCloudConfig.hide_arm``)."""
     from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
+    from evaluation.simulators.rendering import RenderConfig
 
-    return functools.partial(MetaWorldSimulator, MetaWorldConfig(suite=suite))  # type: ignore[arg-type]
+    config = MetaWorldConfig(suite=suite, render=RenderConfig(hide_arm=hide_arm))  # type: ignore[arg-type]
+    return functools.partial(MetaWorldSimulator, config)
 
 
 def metaworld_test_variations() -> tuple[int, ...]:
@@ -133,7 +137,8 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Evaluate a checkpoint (a directory, read here, or a ``CheckpointBundle`` read elsewhere) on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
 
-    Defaults to the Meta-World backend and its test variations (disjoint from the training variations).
+    Defaults to the Meta-World backend (its cameras draw the robot's arm or not as the checkpoint's point-cloud
+    settings say) and its test variations (disjoint from the training variations).
     The episode plan depends only on (tasks, episodes_per_task, seed, variations), so two evaluations of
     the same checkpoint give the same numbers. ``seed`` may be a list (RLBench's protocol: 3 seeds): every
     seed plans its own ``episodes_per_task`` episodes per task, all run on one pool, and the report's
@@ -151,8 +156,8 @@ def evaluate_checkpoint(
         bundle = CheckpointBundle.read(
             checkpoint, instructions=None if instructions is None else Instructions.of(instructions)
         )
-    if sim_factory is None:
-        sim_factory = metaworld_factory(suite)
+    if sim_factory is None:  # rendered as the policy's training clouds were
+        sim_factory = metaworld_factory(suite, hide_arm=bundle.condition_fn().config.hide_arm)
     if tasks is None:
         from evaluation.simulators.metaworld_backend import suite_task_names
 

@@ -205,7 +205,8 @@ def variation_list(text: str) -> list[int]:
 
 
 def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
-    """(tasks, simulator factory, variations: the test ones unless ``--variations``) of the chosen suite."""
+    """(tasks, simulator factory, variations: the test ones unless ``--variations``) of the chosen suite; the
+    factory is None for Meta-World (``evaluate_checkpoint`` renders as the checkpoint's clouds were built)."""
     if args.variations is not None and args.suite not in ("mt10", "mt50"):
         raise ValueError(f"--variations is for the Meta-World suites (mt10, mt50), not {args.suite}")
     if args.suite == "fake":
@@ -226,11 +227,12 @@ def _suite(args: argparse.Namespace) -> tuple[list[str], object, list[int]]:
         )
         return list(chosen), proto["sim_factory"], list(proto["variations"])
     else:
-        from evaluation.runtime.evaluate import metaworld_factory, metaworld_test_variations
+        from evaluation.runtime.evaluate import metaworld_test_variations
         from evaluation.simulators.metaworld_backend import suite_task_names
 
         tasks = suite_task_names(args.suite)
-        factory, variations = metaworld_factory(args.suite), list(metaworld_test_variations())
+        # no factory: evaluate_checkpoint builds the Meta-World one the checkpoint's point-cloud settings need
+        factory, variations = None, list(metaworld_test_variations())
         if args.variations is not None:
             variations = args.variations
     if args.tasks:

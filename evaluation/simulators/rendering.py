@@ -22,11 +22,11 @@ import ctypes.util
 import functools
 import os
 import weakref
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from evaluation.simulators.sim import CameraFrame
 from policies.config import FrozenModel
@@ -162,6 +162,16 @@ class RenderConfig(FrozenModel):
     width: int = Field(128, ge=16, le=2048)
     height: int = Field(128, ge=16, le=2048)
     cameras: tuple[CameraSpec, ...] = DEFAULT_CAMERAS
+    # The cameras do not see the robot's links above its gripper (``PointCloudConfig.hide_arm``; the simulator
+    # names the geoms). Dumped only when on, so that settings recorded before the option stay equal.
+    hide_arm: bool = False
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        data = handler(self)
+        if not self.hide_arm:
+            data.pop("hide_arm", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RenderConfig:
@@ -198,17 +208,26 @@ def intrinsics_matrix(width: int, height: int, fovy_deg: float) -> np.ndarray:
 _OPENCV_FROM_GL = np.diag([1.0, -1.0, -1.0])
 
 
+# The geom group hidden geoms are moved to: MuJoCo's default ``MjvOption.geomgroup`` draws groups 0-2 only, and
+# Meta-World's models use 0, 1 and 4. A geom's group matters to visualisation alone (not to contacts).
+HIDDEN_GEOM_GROUP = 5
+
+
 class FastRenderer:
     """Renders a fixed camera rig of one MuJoCo model with the fast settings (one GL context per process).
 
     The rig is written into the model's world-fixed camera slots (``cam_pos / cam_quat / cam_fovy``).
+    ``hidden_geoms``: geom ids the cameras do not see (moved to ``HIDDEN_GEOM_GROUP``, which is not drawn).
     """
 
-    def __init__(self, model: Any, cfg: RenderConfig, gl_context: Any | None = None) -> None:
+    def __init__(
+        self, model: Any, cfg: RenderConfig, gl_context: Any | None = None, hidden_geoms: Sequence[int] = ()
+    ) -> None:
         import mujoco
 
         self._mj = mujoco
         self.model, self.cfg = model, cfg
+        model.geom_group[list(hidden_geoms)] = HIDDEN_GEOM_GROUP
         self._owns_context = gl_context is None
         self.gl = gl_context if gl_context is not None else make_gl_context(cfg.width, cfg.height)
         self.cam_ids = self._install_cameras()
@@ -222,6 +241,7 @@ class FastRenderer:
         for flag in ("mjRND_SHADOW", "mjRND_REFLECTION", "mjRND_SKYBOX", "mjRND_FOG", "mjRND_HAZE"):
             self.scene.flags[getattr(mujoco.mjtRndFlag, flag)] = 0
         self.option = mujoco.MjvOption()
+        self.option.geomgroup[HIDDEN_GEOM_GROUP] = 0
         self.camera = mujoco.MjvCamera()
         self.camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
         self.viewport = mujoco.MjrRect(0, 0, cfg.width, cfg.height)

@@ -190,6 +190,8 @@ class PolicyDeployment:
             "instructions": sorted(self.instructions.known),
             "text_encoder": self.instructions.encoder_name,
             "max_points": self.bundle.max_points,
+            # how clouds are cropped and filtered; hide_arm: the robot's links above the gripper must be masked out
+            "pointcloud": self.pointcloud.settings(),
             "history": self.conditioner.history,  # previous keyposes the policy reads: send previous_poses
             "device": self.device,
             "max_batch": self.settings.max_batch,

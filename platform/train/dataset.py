@@ -71,7 +71,9 @@ def _collect(cfg: ExperimentConfig, path: Path) -> None:
             out=path,
             workers=cfg.data.collect_workers,
             seed=cfg.data.seed,
-            pointcloud=PointCloudConfig(surface_fraction=cfg.data.surface_fraction),
+            pointcloud=PointCloudConfig(
+                surface_fraction=cfg.data.surface_fraction, hide_arm=cfg.data.hide_arm
+            ),
             keyframes=cfg.data.keyframes(),
         )
     except CollectError as exc:
@@ -155,6 +157,7 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
     collected = {  # collection settings that shape the samples, as the manifest records them (default: absent)
         "recoveries": int(ds.manifest.get("keyframes", {}).get("recoveries", 0)),
         "surface_fraction": float(ds.manifest["pointcloud"].get("surface_fraction", 0.0)),
+        "hide_arm": bool(ds.manifest["pointcloud"].get("hide_arm", False)),
     }
     for key, have in collected.items():
         want = getattr(cfg.data, key)

@@ -209,6 +209,7 @@ RESUME_FIXED_DATA_KEYS = (
     "observe",
     "recoveries",
     "surface_fraction",
+    "hide_arm",
 )
 
 

@@ -101,7 +101,11 @@ def test_a_fixture_top_that_holds_most_voxels_is_dropped_and_what_stands_on_it_i
     assert len(cloud_to_points(xyz, rgb, on.model_copy(update={"surface_fraction": 0.99}))) == 1600 + 64
     assert drop_surface(np.zeros((0, 3)), np.zeros((0, 3)), on)[0].shape == (0, 3)
     # recorded in collection settings only when on, so older datasets keep theirs
-    assert "surface_fraction" not in PointCloudConfig().settings()
+    assert (
+        "surface_fraction" not in PointCloudConfig().settings()
+        and "hide_arm" not in PointCloudConfig().settings()
+    )
+    assert PointCloudConfig(hide_arm=True).settings()["hide_arm"] is True
     assert on.settings()["surface_fraction"] == 0.5
 
 

@@ -67,22 +67,26 @@ def test_a_dataset_observed_another_way_is_refused_with_the_fix(tmp_path, monkey
     assert training_data.ensure_dataset(cfg) == path
 
 
-def test_a_dataset_with_another_surface_setting_is_refused_with_the_fix(tmp_path, monkeypatch):
-    """data.surface_fraction must match the point clouds of the Meta-World dataset (evaluation.collect
-    --surface-fraction): the policy would otherwise be evaluated on clouds built differently."""
+@pytest.mark.parametrize(
+    ("key", "recorded", "shown"), [("surface_fraction", 0.5, "0.5"), ("hide_arm", True, "True")]
+)
+def test_a_dataset_with_other_point_cloud_settings_is_refused_with_the_fix(
+    tmp_path, monkeypatch, key, recorded, shown
+):
+    """data.surface_fraction and data.hide_arm must match the point clouds of the Meta-World dataset
+    (evaluation.collect --surface-fraction / --hide-arm): the policy would otherwise be evaluated on clouds built
+    differently."""
     import json
 
     path = _write_synthetic_dataset(tmp_path / "data")
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["suite"] = "mt50"
-    manifest["pointcloud"]["surface_fraction"] = 0.5
+    manifest["pointcloud"][key] = recorded
     (path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
-    with pytest.raises(
-        UserFacingError, match=r"data.surface_fraction=0.5 but .* set data.surface_fraction=0.5"
-    ):
+    with pytest.raises(UserFacingError, match=rf"data.{key}={shown} but .* set data.{key}={shown}"):
         training_data.ensure_dataset(_cfg(path, "data.collect_if_missing=false"))
-    cfg = _cfg(path, "data.collect_if_missing=false", "data.surface_fraction=0.5")
+    cfg = _cfg(path, "data.collect_if_missing=false", f"data.{key}={shown.lower()}")
     assert training_data.ensure_dataset(cfg) == path
 
 

@@ -577,6 +577,12 @@ def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, caps
         "the training set",
         "data.surface_fraction: 0.0 -> 0.5",
     )
+    refused(
+        capsys,
+        base(tmp_path, "policy.preset=tiny", "data.hide_arm=true"),
+        "the training set",
+        "data.hide_arm: False -> True",
+    )
     assert {p: p.read_bytes() for p in ckpt.iterdir()} == before, "the run's checkpoint is untouched"
     assert not (tmp_path / "mlflow.db").exists(), "its MLflow record is untouched: MLflow was never opened"
     assert not (ckpt.parent.parent / "experiment.yaml").exists(), "nor is the run's experiment.yaml rewritten"

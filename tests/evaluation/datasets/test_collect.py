@@ -97,33 +97,50 @@ def test_live_observation_gives_the_same_condition_as_the_dataset(tiny):
     assert torch.equal(live.text, stored.text)
 
 
-def test_surface_fraction_drops_hand_inserts_box_top_at_collection_and_evaluation(tmp_path):
-    """``--surface-fraction 0.5``: hand-insert's box top (z = 5 cm, most of the scene's voxels) is in no stored
-    cloud, the setting is in the manifest, and a live observation built with the manifest's config (what
-    evaluation does) equals the stored one."""
+def test_surface_fraction_and_hide_arm_shape_the_clouds_at_collection_and_evaluation(tmp_path):
+    """``--surface-fraction 0.5 --hide-arm``: hand-insert's box top (z = 5 cm, most of the scene's voxels) and the
+    robot's arm (everything above 30 cm here) are in no stored cloud, the gripper is, the settings are in the
+    manifest, and a live observation from the simulator evaluation builds for the manifest's config equals the
+    stored one."""
     from evaluation.pointcloud import PointCloudConfig, observation_to_condition
+    from evaluation.runtime.evaluate import metaworld_factory
     from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
 
     out = tmp_path / "surface"
     args = ["--suite", "mt50", "--tasks", "hand-insert-v3", "--episodes-per-task", "1", "--workers", "1"]
     assert (
-        main([*args, "--out", str(out), "--surface-fraction", "0.5", "--image-size", "64", "--no-progress"])
+        main(
+            [*args, "--out", str(out), "--surface-fraction", "0.5", "--hide-arm", "--image-size", "64"]
+            + ["--no-progress"]
+        )
         == 0
     )
     ds = KeyframeDataset(out)
     cfg = ds.pointcloud_config
     assert cfg.surface_fraction == 0.5 and ds.manifest["pointcloud"]["surface_fraction"] == 0.5
+    assert cfg.hide_arm and ds.manifest["render"]["hide_arm"] is True
     z = ds.points[:, 2]
     # what is left at the top's height: the edges of objects standing on it (without the option: 75-88 %)
     assert np.mean(np.abs(z - 0.05) <= cfg.table_margin) < 0.02, "the box top is dropped"
     assert np.any((z > 0.06) & (z < 0.1)), "the puck on it is kept"
-    with MetaWorldSimulator(MetaWorldConfig(suite="mt50", render=RenderConfig(width=64, height=64))) as sim:
+    assert z.max() < 0.3, "no point of the arm"
+    first = ds.points[ds.offsets[0] : ds.offsets[1]]  # (n, 7) the first sample's cloud
+    tcp = ds.gripper[0, :3]
+    assert np.sum(np.linalg.norm(first[:, :3] - tcp, axis=1) < 0.08) >= 5, "the gripper is kept"
+    factory = metaworld_factory(
+        "mt50", hide_arm=cfg.hide_arm
+    )  # what evaluate_checkpoint builds for the policy
+    render = factory.args[0].render.model_copy(update={"width": 64, "height": 64})  # (--image-size 64 above)
+    assert render.hide_arm
+    with MetaWorldSimulator(MetaWorldConfig(suite="mt50", render=render)) as sim:
         obs = sim.reset("hand-insert-v3", 0, 0)
+    with MetaWorldSimulator(MetaWorldConfig(suite="mt50", render=RenderConfig(width=64, height=64))) as sim:
+        obs_arm = sim.reset("hand-insert-v3", 0, 0)
     text = ds.instruction_embedding("hand-insert-v3")
     live = observation_to_condition(obs, text, 4000, cfg)
     assert torch.equal(live.points, ds.batch([0], 4000).points)
-    kept_without = observation_to_condition(obs, text, 4000, PointCloudConfig()).point_mask.sum()
-    assert live.point_mask.sum() < kept_without / 2, "the top was most of the cloud"
+    kept_without = observation_to_condition(obs_arm, text, 4000, PointCloudConfig()).point_mask.sum()
+    assert live.point_mask.sum() < kept_without / 2, "the top and the arm were most of the cloud"
 
 
 def test_same_arguments_give_the_same_bytes(tiny, tmp_path):

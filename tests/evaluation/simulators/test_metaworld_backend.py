@@ -175,3 +175,43 @@ def test_the_cache_keeps_the_most_recently_reset_tasks():
         assert sim.evictions == 1 and sim.task == "door-open-v3"
     finally:
         sim.close()
+
+
+@pytest.mark.sim
+def test_hide_arm_hides_the_links_above_the_gripper_and_changes_no_physics():
+    """``RenderConfig.hide_arm``: the cameras draw the gripper (the subtree of body ``hand``) but none of the rest of
+    the robot; the scene, its physics and the other geoms are as before."""
+    import mujoco
+
+    from evaluation.pointcloud import PointCloudConfig, fuse_and_crop
+    from evaluation.simulators.metaworld_backend import arm_geoms
+
+    clouds, states, near = {}, {}, {}
+    for hide in (False, True):
+        cfg = MetaWorldConfig(suite="mt50", render=RenderConfig(width=64, height=64, hide_arm=hide))
+        with MetaWorldSimulator(cfg) as sim:
+            obs = sim.reset("soccer-v3", 0, seed=0)
+            sim.step_keypose(np.array([0.0, 0.6, 0.1, 0, 0, 0, 1, 1]))
+            states[hide] = sim.get_state()
+            model = sim.env.model
+            hidden = arm_geoms(model)
+            hand = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "hand")
+            names = {mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[g]) for g in hidden}
+            assert {"right_l0", "right_l6", "pedestal"} <= names and not names & {
+                "hand",
+                "leftpad",
+                "rightclaw",
+            }
+            assert all(model.geom_bodyid[g] != hand for g in hidden)
+        xyz, _ = fuse_and_crop(obs.cameras, PointCloudConfig())
+        clouds[hide] = xyz
+        near[hide] = np.sum(
+            np.linalg.norm(xyz - obs.gripper_pose[:3], axis=1) < 0.08
+        )  # within 8 cm of the TCP
+    assert near[True] >= max(20, near[False]), "the gripper is drawn (no longer behind the arm)"
+    assert np.sum(clouds[False][:, 2] > 0.3) > 100 and np.sum(clouds[True][:, 2] > 0.3) == 0
+    assert np.array_equal(states[False], states[True]), "hiding geoms changes no contact or motion"
+    assert RenderConfig().model_dump() == RenderConfig(hide_arm=False).model_dump()
+    assert (
+        "hide_arm" not in RenderConfig().model_dump() and RenderConfig(hide_arm=True).model_dump()["hide_arm"]
+    )
