@@ -107,6 +107,7 @@ def serve_and_drive_metaworld(checkpoint: Path, max_keyposes: int = 3) -> None:
                 assert_loopback_only("platform.serve", also="ServeReplica")
             info = client.info()
             assert info["tasks"] == sorted(TINY_TASKS) and len(info["instructions"]) == len(TINY_TASKS)
+            assert info["pointcloud"] == bundle.condition_fn().config.settings()  # what clients must match
             http = HttpInference(client)
             local = LocalInference(bundle.build_policy())
             torch.set_num_threads(1)  # as the replica and evaluation's actors: other counts round differently
