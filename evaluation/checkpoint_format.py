@@ -10,6 +10,8 @@ importing it from here.
 - ``pointcloud.json``: the point-cloud settings the policy was trained with (an
   ``evaluation.pointcloud.PointCloudConfig``);
 - ``instruction_texts.json``: each task's instruction text and the text encoder's name;
+- ``render.json``: how a Meta-World training set's cameras rendered (an
+  ``evaluation.simulators.rendering.RenderConfig``: image size, camera rig), so evaluation renders the same;
 - ``manifest.json``, written last: the step, an optional metric, the size and sha256 of every file
   (``write_manifest`` / ``verify_checkpoint``), so a directory with a manifest is complete and a corrupt file
   is named before anything loads it.
@@ -43,6 +45,7 @@ import torch
 from evaluation.datasets.text import pad_tokens
 from evaluation.files import atomic_write_json, sha256_file
 from evaluation.pointcloud import PointCloudConditioner, PointCloudConfig
+from evaluation.simulators.rendering import RenderConfig
 from policies.base import CheckpointError, Policy
 from policies.config import deep_merge
 from policies.registry import load_policy, parse_policy_config, read_policy_files
@@ -54,6 +57,9 @@ POINTCLOUD_FILE = "pointcloud.json"
 # {"encoder": "<name>", "tasks": {task: instruction text}}: how the policy server (platform.serve) recognises a
 # training instruction by its text and encodes a new one with the same encoder. Optional (older checkpoints).
 INSTRUCTION_TEXTS_FILE = "instruction_texts.json"
+RENDER_FILE = (
+    "render.json"  # a Meta-World training set's RenderConfig. Optional (older checkpoints, other datasets)
+)
 TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no task name starts with it)
 
 
@@ -250,6 +256,7 @@ class CheckpointBundle:
     )  # pointcloud.json (an evaluation.pointcloud.PointCloudConfig), if stored
     instruction_texts: dict[str, str] = field(default_factory=dict)  # {task: text} (instruction_texts.json)
     text_encoder: str | None = None  # the dataset's encoder name, e.g. "minilm:all-MiniLM-L6-v2", if stored
+    render: dict[str, Any] | None = None  # render.json (a RenderConfig), if stored
 
     @classmethod
     def read(
@@ -281,6 +288,13 @@ class CheckpointBundle:
             pointcloud = json.loads(pc_path.read_text()) if pc_path.is_file() else None
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{pc_path} is not valid JSON: {exc}") from exc
+        render_path = directory / RENDER_FILE
+        try:
+            render = json.loads(render_path.read_text()) if render_path.is_file() else None
+            if render is not None:
+                RenderConfig.model_validate(render)
+        except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError
+            raise CheckpointError(f"{render_path} is not a valid render config: {exc}") from None
         texts_path = directory / INSTRUCTION_TEXTS_FILE
         try:
             texts = json.loads(texts_path.read_text()) if texts_path.is_file() else {}
@@ -296,6 +310,7 @@ class CheckpointBundle:
             pointcloud=pointcloud,
             instruction_texts={str(k): str(v) for k, v in dict(texts.get("tasks") or {}).items()},
             text_encoder=texts.get("encoder"),
+            render=render,
         )
 
     def with_policy_settings(self, updates: dict[str, Any]) -> CheckpointBundle:
@@ -316,6 +331,12 @@ class CheckpointBundle:
         return load_policy(
             self.policy_config, self.weights, map_location, source=f"{self.source}/{self.weights_file}"
         )
+
+    def render_config(self) -> RenderConfig:
+        """How a Meta-World simulator renders for this policy: as its training set was collected (``render.json``;
+        ``RenderConfig()`` without one), the robot's arm hidden when its clouds had none."""
+        cfg = RenderConfig.model_validate(self.render) if self.render is not None else RenderConfig()
+        return cfg.model_copy(update={"hide_arm": self.condition_fn().config.hide_arm})
 
     def condition_fn(self) -> PointCloudConditioner:
         """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""

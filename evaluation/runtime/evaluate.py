@@ -30,6 +30,7 @@ from evaluation.runtime.coordinator import Coordinator, PoolConfig
 from evaluation.runtime.episode import EpisodeSpec
 from evaluation.runtime.metrics import EvalReport, seed_success, summarize
 from evaluation.runtime.policy_server import PolicyFactory
+from evaluation.simulators.rendering import RenderConfig
 from policies.base import CheckpointError
 
 
@@ -105,13 +106,12 @@ def evaluate(
     )
 
 
-def metaworld_factory(suite: str, hide_arm: bool = False) -> SimFactory:
-    """Meta-World simulators of ``suite``; ``hide_arm``: their cameras do not draw the robot's arm (a policy
-    trained on clouds without it, ``PointCloudConfig.hide_arm``)."""
+def metaworld_factory(suite: str, render: RenderConfig | None = None) -> SimFactory:
+    """Meta-World simulators of ``suite`` rendering with ``render`` (``RenderConfig()`` by default; for a checkpoint,
+    ``CheckpointBundle.render_config()``: the image size and cameras of its training set, the arm hidden or not)."""
     from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
-    from evaluation.simulators.rendering import RenderConfig
 
-    config = MetaWorldConfig(suite=suite, render=RenderConfig(hide_arm=hide_arm))  # type: ignore[arg-type]
+    config = MetaWorldConfig(suite=suite, render=render or RenderConfig())  # type: ignore[arg-type]
     return functools.partial(MetaWorldSimulator, config)
 
 
@@ -137,8 +137,8 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Evaluate a checkpoint (a directory, read here, or a ``CheckpointBundle`` read elsewhere) on ``tasks`` (default: every task of ``suite``) with ``num_actors``.
 
-    Defaults to the Meta-World backend (its cameras draw the robot's arm or not as the checkpoint's point-cloud
-    settings say) and its test variations (disjoint from the training variations).
+    Defaults to the Meta-World backend (rendering as the checkpoint's training set was collected: image size,
+    cameras, the robot's arm hidden or not) and its test variations (disjoint from the training variations).
     The episode plan depends only on (tasks, episodes_per_task, seed, variations), so two evaluations of
     the same checkpoint give the same numbers. ``seed`` may be a list (RLBench's protocol: 3 seeds): every
     seed plans its own ``episodes_per_task`` episodes per task, all run on one pool, and the report's
@@ -157,7 +157,7 @@ def evaluate_checkpoint(
             checkpoint, instructions=None if instructions is None else Instructions.of(instructions)
         )
     if sim_factory is None:  # rendered as the policy's training clouds were
-        sim_factory = metaworld_factory(suite, hide_arm=bundle.condition_fn().config.hide_arm)
+        sim_factory = metaworld_factory(suite, bundle.render_config())
     if tasks is None:
         from evaluation.simulators.metaworld_backend import suite_task_names
 

@@ -10,7 +10,9 @@ directory (``resume_if_possible``).
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,7 @@ import torch
 
 from evaluation.checkpoint_format import (
     EXPERIMENT_FILE,
-    INSTRUCTION_TEXTS_FILE,
     INSTRUCTIONS_FILE,
-    POINTCLOUD_FILE,
     TRAIN_STATE_FILE,
     Instructions,
     save_instructions,
@@ -97,12 +97,11 @@ class TrainingState:
         self,
         run_dir: Path,
         instructions: Instructions | dict[str, tuple[np.ndarray, np.ndarray]],
-        pointcloud_json: str | None = None,
-        instruction_texts_json: str | None = None,
+        dataset_files: Mapping[str, str] | None = None,
     ) -> Path:
-        """Checkpoint now. ``pointcloud_json``: the dataset's point-cloud config, so that evaluation builds
-        its inputs exactly as the training set was built; ``instruction_texts_json``: each task's instruction
-        text and the text encoder's name (``INSTRUCTION_TEXTS_FILE``, for the policy server)."""
+        """Checkpoint now. ``dataset_files``: ``{file name: text}`` the dataset's settings kept beside the weights
+        (``worker.dataset_files``: the point-cloud config, so that evaluation builds its inputs exactly as the
+        training set was built; each task's instruction text and the text encoder's name, for the policy server)."""
         policy = _unwrap(self.policy)
         writers = {
             POLICY_CONFIG_FILE: lambda p: p.write_text(self.cfg.policy.model_dump_json(indent=2)),
@@ -111,10 +110,8 @@ class TrainingState:
             EXPERIMENT_FILE: lambda p: p.write_text(to_yaml(self.cfg)),
             INSTRUCTIONS_FILE: lambda p: save_instructions(p, instructions),
         }
-        if pointcloud_json is not None:
-            writers[POINTCLOUD_FILE] = lambda p: p.write_text(pointcloud_json)
-        if instruction_texts_json is not None:
-            writers[INSTRUCTION_TEXTS_FILE] = lambda p: p.write_text(instruction_texts_json)
+        for name, text in (dataset_files or {}).items():
+            writers[name] = functools.partial(_write_text, text=text)
         if self.ema is not None:
             writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
         return write_checkpoint(run_dir, self.step, writers)
@@ -157,6 +154,10 @@ def build_training(
     return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
@@ -169,9 +170,8 @@ def checkpoint_and_prune(
     state: TrainingState,
     run_dir: Path,
     instructions: Instructions | dict,
-    pointcloud_json: str | None = None,
-    instruction_texts_json: str | None = None,
+    dataset_files: Mapping[str, str] | None = None,
 ) -> Path:
-    path = state.save(run_dir, instructions, pointcloud_json, instruction_texts_json)
+    path = state.save(run_dir, instructions, dataset_files)
     prune_checkpoints(run_dir, state.cfg.train.keep_last)
     return path

@@ -23,7 +23,12 @@ import ray.train
 import ray.train.torch
 import torch
 
-from evaluation.checkpoint_format import Instructions
+from evaluation.checkpoint_format import (
+    INSTRUCTION_TEXTS_FILE,
+    POINTCLOUD_FILE,
+    RENDER_FILE,
+    Instructions,
+)
 from evaluation.filelock import FileLock, LockBusyError
 from evaluation.files import atomic_write_json
 from evaluation.raysession import quiet_train_logger
@@ -195,6 +200,26 @@ def _lock_run_dir(run_dir: Path, rank: int, world: int) -> FileLock | None:
     return lock
 
 
+def dataset_files(dataset: Any) -> dict[str, str]:
+    """The dataset's settings every checkpoint keeps beside the weights (``{file name: text}``): how its point
+    clouds were built (``pointcloud.json``), each task's instruction text and the text encoder's name
+    (``instruction_texts.json``, for the policy server) and, for a Meta-World collection, how its cameras rendered
+    (``render.json``: evaluation renders the same images). Fakes in tests may have none of them."""
+    files = {}
+    pc_cfg = getattr(dataset, "pointcloud_config", None)
+    if pc_cfg is not None:
+        files[POINTCLOUD_FILE] = pc_cfg.model_dump_json()
+    task_texts = getattr(dataset, "instruction_texts", None)
+    if task_texts:
+        files[INSTRUCTION_TEXTS_FILE] = json.dumps(
+            {"encoder": getattr(dataset, "text_encoder", None), "tasks": task_texts}, indent=2
+        )
+    manifest = getattr(dataset, "manifest", None) or {}
+    if manifest.get("suite") in ("mt10", "mt50") and "render" in manifest:
+        files[RENDER_FILE] = json.dumps(manifest["render"], indent=2)
+    return files
+
+
 def _train(
     cfg: ExperimentConfig,
     payload: WorkerPayload,
@@ -211,14 +236,7 @@ def _train(
         tasks={t: dataset.instruction_embedding(t) for t in dataset.task_names},
         texts=getattr(dataset, "variation_instructions", dict)(),  # RLBench: one per variation's text
     )
-    pc_cfg = getattr(dataset, "pointcloud_config", None)
-    pointcloud_json = pc_cfg.model_dump_json() if pc_cfg is not None else None
-    task_texts = getattr(dataset, "instruction_texts", None)  # fakes in tests may have none
-    texts_json = (
-        json.dumps({"encoder": getattr(dataset, "text_encoder", None), "tasks": task_texts}, indent=2)
-        if task_texts
-        else None
-    )
+    files = dataset_files(dataset)
     resumed = resume_if_possible(state, run_dir)
     if world > 1:
         state.policy = ray.train.torch.prepare_model(state.policy)
@@ -258,7 +276,7 @@ def _train(
             at_mark = marks.due(state.train_time_s)
             val_metrics = log.validate_step(state) if at_mark and rank == 0 else {}
             if rank == 0:
-                ckpt = checkpoint_and_prune(state, run_dir, instructions, pointcloud_json, texts_json)
+                ckpt = checkpoint_and_prune(state, run_dir, instructions, files)
                 atomic_write_json(
                     run_dir / PROGRESS_FILE,
                     {

@@ -13,6 +13,7 @@ from evaluation.checkpoint_format import (
     INSTRUCTIONS_FILE,
     NO_READS_ENV,
     POINTCLOUD_FILE,
+    RENDER_FILE,
     CheckpointBundle,
     save_instructions,
 )
@@ -32,7 +33,8 @@ def _checkpoint(tmp_path):
     save_instructions(
         tmp_path / INSTRUCTIONS_FILE, {"reach-v3": (np.ones((3, dim), np.float32), np.ones(3, bool))}
     )
-    (tmp_path / POINTCLOUD_FILE).write_text(json.dumps({"voxel_size": 0.02}))
+    (tmp_path / POINTCLOUD_FILE).write_text(json.dumps({"voxel_size": 0.02, "hide_arm": True}))
+    (tmp_path / RENDER_FILE).write_text(json.dumps({"width": 64, "height": 48}))
     return policy
 
 
@@ -47,6 +49,18 @@ def test_a_bundle_rebuilds_the_same_policy_without_its_directory(tmp_path):
     assert set(bundle.instructions.tasks) == {"reach-v3"}
     assert bundle.condition_fn().config.voxel_size == 0.02 and bundle.max_points == original.config.max_points
     assert isinstance(load_checkpoint(tmp_path / "moved"), Policy)
+    # evaluation renders as the training set was collected (render.json), the arm hidden as its clouds say
+    render = bundle.render_config()
+    assert (render.width, render.height, render.hide_arm) == (64, 48, True)
+
+
+def test_a_checkpoint_without_render_settings_renders_with_the_defaults(tmp_path):
+    from evaluation.simulators.rendering import RenderConfig
+
+    _checkpoint(tmp_path)
+    (tmp_path / RENDER_FILE).unlink()
+    (tmp_path / POINTCLOUD_FILE).unlink()
+    assert CheckpointBundle.read(tmp_path).render_config() == RenderConfig()
 
 
 def test_reads_are_refused_where_forbidden_and_bad_checkpoints_name_the_file(tmp_path, monkeypatch):
@@ -55,6 +69,9 @@ def test_reads_are_refused_where_forbidden_and_bad_checkpoints_name_the_file(tmp
     with pytest.raises(CheckpointError, match=NO_READS_ENV):
         CheckpointBundle.read(tmp_path)
     monkeypatch.delenv(NO_READS_ENV)
+    (tmp_path / RENDER_FILE).write_text(json.dumps({"width": 0}))
+    with pytest.raises(CheckpointError, match=f"{RENDER_FILE} is not a valid render config"):
+        CheckpointBundle.read(tmp_path)
     (tmp_path / POINTCLOUD_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match=POINTCLOUD_FILE):
         CheckpointBundle.read(tmp_path)

@@ -103,3 +103,29 @@ def test_sigkill_during_write_leaves_complete_or_nothing(tmp_path):
     assert (
         leftovers or ckpts
     )  # the kill happened while writing or between writes; either way nothing is corrupt
+
+
+@pytest.mark.unit
+def test_a_checkpoint_keeps_the_datasets_settings_render_only_for_meta_world():
+    """``worker.dataset_files``: the point-cloud settings and instruction texts of any dataset, and the camera
+    settings (``render.json``) of a Meta-World collection, which evaluation renders with; none for a fake."""
+    import json
+    from types import SimpleNamespace
+
+    from evaluation.checkpoint_format import INSTRUCTION_TEXTS_FILE, POINTCLOUD_FILE, RENDER_FILE
+    from evaluation.pointcloud import PointCloudConfig
+    from platform.train.worker import dataset_files
+
+    render = {"width": 64, "height": 64}
+    metaworld = SimpleNamespace(
+        pointcloud_config=PointCloudConfig(hide_arm=True),
+        instruction_texts={"reach-v3": "reach the goal position"},
+        text_encoder="minilm",
+        manifest={"suite": "mt50", "render": render},
+    )
+    files = dataset_files(metaworld)
+    assert set(files) == {POINTCLOUD_FILE, INSTRUCTION_TEXTS_FILE, RENDER_FILE}
+    assert json.loads(files[RENDER_FILE]) == render and json.loads(files[POINTCLOUD_FILE])["hide_arm"] is True
+    recorded = SimpleNamespace(**{**vars(metaworld), "manifest": {"suite": "recorded", "render": render}})
+    assert RENDER_FILE not in dataset_files(recorded)  # not a Meta-World camera rig
+    assert dataset_files(SimpleNamespace()) == {}

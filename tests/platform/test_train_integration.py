@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.checkpoint_format import RENDER_FILE
 from evaluation.filelock import FileLock
 from platform.train.checkpoint import list_checkpoints, verify_checkpoint
 from platform.train.worker import RUN_LOCK_FILE
@@ -57,6 +58,9 @@ def test_train_survives_a_worker_crash_and_logs_each_step_once(tmp_path, tiny_da
     assert [c.step for c in ckpts][-1] == 20
     for c in ckpts:
         verify_checkpoint(c.path)
+    # the dataset's render settings travel with the checkpoint: its evaluation renders the same images
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    assert json.loads((ckpts[-1].path / RENDER_FILE).read_text()) == manifest["render"]
     report = json.loads((tmp_path / "runs" / "crash" / "eval" / "step_00000020.json").read_text())
     assert report["episodes"] == 2 and set(report["tasks"]) == {"reach-v3", "button-press-topdown-v3"}
     assert_videos(tmp_path / "runs" / "crash", "step_00000020", uri, run_id)

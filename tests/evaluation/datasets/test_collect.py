@@ -102,6 +102,7 @@ def test_surface_fraction_and_hide_arm_shape_the_clouds_at_collection_and_evalua
     robot's arm (everything above 30 cm here) are in no stored cloud, the gripper is, the settings are in the
     manifest, and a live observation from the simulator evaluation builds for the manifest's config equals the
     stored one."""
+    from evaluation.checkpoint_format import CheckpointBundle, Instructions
     from evaluation.pointcloud import PointCloudConfig, observation_to_condition
     from evaluation.runtime.evaluate import metaworld_factory
     from evaluation.simulators.metaworld_backend import MetaWorldConfig, MetaWorldSimulator
@@ -127,12 +128,20 @@ def test_surface_fraction_and_hide_arm_shape_the_clouds_at_collection_and_evalua
     first = ds.points[ds.offsets[0] : ds.offsets[1]]  # (n, 7) the first sample's cloud
     tcp = ds.gripper[0, :3]
     assert np.sum(np.linalg.norm(first[:, :3] - tcp, axis=1) < 0.08) >= 5, "the gripper is kept"
-    factory = metaworld_factory(
-        "mt50", hide_arm=cfg.hide_arm
-    )  # what evaluate_checkpoint builds for the policy
-    render = factory.args[0].render.model_copy(update={"width": 64, "height": 64})  # (--image-size 64 above)
-    assert render.hide_arm
-    with MetaWorldSimulator(MetaWorldConfig(suite="mt50", render=render)) as sim:
+    # what evaluate_checkpoint renders with for a policy trained on it (worker.dataset_files -> CheckpointBundle)
+    bundle = CheckpointBundle(
+        source="test",
+        policy_config={},
+        weights=b"",
+        weights_file="model.pt",
+        instructions=Instructions({}),
+        max_points=4000,
+        pointcloud=cfg.model_dump(),
+        render=ds.manifest["render"],
+    )
+    render = bundle.render_config()
+    assert render.hide_arm and render.width == render.height == 64  # (--image-size 64 above)
+    with metaworld_factory("mt50", render)() as sim:
         obs = sim.reset("hand-insert-v3", 0, 0)
     with MetaWorldSimulator(MetaWorldConfig(suite="mt50", render=RenderConfig(width=64, height=64))) as sim:
         obs_arm = sim.reset("hand-insert-v3", 0, 0)
