@@ -19,7 +19,10 @@ lines that look like crashes but are not (verified against Ray 2.60):
 - Ray Train's ``PlacementGroupCleaner`` prints a traceback ("Found multiple active Ray instances") when
   another Ray cluster runs on the machine: its monitor thread cannot pick a cluster to poll;
 - Ray Train's ``TrainController`` logs a traceback when an autoscaling resource request times out on a
-  loaded machine ("Failed to send resource request ... safe to ignore this error");
+  loaded machine ("Failed to send resource request ... safe to ignore this error"), and one when a worker is gone
+  as it shuts the workers down ("Graceful shutdown of backend failed. This is expected if one of the workers has
+  crashed"): seen at the end of a finished multi-node run, after the ``PlacementGroupCleaner`` had removed the
+  workers' placement group; a crash during training is reported (and recovered from) on its own;
 - the controller's C++ core logs an ``E`` line for its own ``PreemptionWatcher`` actor;
 - every ``ray.train.report`` logs ``Reporting training result N: TrainingReport(...)`` at INFO;
 - driver-side notices that change nothing for the user (token authentication enabled by default on a local
@@ -124,6 +127,7 @@ _BENIGN_BATCHES: tuple[tuple[str, str], ...] = (
     ("PlacementGroupCleaner", "Found multiple active Ray instances"),
     ("PlacementGroupCleaner", "Exception in thread PlacementGroupCleanerMonitor"),
     ("TrainController", "Failed to send resource request"),
+    ("TrainController", "Graceful shutdown of backend failed"),
 )
 _SPLIT_TRACEBACK_ACTORS = ("PlacementGroupCleaner",)
 # Single lines to drop wherever they come from.

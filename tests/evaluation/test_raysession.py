@@ -22,6 +22,12 @@ def test_benign_ray_internal_tracebacks_are_dropped_whole():
         "ray.exceptions.GetTimeoutError: ...",
     ]
     assert keep_lines({"actor_name": "TrainController", "lines": request}) == []
+    shutdown = [  # at the end of a finished multi-node run (tests/platform/test_cluster.py, 2026-12-05)
+        "Graceful shutdown of backend failed. This is expected if one of the workers has crashed.",
+        "Traceback (most recent call last):",
+        "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.",
+    ]
+    assert keep_lines({"actor_name": "TrainController", "lines": shutdown}) == []
     # The same traceback split over three flushes on a loaded machine: every part goes.
     split = [
         ["Exception in thread PlacementGroupCleanerMonitor:", "Traceback (most recent call last):"],
