@@ -57,9 +57,9 @@ POINTCLOUD_FILE = "pointcloud.json"
 # {"encoder": "<name>", "tasks": {task: instruction text}}: how the policy server (platform.serve) recognises a
 # training instruction by its text and encodes a new one with the same encoder. Optional (older checkpoints).
 INSTRUCTION_TEXTS_FILE = "instruction_texts.json"
-RENDER_FILE = (
-    "render.json"  # a Meta-World training set's RenderConfig. Optional (older checkpoints, other datasets)
-)
+# A Meta-World training set's RenderConfig, so that evaluation renders the same images. Optional (older
+# checkpoints, datasets from elsewhere).
+RENDER_FILE = "render.json"
 TEXTS_PREFIX = "__texts__/"  # npz keys of the per-instruction-text table (no task name starts with it)
 
 
@@ -336,15 +336,19 @@ class CheckpointBundle:
         """How a Meta-World simulator renders for this policy: as its training set was collected (``render.json``;
         ``RenderConfig()`` without one), the robot's arm hidden when its clouds had none."""
         cfg = RenderConfig.model_validate(self.render) if self.render is not None else RenderConfig()
-        return cfg.model_copy(update={"hide_arm": self.condition_fn().config.hide_arm})
+        return cfg.model_copy(update={"hide_arm": self.pointcloud_config().hide_arm})
 
-    def condition_fn(self) -> PointCloudConditioner:
-        """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""
-        cfg = (
+    def pointcloud_config(self) -> PointCloudConfig:
+        """The point-cloud settings the policy was trained with (``pointcloud.json``; the defaults without one)."""
+        return (
             PointCloudConfig.model_validate(self.pointcloud)
             if self.pointcloud is not None
             else PointCloudConfig()
         )
+
+    def condition_fn(self) -> PointCloudConditioner:
+        """The point-cloud conditioner the policy was trained with (its ``max_points`` and stored settings)."""
+        cfg = self.pointcloud_config()
         return PointCloudConditioner(
             max_points=self.max_points, config=cfg, history=int(self.policy_config.get("history", 0))
         )

@@ -111,7 +111,7 @@ class TrainingState:
             INSTRUCTIONS_FILE: lambda p: save_instructions(p, instructions),
         }
         for name, text in (dataset_files or {}).items():
-            writers[name] = functools.partial(_write_text, text=text)
+            writers[name] = functools.partial(Path.write_text, data=text)
         if self.ema is not None:
             writers[EMA_WEIGHTS_FILE] = lambda p: torch.save(self.ema.state_dict(), p)
         return write_checkpoint(run_dir, self.step, writers)
@@ -152,10 +152,6 @@ def build_training(
         np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None
     )  # (S,) task of each sample
     return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
 
 
 def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:
