@@ -24,13 +24,20 @@ FINAL_LINE = re.compile(
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """MT10 reach + button-press, one expert episode each: real MuJoCo rendering, real Parquet."""
+    """MT10 reach + button-press, one expert episode each: real MuJoCo rendering, real Parquet. Collected once
+    per test session: pytest-xdist's workers share it (the first collects it, the others wait for its manifest,
+    written last); tests only read it."""
     from evaluation.datasets.collect import collect_dataset
+    from evaluation.datasets.dataset import MANIFEST
+    from evaluation.filelock import FileLock
 
-    out = tmp_path_factory.mktemp("data") / "metaworld_tiny"
-    collect_dataset(
-        suite="mt10", tasks=TINY_TASKS, episodes_per_task=1, out=out, workers=1, seed=0, progress=False
-    )
+    base = tmp_path_factory.getbasetemp()
+    # the session's directory, above each worker's
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = root / "metaworld_tiny"
+    with FileLock(root / "metaworld_tiny.lock").acquire(wait_s=600):
+        if not (out / MANIFEST).is_file():
+            collect_dataset("mt10", TINY_TASKS, 1, out, workers=1, seed=0, progress=False)
     return out
 
 

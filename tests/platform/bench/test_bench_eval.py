@@ -21,7 +21,7 @@ def test_actor_counts():
         actor_counts("0,1", 2)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
