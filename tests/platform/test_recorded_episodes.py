@@ -34,7 +34,7 @@ from tests.platform.conftest import TINY_TASKS, _free_port, run_platform, tiny_o
 pytestmark = [pytest.mark.integration, pytest.mark.sim]
 
 
-def test_exported_episodes_import_train_and_serve_like_a_collection(tmp_path):
+def test_exported_episodes_import_train_and_serve_like_a_collection(tmp_path, ray_cluster):
     recordings = tmp_path / "recordings"
     export_episodes(TINY_TASKS, 1, recordings, log=lambda _: None)
     dataset = tmp_path / "imported"
@@ -59,7 +59,8 @@ def test_exported_episodes_import_train_and_serve_like_a_collection(tmp_path):
         "policy.history=2",  # served requests then carry previous_poses, checked bit for bit below
         "eval.enabled=false",  # evaluated below, beside the served episodes
     )
-    run = run_platform("platform.train", args)
+    # on the suite's shared cluster (a private one: the serving below, and tests/platform/test_loopback.py)
+    run = run_platform("platform.train", args, env={"RAY_ADDRESS": ray_cluster.address})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "(evaluation disabled)" in run.stdout.strip().splitlines()[-1], run.stdout[-2000:]
 

@@ -91,8 +91,9 @@ def test_a_cluster_started_beside_a_run_does_not_kill_its_training(tmp_path, tin
         tiny_dataset,
         "beside",
         "train.steps=100000",
-        # about 6 s of training after the switch below: the cleaner checks every second (Ray Train's default)
-        "train.time_budget_s=8",
+        # about 4 s of training after the switch below: the cleaner checks every second (Ray Train's default),
+        # and a cleaner that asks the wrong cluster removes the placement group at its first check
+        "train.time_budget_s=6",
         "train.checkpoint_every=100000",
         "eval.enabled=false",
     )
