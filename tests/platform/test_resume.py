@@ -23,7 +23,7 @@ def tiny_cfg(tmp_path: Path, *extra: str):
             "policy.preset=tiny",
             "policy.m=4",
             "train.batch_size=3",
-            "train.steps=12",
+            "train.steps=8",
             "train.warmup_steps=2",
             "train.log_every=3",
             f"output_dir={tmp_path}",
@@ -64,7 +64,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     dev = torch.device("cpu")
 
     straight = build_training(cfg, ds, dev)
-    losses_straight = [m.loss for m in run_steps(straight, ds, 12)]
+    losses_straight = [m.loss for m in run_steps(straight, ds, 8)]
     rng_straight = global_rng()
 
     first = build_training(cfg, ds, dev)
@@ -72,7 +72,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     torch.rand(3), np.random.rand(3), random.random()  # global draws between steps, as a data loader's
     rng_at_save = global_rng()
     first.save(cfg.run_dir, instr)
-    run_steps(first, ds, 7)  # work after the checkpoint that a crash loses
+    run_steps(first, ds, 3)  # work after the checkpoint that a crash loses
 
     resumed = build_training(cfg, ds, dev)
     torch.manual_seed(999)  # a restarted process has other global RNG state
@@ -80,7 +80,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     random.seed(999)
     assert resume_if_possible(resumed, cfg.run_dir) is not None and resumed.step == 5
     assert_rng_equal(global_rng(), rng_at_save)
-    losses_b = [m.loss for m in run_steps(resumed, ds, 12)]
+    losses_b = [m.loss for m in run_steps(resumed, ds, 8)]
     assert losses_a + losses_b == losses_straight
     assert_states_equal(straight, resumed)
     with pytest.raises(AssertionError):  # the check can fail: the straight run made no draws between steps
