@@ -64,8 +64,10 @@ class DataConfig(FrozenModel):
     collect_workers: int = Field(2, ge=1, le=256)
     seed: int = 0
     # What level 1 draws uniformly: keyframe samples (the papers' choice), or tasks (every task as often as the
-    # one with the most samples; a task with one keypose per episode, like reach, otherwise gets ~2 % of them)
-    balance: Literal["samples", "tasks"] = "samples"
+    # one with the most samples; a task with one keypose per episode, like reach, otherwise gets ~2 % of them),
+    # or between the two, a task in proportion to the square root of its samples ("sqrt"; on MT50 reach about x2.5 and
+    # handle-pull /1.8 against "samples", where "tasks" gives about x6 and /3)
+    balance: Literal["samples", "sqrt", "tasks"] = "samples"
     # What a Meta-World sample observes before its keypose (evaluation.collect --observe): the expert
     # trajectory's state at the previous keyframe, or the state the keypose controller reaches replaying the
     # keyframes, which is what the policy sees at evaluation (docs/metaworld.md). Collection uses it; a dataset

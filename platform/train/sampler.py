@@ -26,22 +26,34 @@ class Level1Sampler:
     """Draws ``batch_size`` condition indices per step from ``num_samples``, epoch by epoch.
 
     Uniform over samples (``groups=None``): each epoch is one permutation of the samples, every sample drawn
-    once. Balanced over groups (``groups``: (num_samples,) task index of each sample, ``data.balance=tasks``):
-    each epoch draws every group as often as the largest one (a smaller group's samples repeat, in fresh
-    permutations), all shuffled together. Either way an epoch is a function of (seed, epoch), so the state
-    is (epoch, position) and resume is exact."""
+    once. Balanced over groups (``groups``: (num_samples,) task index of each sample): each epoch draws a group
+    of n samples ``ceil(n_max * (n / n_max) ** exponent)`` times, n_max the largest group's size (a group's
+    samples repeat, in fresh permutations, when that is more than n), all shuffled together. ``exponent`` 0
+    (``data.balance=tasks``): every group as often as the largest; 0.5 (``data.balance=sqrt``): in proportion to
+    the square root of its size, ceil(sqrt(n * n_max)). Either way an epoch is a function of (seed, epoch), so
+    the state is (epoch, position) and resume is exact."""
 
     def __init__(
-        self, num_samples: int, batch_size: int, seed: int, groups: np.ndarray | None = None
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        groups: np.ndarray | None = None,
+        exponent: float = 0.0,
     ) -> None:
         if num_samples < 1:
             raise ValueError("the dataset is empty: nothing to sample")
         if groups is not None and len(groups) != num_samples:
             raise ValueError(f"groups has {len(groups)} entries for {num_samples} samples")
+        if not 0.0 <= exponent < 1.0:
+            raise ValueError(
+                f"exponent {exponent} must be in [0, 1) (1 is uniform over samples: groups=None)"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.groups = None if groups is None else np.asarray(groups, np.int64)
+        self.exponent = float(exponent)
         self.epoch = 0
         self.position = 0
         self._perm = self._permutation(0)
@@ -51,11 +63,13 @@ class Level1Sampler:
         if self.groups is None:
             return rng.permutation(self.num_samples)
         members = [np.flatnonzero(self.groups == g) for g in np.unique(self.groups)]
-        size = max(len(m) for m in members)
-        parts = [
-            np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size] for m in members
-        ]
-        return rng.permutation(np.concatenate(parts))  # (groups * size,)
+        n_max = max(len(m) for m in members)
+        parts = []
+        for m in members:
+            # exponent 0: n_max for every group (the integer path keeps tasks' draws as they were)
+            size = n_max if self.exponent == 0 else int(np.ceil(n_max * (len(m) / n_max) ** self.exponent))
+            parts.append(np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size])
+        return rng.permutation(np.concatenate(parts))  # (sum of the groups' sizes,)
 
     def next_indices(self) -> np.ndarray:
         """(B,) int64 indices; crosses epoch boundaries seamlessly (a batch may span two epochs)."""
@@ -80,6 +94,7 @@ class Level1Sampler:
             "epoch": self.epoch,
             "position": self.position,
             "balanced": self.groups is not None,
+            "balance_exponent": self.exponent,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -88,7 +103,10 @@ class Level1Sampler:
                 f"the checkpoint's sampler saw {state['num_samples']} samples but the dataset has "
                 f"{self.num_samples}: resuming on a different dataset is not exact; use a new run name"
             )
-        if bool(state.get("balanced", False)) != (self.groups is not None):
+        # checkpoints written before data.balance=sqrt have no exponent: theirs was 0 (tasks)
+        if bool(state.get("balanced", False)) != (self.groups is not None) or (
+            self.groups is not None and float(state.get("balance_exponent", 0.0)) != self.exponent
+        ):
             raise ValueError(
                 "the checkpoint was trained with another data.balance: resuming with a different "
                 "level-1 sampling is not exact; use the run's setting or a new run name"

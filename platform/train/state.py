@@ -70,7 +70,9 @@ class TrainingState:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
         self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
-        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups)  # groups: data.balance=tasks
+        # groups: data.balance=tasks or sqrt (exponent 0 or 0.5: see Level1Sampler)
+        exponent = 0.5 if cfg.data.balance == "sqrt" else 0.0
+        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups, exponent)
         self.step = 0
         self.consecutive_nonfinite = 0
         self.skipped_total = 0
@@ -149,7 +151,7 @@ def build_training(
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
     groups = (
-        np.asarray(dataset.task_index) if cfg.data.balance == "tasks" else None
+        np.asarray(dataset.task_index) if cfg.data.balance != "samples" else None
     )  # (S,) task of each sample
     return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
 

@@ -53,6 +53,34 @@ def test_task_balanced_sampler_draws_every_task_equally_and_resumes_exactly():
         Level1Sampler(len(groups), 6, seed=1).load_state_dict(a.state_dict())
 
 
+def test_sqrt_balanced_sampler_draws_tasks_by_the_root_of_their_size_and_refuses_another_exponent():
+    groups = np.array([0] * 16 + [1] * 4 + [2] * 1)  # sizes 16, 4, 1: draws ceil(sqrt(n * 16)) = 16, 8, 4
+    s = Level1Sampler(len(groups), batch_size=7, seed=2, groups=groups, exponent=0.5)
+    draws = np.concatenate([s.next_indices() for _ in range(8)])  # 56 draws = 2 epochs of 28
+    for epoch in (draws[:28], draws[28:]):
+        assert np.bincount(groups[epoch]).tolist() == [16, 8, 4]
+        assert sorted(epoch[groups[epoch] == 0]) == list(range(16))  # the largest: each sample once
+        assert np.bincount(epoch[groups[epoch] == 1], minlength=20)[16:].tolist() == [2, 2, 2, 2]
+    a = Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=0.5)
+    for _ in range(3):
+        a.next_indices()
+    b = Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=0.5)
+    b.load_state_dict(a.state_dict())
+    assert all(np.array_equal(a.next_indices(), b.next_indices()) for _ in range(6))
+    with pytest.raises(ValueError, match="data.balance"):  # sqrt -> tasks: another sampling
+        Level1Sampler(len(groups), 7, seed=2, groups=groups).load_state_dict(a.state_dict())
+    old = {
+        k: v
+        for k, v in Level1Sampler(len(groups), 7, 2, groups).state_dict().items()
+        if k != "balance_exponent"
+    }
+    Level1Sampler(len(groups), 7, seed=2, groups=groups).load_state_dict(old)  # a checkpoint from before sqrt
+    with pytest.raises(ValueError, match="data.balance"):
+        Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=0.5).load_state_dict(old)
+    with pytest.raises(ValueError, match="exponent"):
+        Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=1.0)
+
+
 def test_data_balance_reaches_the_training_sampler():
     from platform.config import load_config
     from platform.train.state import build_training
@@ -72,6 +100,12 @@ def test_data_balance_reaches_the_training_sampler():
     assert np.bincount(
         Data.task_index[np.concatenate([balanced.sampler.next_indices() for _ in range(3)])]
     ).tolist() == [6, 6]
+    root = build_training(load_config(None, [*overrides, "data.balance=sqrt"]), Data(), torch.device("cpu"))
+    assert root.sampler.exponent == 0.5 and balanced.sampler.exponent == 0.0
+    # task sizes 3 and 1: ceil(sqrt(3 * 3)) = 3 and ceil(sqrt(1 * 3)) = 2 draws per epoch, 4 epochs in 20 draws
+    assert np.bincount(
+        Data.task_index[np.concatenate([root.sampler.next_indices() for _ in range(5)])]
+    ).tolist() == [12, 8]
 
 
 def test_step_seeds_differ_by_step_and_stream():
