@@ -91,6 +91,10 @@ class WorkerPayload:
         return data if isinstance(data, WorkerPayload) else cls(**data)
 
 
+# data.balance as the start line says it (Level1Sampler)
+_BALANCE_WORDS = {"tasks": "task (every task equally)", "sqrt": "the square root of each task's samples"}
+
+
 def _ray_context() -> tuple[int, int, ModuleType | None]:
     """(rank, world size, ray.train module or None when running outside Ray Train)."""
     try:
@@ -247,7 +251,12 @@ def _train(
             f"[train] {'resumed from ' + resumed.name if resumed else 'starting'} at step {state.step}/"
             f"{cfg.train.steps} on {device}; {len(dataset)} keyframe samples, B={cfg.train.batch_size}, "
             f"M={cfg.policy.m} ({cfg.policy.type})"
-            + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""),
+            + (f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else "")
+            + (
+                f", level 1 balanced by {_BALANCE_WORDS[cfg.data.balance]}"
+                if cfg.data.balance != "samples"
+                else ""
+            ),
             flush=True,
         )
     deadline = None

@@ -190,3 +190,39 @@ def test_ema_warmup_forgets_the_initial_weights():
     assert abs(float(plain.shadow.weight[0, 0]) - (1 - 0.995**200)) < 1e-4  # 37 % initial weights left
     assert float(warm.shadow.weight[0, 0]) > 0.999
     assert warm.decay_at(10_000) == 0.995 and warm.decay_at(1) < 0.2
+
+
+def test_training_start_line_names_a_balanced_level_1(tmp_path, monkeypatch, capsys):
+    import platform.train.worker as worker
+    from platform.config import load_config
+    from platform.train.dataset import DatasetSubset
+    from tests.platform.fakes import FakeKeyframeDataset
+
+    def split(c):
+        full = FakeKeyframeDataset(c.policy, num_samples=12)
+        return DatasetSubset(full, np.arange(8)), DatasetSubset(full, np.arange(8, 12))
+
+    monkeypatch.setattr(worker, "open_split", split)
+    for balance, words in (
+        ("samples", None),
+        ("sqrt", "level 1 balanced by the square root of each task's samples"),
+    ):
+        cfg = load_config(
+            None,
+            [
+                *("policy.preset=tiny", "policy.m=2", "train.batch_size=2", "train.steps=2"),
+                *(
+                    "train.warmup_steps=0",
+                    "train.val_every=1000",
+                    "train.device=cpu",
+                    "eval.enabled=false",
+                    "tracking.enabled=false",
+                ),
+                f"output_dir={tmp_path / balance}",
+                f"data.balance={balance}",
+            ],
+        )
+        cfg.run_dir.mkdir(parents=True)
+        worker.train_loop_per_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(cfg.run_dir)})
+        start = [ln for ln in capsys.readouterr().out.splitlines() if "[train] starting at step 0/2" in ln]
+        assert len(start) == 1 and ("level 1" not in start[0] if words is None else words in start[0]), start
