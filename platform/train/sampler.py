@@ -22,6 +22,10 @@ def step_seed(seed: int, step: int, stream: int = 0, rank: int = 0) -> int:
     return ((hi << 32) | lo) & ((1 << 63) - 1)
 
 
+# data.balance -> the exponent of Level1Sampler's group sizes ("samples" draws without groups)
+BALANCE_EXPONENTS: dict[str, float] = {"tasks": 0.0, "sqrt": 0.5}
+
+
 class Level1Sampler:
     """Draws ``batch_size`` condition indices per step from ``num_samples``, epoch by epoch.
 
@@ -66,8 +70,8 @@ class Level1Sampler:
         n_max = max(len(m) for m in members)
         parts = []
         for m in members:
-            # exponent 0: n_max for every group (the integer path keeps tasks' draws as they were)
-            size = n_max if self.exponent == 0 else int(np.ceil(n_max * (len(m) / n_max) ** self.exponent))
+            # the 1e-9 keeps an exact product (16 * (4 / 16) ** 0.5 = 8) from rounding up to the next draw
+            size = int(np.ceil(n_max * (len(m) / n_max) ** self.exponent - 1e-9))
             parts.append(np.concatenate([rng.permutation(m) for _ in range(-(-size // len(m)))])[:size])
         return rng.permutation(np.concatenate(parts))  # (sum of the groups' sizes,)
 

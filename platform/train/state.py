@@ -29,7 +29,7 @@ from evaluation.checkpoint_format import (
 from platform.config import ExperimentConfig, to_yaml
 from platform.train.checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
 from platform.train.dataset import DatasetSubset
-from platform.train.sampler import Level1Sampler
+from platform.train.sampler import BALANCE_EXPONENTS, Level1Sampler
 from platform.train.step import EMA, warmup_cosine
 from policies.base import EMA_WEIGHTS_FILE, POLICY_CONFIG_FILE, WEIGHTS_FILE, Policy
 from policies.registry import build_policy
@@ -70,8 +70,9 @@ class TrainingState:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
         self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
-        # groups: data.balance=tasks or sqrt (exponent 0 or 0.5: see Level1Sampler)
-        exponent = 0.5 if cfg.data.balance == "sqrt" else 0.0
+        exponent = BALANCE_EXPONENTS.get(
+            cfg.data.balance, 0.0
+        )  # used only with groups (data.balance != samples)
         self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups, exponent)
         self.step = 0
         self.consecutive_nonfinite = 0
@@ -151,7 +152,7 @@ def build_training(
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
     groups = (
-        np.asarray(dataset.task_index) if cfg.data.balance != "samples" else None
+        np.asarray(dataset.task_index) if cfg.data.balance in BALANCE_EXPONENTS else None
     )  # (S,) task of each sample
     return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
 
