@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="TASK=N",
         help="a limit replacing --max-keyposes for these tasks, as eval.max_keyposes_per_task "
-        "(configs/mt50.yaml: handle-pull-v3=50 soccer-v3=70 basketball-v3=40)",
+        "(configs/mt50.yaml: handle-pull-v3=50 basketball-v3=40)",
     )
     p.add_argument(
         "--set",
