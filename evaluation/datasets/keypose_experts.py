@@ -9,8 +9,7 @@ Its keyframes replay in 9 of 25 train variations even at one keyframe per step (
 Soccer's replays (it dribbles with axis-aligned 1 cm nudges, 23 keyframes per episode after refinement), but a
 policy does not learn it: 12-36 % over five 12000-step MT50 runs, and 12 of 88 episodes scored when the goal is
 9-45 degrees to the side of the ball, where the policy pushes straight into the post; its keypose expert shoots
-along the ball-to-goal line in 7 keyposes on average. Stick-pull's keyframes needed 14.4 keyposes and replayed
-in 22 of 24 train variations, and a policy scored 32-80 % on it over five runs; its keypose expert takes 7.
+along the ball-to-goal line in 6.4 keyposes on average (what a policy learns from it: docs/quality.md).
 
 A keypose expert decides each next keypose from the simulator's state, like Meta-World's experts decide
 each action, and is rolled out *through the keypose controller* (``run_keypose_expert``): the stored
@@ -82,42 +81,11 @@ class SoccerShots:
         return np.array([tcp[0], tcp[1], self.high_z]), False
 
 
-class StickPullInsert:
-    """Stick-pull in 7 keyposes: above the stick, down to it, close, lift to the thermos handle's height, slide
-    (y) onto the handle's line, push (x) the stick's end into the handle, pull the thermos to the goal. The
-    grasp is 3 cm behind the stick's centre and 2 cm above it, and the handle targets carry the same offset, as
-    Meta-World's expert aims (it uses 1.5 cm and 3 cm, through a reactive grip). Every keypose is planned from the
-    stick's and the handle's current positions. Measured on the 50 variations through the keypose controller:
-    50 / 50 with these offsets; 2 cm above at 1.5 or 2.5 cm behind 47 / 49, 1.75 or 2.5 cm above 47 / 0 (the
-    fingers close over the stick). Meta-World's expert's keyframes needed 14.4 keyposes and replayed in 22 of 24
-    train variations (docs/metaworld.md)."""
-
-    grasp_offset = np.array([-0.03, 0.0, 0.02])
-
-    def __call__(self, sim: MetaWorldSimulator, sent: int) -> tuple[np.ndarray, bool]:
-        objects = np.array(
-            sim.env._get_pos_objects(), np.float64
-        )  # (6,) stick centre, handle's insertion site
-        stick, handle = objects[:3] + self.grasp_offset, objects[3:6] + self.grasp_offset
-        goal = np.array(sim.env._target_pos, np.float64)[:2] + (-0.05, 0.0)  # the hand 5 cm short of the goal
-        plan = [
-            (stick + (0.0, 0.0, 0.1), True),
-            (stick, True),
-            (stick, False),
-            (np.array([stick[0], stick[1], handle[2]]), False),
-            (np.array([stick[0], handle[1], handle[2]]), False),
-            (handle, False),
-            (np.array([*goal, handle[2]]), False),
-        ]
-        return plan[min(sent, len(plan) - 1)]
-
-
 # (simulator, keyposes sent so far) -> next (3,) TCP position and gripper open; one instance per episode
 KeyposePolicy = Callable[[MetaWorldSimulator, int], tuple[np.ndarray, bool]]
 KEYPOSE_EXPERTS: dict[str, Callable[[], KeyposePolicy]] = {
     "handle-pull-side-v3": HandlePullSideRatchet,
     "soccer-v3": SoccerShots,
-    "stick-pull-v3": StickPullInsert,
 }
 
 
