@@ -28,6 +28,14 @@ def test_benign_ray_internal_tracebacks_are_dropped_whole():
         "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.",
     ]
     assert keep_lines({"actor_name": "TrainController", "lines": shutdown}) == []
+    stop = [  # the cleaner stopped past its timeout after a finished run (test_train_integration.py, 2026-12-06)
+        "Failed to stop PlacementGroupCleaner gracefully.",
+        "Traceback (most recent call last):",
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+    ]
+    assert keep_lines({"actor_name": "TrainController", "lines": stop}) == []
+    monitor = ["Monitor thread did not exit within 12.00 seconds"]
+    assert keep_lines({"actor_name": "PlacementGroupCleaner", "lines": monitor}) == []
     # The same traceback split over three flushes on a loaded machine: every part goes.
     split = [
         ["Exception in thread PlacementGroupCleanerMonitor:", "Traceback (most recent call last):"],
