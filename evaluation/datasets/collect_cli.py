@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "observed, labelled with a return to where it started, open; docs/metaworld.md); default 0",
     )
     p.add_argument(
+        "--aim-goal",
+        action="store_true",
+        help="aim the keypose that completes a demonstration at the goal, for the tasks whose expert stops at the "
+        "edge of the success radius (reach, reach-wall, shelf-place, push-back, pick-place, pick-place-wall; "
+        "docs/metaworld.md)",
+    )
+    p.add_argument(
         "--surface-fraction",
         type=float,
         default=0.0,
@@ -115,7 +122,9 @@ def run_cli(args: argparse.Namespace) -> int:
             seed=args.seed,
             render=RenderConfig(width=args.image_size, height=args.image_size),
             pointcloud=PointCloudConfig(surface_fraction=args.surface_fraction, hide_arm=args.hide_arm),
-            keyframes=KeyframeConfig(observe=args.observe, recoveries=args.recoveries),
+            keyframes=KeyframeConfig(
+                observe=args.observe, recoveries=args.recoveries, aim_goal=args.aim_goal
+            ),
             text_encoder=TextEncoderConfig(kind=args.text_encoder, path=args.clip_path),
             executor=args.executor,
             progress=not args.no_progress,

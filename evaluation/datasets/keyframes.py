@@ -56,6 +56,11 @@ class KeyframeConfig(FrozenModel):
     # beside its target so that the fingers close on nothing, then two observed steps (lift straight up, open;
     # back to where the grasp started), kept when the rest of the episode replays from there. 0 = none.
     recoveries: int = Field(0, ge=0, le=5)
+    # Aim the keyframe after which the replay succeeds at the goal, for the tasks whose expert stops at the edge
+    # of the success radius (demos.AIMED_TASKS: reach's ends 4.6 of 5 cm from its goal): that keyframe moves by
+    # what still separates the goal from the task's point (the TCP, or the object), kept when the replay still
+    # succeeds and ends nearer the goal. A policy that imitates an edge-of-radius keypose misses by any error.
+    aim_goal: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> KeyframeConfig:
@@ -66,10 +71,10 @@ class KeyframeConfig(FrozenModel):
         return self
 
     def settings(self) -> dict[str, object]:
-        """The config as collection settings record it; ``observe`` and ``recoveries`` only when not the
-        default, so that a dataset collected before the options existed keeps its settings (and can be
+        """The config as collection settings record it; ``observe``, ``recoveries`` and ``aim_goal`` only when
+        not the default, so that a dataset collected before the options existed keeps its settings (and can be
         extended)."""
-        defaults = {"observe": "expert", "recoveries": 0}
+        defaults = {"observe": "expert", "recoveries": 0, "aim_goal": False}
         return self.model_dump(mode="json", exclude={k for k, v in defaults.items() if getattr(self, k) == v})
 
 
@@ -101,6 +106,8 @@ class Keyframe:
     index: int  # state index in the trajectory
     gripper_open: bool  # gripper state commanded at this keyframe (after the toggle, for events)
     kind: str  # "gripper", "still", "turn", "contact" or "final"
+    # added to the TCP position at ``index`` (metres): a keyframe aimed at the goal (KeyframeConfig.aim_goal)
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def gripper_events(grip_open: np.ndarray) -> list[int]:

@@ -156,6 +156,7 @@ def _check_dataset(cfg: ExperimentConfig, path: Path) -> Path:
         )
     collected = {  # collection settings that shape the samples, as the manifest records them (default: absent)
         "recoveries": int(ds.manifest.get("keyframes", {}).get("recoveries", 0)),
+        "aim_goal": bool(ds.manifest.get("keyframes", {}).get("aim_goal", False)),
         "surface_fraction": float(ds.manifest["pointcloud"].get("surface_fraction", 0.0)),
         "hide_arm": bool(ds.manifest["pointcloud"].get("hide_arm", False)),
     }

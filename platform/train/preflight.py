@@ -208,6 +208,7 @@ RESUME_FIXED_DATA_KEYS = (
     "balance",
     "observe",
     "recoveries",
+    "aim_goal",
     "surface_fraction",
     "hide_arm",
 )

@@ -112,3 +112,23 @@ def test_a_dataset_with_other_recoveries_is_refused_and_recoveries_need_replay_o
     assert training_data.ensure_dataset(_cfg(path, *base, "data.recoveries=1")) == path
     with pytest.raises(ConfigError, match="data.recoveries needs observe=replay"):
         _cfg(path, "data.recoveries=1")
+
+
+def test_a_dataset_aimed_another_way_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """data.aim_goal must match the Meta-World dataset's (evaluation.collect --aim-goal): its completing keyposes
+    differ."""
+    import json
+
+    path = _write_synthetic_dataset(tmp_path / "data")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(suite="mt50", keyframes={"aim_goal": True})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(training_data, "KeyframeDataset", _NoFullLoad)
+    with pytest.raises(
+        UserFacingError, match="data.aim_goal=True but data.aim_goal is False: set data.aim_goal=True"
+    ):
+        training_data.ensure_dataset(_cfg(path, "data.collect_if_missing=false"))
+    assert (
+        training_data.ensure_dataset(_cfg(path, "data.collect_if_missing=false", "data.aim_goal=true"))
+        == path
+    )

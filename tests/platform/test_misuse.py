@@ -573,6 +573,12 @@ def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, caps
     )
     refused(
         capsys,
+        base(tmp_path, "policy.preset=tiny", "data.aim_goal=true"),
+        "the training set",
+        "data.aim_goal: False -> True",
+    )
+    refused(
+        capsys,
         base(tmp_path, "policy.preset=tiny", "data.surface_fraction=0.5"),
         "the training set",
         "data.surface_fraction: 0.0 -> 0.5",

@@ -315,6 +315,27 @@ def test_replay_observations_are_what_the_keypose_controller_reaches(tiny, tmp_p
         _collect(tiny, keyframes=KeyframeConfig(observe="replay"))
 
 
+def test_aim_goal_moves_the_completing_keypose_onto_the_goal(tiny, tmp_path):
+    """``aim_goal``: reach's expert stops 4.6 cm from its goal (the success radius is 5 cm); aimed, the keypose
+    that completes the demonstration is the goal itself, pick-place's carry puts the puck nearer its goal, the
+    other keyposes are the un-aimed ones, the setting is recorded (absent by default) and the dataset replays."""
+    out = tmp_path / "aimed"
+    manifest = _collect(out, keyframes=KeyframeConfig(observe="replay", aim_goal=True))
+    assert manifest["keyframes"]["aim_goal"] is True
+    assert "aim_goal" not in json.loads((tiny / MANIFEST).read_text())["keyframes"]
+    aimed, plain = KeyframeDataset(out), KeyframeDataset(tiny)
+    reach = lambda ds: ds.target[ds.task_index == 0][-1, :3]  # noqa: E731
+    assert np.linalg.norm(reach(plain) - _reach_goal()) > 0.04  # at the edge of the radius
+    assert np.linalg.norm(reach(aimed) - _reach_goal()) < 1e-4
+    a, p = (ds.target[ds.task_index == 1] for ds in (aimed, plain))
+    assert (
+        len(a) <= len(p)
+        and np.array_equal(a[:-1], p[: len(a) - 1])
+        and not np.array_equal(a[-1], p[len(a) - 1])
+    )
+    assert verify_dataset(out, workers=1, progress=False)["success_rate"] == 1.0
+
+
 def test_preview_writes_pictures(tmp_path):
     from evaluation.datasets.preview import write_preview
 
