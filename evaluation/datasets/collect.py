@@ -45,7 +45,7 @@ from evaluation.datasets.dataset import (
     write_manifest,
     write_table,
 )
-from evaluation.datasets.demos import NO_RUNG
+from evaluation.datasets.demos import AIMED_TASKS, NO_RUNG
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.keypose_experts import KEYPOSE_EXPERTS
 from evaluation.datasets.parallel import run_pool
@@ -100,6 +100,12 @@ def _settings(suite, tasks, episodes_per_task, seed, sim_cfg, pc_cfg, kf_cfg, te
         "text_encoder": text_cfg.model_dump(mode="json"),
         # tasks demonstrated by a keypose-level expert instead of Meta-World's (only present when any are)
         **({"keypose_experts": experts} if (experts := [t for t in tasks if t in KEYPOSE_EXPERTS]) else {}),
+        # with aim_goal, the tasks it aims (demos.AIMED_TASKS): a later list does not extend an older collection
+        **(
+            {"aimed_tasks": aimed}
+            if kf_cfg.aim_goal and (aimed := [t for t in tasks if t in AIMED_TASKS])
+            else {}
+        ),
     }
 
 
@@ -248,6 +254,7 @@ def _manifest(out, settings, chosen, failures, text_meta, render_cfg) -> dict[st
         "benchmark_seed": settings["sim"]["benchmark_seed"],
         "keyframes": settings["keyframes"],
         "keypose_experts": settings.get("keypose_experts", []),
+        **({"aimed_tasks": settings["aimed_tasks"]} if "aimed_tasks" in settings else {}),
         "controller": settings["sim"]["controller"],
         "text": text_meta,
         "shards": shards,

@@ -321,7 +321,7 @@ def test_aim_goal_moves_the_completing_keypose_onto_the_goal(tiny, tmp_path):
     other keyposes are the un-aimed ones, the setting is recorded (absent by default) and the dataset replays."""
     out = tmp_path / "aimed"
     manifest = _collect(out, keyframes=KeyframeConfig(observe="replay", aim_goal=True))
-    assert manifest["keyframes"]["aim_goal"] is True
+    assert manifest["keyframes"]["aim_goal"] is True and manifest["aimed_tasks"] == TASKS
     assert "aim_goal" not in json.loads((tiny / MANIFEST).read_text())["keyframes"]
     aimed, plain = KeyframeDataset(out), KeyframeDataset(tiny)
     reach = lambda ds: ds.target[ds.task_index == 0][-1, :3]  # noqa: E731
