@@ -79,9 +79,9 @@ class DataConfig(FrozenModel):
     # (seed 0) they lowered success from 84.3 to 81.9 % per episode, on the tasks that got them (docs/quality.md)
     recoveries: int = Field(0, ge=0, le=5)
     # Meta-World collection aims the keypose that completes a demonstration at the goal, for the tasks whose expert
-    # stops at the edge of the success radius (evaluation.collect --aim-goal; reach, reach-wall, shelf-place,
-    # push-back, pick-place, pick-place-wall: reach's expert ends 4.6 cm from a goal that counts within 5;
-    # docs/metaworld.md). A dataset collected the other way is refused with the fix.
+    # stops at the edge of the success radius (evaluation.collect --aim-goal; the six of demos.AIMED_TASKS: reach's
+    # expert ends 4.6 cm from a goal that counts within 5; docs/metaworld.md). A dataset collected the other way is
+    # refused with the fix.
     aim_goal: bool = False
     # Meta-World collection drops a horizontal surface above the table that holds at least this fraction of a
     # point cloud's voxels (evaluation.collect --surface-fraction; a fixture's top, e.g. hand-insert's box with a

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.datasets.collect import DEFAULT_OUT, CollectError, collect_dataset
+from evaluation.datasets.demos import AIMED_TASKS
 from evaluation.datasets.keyframes import KeyframeConfig
 from evaluation.datasets.text import TextEncoderConfig
 from evaluation.files import atomic_write_json
@@ -56,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--aim-goal",
         action="store_true",
         help="aim the keypose that completes a demonstration at the goal, for the tasks whose expert stops at the "
-        "edge of the success radius (reach, reach-wall, shelf-place, push-back, pick-place, pick-place-wall; "
-        "docs/metaworld.md)",
+        f"edge of the success radius ({', '.join(t.removesuffix('-v3') for t in AIMED_TASKS)}; docs/metaworld.md)",
     )
     p.add_argument(
         "--surface-fraction",
