@@ -36,6 +36,13 @@ TIER_TASKS: dict[Tier, tuple[str, ...]] = {
     "very_hard": ("shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3", "pick-place-wall-v3"),
 }  # fmt: skip
 
+# Episode lengths in low-level (``env.step``) steps of the published MT50 evaluations: Meta-World's
+# ``max_path_length`` and LeRobot's ``MetaworldEnv.episode_length`` (the SmolVLA-reported rows). This platform's
+# keypose episodes end at 25 keyposes or 3000 low-level steps, so its reports also count the successes that
+# came within these (``EvalReport.within_steps``); its controller moves at most 1 cm per step, the speed of a
+# Meta-World action of 1 (docs/evaluation.md).
+PUBLISHED_EPISODE_STEPS: dict[str, int] = {"Meta-World max_path_length": 500, "LeRobot episode_length": 400}
+
 _TIER_OF: dict[str, Tier] = {task: tier for tier, tasks in TIER_TASKS.items() for task in tasks}
 
 

@@ -133,6 +133,7 @@ def run_episode(
     times.render += time.perf_counter() - t
     text = table.for_episode(spec.task, obs.instruction)
     success, status, message, steps, planner_errors = False, "ok", "", 0, 0
+    sim_steps, success_step = 0, None
     recorder = None
     if record_camera is not None:
         from evaluation.runtime.video import Recorder
@@ -164,10 +165,11 @@ def run_episode(
                 times.render += time.perf_counter() - t
             continue
         times.sim += time.perf_counter() - t3
+        sim_steps += outcome.sim_steps
         previous.append(np.asarray(obs.gripper_pose))  # a planner error moved nothing: not a keypose made
         steps = k + 1
         if outcome.success:
-            success, status = True, "ok"
+            success, status, success_step = True, "ok", outcome.success_step
             if planner_errors:
                 message = f"succeeded after {planner_errors} planner error(s); last: {message}"
             break
@@ -194,5 +196,7 @@ def run_episode(
         status=status,  # type: ignore[arg-type]
         message=message,
         wall_s=time.perf_counter() - start,
+        sim_steps=sim_steps,
+        success_step=success_step,
     )
     return EpisodeOutput(result=result, times=times, frames=None if recorder is None else recorder.frames)

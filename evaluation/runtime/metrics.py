@@ -22,7 +22,7 @@ from typing import Any, get_args
 
 from pydantic import computed_field, model_validator
 
-from evaluation.metaworld_tiers import TIER_LABELS, TIER_TASKS, TIERS, group_by_tier
+from evaluation.metaworld_tiers import PUBLISHED_EPISODE_STEPS, TIER_LABELS, TIER_TASKS, TIERS, group_by_tier
 from evaluation.runtime.episode import EpisodeOutput, StageTimes
 from evaluation.simulators.sim import EpisodeStatus
 from policies.config import FrozenModel
@@ -40,6 +40,8 @@ class EpisodeRecord(FrozenModel):
     message: str
     wall_s: float
     node: str = ""  # Ray node id of the actor that ran the episode
+    sim_steps: int = 0  # low-level simulator steps (0 in reports written before they were counted)
+    success_step: int | None = None  # low-level steps to the first success (None: failed, or not counted)
 
 
 Z95 = 1.959964  # two-sided 95 % normal quantile
@@ -90,6 +92,19 @@ class TierSummary(FrozenModel):
     ci_low: float  # 95 % Wilson interval of success_rate
     ci_high: float
     status_counts: dict[str, int]
+
+
+class StepLimitedSuccess(FrozenModel):
+    """The successes of a report that came within ``steps`` low-level steps of the reset: what an evaluation
+    that ended its episodes there (a published protocol's episode length) would have counted."""
+
+    steps: int
+    episodes: int
+    successes: int
+    per_episode: float
+    per_episode_ci: tuple[float, float]
+    tiers: dict[str, float]  # tier -> success rate (Meta-World; empty otherwise)
+    tier_average: float | None  # the four tiers' mean, None unless all four were evaluated
 
 
 class EvalReport(FrozenModel):
@@ -206,6 +221,39 @@ class EvalReport(FrozenModel):
             return None
         return mean_interval([(t.successes, t.episodes) for t in self.tiers.values()])
 
+    def within_steps(self, steps: int) -> StepLimitedSuccess | None:
+        """The successes that came within ``steps`` low-level steps; None where a success's step was not
+        counted (RLBench, reports written before it was) or there are no episode results."""
+        ok = [r for r in self.results if r.success and r.status == "ok"]
+        if not self.results or any(r.success_step is None for r in ok):
+            return None
+        per_task = {t: 0 for t in self.tasks}
+        for r in ok:
+            if r.success_step is not None and r.success_step <= steps:
+                per_task[r.task] = per_task.get(r.task, 0) + 1
+        k = sum(per_task.values())
+        tiers = {
+            tier: sum(per_task[t] for t in names) / max(1, sum(self.tasks[t].episodes for t in names))
+            for tier, names in group_by_tier(list(self.tasks)).items()
+        }
+        return StepLimitedSuccess(
+            steps=steps,
+            episodes=self.episodes,
+            successes=k,
+            per_episode=k / self.episodes if self.episodes else 0.0,
+            per_episode_ci=wilson_interval(k, self.episodes),
+            tiers=tiers,
+            tier_average=sum(tiers.values()) / len(tiers) if len(tiers) == len(TIERS) else None,
+        )
+
+    def published_lengths(self) -> list[StepLimitedSuccess]:
+        """``within_steps`` at the published MT50 episode lengths (``PUBLISHED_EPISODE_STEPS``), for a
+        Meta-World report whose success steps were counted; empty otherwise."""
+        if not self.tiers:
+            return []
+        out = [self.within_steps(n) for n in sorted(set(PUBLISHED_EPISODE_STEPS.values()), reverse=True)]
+        return [s for s in out if s is not None]
+
     def mlflow_metrics(self, prefix: str = "eval") -> dict[str, float]:
         """``{prefix}/<task>/success``, ``{prefix}/success``, ``{prefix}/<status>`` counts, throughput."""
         out = {f"{prefix}/{t}/success": s.success_rate for t, s in self.tasks.items()}
@@ -220,6 +268,12 @@ class EvalReport(FrozenModel):
         for name, (value, (lo, hi)) in averages.items():
             out[f"{prefix}/success/{name}"] = value
             out[f"{prefix}/success/{name}_ci_low"], out[f"{prefix}/success/{name}_ci_high"] = lo, hi
+        for limited in self.published_lengths():  # e.g. eval/success/within_500_steps/tier_average
+            head = f"{prefix}/success/within_{limited.steps}_steps"
+            out[f"{head}/per_episode"] = limited.per_episode
+            out.update({f"{head}/{tier}": rate for tier, rate in limited.tiers.items()})
+            if limited.tier_average is not None:
+                out[f"{head}/tier_average"] = limited.tier_average
         out.update(
             {f"{prefix}/{status}": float(n) for status, n in self.status_counts.items() if status != "ok"}
         )
@@ -289,6 +343,15 @@ class EvalReport(FrozenModel):
             missing = " or ".join(TIER_LABELS[t] for t in TIERS if t not in tiers)
             lines.append(
                 f"tier average: not shown, it needs all four tiers and no {missing} task was evaluated"
+            )
+        for limited in self.published_lengths():
+            per_tier = ", ".join(f"{TIER_LABELS[t]} {100 * r:.1f}" for t, r in limited.tiers.items())
+            average = (
+                "" if limited.tier_average is None else f", tier average {100 * limited.tier_average:.1f}%"
+            )
+            lines.append(
+                f"within {limited.steps} low-level steps: {100 * limited.per_episode:.1f}% per episode "
+                f"({ci(limited.per_episode_ci)}){average} ({per_tier})"
             )
         return lines
 

@@ -58,6 +58,7 @@ class ControllerState:
     gripper_open: bool = True
     success: bool = False
     steps: int = 0
+    success_step: int | None = None  # ``steps`` when the task first reported success
 
 
 class KeyposeController:
@@ -81,6 +82,8 @@ class KeyposeController:
         action[3] = effort
         self.state.success |= bool(self.arm.apply_action(action))
         self.state.steps += 1
+        if self.state.success and self.state.success_step is None:
+            self.state.success_step = self.state.steps
 
     def move_to(self, target: np.ndarray, gripper_open: bool) -> KeyposeOutcome:
         """Reach ``target`` (3,) TCP position, then set the gripper; see the module docstring."""
@@ -110,5 +113,8 @@ class KeyposeController:
             for _ in range(cfg.hold_steps):
                 self._step(goal, self.effort(self.state.gripper_open))
         return KeyposeOutcome(
-            success=self.state.success, reached=reached, sim_steps=self.state.steps - start_steps
+            success=self.state.success,
+            reached=reached,
+            sim_steps=self.state.steps - start_steps,
+            success_step=self.state.success_step,
         )

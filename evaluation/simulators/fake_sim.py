@@ -158,7 +158,11 @@ class FakeSimulator(Simulator):
         self._gripper = pose.copy()
         reached_goal = float(np.linalg.norm(pose[:3] - self._goal)) < cfg.goal_tolerance
         forced = cfg.succeed_at is not None and k >= cfg.succeed_at
-        return KeyposeOutcome(success=bool(reached_goal or forced), reached=True, sim_steps=10)
+        success = bool(reached_goal or forced)
+        # 10 pretend low-level steps per keypose, so a success has a step count like Meta-World's
+        return KeyposeOutcome(
+            success=success, reached=True, sim_steps=10, success_step=10 * self._keyposes if success else None
+        )
 
     def close(self) -> None:
         self._episode = None

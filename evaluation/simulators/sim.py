@@ -51,6 +51,10 @@ class KeyposeOutcome:
     success: bool  # the task reports success after this keypose
     reached: bool  # the controller got within tolerance before its step limit
     sim_steps: int  # low-level simulator steps spent
+    # The episode's low-level steps when its task first reported success (counted from the reset, so a
+    # success after this keypose can be checked against a benchmark's episode length: Meta-World's 500);
+    # None before a success, or where a backend does not count low-level steps (RLBench's planner)
+    success_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,12 @@ class EpisodeResult:
     message: str = ""
     wall_s: float = 0.0
     node: str = ""  # Ray node id of the actor that ran it ("" outside Ray)
+    sim_steps: int = (
+        0  # low-level simulator steps of the episode (its keyposes' ``KeyposeOutcome.sim_steps``)
+    )
+    success_step: int | None = (
+        None  # ``KeyposeOutcome.success_step`` of a success (None: failed, or not counted)
+    )
 
 
 class Simulator(ABC):

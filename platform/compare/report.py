@@ -161,10 +161,12 @@ def _over_seeds(values: Sequence[float | None]) -> str:
 
 
 def seed_mean_values(group: Sequence[RunSummary]) -> dict[str, float | None]:
-    """A seed group's means: per tier (``TIER_AVERAGES``), ``final_success`` and ``per_episode_success``."""
+    """A seed group's means: per tier (``TIER_AVERAGES``), ``final_success``, ``per_episode_success`` and
+    ``tier_average_500``."""
     out = {n: _mean_over_seeds([s.tier_success.get(n) for s in group]) for n in TIER_AVERAGES}
     out["final_success"] = _mean_over_seeds([s.final_success for s in group])
     out["per_episode_success"] = _mean_over_seeds([s.per_episode_success for s in group])
+    out["tier_average_500"] = _mean_over_seeds([s.tier_average_500 for s in group])
     return out
 
 
@@ -177,23 +179,24 @@ def mt50_table(summaries: list[RunSummary], mt50: list[MT50Published]) -> str:
     per-task and per-episode means, each row with its setting and source. Ours: 95 % intervals in brackets;
     first the mean over the seeds of each experiment run with several (``seed_groups``)."""
     headers = ["method", "policies trained", "demos/task", "eval episodes/task", "inputs",
-               *(TIER_LABELS[t] for t in TIERS), "tier average", "per-task mean", "per-episode", "source"]  # fmt: skip
+               *(TIER_LABELS[t] for t in TIERS), "tier average", "tier average, 500 steps", "per-task mean",
+               "per-episode", "source"]  # fmt: skip
     rows = []
     for g in seed_groups(summaries):
         rows.append([f"**{_seed_label(g)}** (ours)", "1", _num(g[0].demos_per_task, "d"),
                      _num(g[0].eval_episodes_per_task, "g"), OUR_INPUTS,
                      *(_over_seeds([s.tier_success.get(n) for s in g]) for n in TIER_AVERAGES),
-                     _over_seeds([s.final_success for s in g]), _over_seeds([s.per_episode_success for s in g]),
+                     _over_seeds([s.tier_average_500 for s in g]), _over_seeds([s.final_success for s in g]), _over_seeds([s.per_episode_success for s in g]),
                      "this platform, MLflow runs " + ", ".join(f"`{s.run_id[:8]}`" for s in g)])  # fmt: skip
     for s in sorted(summaries, key=lambda s: s.tier_success.get("tier_average", -1.0), reverse=True):
         rows.append([f"**{s.policy_type}: {s.run_name}** (ours)", "1", _num(s.demos_per_task, "d"),
                      _num(s.eval_episodes_per_task, "g"), OUR_INPUTS,
                      *(_pct_ci(s.tier_success.get(n), s.tier_ci.get(n)) for n in TIER_AVERAGES),
-                     _pct_ci(s.final_success, s.success_ci), _pct(s.per_episode_success),
+                     _pct(s.tier_average_500), _pct_ci(s.final_success, s.success_ci), _pct(s.per_episode_success),
                      f"this platform, MLflow run `{s.run_id[:8]}`"])  # fmt: skip
     for m in mt50:
         rows.append([m.method, m.policies_trained, str(m.demos_per_task), m.eval_episodes_per_task, m.inputs or _DASH,
-                     *(_pct(m.tiers.get(t)) for t in TIERS), _pct(m.tier_average), _pct(m.per_task_mean), _DASH,
+                     *(_pct(m.tiers.get(t)) for t in TIERS), _pct(m.tier_average), _DASH, _pct(m.per_task_mean), _DASH,
                      m.source])  # fmt: skip
     return md_table(headers, rows)
 
@@ -206,7 +209,12 @@ def mt50_notes(summaries: list[RunSummary], mt50: list[MT50Published]) -> list[s
              "the number VLA papers report for MT50; per-task mean = `eval/success`.",
              "Two settings: one policy for all 50 tasks (policies trained 1, as ours) and 50 single-task "
              "policies (DP3's table). Published numbers come from Meta-World v2 and v3 setups that differ in "
-             "details: compare, do not equate."]  # fmt: skip
+             "details: compare, do not equate.",
+             "Episode length: ours end after 25 keyposes (more where a task's limit is raised) or 3000 low-level "
+             "steps; Meta-World's episodes end at 500 steps (LeRobot's at 400). \"tier average, 500 steps\" counts "
+             "only our successes within the first 500 low-level steps (`eval/success/within_500_steps/"
+             "tier_average`; –: evaluated before success steps were counted); the published rows use their "
+             "own protocol's length."]  # fmt: skip
     if seed_groups(summaries):
         notes.append(
             "Mean of N seeds: runs of one experiment that differ only in `train.seed` (and in their name and "
@@ -304,7 +312,8 @@ def write_csv(
                "mean_success", "success_ci_low", "success_ci_high", "best_success", "wall_clock_h", "num_gpus", "gpu_h", *level_cols, "peak_mem_gib", "samples_per_s",
                "conditions_per_s", "train_gpu_hours_published"]  # fmt: skip
     tier_cols = {n: n if n == "tier_average" else f"tier_{n}" for n in TIER_AVERAGES}
-    headers += ["policies_trained", "eval_episodes_per_task", "inputs", "per_episode_success"]
+    headers += ["policies_trained", "eval_episodes_per_task", "inputs", "per_episode_success",
+                "tier_average_within_500_steps"]  # fmt: skip
     headers += [c + suffix for c in tier_cols.values() for suffix in ("", "_ci_low", "_ci_high")]
     headers += ["citation", "note"] + [f"success/{t}" for t in tasks]
     rows = []
@@ -322,7 +331,8 @@ def write_csv(
             row[f"gpu_h_to_{_level_name(lv)}"] = s.gpu_hours_to(lv)
         row.update({f"success/{t}": s.per_task.get(t) for t in tasks})
         row.update({"policies_trained": 1, "eval_episodes_per_task": s.eval_episodes_per_task, "inputs": OUR_INPUTS,
-                    "per_episode_success": s.per_episode_success})  # fmt: skip
+                    "per_episode_success": s.per_episode_success,
+                    "tier_average_within_500_steps": s.tier_average_500})  # fmt: skip
         for name, col in tier_cols.items():
             ci = s.tier_ci.get(name)
             row.update({col: s.tier_success.get(name), f"{col}_ci_low": ci[0] if ci else None,
@@ -334,7 +344,8 @@ def write_csv(
                "suite": g[0].suite, "run_id": " ".join(s.run_id for s in g), "steps": g[0].steps,
                "demos_per_task": g[0].demos_per_task, "mean_success": means["final_success"],
                "policies_trained": 1, "eval_episodes_per_task": g[0].eval_episodes_per_task,
-               "inputs": OUR_INPUTS, "per_episode_success": means["per_episode_success"]}  # fmt: skip
+               "inputs": OUR_INPUTS, "per_episode_success": means["per_episode_success"],
+               "tier_average_within_500_steps": means["tier_average_500"]}  # fmt: skip
         row.update({col: means[name] for name, col in tier_cols.items()})
         rows.append(row)
     for m in published:

@@ -29,6 +29,9 @@ TIER_AVERAGES = (
     *TIERS,
     "tier_average",
 )  # eval/success/<name> of a Meta-World evaluation (EvalReport.mlflow_metrics)
+# The tier average counting only successes within Meta-World's 500-step episodes (EvalReport.within_steps):
+# this platform's keypose episodes may run longer (docs/evaluation.md)
+WITHIN_500_METRIC = "eval/success/within_500_steps/tier_average"
 _TASK_METRIC = re.compile(r"^eval/(?P<task>.+)/success$")
 _NOT_TASKS = {
     "difficulty"
@@ -63,6 +66,7 @@ class RunSummary:
     tier_success: dict[str, float] = field(default_factory=dict)
     tier_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     per_episode_success: float | None = None  # eval/success/per_episode
+    tier_average_500: float | None = None  # WITHIN_500_METRIC
     params: dict[str, str] = field(default_factory=dict)  # the run's MLflow params (its flattened config)
 
     @property
@@ -176,6 +180,7 @@ def summarize_run(client: MlflowClient, run: Run, levels: tuple[float, ...]) -> 
         },
         tier_ci={n: ci for n in TIER_AVERAGES if (ci := _ci(data.metrics, f"eval/success/{n}")) is not None},
         per_episode_success=data.metrics.get("eval/success/per_episode"),
+        tier_average_500=data.metrics.get(WITHIN_500_METRIC),
         params=dict(data.params),
     )
 

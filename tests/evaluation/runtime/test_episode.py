@@ -32,6 +32,8 @@ def test_policy_reaches_the_goal_in_the_expected_number_of_keyposes():
     r = out.result
     assert (r.task, r.variation, r.seed, r.status, r.success) == ("fake-push", 1, 3, "ok", True)
     assert abs(r.steps - expected) <= 1
+    # the fake counts 10 low-level steps per keypose; the success came in the last one
+    assert r.sim_steps == 10 * r.steps and r.success_step == 10 * r.steps
     assert r.wall_s > 0 and out.times.render > 0 and out.times.policy > 0 and out.times.preprocess > 0
 
 
@@ -39,6 +41,7 @@ def test_keypose_limit_ends_as_failure_with_status_ok():
     out = _run(FakeSimulator(), FakeGoalPolicy(max_step=0.0), EpisodeSpec("fake-reach", 0, 0), max_keyposes=7)
     assert (out.result.status, out.result.success, out.result.steps) == ("ok", False, 7)
     assert "limit 7" in out.result.message
+    assert (out.result.sim_steps, out.result.success_step) == (70, None)
 
 
 def test_default_limit_is_25_keyposes():

@@ -212,3 +212,46 @@ def test_a_subset_shows_its_tiers_and_no_tier_average_and_other_benchmarks_no_ti
         k for k in other.mlflow_metrics("eval") if k.startswith("eval/success/") and "per_episode" not in k
     ]
     assert "tier" not in other.table() and "per episode" in other.table()
+
+
+def _stepped(task: str, success_step: int | None) -> EpisodeOutput:
+    """A Meta-World episode whose success (if any) came after ``success_step`` low-level steps."""
+    result = EpisodeResult(task, 0, 0, success_step is not None, 3, "ok", "", 0.5, "", 900, success_step)
+    return EpisodeOutput(result, StageTimes())
+
+
+def test_successes_within_the_published_episode_lengths_count_by_tier():
+    import json
+
+    from evaluation.runtime.metrics import wilson_interval
+
+    outputs = [
+        _stepped("reach-v3", 120),
+        _stepped("reach-v3", 450),  # within 500, not 400
+        _stepped("reach-v3", None),
+        _stepped("hammer-v3", 700),  # a success only past both lengths
+        _stepped("push-v3", 400),  # the step itself counts
+        _stepped("stick-pull-v3", 2900),
+    ]
+    report = summarize(outputs, wall_s=1.0)
+    assert report.per_episode_success == pytest.approx(5 / 6)
+    at500, at400 = report.published_lengths()
+    assert (at500.steps, at500.successes, at400.steps, at400.successes) == (500, 3, 400, 2)
+    assert at500.tiers == pytest.approx({"easy": 2 / 3, "medium": 0.0, "hard": 1.0, "very_hard": 0.0})
+    assert at500.tier_average == pytest.approx((2 / 3 + 1.0) / 4)
+    assert at400.per_episode == pytest.approx(2 / 6) and at400.per_episode_ci == wilson_interval(2, 6)
+    m = report.mlflow_metrics("eval")
+    assert m["eval/success/within_500_steps/tier_average"] == pytest.approx(at500.tier_average)
+    assert m["eval/success/within_400_steps/easy"] == pytest.approx(1 / 3)
+    assert not [k for k in m if k.startswith("eval/success/within") and k.endswith("/success")]
+    assert "within 500 low-level steps: 50.0% per episode" in report.table()
+    again = EvalReport.from_json(report.to_json())  # the steps survive the JSON report
+    assert again == report and again.within_steps(500) == at500
+    # a report written before success steps were counted (or RLBench's) shows none
+    old = json.loads(report.to_json())
+    for record in old["results"]:
+        record.pop("success_step"), record.pop("sim_steps")
+    old_report = EvalReport.from_json(json.dumps(old))
+    assert old_report.within_steps(500) is None and old_report.published_lengths() == []
+    assert "within" not in old_report.table()
+    assert not [k for k in old_report.mlflow_metrics("eval") if "within" in k]

@@ -103,6 +103,10 @@ def test_reaching_the_goal_succeeds(sim):
     goal = obs.extras["goal_pos"]
     outcome = sim.step_keypose(np.array([*goal, *obs.gripper_pose[3:7], 1.0]))
     assert outcome.success
+    # counted from the reset, and reach counts within 5 cm: before the hand arrived
+    assert outcome.success_step is not None and 0 < outcome.success_step < outcome.sim_steps
+    again = sim.step_keypose(np.array([*goal, *obs.gripper_pose[3:7], 1.0]))
+    assert again.success and again.success_step == outcome.success_step  # the first success's step stays
 
 
 @pytest.mark.sim

@@ -164,7 +164,8 @@ def test_compare_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "No runs of ours yet" in printed and "| diffuser_actor_3dda | 81.3 |" in printed
     assert "No MT50 runs of ours yet" in printed and "python -m platform.train data.suite=mt50" in printed
     assert (
-        "| FabriVLA | 1 | 50 | 10 | images + language | 95.0 | 88.2 | 86.7 | 90.0 | 90.0 | 92.0 |" in printed
+        "| FabriVLA | 1 | 50 | 10 | images + language | 95.0 | 88.2 | 86.7 | 90.0 | 90.0 | – | 92.0 |"
+        in printed
     )
     assert (tmp_path / "cmp" / "comparison_success.png").exists()
 
@@ -251,6 +252,12 @@ def _log_fake_mt50_run(
         ]
     if tiers:
         metrics.append(Metric("eval/success/per_episode", 0.6, ts, 500))
+        if (
+            "tier_average" in tiers
+        ):  # success steps counted: the tier average within 500 steps, 5 points lower
+            metrics.append(
+                Metric("eval/success/within_500_steps/tier_average", tiers["tier_average"] - 0.05, ts, 500)
+            )
     params = {"data.episodes_per_task": "50", **(params or {})}
     client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(run.info.run_id)
@@ -270,17 +277,17 @@ def test_suite_mt50_puts_our_tiers_beside_the_published_rows(fake_runs, tmp_path
     # ours: one policy, 50 demos per task, 500 episodes over 50 tasks; tiers with their intervals; per-task mean
     assert (
         "| **mini_diffuser: fake-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | 80.0 (70.0-90.0) "
-        "| 50.0 (40.0-60.0) | 30.0 (20.0-40.0) | 20.0 (10.0-30.0) | 45.0 (35.0-55.0) | 60.0 (55.0-65.0) | 60.0 "
+        "| 50.0 (40.0-60.0) | 30.0 (20.0-40.0) | 20.0 (10.0-30.0) | 45.0 (35.0-55.0) | 40.0 | 60.0 (55.0-65.0) | 60.0 "
         f"| this platform, MLflow run `{run_id[:8]}` |"
     ) in report
     assert (
-        "| **mini_diffuser: old-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | – | – | – | – | – |"
+        "| **mini_diffuser: old-mt50** (ours) | 1 | 50 | 10 | fused point cloud + language | – | – | – | – | – | – |"
         in report
     )
     assert "without `eval/success/<tier>` metrics" in report
     # published: setting and source of every number
     assert (
-        "| SmolVLA 2.25B | 1 | 50 | 10 | images + language | 87.1 | 51.8 | 70.0 | 64.0 | 68.2 | – | – "
+        "| SmolVLA 2.25B | 1 | 50 | 10 | images + language | 87.1 | 51.8 | 70.0 | 64.0 | 68.2 | – | – | – "
         "| arXiv 2506.01844 |"
     ) in report
     assert "| DP3 | 50 (one per task) | 10 | 20 x 3 seeds | 1-camera point cloud | 90.9 |" in report
@@ -295,6 +302,8 @@ def test_suite_mt50_puts_our_tiers_beside_the_published_rows(fake_runs, tmp_path
         ours["tier_average_ci_low"]
     ) == pytest.approx(0.35)
     assert ours["policies_trained"] == "1" and float(ours["eval_episodes_per_task"]) == 10
+    assert float(ours["tier_average_within_500_steps"]) == pytest.approx(0.40)
+    assert "counts only our successes within the first 500 low-level steps" in report
     assert (
         rows["FabriVLA"]["citation"] == "arXiv 2607.08575" and float(rows["FabriVLA"]["tier_average"]) == 0.9
     )
@@ -328,7 +337,7 @@ def test_seeds_of_one_mt50_experiment_are_averaged_beside_their_runs(fake_runs, 
     assert (
         "| **mini_diffuser: mean of 2 seeds (exp-s0-again, exp-s1)** (ours) | 1 | 50 | 10 | fused point cloud + language "
         "| 85.0 (seeds 80.0-90.0) | 55.0 (seeds 50.0-60.0) | 35.0 (seeds 30.0-40.0) | 25.0 (seeds 20.0-30.0) "
-        "| 50.0 (seeds 45.0-55.0) | 60.0 (seeds 60.0-60.0) | 60.0 (seeds 60.0-60.0) |"
+        "| 50.0 (seeds 45.0-55.0) | 45.0 (seeds 40.0-50.0) | 60.0 (seeds 60.0-60.0) | 60.0 (seeds 60.0-60.0) |"
     ) in report
     assert report.count("mean of 2 seeds") == 1 and "differ only in `train.seed`" in report
     assert (
@@ -339,3 +348,4 @@ def test_seeds_of_one_mt50_experiment_are_averaged_beside_their_runs(fake_runs, 
     with (tmp_path / "seeds" / "comparison.csv").open() as f:
         (mean,) = [row for row in csv.DictReader(f) if row["source"] == "ours (mean of seeds)"]
     assert float(mean["tier_average"]) == pytest.approx(0.5) and len(mean["run_id"].split()) == 2
+    assert float(mean["tier_average_within_500_steps"]) == pytest.approx(0.45)
