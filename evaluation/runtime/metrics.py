@@ -229,8 +229,7 @@ class EvalReport(FrozenModel):
             return None
         per_task = {t: 0 for t in self.tasks}
         for r in ok:
-            if r.success_step is not None and r.success_step <= steps:
-                per_task[r.task] = per_task.get(r.task, 0) + 1
+            per_task[r.task] += r.success_step is not None and r.success_step <= steps
         k = sum(per_task.values())
         tiers = {
             tier: sum(per_task[t] for t in names) / max(1, sum(self.tasks[t].episodes for t in names))

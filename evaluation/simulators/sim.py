@@ -68,12 +68,10 @@ class EpisodeResult:
     message: str = ""
     wall_s: float = 0.0
     node: str = ""  # Ray node id of the actor that ran it ("" outside Ray)
-    sim_steps: int = (
-        0  # low-level simulator steps of the episode (its keyposes' ``KeyposeOutcome.sim_steps``)
-    )
-    success_step: int | None = (
-        None  # ``KeyposeOutcome.success_step`` of a success (None: failed, or not counted)
-    )
+    # low-level simulator steps of the episode, and ``KeyposeOutcome.success_step`` of a success (None: failed,
+    # or not counted)
+    sim_steps: int = 0
+    success_step: int | None = None
 
 
 class Simulator(ABC):
