@@ -158,6 +158,8 @@ def train_loop_per_worker(payload_dict: dict[str, Any]) -> None:
 def _validation_set(cfg: ExperimentConfig, val_dataset: DatasetSubset | None) -> ValidationSet | None:
     """The collated validation episodes, or None (with a line saying why) when there are none."""
     if cfg.train.val_every <= 0 or cfg.data.val_episodes_per_task <= 0:
+        off = "train.val_every=0" if cfg.train.val_every <= 0 else "data.val_episodes_per_task=0"
+        print(f"[val] validation is off ({off}): no val/* metrics in this run", flush=True)
         return None
     if val_dataset is None:
         print(

@@ -167,6 +167,22 @@ def test_train_val_per_task_caps_the_validation_set_the_worker_builds(capsys):
     assert "at most 2 per task" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (("train.val_every=0",), "train.val_every=0"),
+        (("data.val_episodes_per_task=0",), "data.val_episodes_per_task=0"),
+    ],
+)
+def test_validation_switched_off_says_so_and_by_which_setting(overrides, named, capsys):
+    """configs/mt50.yaml trains on every episode and validates nothing: the log says why there is no val/* line."""
+    cfg = _cfg(*overrides)
+    ds = FakeKeyframeDataset(cfg.policy, num_samples=10)
+    assert _validation_set(cfg, DatasetSubset(ds, np.arange(10))) is None
+    out = capsys.readouterr().out
+    assert "[val] validation is off" in out and named in out
+
+
 def test_the_validation_command_scores_the_training_or_the_held_out_episodes(tmp_path, capsys):
     """``python -m platform.validation --split train --per-task N``: the same metric on the training episodes
     (how well the policy fits what it was trained on), capped per task like ``train.val_per_task``."""
