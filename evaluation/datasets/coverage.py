@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DatasetError(
                 f"{root} has no episodes of {unknown}; it holds {sorted(manifest['episodes'])}"
             )
+        if args.report and not Path(args.report).is_file():
+            raise DatasetError(f"no evaluation report at {args.report} (runs/<name>/eval/step_<N>.json)")
         report = EvalReport.from_json(Path(args.report).read_text()) if args.report else None
     except (DatasetError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
