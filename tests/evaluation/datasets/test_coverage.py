@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from evaluation.datasets.coverage import bin_label, coverage, outside_distance, success_by_distance
+from evaluation.datasets.coverage import bin_label, coverage, main, outside_distance, success_by_distance
+from evaluation.datasets.dataset import FORMAT, MANIFEST, SCHEMA_VERSION
 from evaluation.runtime.metrics import EpisodeRecord, EvalReport, TaskSummary
 
 
@@ -86,3 +89,27 @@ def test_a_demonstrated_variation_is_inside_and_another_goal_is_outside():
     )  # one demonstration spans no coordinate: nothing varies, nothing compared
     pair = coverage({"reach-v3": [0, 1]}, "mt10", variations=[0, 2, 30])
     assert pair["reach-v3"][0] == 0.0 and max(pair["reach-v3"][2], pair["reach-v3"][30]) > 0.001
+
+
+@pytest.mark.unit
+def test_the_command_names_a_missing_dataset_and_exits_2(tmp_path, capsys):
+    assert main(["--dataset", str(tmp_path / "none")]) == 2
+    assert "no dataset directory" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_the_command_prints_each_tasks_scenes_outside_and_writes_them(tmp_path, capsys):
+    """A manifest with reach's variations 0 and 1 (only the entries the command reads, plus the required ones)."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "suite": "mt10", "benchmark_seed": 0}
+    manifest |= {k: {} for k in ("shards", "counts", "pointcloud", "render", "text")}
+    manifest |= {"tasks": ["reach-v3"], "total_samples": 0, "episodes": {"reach-v3": [0, 1]}}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    out = tmp_path / "cover.json"
+    assert main(["--dataset", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cover = {int(v): d for v, d in json.loads(out.read_text())["reach-v3"].items()}
+    assert sorted(cover) == list(range(25, 50))
+    outside = sum(d > 0 for d in cover.values())
+    assert outside > 0 and f"{outside} of 25 test scenes start outside" in printed
