@@ -45,7 +45,7 @@ def outside_distance(demos: np.ndarray, scenes: np.ndarray) -> np.ndarray:
     low, high = demos.min(axis=0), demos.max(axis=0)
     varies = (high - low) > MIN_SPREAD_M
     excess = np.maximum(low - scenes, 0.0) + np.maximum(scenes - high, 0.0)  # (K, D); 0 inside
-    return (excess * varies).max(axis=1) if scenes.size else np.zeros(0)
+    return (excess * varies).max(axis=1)
 
 
 def coverage(
@@ -69,7 +69,7 @@ def coverage(
             }
             if log:
                 far = [f"{v}: {1000 * d:.0f}" for v, d in out[task].items() if d >= 0.0005]
-                print(f"{task:30s} {'  '.join(far) if far else '(all inside)'}", flush=True)
+                print(f"{task:30s} {'  '.join(far) if far else '(none 0.5 mm or more outside)'}", flush=True)
     finally:
         sim.close()
     return out
