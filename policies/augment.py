@@ -2,9 +2,10 @@
 so the M noised copies of a condition share its augmented observation and target).
 
 * ``limit_points``: keep at most ``max_points`` valid points per condition (random subset).
-* ``augment``: random z-rotation about the workspace centre (points, gripper, past and target poses), xyz jitter
-  on the points, random point subsampling (keep fraction in [keep_fraction_min, 1]). A condition whose
-  rotated target would leave the policy workspace is not rotated (positions are normalised over the
+* ``augment``: random z-rotation about the workspace centre (points, gripper, past and target poses), then an
+  optional random horizontal shift of the same (``translate_m``), xyz jitter on the points, random point
+  subsampling (keep fraction in [keep_fraction_min, 1]). A condition whose rotated (or shifted) target would
+  leave the policy workspace is not rotated (shifted) (positions are normalised over the
   workspace, and a target outside it could never be sampled: RLBench's scene bounds with +-45 deg did this).
 Padded points stay zero and masked.
 """
@@ -56,6 +57,11 @@ def _rotate_xy(xyz: Tensor, angle: Tensor, centre: Tensor) -> Tensor:
     )
 
 
+def _translate_pose(pose: Tensor, shift: Tensor) -> Tensor:
+    """pose (B, 8) moved by shift (B, 3); orientation and gripper state unchanged."""
+    return torch.cat([pose[:, :3] + shift, pose[:, 3:]], dim=-1)
+
+
 def _inside(xyz: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """(B, 3) -> (B,) whether each position lies in the workspace [low, high]."""
     return ((xyz >= low) & (xyz <= high)).all(dim=-1)
@@ -68,7 +74,7 @@ def augment(
     high: Tensor,
     generator: torch.Generator | None,
 ) -> ConditionBatch:
-    """Random z-rotation, jitter and subsampling per condition (see module docstring)."""
+    """Random z-rotation, horizontal shift, jitter and subsampling per condition (see module docstring)."""
     if not cfg.enabled:
         return batch
     b, n, _ = batch.points.shape
@@ -92,7 +98,8 @@ def augment(
         1, batch.point_mask.long().argmax(1, keepdim=True), True
     )
     mask = batch.point_mask & (keep | first_valid)  # never empty a condition
-    points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
+    gripper = _rotate_pose(batch.gripper, rot, q, centre)
+    target = None if batch.target is None else _rotate_pose(batch.target, rot, q, centre)
     history = batch.history
     if history is not None:  # the past poses turn with the scene: (B, H, 8) -> (B*H, 8) -> (B, H, 8)
         h = history.shape[1]
@@ -102,11 +109,16 @@ def augment(
             q.repeat_interleave(h, dim=0),
             centre,
         ).reshape(b, h, POSE_DIM)
-    return replace(
-        batch,
-        points=points,
-        point_mask=mask,
-        gripper=_rotate_pose(batch.gripper, rot, q, centre),
-        target=None if batch.target is None else _rotate_pose(batch.target, rot, q, centre),
-        history=history,
-    )
+    if cfg.translate_m > 0:  # drawn only when enabled, so the other draws (and old runs) stay as they were
+        shift = torch.cat(
+            [(2 * rand((b, 2), generator, device) - 1) * cfg.translate_m, xyz.new_zeros(b, 1)], dim=-1
+        )  # (B, 3): x and y only, the table stays at its height
+        if target is not None:  # a shift that would carry the target out of the workspace is not applied
+            shift = shift * _inside(target[:, :3] + shift, low, high)[:, None].to(shift.dtype)
+        xyz = xyz + shift[:, None, :]
+        gripper = _translate_pose(gripper, shift)
+        target = None if target is None else _translate_pose(target, shift)
+        if history is not None:
+            history = history + torch.cat([shift, shift.new_zeros(b, POSE_DIM - 3)], dim=-1)[:, None, :]
+    points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
+    return replace(batch, points=points, point_mask=mask, gripper=gripper, target=target, history=history)

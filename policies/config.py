@@ -60,6 +60,9 @@ class AugmentConfig(FrozenModel):
 
     enabled: bool = True
     z_rotation_deg: float = Field(45.0, ge=0, le=180)
+    # Random horizontal shift of a whole condition (cloud, gripper, past and target poses) by up to this much in x
+    # and y, uniform per condition; 0 (the default) draws nothing, so runs without it are unchanged
+    translate_m: float = Field(0.0, ge=0, le=0.2)
     jitter_m: float = Field(0.002, ge=0, le=0.05)
     keep_fraction_min: float = Field(0.8, gt=0, le=1)
 

@@ -241,6 +241,68 @@ def test_augmentation_never_rotates_a_target_out_of_the_workspace():
     assert not moved[:32].all()
 
 
+def test_augmentation_shifts_scene_and_poses_together_in_the_plane():
+    batch = tiny_batch(32, 64, seed=2)
+    low, high = torch.tensor((-0.6, 0.2, -0.05)), torch.tensor((0.6, 1.1, 0.6))
+    cfg = AugmentConfig(z_rotation_deg=0.0, translate_m=0.03, jitter_m=0.0, keep_fraction_min=1.0)
+    out = augment(batch, cfg, low, high, torch.Generator().manual_seed(0))
+    shift = out.target[:, :3] - batch.target[:, :3]  # (B, 3)
+    assert torch.all(shift[:, 2] == 0) and torch.all(shift[:, :2].abs() <= 0.03 + 1e-6)
+    assert (shift[:, :2].abs() > 0.005).any()  # it moved something
+    m = batch.point_mask
+    moved_points = out.points[..., :3] - batch.points[..., :3]  # (B, N, 3)
+    assert torch.allclose(moved_points[m], shift[:, None, :].expand_as(moved_points)[m], atol=1e-6)
+    assert torch.allclose(out.gripper[:, :3] - batch.gripper[:, :3], shift, atol=1e-6)
+    assert torch.equal(out.points[..., 3:], batch.points[..., 3:])  # colour and height above the table kept
+    assert torch.allclose(out.target[:, 3:], batch.target[:, 3:], atol=1e-6)  # orientation and gripper state
+    assert torch.allclose(out.gripper[:, 3:], batch.gripper[:, 3:], atol=1e-6)
+    # without the option nothing extra is drawn: the same generator gives the same batch as before it existed
+    plain = AugmentConfig(z_rotation_deg=0.0, jitter_m=0.002)
+    a = augment(batch, plain, low, high, torch.Generator().manual_seed(0))
+    b = augment(
+        batch, plain.model_copy(update={"translate_m": 0.0}), low, high, torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(a.points, b.points) and torch.equal(a.target, b.target)
+
+
+def test_augmentation_never_shifts_a_target_out_of_the_workspace():
+    low, high = torch.tensor((-0.6, 0.2, -0.05)), torch.tensor((0.6, 1.1, 0.6))
+    batch = tiny_batch(64, 16, seed=3)
+    target = batch.target.clone()
+    target[:32, 0] = high[0] - 0.001  # at the x edge: half the shifts would leave
+    batch = ConditionBatch(
+        points=batch.points,
+        point_mask=batch.point_mask,
+        text=batch.text,
+        text_mask=batch.text_mask,
+        gripper=batch.gripper,
+        target=target,
+    )
+    cfg = AugmentConfig(z_rotation_deg=0.0, translate_m=0.05, jitter_m=0.0)
+    out = augment(batch, cfg, low, high, torch.Generator().manual_seed(0))
+    assert torch.all((out.target[:, :3] >= low - 1e-6) & (out.target[:, :3] <= high + 1e-6))
+    moved = (out.target[:, :3] - target[:, :3]).norm(dim=-1) > 1e-6
+    assert moved[32:].all() and not moved[:32].all()
+
+
+def test_history_shifts_with_the_scene():
+    batch = tiny_batch(4, 16, seed=4)
+    hist = batch.gripper[:, None, :].repeat(1, 2, 1)  # (B, H=2, 8)
+    batch = ConditionBatch(
+        points=batch.points,
+        point_mask=batch.point_mask,
+        text=batch.text,
+        text_mask=batch.text_mask,
+        gripper=batch.gripper,
+        target=batch.target,
+        history=hist,
+    )
+    low, high = torch.tensor((-0.6, 0.2, -0.05)), torch.tensor((0.6, 1.1, 0.6))
+    cfg = AugmentConfig(z_rotation_deg=0.0, translate_m=0.03, jitter_m=0.0, keep_fraction_min=1.0)
+    out = augment(batch, cfg, low, high, torch.Generator().manual_seed(0))
+    assert torch.allclose(out.history, out.gripper[:, None, :].expand_as(out.history), atol=1e-6)
+
+
 def test_limit_points_keeps_at_most_max_points_of_real_points():
     batch = tiny_batch(3, 200)
     out = limit_points(batch, 50, torch.Generator().manual_seed(0))
