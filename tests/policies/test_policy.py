@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -5,7 +7,6 @@ from pydantic import ValidationError
 from policies.augment import augment, limit_points
 from policies.base import CheckpointError
 from policies.baselines import DDAStylePolicy
-from policies.batch import ConditionBatch
 from policies.config import AugmentConfig
 from policies.minidiffuser import MiniDiffuserPolicy, OneToOnePolicy, medoid_rows
 from policies.registry import build_policy, load_checkpoint, parse_policy_config
@@ -224,14 +225,7 @@ def test_augmentation_never_rotates_a_target_out_of_the_workspace():
     xyz = low + (high - low) * torch.rand((64, 3), generator=g)
     xyz[:32, :2] = high[:2] - 0.01  # near the (x, y) corner
     target = torch.cat([xyz, batch.target[:, 3:]], dim=-1)
-    batch = ConditionBatch(
-        points=batch.points,
-        point_mask=batch.point_mask,
-        text=batch.text,
-        text_mask=batch.text_mask,
-        gripper=batch.gripper,
-        target=target,
-    )
+    batch = replace(batch, target=target)
     out = augment(
         batch, AugmentConfig(z_rotation_deg=45, jitter_m=0.0), low, high, torch.Generator().manual_seed(0)
     )
@@ -270,14 +264,7 @@ def test_augmentation_never_shifts_a_target_out_of_the_workspace():
     batch = tiny_batch(64, 16, seed=3)
     target = batch.target.clone()
     target[:32, 0] = high[0] - 0.001  # at the x edge: half the shifts would leave
-    batch = ConditionBatch(
-        points=batch.points,
-        point_mask=batch.point_mask,
-        text=batch.text,
-        text_mask=batch.text_mask,
-        gripper=batch.gripper,
-        target=target,
-    )
+    batch = replace(batch, target=target)
     cfg = AugmentConfig(z_rotation_deg=0.0, translate_m=0.05, jitter_m=0.0)
     out = augment(batch, cfg, low, high, torch.Generator().manual_seed(0))
     assert torch.all((out.target[:, :3] >= low - 1e-6) & (out.target[:, :3] <= high + 1e-6))
@@ -286,21 +273,17 @@ def test_augmentation_never_shifts_a_target_out_of_the_workspace():
 
 
 def test_history_shifts_with_the_scene():
-    batch = tiny_batch(4, 16, seed=4)
-    hist = batch.gripper[:, None, :].repeat(1, 2, 1)  # (B, H=2, 8)
-    batch = ConditionBatch(
-        points=batch.points,
-        point_mask=batch.point_mask,
-        text=batch.text,
-        text_mask=batch.text_mask,
-        gripper=batch.gripper,
-        target=batch.target,
-        history=hist,
-    )
+    batch = tiny_batch(4, 16, seed=4, history=2)  # (B, H=2, 8) past poses
     low, high = torch.tensor((-0.6, 0.2, -0.05)), torch.tensor((0.6, 1.1, 0.6))
     cfg = AugmentConfig(z_rotation_deg=0.0, translate_m=0.03, jitter_m=0.0, keep_fraction_min=1.0)
     out = augment(batch, cfg, low, high, torch.Generator().manual_seed(0))
-    assert torch.allclose(out.history, out.gripper[:, None, :].expand_as(out.history), atol=1e-6)
+    shift = out.gripper[:, :3] - batch.gripper[:, :3]  # (B, 3)
+    assert torch.allclose(
+        out.history[..., :3] - batch.history[..., :3], shift[:, None, :].expand(-1, 2, -1), atol=1e-6
+    )
+    assert torch.allclose(
+        out.history[..., 3:], batch.history[..., 3:], atol=1e-6
+    )  # zero rotation renormalises
 
 
 def test_limit_points_keeps_at_most_max_points_of_real_points():
