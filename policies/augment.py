@@ -57,11 +57,6 @@ def _rotate_xy(xyz: Tensor, angle: Tensor, centre: Tensor) -> Tensor:
     )
 
 
-def _translate_pose(pose: Tensor, shift: Tensor) -> Tensor:
-    """pose (B, 8) moved by shift (B, 3); orientation and gripper state unchanged."""
-    return torch.cat([pose[:, :3] + shift, pose[:, 3:]], dim=-1)
-
-
 def _inside(xyz: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """(B, 3) -> (B,) whether each position lies in the workspace [low, high]."""
     return ((xyz >= low) & (xyz <= high)).all(dim=-1)
@@ -115,10 +110,10 @@ def augment(
         )  # (B, 3): x and y only, the table stays at its height
         if target is not None:  # a shift that would carry the target out of the workspace is not applied
             shift = shift * _inside(target[:, :3] + shift, low, high)[:, None].to(shift.dtype)
+        offset = torch.cat([shift, shift.new_zeros(b, POSE_DIM - 3)], dim=-1)  # (B, 8): a pose's xyz only
         xyz = xyz + shift[:, None, :]
-        gripper = _translate_pose(gripper, shift)
-        target = None if target is None else _translate_pose(target, shift)
-        if history is not None:
-            history = history + torch.cat([shift, shift.new_zeros(b, POSE_DIM - 3)], dim=-1)[:, None, :]
+        gripper = gripper + offset
+        target = None if target is None else target + offset
+        history = None if history is None else history + offset[:, None, :]
     points = _masked(torch.cat([xyz, batch.points[..., 3:]], dim=-1), mask)
     return replace(batch, points=points, point_mask=mask, gripper=gripper, target=target, history=history)
