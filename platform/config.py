@@ -16,7 +16,7 @@ re-validated. Errors are ``ConfigError`` with one line naming the key, the bad v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, model_validator
@@ -69,6 +69,10 @@ class DataConfig(FrozenModel):
     # handle-pull /1.8 against "samples", where "tasks" gives about x6 and /3). On MT50 (seed 0, 12000 steps) both
     # lost to "samples": tasks 88.2 %, sqrt 88.4 % per episode against 90.5 % (docs/quality.md)
     balance: Literal["samples", "sqrt", "tasks"] = "samples"
+    # task -> how many times as often level 1 draws its samples (after data.balance; unnamed tasks 1): e.g. the tasks of
+    # the tiers a metric weighs most (MT50's tier average counts each of the 5 very hard tasks 5.5 times as much as each
+    # of the 28 easy ones, where "samples" gives the very hard ones 10 % of the draws; configs/mt50.yaml)
+    task_weights: dict[str, Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=dict)
     # What a Meta-World sample observes before its keypose (evaluation.collect --observe): the expert
     # trajectory's state at the previous keyframe, or the state the keypose controller reaches replaying the
     # keyframes, which is what the policy sees at evaluation (docs/metaworld.md). Collection uses it; a dataset

@@ -65,12 +65,14 @@ def main(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         check_eval_tasks,
         check_output_dir,
         check_resume,
+        check_task_weights,
         check_tracking,
         driver_lock,
     )
 
     check_data_path(cfg)  # before anything is created or started: one line naming the path or key
     check_eval_tasks(cfg)
+    check_task_weights(cfg)
     check_tracking(cfg)
     check_output_dir(cfg)  # creates the run directory, where the driver lock lives
     with driver_lock(cfg.run_dir, cfg.name):  # one driver per run, for the driver's whole life

@@ -9,6 +9,8 @@
   has not reaped yet.
 - ``check_eval_tasks``: ``eval.tasks`` are tasks the run trains on (the dataset's, or the suite's when it is
   not collected yet), so a typo fails now and not after the whole training run.
+- ``check_task_weights``: the tasks ``data.task_weights`` names are tasks the run trains on (a misspelt task's
+  weight would otherwise fail only after the collection, or a collected dataset's loading).
 - ``check_tracking``: a tracking URI no MLflow store can open (``gopher://x``, ``http://`` without a host) is
   refused (``platform.tracking.uri``); a well-formed one of a server that is down is an outage, not an error.
 - ``check_resume``: a rerun under an existing ``name`` resumes from the run's newest checkpoint, so a setting
@@ -180,6 +182,19 @@ def check_eval_tasks(cfg: ExperimentConfig) -> None:
         )
 
 
+def check_task_weights(cfg: ExperimentConfig) -> None:
+    """The tasks of ``data.task_weights`` must be tasks the run trains on."""
+    if not cfg.data.task_weights:
+        return
+    known, source = trained_tasks(cfg)
+    unknown = [t for t in cfg.data.task_weights if known is not None and t not in known]
+    if unknown:
+        raise UserFacingError(
+            f"data.task_weights names {unknown}, which this run does not train on ({source} has "
+            f"{', '.join(known or [])}): use the tasks' full names (e.g. stick-pull-v3)"
+        )
+
+
 def eval_task_count(cfg: ExperimentConfig) -> int | None:
     """How many tasks the final evaluation runs (None when unknown)."""
     if cfg.eval.tasks:
@@ -206,6 +221,7 @@ RESUME_FIXED_DATA_KEYS = (
     "tasks",
     "episodes_per_task",
     "balance",
+    "task_weights",
     "observe",
     "recoveries",
     "aim_goal",

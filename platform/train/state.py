@@ -47,6 +47,7 @@ class TrainingState:
         rank: int = 0,
         world: int = 1,
         groups: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         t = cfg.train
         if world > t.batch_size:
@@ -70,10 +71,8 @@ class TrainingState:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=(t.amp == "fp16" and device.type == "cuda"))
         self.ema = EMA(policy, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay > 0 else None
-        exponent = BALANCE_EXPONENTS.get(
-            cfg.data.balance, 0.0
-        )  # used only with groups (data.balance != samples)
-        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups, exponent)
+        exponent = BALANCE_EXPONENTS[cfg.data.balance]  # used only with groups
+        self.sampler = Level1Sampler(num_samples, t.batch_size, t.seed, groups, exponent, weights)
         self.step = 0
         self.consecutive_nonfinite = 0
         self.skipped_total = 0
@@ -151,10 +150,21 @@ def build_training(
     np.random.seed(cfg.train.seed & 0xFFFFFFFF)
     random.seed(cfg.train.seed)
     policy = build_policy(cfg.policy).to(device)
-    groups = (
-        np.asarray(dataset.task_index) if cfg.data.balance in BALANCE_EXPONENTS else None
-    )  # (S,) task of each sample
-    return TrainingState(cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups)
+    grouped = cfg.data.balance != "samples" or bool(cfg.data.task_weights)
+    groups = np.asarray(dataset.task_index) if grouped else None  # (S,) task of each sample
+    weights = task_weights(cfg, dataset.task_names) if cfg.data.task_weights else None
+    return TrainingState(
+        cfg, policy, len(dataset), device, rank=rank, world=world, groups=groups, weights=weights
+    )
+
+
+def task_weights(cfg: ExperimentConfig, task_names: list[str]) -> np.ndarray:
+    """(T,) level-1 weight of each of the dataset's tasks (``data.task_weights``, 1 where unnamed); a named task
+    the dataset lacks is an error (preflight names it before a run starts)."""
+    unknown = sorted(set(cfg.data.task_weights) - set(task_names))
+    if unknown:
+        raise ValueError(f"data.task_weights names {unknown}, which the dataset does not have")
+    return np.array([cfg.data.task_weights.get(t, 1.0) for t in task_names], np.float64)
 
 
 def resume_if_possible(state: TrainingState, run_dir: Path) -> Path | None:

@@ -95,6 +95,14 @@ class WorkerPayload:
 _BALANCE_WORDS = {"tasks": "task (every task equally)", "sqrt": "the square root of each task's samples"}
 
 
+def _weights_words(weights: dict[str, float]) -> str:
+    """data.task_weights for the start line: tasks grouped by weight, "x2: stick-pull-v3, ..."."""
+    by_weight: dict[float, list[str]] = {}
+    for task, w in weights.items():
+        by_weight.setdefault(w, []).append(task)
+    return "; ".join(f"x{w:g}: {', '.join(sorted(ts))}" for w, ts in sorted(by_weight.items()))
+
+
 def _ray_context() -> tuple[int, int, ModuleType | None]:
     """(rank, world size, ray.train module or None when running outside Ray Train)."""
     try:
@@ -257,6 +265,11 @@ def _train(
             + (
                 f", level 1 balanced by {_BALANCE_WORDS[cfg.data.balance]}"
                 if cfg.data.balance != "samples"
+                else ""
+            )
+            + (
+                f", {len(cfg.data.task_weights)} tasks weighted ({_weights_words(cfg.data.task_weights)})"
+                if cfg.data.task_weights
                 else ""
             ),
             flush=True,

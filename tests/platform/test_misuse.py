@@ -188,11 +188,24 @@ def test_a_keypose_limit_for_an_unknown_task_is_refused_before_training(tmp_path
 
 
 @pytest.mark.unit
+def test_a_task_weight_for_an_unknown_task_is_refused_before_training(tmp_path, capsys):
+    refused(
+        capsys,
+        base(tmp_path, "data.task_weights.stick-pull=2"),  # the -v3 missing
+        "data.task_weights names ['stick-pull']",
+        "suite mt10",
+        "stick-pull-v3",
+    )
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
+
+
+@pytest.mark.unit
 def test_known_eval_tasks_pass():
-    from platform.train.preflight import check_eval_tasks
+    from platform.train.preflight import check_eval_tasks, check_task_weights
 
     check_eval_tasks(load_config(None, ["eval.tasks=[reach-v3,push-v3]"]).with_absolute_paths())
     check_eval_tasks(load_config(None, ["eval.max_keyposes_per_task.push-v3=40"]).with_absolute_paths())
+    check_task_weights(load_config(None, ["data.task_weights.push-v3=2"]).with_absolute_paths())
     check_eval_tasks(
         load_config(None, ["eval.tasks=[nope]", "eval.enabled=false"])
     )  # not evaluated: not checked

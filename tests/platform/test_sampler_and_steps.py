@@ -78,7 +78,41 @@ def test_sqrt_balanced_sampler_draws_tasks_by_the_root_of_their_size_and_refuses
     with pytest.raises(ValueError, match="data.balance"):
         Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=0.5).load_state_dict(old)
     with pytest.raises(ValueError, match="exponent"):
-        Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=1.0)
+        Level1Sampler(len(groups), 7, seed=2, groups=groups, exponent=1.5)
+
+
+def test_weighted_sampler_draws_a_task_in_proportion_to_its_size_times_its_weight():
+    groups = np.array(
+        [0] * 4 + [1] * 2 + [2] * 1
+    )  # sizes 4, 2, 1; weights 1, 2, 3.5: 4, 4, 4 draws per epoch
+    weights = np.array([1.0, 2.0, 3.5])
+    s = Level1Sampler(len(groups), batch_size=3, seed=5, groups=groups, exponent=1.0, weights=weights)
+    for _ in range(2):
+        epoch = np.concatenate([s.next_indices() for _ in range(4)])  # 12 draws: one epoch
+        assert np.bincount(groups[epoch]).tolist() == [4, 4, 4]
+        assert sorted(epoch[groups[epoch] == 0]) == [0, 1, 2, 3]  # weight 1: each sample once
+        assert np.bincount(epoch[groups[epoch] == 1], minlength=6)[4:].tolist() == [2, 2]
+    unweighted = Level1Sampler(len(groups), 3, seed=5, groups=groups, exponent=1.0)
+    epoch = np.concatenate([unweighted.next_indices() for _ in range(7)])[:7]  # exponent 1: each sample once
+    assert sorted(epoch.tolist()) == list(range(7))
+    a = Level1Sampler(len(groups), 3, seed=5, groups=groups, exponent=1.0, weights=weights)
+    for _ in range(5):
+        a.next_indices()
+    b = Level1Sampler(len(groups), 3, seed=5, groups=groups, exponent=1.0, weights=weights)
+    b.load_state_dict(a.state_dict())
+    assert all(np.array_equal(a.next_indices(), b.next_indices()) for _ in range(9))
+    with pytest.raises(ValueError, match="data.task_weights"):  # other weights: another sampling
+        Level1Sampler(len(groups), 3, 5, groups, 1.0, np.array([1.0, 2.0, 3.0])).load_state_dict(
+            a.state_dict()
+        )
+    with pytest.raises(ValueError, match="data.task_weights"):  # a checkpoint from before the weights
+        a.load_state_dict({k: v for k, v in unweighted.state_dict().items() if k != "group_weights"})
+    with pytest.raises(ValueError, match="one positive number per group"):
+        Level1Sampler(len(groups), 3, 5, groups, 1.0, np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="one positive number per group"):
+        Level1Sampler(len(groups), 3, 5, groups, 1.0, np.array([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="pass groups"):
+        Level1Sampler(len(groups), 3, 5, None, 1.0, weights)
 
 
 def test_data_balance_reaches_the_training_sampler():
@@ -87,6 +121,7 @@ def test_data_balance_reaches_the_training_sampler():
 
     class Data:
         task_index = np.array([0, 0, 0, 1])
+        task_names = ["a-v3", "b-v3"]
 
         def __len__(self):
             return 4
@@ -106,6 +141,17 @@ def test_data_balance_reaches_the_training_sampler():
     assert np.bincount(
         Data.task_index[np.concatenate([root.sampler.next_indices() for _ in range(5)])]
     ).tolist() == [12, 8]
+    weighted = build_training(
+        load_config(None, [*overrides, "data.task_weights.b-v3=3"]), Data(), torch.device("cpu")
+    )  # sizes 3 and 1, weights 1 and 3: 3 draws each per epoch
+    assert weighted.sampler.exponent == 1.0 and weighted.sampler.weights.tolist() == [1.0, 3.0]
+    assert np.bincount(
+        Data.task_index[np.concatenate([weighted.sampler.next_indices() for _ in range(3)])]
+    ).tolist() == [6, 6]
+    with pytest.raises(ValueError, match=r"data.task_weights names \['c-v3'\]"):
+        build_training(
+            load_config(None, [*overrides, "data.task_weights.c-v3=2"]), Data(), torch.device("cpu")
+        )
 
 
 def test_step_seeds_differ_by_step_and_stream():
