@@ -574,6 +574,12 @@ def test_resuming_with_another_policy_shape_is_refused_before_ray(tmp_path, caps
     )
     refused(
         capsys,
+        base(tmp_path, "policy.preset=tiny", "data.task_weights.push-v3=2"),
+        "the training set",
+        'data.task_weights: {} -> {"push-v3": 2.0}',
+    )
+    refused(
+        capsys,
         base(tmp_path, "policy.preset=tiny", "data.observe=replay"),
         "the training set",
         "data.observe: expert -> replay",
