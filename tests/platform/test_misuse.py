@@ -176,26 +176,21 @@ def test_unknown_eval_task_is_refused_before_training(tmp_path, capsys):
 
 
 @pytest.mark.unit
-def test_a_keypose_limit_for_an_unknown_task_is_refused_before_training(tmp_path, capsys):
-    refused(
-        capsys,
-        base(tmp_path, "eval.max_keyposes_per_task.handle-pull=50"),  # the -v3 missing
-        "eval.max_keyposes_per_task names ['handle-pull']",
-        "suite mt10",
-        "handle-pull-v3",
-    )
-    assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
-
-
-@pytest.mark.unit
-def test_a_task_weight_for_an_unknown_task_is_refused_before_training(tmp_path, capsys):
-    refused(
-        capsys,
-        base(tmp_path, "data.task_weights.stick-pull=2"),  # the -v3 missing
-        "data.task_weights names ['stick-pull']",
-        "suite mt10",
-        "stick-pull-v3",
-    )
+@pytest.mark.parametrize(
+    "override, named, suggested",
+    [
+        (
+            "eval.max_keyposes_per_task.handle-pull=50",
+            "eval.max_keyposes_per_task names ['handle-pull']",
+            "handle-pull-v3",
+        ),
+        ("data.task_weights.stick-pull=2", "data.task_weights names ['stick-pull']", "stick-pull-v3"),
+    ],
+)
+def test_a_setting_for_an_unknown_task_is_refused_before_training(
+    tmp_path, capsys, override, named, suggested
+):
+    refused(capsys, base(tmp_path, override), named, "suite mt10", suggested)  # the -v3 missing
     assert not (tmp_path / "runs").exists(), "nothing is created for a run that cannot start"
 
 
