@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +174,9 @@ def check_eval_tasks(cfg: ExperimentConfig) -> None:
             f"{', '.join(known)}): choose eval.tasks among them, or leave eval.tasks unset to "
             "evaluate every trained task"
         )
-    unknown = [t for t in cfg.eval.max_keyposes_per_task if t not in known]
-    if unknown:
-        raise UserFacingError(
-            f"eval.max_keyposes_per_task names {unknown}, which this run does not train on ({source} has "
-            f"{', '.join(known)}): use the tasks' full names (e.g. handle-pull-v3)"
-        )
+    _refuse_unknown_tasks(
+        "eval.max_keyposes_per_task", cfg.eval.max_keyposes_per_task, known, source, "handle-pull-v3"
+    )
 
 
 def check_task_weights(cfg: ExperimentConfig) -> None:
@@ -187,11 +184,19 @@ def check_task_weights(cfg: ExperimentConfig) -> None:
     if not cfg.data.task_weights:
         return
     known, source = trained_tasks(cfg)
-    unknown = [t for t in cfg.data.task_weights if known is not None and t not in known]
+    if known is not None:
+        _refuse_unknown_tasks("data.task_weights", cfg.data.task_weights, known, source, "stick-pull-v3")
+
+
+def _refuse_unknown_tasks(
+    key: str, named: Iterable[str], known: list[str], source: str, example: str
+) -> None:
+    """One line naming the tasks of a per-task setting that the run does not train on (a misspelt name)."""
+    unknown = [t for t in named if t not in known]
     if unknown:
         raise UserFacingError(
-            f"data.task_weights names {unknown}, which this run does not train on ({source} has "
-            f"{', '.join(known or [])}): use the tasks' full names (e.g. stick-pull-v3)"
+            f"{key} names {unknown}, which this run does not train on ({source} has {', '.join(known)}): "
+            f"use the tasks' full names (e.g. {example})"
         )
 
 
