@@ -71,7 +71,7 @@ class DataConfig(FrozenModel):
     balance: Literal["samples", "sqrt", "tasks"] = "samples"
     # task -> how many times as often level 1 draws its samples (after data.balance; unnamed tasks 1): e.g. the tasks of
     # the tiers a metric weighs most (MT50's tier average counts each of the 5 very hard tasks 5.6 times as much as each
-    # of the 28 easy ones, where "samples" gives the very hard ones 10 % of the draws; measured in docs/quality.md)
+    # of the 28 easy ones, where "samples" gives the very hard ones 11 % of the draws; measured in docs/quality.md)
     task_weights: dict[str, Annotated[float, Field(gt=0, le=100)]] = Field(default_factory=dict)
     # What a Meta-World sample observes before its keypose (evaluation.collect --observe): the expert
     # trajectory's state at the previous keyframe, or the state the keypose controller reaches replaying the
